@@ -1,0 +1,23 @@
+// The sparse sums behind CKNNA. With M_ij = 1 when j is in both neighbour sets of i,
+// K' = M∘K and L' = M∘L touch only N·k entries, whose kernel values are the kNN scores.
+#pragma once
+#include <cstdint>
+
+namespace pf {
+
+struct MaskedKernelSums {
+  double trace_kl = 0;  // Σ_ij K'_ij L'_ji
+  double sum_k = 0;     // Σ K'
+  double sum_l = 0;     // Σ L'
+  double k_then_l = 0;  // 1ᵀ K' L' 1 = (column sums of K') · (row sums of L')
+  double l_then_k = 0;  // 1ᵀ L' K' 1
+  double mask_count = 0;  // Σ M
+};
+
+// Row i: neighbours idx_k[i, :] with kernel values val_k[i, :] (and likewise for L).
+// zero_diagonal drops entries j == i (the unbiased estimator works on K̃, L̃).
+template <typename T>
+MaskedKernelSums masked_kernel_sums(const int64_t* idx_k, const T* val_k, const int64_t* idx_l,
+                                    const T* val_l, int64_t n, int64_t k, bool zero_diagonal);
+
+}  // namespace pf

@@ -1,0 +1,45 @@
+"""platonic_fast: exact representational-alignment metrics, fast at any N.
+
+The metrics of "The Platonic Representation Hypothesis" (Huh et al., ICML 2024) — mutual kNN,
+cycle/LCS/edit-distance kNN, CKA (linear/RBF, biased/unbiased), CKNNA, SVCCA — with the same
+numbers as the reference code, computed without N x N matrices.
+
+>>> import torch, platonic_fast as pf
+>>> a, b = torch.randn(1000, 256), torch.randn(1000, 128)
+>>> score = pf.mutual_knn(a, b, topk=10)
+"""
+
+from .align import AlignResult, align
+from .metrics import (
+    SUPPORTED_METRICS,
+    cka,
+    cknna,
+    cycle_knn,
+    edit_distance_knn,
+    lcs_knn,
+    measure,
+    mutual_knn,
+    svcca,
+    unbiased_cka,
+)
+from .ops.knn import knn
+from .ops.outliers import remove_outliers
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlignResult",
+    "SUPPORTED_METRICS",
+    "align",
+    "cka",
+    "cknna",
+    "cycle_knn",
+    "edit_distance_knn",
+    "knn",
+    "lcs_knn",
+    "measure",
+    "mutual_knn",
+    "remove_outliers",
+    "svcca",
+    "unbiased_cka",
+]

@@ -1,0 +1,151 @@
+"""Layer search: score every layer of one model against every layer of another.
+
+As the reference pipeline does: clamp outliers (q = 0.95, over the whole N x L x D tensor),
+L2-normalise every row of every layer, score all Lx x Ly pairs, keep the best (starting from 0,
+so a pair scoring <= 0 is never chosen). Unlike the reference, each layer is prepared once
+(its neighbour lists, kernel statistics or singular vectors: Lx + Ly passes, not 2·Lx·Ly),
+and each pair then costs O(N·k) for the kNN metrics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from ._checks import as_tensor, check_features
+from .metrics import SPECS, check_options
+from .ops.outliers import remove_outliers
+
+
+@dataclass
+class AlignResult:
+    """Scores of every layer pair.
+
+    Attributes
+    ----------
+    scores : torch.Tensor, float64, shape (Lx, Ly)
+        ``scores[i, j]`` aligns layer i of x with layer j of y. With ``concat=True`` the shape
+        is (Lx + 1, Ly + 1) and the last row / column is the concatenation of all layers.
+    best : float
+        The best score, or 0.0 when no pair scores above 0 (as the reference).
+    best_layers : tuple[int, int] or None
+        The best pair; -1 stands for the concatenation. None when no pair scores above 0.
+    metric : str
+    options : dict
+    """
+
+    scores: torch.Tensor
+    best: float
+    best_layers: tuple[int, int] | None
+    metric: str
+    options: dict = field(default_factory=dict)
+
+
+def _layers(feats, name: str) -> list[torch.Tensor]:
+    if isinstance(feats, (list, tuple)):
+        if not feats:
+            raise ValueError(f"{name} is an empty list; it needs at least one layer")
+        return [check_features(f, f"{name}[{i}]") for i, f in enumerate(feats)]
+    t = as_tensor(feats, name)
+    if t.dim() != 3:
+        raise ValueError(
+            f"{name} must be N x L x D (samples x layers x features) or a list of N x D_l matrices, "
+            f"got shape {tuple(t.shape)}"
+        )
+    return [check_features(t[:, i, :], f"{name}[:, {i}, :]") for i in range(t.shape[1])]
+
+
+def prepare_layers(feats, name: str, *, q: float = 0.95, exact: bool = False, normalize: bool = True,
+                   concat: bool = False) -> list[torch.Tensor]:
+    """Clamp outliers over all layers together, then L2-normalise each layer's rows."""
+    layers = _layers(feats, name)
+    n = layers[0].shape[0]
+    for i, l in enumerate(layers):
+        if l.shape[0] != n:
+            raise ValueError(f"every layer of {name} needs the same N; layer 0 has {n}, layer {i} has {l.shape[0]}")
+    widths = [l.shape[1] for l in layers]
+    # One N x ΣD float32 matrix: the per-sample quantile runs over all layers, as the reference's
+    # flatten(start_dim=1) of an N x L x D tensor does.
+    joined = remove_outliers(torch.cat([l.float() for l in layers], dim=1), q=q, exact=exact)
+    out = list(torch.split(joined, widths, dim=1))
+    if concat:
+        out.append(joined)
+    if normalize:
+        out = [torch.nn.functional.normalize(l, p=2, dim=-1) for l in out]
+    return out
+
+
+def align(feats_x, feats_y, metric: str = "mutual_knn", topk: int = 10, *, q: float = 0.95,
+          exact: bool = False, normalize: bool = True, concat: bool = False, backend: str = "auto",
+          progress: bool = False, **metric_options) -> AlignResult:
+    """Score every layer pair of two models and find the best one.
+
+    Parameters
+    ----------
+    feats_x, feats_y : torch.Tensor (N, L, D) or list of (N, D_l) matrices
+        Layer-wise features of the same N samples.
+    metric : str
+        Any of :data:`platonic_fast.SUPPORTED_METRICS`.
+    topk : int
+        Neighbours for the kNN metrics (names containing "knn", cknna included); ignored otherwise.
+    q, exact : outlier clamping (see :func:`platonic_fast.remove_outliers`); q=1 disables it.
+    normalize : bool
+        L2-normalise every row of every layer first (the reference does).
+    concat : bool
+        Also score the concatenation of all layers as one more layer (index -1).
+    progress : bool
+        Show a progress bar over layers and pairs.
+    **metric_options
+        Passed to the metric (``kernel_metric``, ``unbiased``, ``cca_dim``, ...).
+
+    Returns
+    -------
+    AlignResult
+
+    Examples
+    --------
+    >>> x, y = torch.randn(300, 4, 32), torch.randn(300, 6, 48)
+    >>> res = align(x, y, "mutual_knn", topk=5)
+    >>> res.scores.shape
+    torch.Size([4, 6])
+    """
+    if not isinstance(metric, str) or metric not in SPECS:
+        raise ValueError(f"metric must be one of {tuple(SPECS)}, got {metric!r}")
+    xs = prepare_layers(feats_x, "feats_x", q=q, exact=exact, normalize=normalize, concat=concat)
+    ys = prepare_layers(feats_y, "feats_y", q=q, exact=exact, normalize=normalize, concat=concat)
+    n = xs[0].shape[0]
+    if ys[0].shape[0] != n:
+        raise ValueError(f"feats_x and feats_y must describe the same samples: got N={n} and N={ys[0].shape[0]}")
+    spec = SPECS[metric]
+    options = dict(metric_options, backend=backend)
+    if "knn" in metric:
+        options["topk"] = topk
+    widths = (min(t.shape[1] for t in xs + ys),) * 2
+    opts = check_options(metric, n, widths, options)
+
+    bar = tqdm(total=len(xs) + len(ys) + len(xs) * len(ys), desc=f"align {metric}", disable=not progress)
+    states_x, states_y = [], []
+    for layers, states in ((xs, states_x), (ys, states_y)):
+        for layer in layers:
+            states.append(spec.prepare(layer, **opts))
+            bar.update()
+    scores = torch.empty(len(xs), len(ys), dtype=torch.float64)
+    for i, sx in enumerate(states_x):
+        for j, sy in enumerate(states_y):
+            scores[i, j] = spec.pair(sx, sy, **opts)
+            bar.update()
+    bar.close()
+
+    best, best_layers = 0.0, None
+    # Row-major scan with a strict '>' keeps the reference's choice among equal scores.
+    order = ([-1] if concat else []) + list(range(len(xs) - concat))
+    order_y = ([-1] if concat else []) + list(range(len(ys) - concat))
+    for i in order:
+        for j in order_y:
+            s = float(scores[i, j])
+            if s > best:
+                best, best_layers = s, (i, j)
+    opts.pop("backend", None)
+    return AlignResult(scores, best, best_layers, metric, opts)

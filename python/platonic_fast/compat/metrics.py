@@ -1,0 +1,79 @@
+"""``AlignmentMetrics`` with the reference's interface (platonic-rep ``metrics.py``).
+
+Return types follow the reference: Python floats, except ``lcs_knn`` (0-d float32 tensor),
+``edit_distance_knn`` (0-d float64 tensor) and ``svcca`` (NumPy float64).
+
+Deliberate differences, all documented in the README:
+- neighbour ties are broken by the smaller index (the reference's argsort leaves them arbitrary);
+- ``svcca`` is exact and deterministic (the reference uses a randomised SVD, iterative CCA and
+  added noise); it lands inside the reference's run-to-run spread;
+- ``cknna(topk=None)`` means N - 1 neighbours (the reference raises a TypeError there), and
+  ``distance_agnostic=True`` returns a score instead of the reference's matrix;
+- ``cka`` clamps a rounding-negative HSIC(K,K)·HSIC(L,L) to 0 instead of returning NaN.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .. import metrics as _m
+from ..ops.outliers import remove_outliers as _remove_outliers
+
+
+class AlignmentMetrics:
+    SUPPORTED_METRICS = [
+        "cycle_knn",
+        "mutual_knn",
+        "lcs_knn",
+        "cka",
+        "unbiased_cka",
+        "cknna",
+        "svcca",
+        "edit_distance_knn",
+    ]
+
+    @staticmethod
+    def measure(metric, *args, **kwargs):
+        """Call the metric named ``metric`` with the remaining arguments."""
+        if metric not in AlignmentMetrics.SUPPORTED_METRICS:
+            raise ValueError(f"Unrecognized metric: {metric}")
+        return getattr(AlignmentMetrics, metric)(*args, **kwargs)
+
+    @staticmethod
+    def cycle_knn(feats_A, feats_B, topk):
+        return _m.cycle_knn(feats_A, feats_B, topk=topk)
+
+    @staticmethod
+    def mutual_knn(feats_A, feats_B, topk):
+        return _m.mutual_knn(feats_A, feats_B, topk=topk)
+
+    @staticmethod
+    def lcs_knn(feats_A, feats_B, topk):
+        return torch.tensor(_m.lcs_knn(feats_A, feats_B, topk=topk), dtype=torch.float32)
+
+    @staticmethod
+    def cka(feats_A, feats_B, kernel_metric="ip", rbf_sigma=1.0, unbiased=False):
+        return _m.cka(feats_A, feats_B, kernel_metric=kernel_metric, rbf_sigma=rbf_sigma, unbiased=unbiased)
+
+    @staticmethod
+    def unbiased_cka(*args, **kwargs):
+        kwargs["unbiased"] = True
+        return AlignmentMetrics.cka(*args, **kwargs)
+
+    @staticmethod
+    def svcca(feats_A, feats_B, cca_dim=10):
+        return np.float64(_m.svcca(feats_A, feats_B, cca_dim=cca_dim))
+
+    @staticmethod
+    def edit_distance_knn(feats_A, feats_B, topk):
+        return torch.tensor(_m.edit_distance_knn(feats_A, feats_B, topk=topk), dtype=torch.float64)
+
+    @staticmethod
+    def cknna(feats_A, feats_B, topk=None, distance_agnostic=False, unbiased=True):
+        return _m.cknna(feats_A, feats_B, topk=topk, distance_agnostic=distance_agnostic, unbiased=unbiased)
+
+
+def remove_outliers(feats, q, exact=False, max_threshold=None):
+    """The reference's signature; ``max_threshold`` is accepted and, as there, has no effect."""
+    return _remove_outliers(feats, q=q, exact=exact)

@@ -1,0 +1,76 @@
+"""``python -m platonic_fast.env``: what was built and which backends can run here."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+
+def report() -> dict:
+    """Build options, devices and the usable backend of every op, as a dict."""
+    import torch
+
+    from . import __version__, _backends
+    from . import metrics  # noqa: F401  (registers every op)
+
+    info: dict = {
+        "platonic_fast": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+        "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        if torch.cuda.is_available() else [],
+    }
+    try:
+        from . import _core
+
+        info["core"] = _core.build_info()
+        if info["core"]["cuda"]:
+            status, count = _core.cuda_status()
+            info["core"]["cuda_runtime"] = status
+            info["core"]["cuda_device_count"] = count
+    except ImportError as exc:
+        info["core"] = f"not importable: {exc}"
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    info["backend_override"] = os.environ.get("PLATONIC_FAST_BACKEND")
+    ops = sorted(_backends._REGISTRY)
+    info["backends"] = {
+        op: {dev: _backends.available(op, dev) for dev in ("cpu", "cuda")} for op in ops
+    }
+    return info
+
+
+def main() -> None:
+    info = report()
+    print(f"platonic_fast {info['platonic_fast']}  (python {info['python']}, torch {info['torch']}, "
+          f"triton {info['triton'] or 'not installed'})")
+    core = info["core"]
+    if isinstance(core, dict):
+        print(f"compiled core: {core['compiler']}, {core['build_type']}, flags '{core['cxx_flags'].strip()}'")
+        print(f"  OpenMP: {'yes (' + str(core['openmp_version']) + ')' if core['openmp'] else 'no'}, "
+              f"{core['max_threads']} threads")
+        if core["cuda"]:
+            print(f"  CUDA kernels: built with CUDA {core['cuda_version']} for sm {core['cuda_archs']}; "
+                  f"runtime: {core['cuda_runtime']}, {core['cuda_device_count']} device(s)")
+        else:
+            print("  CUDA kernels: not built (no nvcc at build time)")
+    else:
+        print(f"compiled core: {core}")
+    print(f"CPU: {info['cpu']}, torch threads: {info['cpu_threads']}")
+    print(f"CUDA devices visible to torch: {', '.join(info['cuda_devices']) or 'none'}")
+    if info["backend_override"]:
+        print(f"PLATONIC_FAST_BACKEND={info['backend_override']} overrides 'auto'")
+    print("backends usable here (auto takes the first):")
+    for op, per_dev in info["backends"].items():
+        cols = "   ".join(f"{dev}: {', '.join(b) or '-'}" for dev, b in per_dev.items())
+        print(f"  {op:<16} {cols}")
+
+
+if __name__ == "__main__":
+    main()

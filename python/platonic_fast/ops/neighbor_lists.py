@@ -1,0 +1,115 @@
+"""Metrics over two neighbour-list matrices (N x k, int64) of the same samples.
+
+Each op returns one number per row. The ``cpu`` backend is the compiled core (also used for
+CUDA tensors: the lists are small, N x k, and are copied to the host); ``cuda`` runs the
+overlap on the GPU; ``torch`` holds the plain references.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._backends import core_available, cuda_kernels_available, register, resolve
+
+OPS = ("mutual_overlap", "cycle_hits", "lcs_lengths", "edit_distances")
+
+
+def run(op: str, a: torch.Tensor, b: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
+    """Per-row ``op`` of neighbour lists ``a`` and ``b`` (same shape N x k), as int64 on a's device."""
+    if op not in OPS:
+        raise ValueError(f"op must be one of {OPS}, got {op!r}")
+    if a.shape != b.shape or a.dim() != 2:
+        raise ValueError(f"neighbour lists must both be N x k, got {tuple(a.shape)} and {tuple(b.shape)}")
+    _, impl = resolve(op, backend, a.device)
+    return impl(a, b)
+
+
+def _host_lists(t: torch.Tensor):
+    return t.detach().to("cpu", torch.int64).contiguous().numpy()
+
+
+def _core_op(name: str):
+    def impl(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        from .. import _core
+
+        out = getattr(_core, name)(_host_lists(a), _host_lists(b))
+        return torch.from_numpy(out).to(a.device)
+
+    impl.__name__ = f"{name}_cpu"
+    return impl
+
+
+for _op in OPS:
+    register(_op, "cpu", devices=("cpu", "cuda"), is_available=core_available)(_core_op(_op))
+
+
+@register("mutual_overlap", "cuda", devices=("cuda",), is_available=cuda_kernels_available)
+def mutual_overlap_cuda(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    from .. import _core
+
+    a = a.to(torch.int64).contiguous()
+    b = b.to(device=a.device, dtype=torch.int64).contiguous()
+    out = torch.empty(a.shape[0], dtype=torch.int64, device=a.device)
+    n, k = a.shape
+    if n and (int(a.min()) < 0 or int(a.max()) >= n or int(b.min()) < 0 or int(b.max()) >= n):
+        raise ValueError(f"neighbour lists hold indices outside [0, {n})")
+    with torch.cuda.device(a.device):
+        stream = torch.cuda.current_stream(a.device).cuda_stream
+        _core.mutual_overlap_cuda(a.data_ptr(), b.data_ptr(), n, k, out.data_ptr(), stream)
+    return out
+
+
+# --- plain-torch references --------------------------------------------------------------------
+
+_ROW_CHUNK = 4096
+
+
+@register("mutual_overlap", "torch", devices=("cpu", "cuda"))
+def mutual_overlap_torch(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    parts = [
+        (a[s : s + _ROW_CHUNK, :, None] == b[s : s + _ROW_CHUNK, None, :]).sum(dim=(1, 2))
+        for s in range(0, a.shape[0], _ROW_CHUNK)
+    ]
+    return torch.cat(parts).to(torch.int64)
+
+
+@register("cycle_hits", "torch", devices=("cpu", "cuda"))
+def cycle_hits_torch(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    parts = []
+    for s in range(0, a.shape[0], _ROW_CHUNK):
+        rows = torch.arange(s, min(a.shape[0], s + _ROW_CHUNK), device=a.device)
+        back = a[b[rows]]  # rows x k x k: the A-lists of each of i's B-neighbours
+        parts.append((back == rows[:, None, None]).flatten(1).any(dim=1))
+    return torch.cat(parts).to(torch.int64)
+
+
+def _lcs(x: list[int], y: list[int]) -> int:
+    prev = [0] * (len(y) + 1)
+    for xi in x:
+        cur = [0]
+        for j, yj in enumerate(y):
+            cur.append(prev[j] + 1 if xi == yj else max(prev[j + 1], cur[j]))
+        prev = cur
+    return prev[-1]
+
+
+def _levenshtein(x: list[int], y: list[int]) -> int:
+    prev = list(range(len(y) + 1))
+    for i, xi in enumerate(x, 1):
+        cur = [i]
+        for j, yj in enumerate(y, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (xi != yj)))
+        prev = cur
+    return prev[-1]
+
+
+@register("lcs_lengths", "torch", devices=("cpu", "cuda"))
+def lcs_lengths_torch(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    out = [_lcs(x, y) for x, y in zip(a.tolist(), b.tolist())]
+    return torch.tensor(out, dtype=torch.int64, device=a.device)
+
+
+@register("edit_distances", "torch", devices=("cpu", "cuda"))
+def edit_distances_torch(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    out = [_levenshtein(x, y) for x, y in zip(a.tolist(), b.tolist())]
+    return torch.tensor(out, dtype=torch.int64, device=a.device)
