@@ -1,6 +1,7 @@
 """Layer search: score every layer of one model against every layer of another.
 
-As the reference pipeline does: clamp outliers (q = 0.95, over the whole N x L x D tensor),
+As the reference pipeline does: clamp outliers (q = 0.95; over the whole N x L x D tensor, or
+per layer for a list of layers),
 L2-normalise every row of every layer, score all Lx x Ly pairs, keep the best (starting from 0,
 so a pair scoring <= 0 is never chosen). Unlike the reference, each layer is prepared once
 (its neighbour lists, kernel statistics or singular vectors: Lx + Ly passes, not 2·Lx·Ly),
@@ -59,22 +60,27 @@ def _layers(feats, name: str) -> list[torch.Tensor]:
 
 def prepare_layers(feats, name: str, *, q: float = 0.95, exact: bool = False, normalize: bool = True,
                    concat: bool = False) -> list[torch.Tensor]:
-    """Clamp outliers over all layers together, then L2-normalise each layer's rows."""
-    layers = _layers(feats, name)
+    """Clamp outliers, then L2-normalise each layer's rows.
+
+    As the reference pipeline: an N x L x D tensor is clamped as a whole (one threshold from all
+    layers), a list of layers is clamped layer by layer. ``concat`` appends the concatenation of
+    the clamped layers.
+    """
+    if isinstance(feats, (list, tuple)):
+        layers = [remove_outliers(l.float(), q=q, exact=exact) for l in _layers(feats, name)]
+    else:
+        layers = _layers(feats, name)
+        whole = remove_outliers(torch.stack([l.float() for l in layers], dim=1), q=q, exact=exact)
+        layers = list(whole.unbind(dim=1))
     n = layers[0].shape[0]
     for i, l in enumerate(layers):
         if l.shape[0] != n:
             raise ValueError(f"every layer of {name} needs the same N; layer 0 has {n}, layer {i} has {l.shape[0]}")
-    widths = [l.shape[1] for l in layers]
-    # One N x ΣD float32 matrix: the per-sample quantile runs over all layers, as the reference's
-    # flatten(start_dim=1) of an N x L x D tensor does.
-    joined = remove_outliers(torch.cat([l.float() for l in layers], dim=1), q=q, exact=exact)
-    out = list(torch.split(joined, widths, dim=1))
     if concat:
-        out.append(joined)
+        layers.append(torch.cat(layers, dim=1))
     if normalize:
-        out = [torch.nn.functional.normalize(l, p=2, dim=-1) for l in out]
-    return out
+        layers = [torch.nn.functional.normalize(l, p=2, dim=-1) for l in layers]
+    return layers
 
 
 def align(feats_x, feats_y, metric: str = "mutual_knn", topk: int = 10, *, q: float = 0.95,

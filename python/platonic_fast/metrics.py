@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import torch
 
+from ._backends import register, resolve
 from ._checks import check_int, check_pair, check_positive_float, check_topk
 from .ops import hsic, neighbor_lists
 from .ops.knn import neighbors
@@ -113,7 +114,8 @@ _CKNNA = MetricSpec("cknna", _cknna_prepare, _cknna_pair, uses_topk=True)
 
 
 def _cka_prepare(x, *, kernel_metric="ip", rbf_sigma=1.0, unbiased=False, backend="auto"):
-    return hsic.kernel_stats(x, kernel_metric, rbf_sigma)
+    _, kernel_stats = resolve("hsic", backend, x.device)
+    return kernel_stats(x, kernel_metric, rbf_sigma)
 
 
 def _cka_pair(sa, sb, *, kernel_metric="ip", rbf_sigma=1.0, unbiased=False, backend="auto"):
@@ -124,6 +126,14 @@ _CKA = MetricSpec("cka", _cka_prepare, _cka_pair, uses_topk=False)
 
 
 def _svcca_prepare(x, *, cca_dim=10, backend="auto"):
+    _, basis = resolve("svcca", backend, x.device)
+    return basis(x, cca_dim)
+
+
+@register("svcca", "cpu", devices=("cpu",))
+@register("svcca", "torch", devices=("cpu", "cuda"))
+def _svcca_basis(x: torch.Tensor, cca_dim: int) -> torch.Tensor:
+    """Top ``cca_dim`` left singular vectors of the column-standardised features (float64)."""
     x64 = x.to(torch.float64)
     x64 = x64 - x64.mean(dim=0, keepdim=True)
     x64 = x64 / (x64.std(dim=0) + 1e-8)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .._backends import register
 from .knn import compute_dtype
 
 KERNELS = ("ip", "rbf")
@@ -83,6 +84,10 @@ def _use_feature_space(n: int, da: int, db: int) -> bool:
     return 2 * n * da * db <= n * n * (da + db)
 
 
+# One implementation on torch GEMM tiles serves both names: on the CPU it is the CPU path
+# (MKL/oneDNN GEMMs), and it runs unchanged on CUDA tensors.
+@register("hsic", "cpu", devices=("cpu",))
+@register("hsic", "torch", devices=("cpu", "cuda"))
 def kernel_stats(x: torch.Tensor, kernel: str = "ip", sigma: float = 1.0) -> KernelStats:
     """Summarise the kernel of features ``x`` (N x D, validated) for HSIC."""
     dtype = compute_dtype(x)

@@ -1,0 +1,83 @@
+"""What was built is inspectable (STYLE habit 5): the env report and the compiled core."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def test_env_module_runs_and_prints_backends():
+    proc = subprocess.run([sys.executable, "-m", "platonic_fast.env"], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.lower()
+    assert "backend" in out
+    assert "knn" in out
+    assert "cpu" in out
+    assert "platonic_fast" in out
+
+
+def test_env_report_is_structured():
+    from platonic_fast import env
+
+    report = getattr(env, "report", None)
+    if report is None:
+        return  # printing is the contract; a dict is a bonus
+    info = report()
+    assert isinstance(info, dict)
+    assert "backends" in info and "knn" in info["backends"]
+
+
+def test_core_imports_and_exposes_build_info():
+    from platonic_fast import _core
+
+    fn = getattr(_core, "build_info", None) or getattr(_core, "compile_options", None)
+    assert fn is not None, "the compiled core must expose its compile options"
+    info = fn() if callable(fn) else fn
+    assert isinstance(info, dict) and info
+    # what the env report relies on
+    for key in ("compiler", "openmp", "cuda"):
+        assert key in info, f"build_info lacks {key!r}: {sorted(info)}"
+    assert isinstance(info["cuda"], bool)
+
+
+def test_core_stub_matches_module():
+    # every public name in the .pyi stub exists in the built module (CUDA-only names excepted)
+    import platonic_fast
+    from platonic_fast import _core
+
+    stub = os.path.join(os.path.dirname(platonic_fast.__file__), "_core.pyi")
+    if not os.path.exists(stub):
+        pytest.fail("python/platonic_fast/_core.pyi is missing")
+    names = []
+    for line in open(stub):
+        for kw in ("def ", "class "):
+            if line.startswith(kw):
+                names.append(line[len(kw):].split("(")[0].split(":")[0].strip())
+    assert names
+    has_cuda = bool(_core.build_info().get("cuda"))
+    for name in names:
+        if "cuda" in name and not has_cuda:
+            continue
+        assert hasattr(_core, name), f"_core.pyi declares {name} but the module lacks it"
+
+
+def test_cuda_backends_only_when_usable():
+    import torch
+    from platonic_fast import _backends, metrics  # noqa: F401
+
+    avail = _backends.available("knn", "cuda")
+    if not torch.cuda.is_available():
+        assert not any(b in avail for b in ("cuda", "triton"))
+    assert "torch" in _backends.available("knn", "cpu")
+
+
+def test_public_api_names():
+    import platonic_fast as pf
+
+    for name in ("knn", "mutual_knn", "cycle_knn", "lcs_knn", "edit_distance_knn", "cka",
+                 "unbiased_cka", "cknna", "svcca", "measure", "remove_outliers", "align",
+                 "SUPPORTED_METRICS"):
+        assert hasattr(pf, name), name
+        assert name in pf.__all__, f"{name} missing from __all__"
