@@ -48,6 +48,28 @@ inline void TopKMerger<T>::push(int64_t row, T value, int64_t index) {
   if (c + 1 == cap_) compact(row);
 }
 
+namespace {
+
+constexpr int64_t kChunk = 16;  // one AVX-512 register of floats
+
+// True if any of s[0..len) >= bound[0 or c]: a branch-free loop the compiler vectorises, so
+// the common case (nothing beats the threshold) costs one compare per score.
+template <typename T>
+inline bool any_at_least(const T* s, int64_t len, T bound) {
+  bool hit = false;
+  for (int64_t c = 0; c < len; ++c) hit |= (s[c] >= bound);
+  return hit;
+}
+
+template <typename T>
+inline bool any_at_least(const T* s, int64_t len, const T* bounds) {
+  bool hit = false;
+  for (int64_t c = 0; c < len; ++c) hit |= (s[c] >= bounds[c]);
+  return hit;
+}
+
+}  // namespace
+
 template <typename T>
 void TopKMerger<T>::add_rows(const T* tile, int64_t rows, int64_t cols, int64_t ld,
                              int64_t row0, int64_t col0, bool exclude_self) {
@@ -57,12 +79,14 @@ void TopKMerger<T>::add_rows(const T* tile, int64_t rows, int64_t cols, int64_t 
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t row = row0 + r;
     const T* s = tile + r * ld;
-    for (int64_t c = 0; c < cols; ++c) {
-      const int64_t j = col0 + c;
-      // The cheap threshold test first: almost every score fails it once k are known.
-      if (s[c] < thr_val_[row]) continue;
-      if (exclude_self && j == row) continue;
-      push(row, s[c], j);
+    for (int64_t c0 = 0; c0 < cols; c0 += kChunk) {
+      const int64_t len = std::min(kChunk, cols - c0);
+      if (!any_at_least(s + c0, len, thr_val_[row])) continue;
+      for (int64_t c = c0; c < c0 + len; ++c) {
+        const int64_t j = col0 + c;
+        if (s[c] < thr_val_[row] || (exclude_self && j == row)) continue;
+        push(row, s[c], j);
+      }
     }
   }
 }
@@ -72,22 +96,28 @@ void TopKMerger<T>::add_cols(const T* tile, int64_t rows, int64_t cols, int64_t 
                              int64_t row0, int64_t col0, bool exclude_self) {
   PF_CHECK(col0 >= 0 && col0 + cols <= n_rows_, "tile columns out of range");
   PF_CHECK(ld >= cols, "tile leading dimension smaller than its width");
-  // Each thread owns a strip of columns and walks the tile row by row, so reads stay
-  // contiguous and no two threads touch the same output row.
-  constexpr int64_t kStrip = 64;
-  const int64_t n_strips = (cols + kStrip - 1) / kStrip;
-#pragma omp parallel for schedule(dynamic, 1) if (rows * cols > kParallelGrain)
+  // Each thread owns a wide strip of columns (= output rows) and walks the tile row by row:
+  // reads stay long and contiguous, the strip's thresholds stay in cache, and no two threads
+  // touch the same output row.
+  const int64_t threads = (rows * cols > kParallelGrain) ? max_threads() : 1;
+  const int64_t strip = ((cols + threads - 1) / threads + kChunk - 1) / kChunk * kChunk;
+  const int64_t n_strips = (cols + strip - 1) / strip;
+  const T* thr = thr_val_.data() + col0;
+#pragma omp parallel for schedule(static, 1) if (threads > 1)
   for (int64_t st = 0; st < n_strips; ++st) {
-    const int64_t c_begin = st * kStrip;
-    const int64_t c_end = std::min(cols, c_begin + kStrip);
+    const int64_t c_begin = st * strip;
+    const int64_t c_end = std::min(cols, c_begin + strip);
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t j = row0 + r;
       const T* s = tile + r * ld;
-      for (int64_t c = c_begin; c < c_end; ++c) {
-        const int64_t row = col0 + c;
-        if (s[c] < thr_val_[row]) continue;
-        if (exclude_self && j == row) continue;
-        push(row, s[c], j);
+      for (int64_t c0 = c_begin; c0 < c_end; c0 += kChunk) {
+        const int64_t len = std::min(kChunk, c_end - c0);
+        if (!any_at_least(s + c0, len, thr + c0)) continue;
+        for (int64_t c = c0; c < c0 + len; ++c) {
+          const int64_t row = col0 + c;
+          if (s[c] < thr[c] || (exclude_self && j == row)) continue;
+          push(row, s[c], j);
+        }
       }
     }
   }
