@@ -12,6 +12,7 @@
 #include "common/parallel.h"
 #include "cpu/cknna.h"
 #include "cpu/neighbor_lists.h"
+#include "cpu/order_stats.h"
 #include "cpu/topk_merge.h"
 #ifdef PLATONIC_FAST_WITH_CUDA
 #include "cuda/launchers.h"
@@ -184,6 +185,22 @@ PYBIND11_MODULE(_core, m) {
     return run_list_op(pf::edit_distances, a, b);
   }, py::arg("a"), py::arg("b"), "Per row: unit-cost Levenshtein distance of A(i) and B(i).");
 
+  m.def("abs_order_stats",
+        [](const py::array& x, int64_t lo, int64_t hi) {
+          const auto t = as_matrix<float>(x, "x");
+          PF_CHECK(hi <= lo + 1, "hi must be lo or lo + 1");
+          py::array_t<float> out_lo(t.rows), out_hi(t.rows);
+          float* a = out_lo.mutable_data();
+          float* b = out_hi.mutable_data();
+          {
+            py::gil_scoped_release release;
+            pf::abs_order_stats(t.data, t.rows, t.cols, t.ld, lo, hi, a, b);
+          }
+          return py::make_tuple(out_lo, out_hi);
+        },
+        py::arg("x"), py::arg("lo"), py::arg("hi"),
+        "Per row of a float32 matrix: entries lo and hi (= lo or lo + 1) of the ascending sort "
+        "of |x|.");
   m.def("masked_kernel_sums_f32", &masked_sums<float>, py::arg("idx_k"), py::arg("val_k"),
         py::arg("idx_l"), py::arg("val_l"), py::arg("zero_diagonal"));
   m.def("masked_kernel_sums_f64", &masked_sums<double>, py::arg("idx_k"), py::arg("val_k"),

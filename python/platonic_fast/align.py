@@ -44,20 +44,6 @@ class AlignResult:
     options: dict = field(default_factory=dict)
 
 
-def _layers(feats, name: str) -> list[torch.Tensor]:
-    if isinstance(feats, (list, tuple)):
-        if not feats:
-            raise ValueError(f"{name} is an empty list; it needs at least one layer")
-        return [check_features(f, f"{name}[{i}]") for i, f in enumerate(feats)]
-    t = as_tensor(feats, name)
-    if t.dim() != 3:
-        raise ValueError(
-            f"{name} must be N x L x D (samples x layers x features) or a list of N x D_l matrices, "
-            f"got shape {tuple(t.shape)}"
-        )
-    return [check_features(t[:, i, :], f"{name}[:, {i}, :]") for i in range(t.shape[1])]
-
-
 def prepare_layers(feats, name: str, *, q: float = 0.95, exact: bool = False, normalize: bool = True,
                    concat: bool = False) -> list[torch.Tensor]:
     """Clamp outliers, then L2-normalise each layer's rows.
@@ -67,15 +53,24 @@ def prepare_layers(feats, name: str, *, q: float = 0.95, exact: bool = False, no
     the clamped layers.
     """
     if isinstance(feats, (list, tuple)):
-        layers = [remove_outliers(l.float(), q=q, exact=exact) for l in _layers(feats, name)]
+        if not feats:
+            raise ValueError(f"{name} is an empty list; it needs at least one layer")
+        layers = [check_features(f, f"{name}[{i}]") for i, f in enumerate(feats)]
+        n = layers[0].shape[0]
+        for i, l in enumerate(layers):
+            if l.shape[0] != n:
+                raise ValueError(f"every layer of {name} needs the same N; layer 0 has {n}, layer {i} has {l.shape[0]}")
+        layers = [remove_outliers(l.float(), q=q, exact=exact) for l in layers]
     else:
-        layers = _layers(feats, name)
-        whole = remove_outliers(torch.stack([l.float() for l in layers], dim=1), q=q, exact=exact)
-        layers = list(whole.unbind(dim=1))
-    n = layers[0].shape[0]
-    for i, l in enumerate(layers):
-        if l.shape[0] != n:
-            raise ValueError(f"every layer of {name} needs the same N; layer 0 has {n}, layer {i} has {l.shape[0]}")
+        t = as_tensor(feats, name)
+        if t.dim() != 3:
+            raise ValueError(
+                f"{name} must be N x L x D (samples x layers x features) or a list of N x D_l matrices, "
+                f"got shape {tuple(t.shape)}"
+            )
+        # Validated as a whole (one pass), not layer by layer.
+        check_features(t.reshape(t.shape[0], -1), name)
+        layers = list(remove_outliers(t.float(), q=q, exact=exact).unbind(dim=1))
     if concat:
         layers.append(torch.cat(layers, dim=1))
     if normalize:

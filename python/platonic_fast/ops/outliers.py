@@ -1,7 +1,7 @@
 """Outlier clamping as the reference pipeline does before scoring layers (SPEC §1).
 
-Quantiles come from ``torch.kthvalue`` rather than ``torch.quantile``, which refuses inputs of
-more than 2**24 elements; the result is the same order statistic.
+Quantiles come from ``torch.topk`` rather than ``torch.quantile``, which refuses inputs of more
+than 2**24 elements; the result is the same order statistic.
 """
 
 from __future__ import annotations
@@ -12,26 +12,53 @@ import numbers
 import numpy as np
 import torch
 
-from .._checks import as_tensor
+from .._backends import core_available
+from .._checks import all_finite, as_tensor
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+def _ascending_order_stats(values: torch.Tensor, positions: list[int]) -> list[torch.Tensor]:
+    """Entries at 0-based ``positions`` of each row of ``values`` sorted ascending.
+
+    Uses one ``torch.topk`` from whichever end of the sort is nearer (q = 0.95 needs only the top
+    5%), several times faster than a full sort or ``kthvalue``, and free of quantile's size limit.
+    """
+    m = values.shape[-1]
+    lo, hi = min(positions), max(positions)
+    if m - lo <= hi + 1:  # nearer the top: the (m - lo) largest, ascending
+        part = values.topk(m - lo, dim=-1, largest=True, sorted=False).values.sort(dim=-1).values
+        return [part[..., p - lo] for p in positions]
+    part = values.topk(hi + 1, dim=-1, largest=False, sorted=True).values
+    return [part[..., p] for p in positions]
+
+
+def _per_sample_order_stats(feats: torch.Tensor, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Entries lo and hi of each sample's ascending sorted |x| (float32 on the CPU: the core)."""
+    rows = feats.detach().reshape(feats.shape[0], -1)
+    if rows.dtype == torch.float32 and rows.device.type == "cpu" and core_available():
+        from .. import _core
+
+        # O(m) selection per row with |x| taken on the fly: no copy of the features.
+        v_lo, v_hi = _core.abs_order_stats(rows.contiguous().numpy(), lo, hi)
+        return torch.from_numpy(v_lo), torch.from_numpy(v_hi)
+    mag = rows.abs().to(torch.float64 if rows.dtype == torch.float64 else torch.float32)
+    v_lo, v_hi = _ascending_order_stats(mag, [lo, hi])
+    return v_lo, v_hi
+
+
 def outlier_threshold(feats: torch.Tensor, q: float, exact: bool) -> torch.Tensor:
     """The clamp value t (0-d tensor, feats' dtype) for a validated tensor."""
-    mag = feats.detach().abs()
     if exact:
-        # Entry at position floor(q * numel) of the ascending sort (0-based) = the (pos+1)-th smallest.
-        pos = int(q * mag.numel())
-        return mag.reshape(-1).kthvalue(pos + 1).values
+        # The entry at position floor(q * numel) of the ascending sort of the whole tensor.
+        (t,) = _ascending_order_stats(feats.detach().abs().reshape(-1), [int(q * feats.numel())])
+        return t
     # Per sample: torch.quantile's "linear" interpolation, then the mean over samples.
-    per_sample = mag.reshape(mag.shape[0], -1).to(torch.float64 if feats.dtype == torch.float64 else torch.float32)
-    m = per_sample.shape[1]
+    m = feats[0].numel()
     pos = q * (m - 1)
     lo = math.floor(pos)
     hi = min(lo + 1, m - 1)
-    v_lo = per_sample.kthvalue(lo + 1, dim=1).values
-    v_hi = per_sample.kthvalue(hi + 1, dim=1).values if hi != lo else v_lo
+    v_lo, v_hi = _per_sample_order_stats(feats, lo, hi)
     return (v_lo + (pos - lo) * (v_hi - v_lo)).mean().to(feats.dtype)
 
 
@@ -74,7 +101,7 @@ def remove_outliers(feats, q: float = 0.95, exact: bool = False):
         raise ValueError(f"feats must be at least 2-D (N samples x features) for exact=False, got shape {tuple(t.shape)}")
     if float(q) == 1.0:
         return feats
-    if not bool(torch.isfinite(t).all()):
+    if not all_finite(t):
         raise ValueError("feats contains NaN or Inf; clean or drop those samples first")
     thr = outlier_threshold(t, float(q), exact)
     out = t.clamp(-thr, thr)

@@ -1,0 +1,497 @@
+"""Shared benchmark helpers: timing, environment record, sgemm peak, result rows, JSON, table.
+
+Every benchmark produces *rows* (plain dicts, JSON-serialisable).  A row always has a
+``status``: ``"ok"``, ``"oom"``, ``"error: ..."`` or ``"not run: ..."``; a case that runs out
+of memory, raises, or would be too slow becomes a row with that status instead of a crash.
+
+Conventions
+-----------
+- Times are wall-clock seconds, the median over repeats (``median_s``).
+- ``ratio`` is ``anchor median / this median``: > 1 means faster than the anchor.  For kNN it
+  equals the throughput ratio (same flop count on both sides).
+- ``gflops`` is a *nominal* flop count divided by the time (e.g. 2*N^2*D for a self-kNN), so
+  an algorithm that skips work can exceed the machine's peak; ``pct_peak`` compares it with the
+  sgemm peak measured on this machine in the same run.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+RESULTS_DIR = BENCH_DIR / "results"
+
+# A first call slower than this is taken as the measurement itself (no warmup, one run).
+SLOW_S = 3.0
+# measure() defaults; configure(quick=True) shrinks them for smoke tests
+_MEASURE = {"max_repeats": 7, "budget_s": 8.0, "slow_s": SLOW_S}
+
+
+def configure(*, quick: bool) -> None:
+    """Shrink repeat budgets for ``--quick`` smoke runs (seconds, not minutes)."""
+    _MEASURE.update({"max_repeats": 3, "budget_s": 0.5, "slow_s": 0.5} if quick else
+                    {"max_repeats": 7, "budget_s": 8.0, "slow_s": SLOW_S})
+
+
+# --------------------------------------------------------------------------------------------
+# imports that may legitimately fail while the package is being written
+# --------------------------------------------------------------------------------------------
+def import_pf():
+    """Return (module, None) or (None, "reason") for platonic_fast."""
+    try:
+        import platonic_fast as pf  # noqa: WPS433
+
+        return pf, None
+    except Exception as exc:  # any import failure becomes a row status, never a crash
+        return None, f"platonic_fast not importable: {type(exc).__name__}: {exc}"
+
+
+def import_faiss():
+    try:
+        import faiss  # noqa: WPS433
+
+        return faiss, None
+    except Exception as exc:
+        return None, f"faiss not importable: {type(exc).__name__}: {exc}"
+
+
+# --------------------------------------------------------------------------------------------
+# timing
+# --------------------------------------------------------------------------------------------
+def measure(
+    fn: Callable[[], Any],
+    *,
+    warmup: int = 1,
+    max_repeats: int | None = None,
+    budget_s: float | None = None,
+    slow_s: float | None = None,
+) -> dict:
+    """Median-of-repeats wall time of ``fn()``.
+
+    The first call is a warmup.  If it takes longer than ``slow_s`` it is the measurement
+    (``repeats == 1``, ``warm == False``): a slow case runs once.  Otherwise the number of
+    timed repeats is adapted to ``budget_s`` (at least 3 for cases that fit, at most
+    ``max_repeats``).
+
+    Returns a dict with ``median_s``, ``times``, ``repeats``, ``warm`` and ``result`` (the value
+    returned by the last call).
+    """
+    max_repeats = _MEASURE["max_repeats"] if max_repeats is None else max_repeats
+    budget_s = _MEASURE["budget_s"] if budget_s is None else budget_s
+    slow_s = _MEASURE["slow_s"] if slow_s is None else slow_s
+    gc.collect()
+    t0 = time.perf_counter()
+    out = fn()
+    first = time.perf_counter() - t0
+    if first >= slow_s:
+        return {"median_s": first, "times": [first], "repeats": 1, "warm": False, "result": out}
+    for _ in range(max(0, warmup - 1)):
+        out = fn()
+    n = int(budget_s / max(first, 1e-6))
+    n = max(1, min(max_repeats, n))
+    if first * 3 <= budget_s:
+        n = max(n, 3)
+    times = []
+    for _ in range(n):
+        gc.collect()
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return {
+        "median_s": statistics.median(times),
+        "times": times,
+        "repeats": len(times),
+        "warm": True,
+        "result": out,
+    }
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    msg = str(exc).lower()
+    return any(s in msg for s in ("out of memory", "cannot allocate", "can't allocate",
+                                  "failed to allocate", "bad_alloc", "defaultcpuallocator"))
+
+
+def run_case(
+    row: dict,
+    fn: Callable[[], Any],
+    *,
+    flops: float | None = None,
+    est_bytes: float | None = None,
+    est_seconds: float | None = None,
+    max_seconds: float | None = None,
+    skip: str | None = None,
+    value_of: Callable[[Any], Any] | None = None,
+    **measure_kw,
+) -> dict:
+    """Time ``fn`` and fill ``row`` in place (and return it).
+
+    ``skip`` (a reason) records the row as ``not run: <reason>``.  ``est_bytes`` above the
+    memory this machine has available, or ``est_seconds`` above ``max_seconds``, do the same
+    without running.  OOM and other exceptions become statuses.  ``value_of(result)`` extracts
+    something small and JSON-able to keep in the row (a metric value, a recall...).
+    """
+    row.setdefault("flops", flops)
+    row.update(median_s=None, times=[], repeats=0, gflops=None, status="ok")
+    if skip is None and est_bytes is not None:
+        avail = mem_available_bytes()
+        if avail is not None and est_bytes > 0.8 * avail:
+            skip = (f"would need ~{est_bytes / 1e9:.1f} GB, "
+                    f"{avail / 1e9:.1f} GB available")
+    if skip is None and est_seconds is not None and max_seconds is not None \
+            and est_seconds > max_seconds:
+        skip = f"too slow: estimated ~{est_seconds:.0f} s > limit {max_seconds:.0f} s"
+    if skip is not None:
+        row["status"] = f"not run: {skip}"
+        return row
+    try:
+        m = measure(fn, **measure_kw)
+    except Exception as exc:  # recorded, never raised: one bad case must not kill the run
+        row["status"] = ("oom: " if _is_oom(exc) else "error: ") + f"{type(exc).__name__}: {exc}"[:400]
+        gc.collect()
+        return row
+    row.update(median_s=m["median_s"], times=m["times"], repeats=m["repeats"], warm=m["warm"])
+    if flops:
+        row["gflops"] = flops / m["median_s"] / 1e9
+    if value_of is not None:
+        try:
+            row["value"] = _jsonable(value_of(m["result"]))
+        except Exception as exc:
+            row["value_error"] = f"{type(exc).__name__}: {exc}"
+    del m
+    gc.collect()
+    return row
+
+
+def set_ratios(rows: list[dict], anchor_method: str, *, key: tuple[str, ...] = ("bench", "case")) -> None:
+    """Fill ``anchor`` and ``ratio`` (anchor median / row median) for rows sharing ``key``."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r.get(k) for k in key), []).append(r)
+    for grp in groups.values():
+        anc = [r for r in grp if r.get("method") == anchor_method]
+        if not anc:
+            continue
+        a = anc[0]
+        for r in grp:
+            r["anchor"] = anchor_method
+            if a.get("median_s") and r.get("median_s"):
+                r["ratio"] = a["median_s"] / r["median_s"]
+                if a.get("extrapolated"):
+                    r["ratio_note"] = "anchor time extrapolated from a measured subsample"
+
+
+def add_peak(rows: list[dict], peak_gflops: float | None) -> None:
+    for r in rows:
+        if peak_gflops and r.get("gflops"):
+            r["pct_peak"] = 100.0 * r["gflops"] / peak_gflops
+
+
+# --------------------------------------------------------------------------------------------
+# machine
+# --------------------------------------------------------------------------------------------
+def sgemm_peak(n: int = 4096, repeats: int = 5) -> dict:
+    """Measured float32 torch.mm throughput (GFLOP/s) on this machine: best of ``repeats``."""
+    import torch
+
+    a = torch.randn(n, n)
+    b = torch.randn(n, n)
+    torch.mm(a, b)  # warmup
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - t0)
+    best = min(times)
+    return {"n": n, "times": times, "gflops": 2.0 * n ** 3 / best / 1e9,
+            "gflops_median": 2.0 * n ** 3 / statistics.median(times) / 1e9}
+
+
+def mem_available_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _cpu_flags() -> list[str]:
+    want = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    return [w for w in want if w in have]
+    except OSError:
+        pass
+    return []
+
+
+def git_rev() -> str:
+    """HEAD sha; ``uncommitted+<sha>`` when the implementation files differ from HEAD;
+    ``uncommitted (no commit yet)`` in a repository without commits."""
+    def git(*args):
+        return subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True,
+                              text=True, timeout=30)
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return "uncommitted (no commit yet)"
+        sha = head.stdout.strip()
+        st = git("status", "--porcelain", "--", "python", "csrc", "kernels",
+                 "CMakeLists.txt", "pyproject.toml", "bench")
+        dirty = any(not ln.endswith("bench/results/") and "bench/results/" not in ln
+                    for ln in st.stdout.splitlines())
+        return f"uncommitted+{sha}" if dirty else sha
+    except Exception as exc:
+        return f"unknown ({type(exc).__name__})"
+
+
+def environment(peak: dict | None = None) -> dict:
+    import numpy
+    import torch
+
+    env: dict[str, Any] = {
+        "timestamp_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "cpu_model": _cpu_model(),
+        "cpu_flags": _cpu_flags(),
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "torch_threads": torch.get_num_threads(),
+        "mem_total_gb": _mem_total_gb(),
+        "loadavg_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "git": git_rev(),
+    }
+    faiss, err = import_faiss()
+    env["faiss"] = faiss.__version__ if faiss is not None else err
+    pf, err = import_pf()
+    if pf is not None:
+        env["platonic_fast"] = getattr(pf, "__version__", "unknown")
+        env["platonic_fast_file"] = getattr(pf, "__file__", None)
+        env["platonic_fast_build"] = _pf_build_info()
+    else:
+        env["platonic_fast"] = err
+    if peak is not None:
+        env["sgemm_peak"] = peak
+    return env
+
+
+def _pf_build_info() -> Any:
+    try:
+        from platonic_fast import _core  # type: ignore
+
+        for name in ("compile_options", "build_info", "config"):
+            obj = getattr(_core, name, None)
+            if obj is not None:
+                return _jsonable(obj() if callable(obj) else obj)
+        return "present"
+    except Exception as exc:
+        return f"_core not importable: {type(exc).__name__}"
+
+
+def _mem_total_gb() -> float | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return round(int(line.split()[1]) / 1024 ** 2, 1)
+    except OSError:
+        pass
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# results
+# --------------------------------------------------------------------------------------------
+def _jsonable(x: Any) -> Any:
+    if x is None or isinstance(x, (bool, int, str)):
+        return x
+    if isinstance(x, float):
+        return x if math.isfinite(x) else str(x)
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    try:  # torch / numpy scalars and small tensors
+        if hasattr(x, "tolist"):
+            return _jsonable(x.tolist())
+        if hasattr(x, "item"):
+            return _jsonable(x.item())
+    except Exception:
+        pass
+    return str(x)
+
+
+def timestamp() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def write_results(payload: dict, name: str, results_dir: Path | str = RESULTS_DIR) -> Path:
+    """Write ``payload`` to ``results_dir/name`` atomically (temp file + os.replace)."""
+    results_dir = Path(results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / name
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=results_dir)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(_jsonable(payload), f, indent=1)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# table
+# --------------------------------------------------------------------------------------------
+def _fmt(v: Any, spec: str) -> str:
+    if v is None:
+        return "-"
+    try:
+        return format(v, spec)
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def summarize(r: dict) -> str:
+    """Short per-row notes for the table: correctness cross-checks, memory, extrapolation."""
+    parts = []
+    if isinstance(r.get("peak_beyond_inputs_gb"), (int, float)):
+        parts.append(f"peak beyond inputs {r['peak_beyond_inputs_gb']:.3f} GB"
+                     + ("" if r.get("hwm_reset", True) else " (upper bound)"))
+    agr = r.get("agreement_vs_torch")
+    if isinstance(agr, dict) and agr.get("recall") is not None:
+        parts.append(f"recall vs torch {agr['recall']:.4f}")
+    v = r.get("value")
+    if isinstance(v, float):
+        parts.append(f"value {v:.6g}")
+    elif isinstance(v, dict) and "best" in v:
+        parts.append(f"best {v['best']:.4g} at {tuple(v.get('best_layers') or ())}")
+    if isinstance(r.get("abs_diff_vs_dense"), float):
+        parts.append(f"|diff vs dense| {r['abs_diff_vs_dense']:.1e}")
+    if isinstance(r.get("max_abs_diff_vs_scratch"), float):
+        parts.append(f"max |diff vs scratch| {r['max_abs_diff_vs_scratch']:.1e}")
+    if r.get("extrapolated"):
+        parts.append(f"extrapolated from {r.get('measured_pairs')} measured pairs")
+    if r.get("note") and "unavailable" in str(r.get("note")):
+        parts.append(str(r["note"])[:60])
+    return "; ".join(parts)
+
+
+def format_table(rows: list[dict]) -> str:
+    cols = [("bench", "bench", "s"), ("case", "case", "s"), ("shape", "shape", "s"),
+            ("dtype", "dtype", "s"), ("method", "method", "s"), ("median s", "median_s", ".4g"),
+            ("rep", "repeats", "d"), ("GFLOP/s", "gflops", ".1f"), ("%peak", "pct_peak", ".1f"),
+            ("x anchor", "ratio", ".2f"), ("anchor", "anchor", "s"), ("status", "status", "s"),
+            ("notes", "summary", "s")]
+    table = [[h for h, _, _ in cols]]
+    for r in rows:
+        line = []
+        for _, k, spec in cols:
+            v = r.get(k) if k != "summary" else (r.get("summary") or summarize(r))
+            s = _fmt(v, spec)
+            if k == "ratio" and r.get("ratio_note"):
+                s += "*"
+            if k == "status" and isinstance(v, str) and len(v) > 70:
+                s = v[:67] + "..."
+            line.append(s)
+        table.append(line)
+    widths = [max(len(t[i]) for t in table) for i in range(len(cols))]
+    out = []
+    for j, t in enumerate(table):
+        out.append("  ".join(c.ljust(w) for c, w in zip(t, widths)).rstrip())
+        if j == 0:
+            out.append("  ".join("-" * w for w in widths))
+    if any(r.get("ratio_note") for r in rows):
+        out.append("* anchor time extrapolated from a measured subsample of pairs")
+    return "\n".join(out)
+
+
+def format_targets(targets: list[dict]) -> str:
+    out = ["Targets (ratios measured in this run):"]
+    for t in targets:
+        meas = t.get("measured")
+        ms = "-" if meas is None else (f"{meas:.3g}" if isinstance(meas, (int, float)) else str(meas))
+        ok = {True: "MET", False: "NOT MET", None: "n/a"}[t.get("met")]
+        note = f"  ({t['note']})" if t.get("note") else ""
+        out.append(f"  [{ok:7s}] {t['name']}: measured {ms} {t.get('unit', '')}, "
+                   f"need {t['need']}{note}")
+    return "\n".join(out)
+
+
+def header(env: dict) -> str:
+    peak = env.get("sgemm_peak") or {}
+    return (f"{env.get('timestamp_utc')}  {env.get('cpu_model')} x{env.get('cpu_count')} "
+            f"(torch threads {env.get('torch_threads')}), torch {env.get('torch')}, "
+            f"numpy {env.get('numpy')}, faiss {env.get('faiss')}, "
+            f"platonic_fast {env.get('platonic_fast')}, git {env.get('git')}\n"
+            f"sgemm peak (torch.mm fp32 {peak.get('n')}^3): "
+            f"{_fmt(peak.get('gflops'), '.1f')} GFLOP/s; load avg at start "
+            f"{env.get('loadavg_start')}")
+
+
+def bench_main(name: str, collect: Callable[..., tuple[list[dict], list[dict]]], argv=None) -> int:
+    """Entry point shared by the single-op scripts: parse --quick, run, print, save."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=f"platonic_fast CPU benchmark: {name}")
+    ap.add_argument("--quick", action="store_true", help="small sizes, seconds (smoke test)")
+    ap.add_argument("--no-save", action="store_true", help="do not write bench/results/")
+    args = ap.parse_args(argv)
+    configure(quick=args.quick)
+    peak = sgemm_peak(2048 if args.quick else 4096)
+    env = environment(peak)
+    print(header(env), flush=True)
+    rows, targets = collect(quick=args.quick, peak=peak["gflops"])
+    env["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    print(format_table(rows))
+    if targets:
+        print(format_targets(targets))
+    if not args.no_save:
+        path = write_results({"suite": name, "quick": args.quick, "env": env, "rows": rows,
+                              "targets": targets, "complete": True},
+                             f"{name}-{'quick-' if args.quick else ''}{timestamp()}.json")
+        print(f"saved {path}")
+    return 0
