@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .._backends import core_available, cuda_kernels_available, register, resolve
+from .._backends import available, core_available, cuda_kernels_available, register, resolve
 
 OPS = ("mutual_overlap", "cycle_hits", "lcs_lengths", "edit_distances")
 
@@ -22,6 +22,11 @@ def run(op: str, a: torch.Tensor, b: torch.Tensor, *, backend: str = "auto") -> 
         raise ValueError(f"neighbour lists must both be N x k, got {tuple(a.shape)} and {tuple(b.shape)}")
     _, impl = resolve(op, backend, a.device)
     return impl(a, b)
+
+
+def _backends_available(op: str) -> list[str]:
+    """Backends that can run ``op`` on CUDA tensors here (for tests and the env report)."""
+    return available(op, "cuda")
 
 
 def _host_lists(t: torch.Tensor):
