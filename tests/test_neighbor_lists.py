@@ -17,11 +17,11 @@ def _lists(n: int, k: int, overlap: float, seed: int):
     a = torch.stack([torch.randperm(n, generator=g)[:k] for _ in range(n)])
     b = a.clone()
     for i in range(n):
-        keep = int(overlap * k)
-        fresh = [j for j in torch.randperm(n, generator=g).tolist() if j not in set(a[i].tolist())]
-        row = a[i, torch.randperm(k, generator=g)[:keep]].tolist() + fresh[: k - keep]
-        order = torch.randperm(k, generator=g)
-        b[i] = torch.tensor(row)[order]
+        mine = a[i, torch.randperm(k, generator=g)].tolist()
+        fresh = [j for j in torch.randperm(n, generator=g).tolist() if j not in set(mine)]
+        keep = max(int(overlap * k), k - len(fresh))  # small n: not enough fresh indices
+        row = mine[:keep] + fresh[: k - keep]
+        b[i] = torch.tensor(row)[torch.randperm(k, generator=g)]
     return a, b
 
 
