@@ -112,41 +112,64 @@ def align(feats_x, feats_y, metric: str = "mutual_knn", topk: int = 10, *, q: fl
     >>> res.scores.shape
     torch.Size([4, 6])
     """
-    if not isinstance(metric, str) or metric not in SPECS:
-        raise ValueError(f"metric must be one of {tuple(SPECS)}, got {metric!r}")
     xs = prepare_layers(feats_x, "feats_x", q=q, exact=exact, normalize=normalize, concat=concat)
     ys = prepare_layers(feats_y, "feats_y", q=q, exact=exact, normalize=normalize, concat=concat)
     n = xs[0].shape[0]
     if ys[0].shape[0] != n:
         raise ValueError(f"feats_x and feats_y must describe the same samples: got N={n} and N={ys[0].shape[0]}")
-    spec = SPECS[metric]
+    opts = resolve_options(metric, n, [t.shape[1] for t in xs + ys], topk=topk, backend=backend, **metric_options)
+    bar = tqdm(total=len(xs) + len(ys) + len(xs) * len(ys), desc=f"align {metric}", disable=not progress)
+    states_x = prepare_states(xs, metric, opts, bar=bar)
+    states_y = prepare_states(ys, metric, opts, bar=bar)
+    result = score_states(states_x, states_y, metric, opts, concat=concat, bar=bar)
+    bar.close()
+    return result
+
+
+def resolve_options(metric: str, n: int, widths: list[int], *, topk: int = 10, backend: str = "auto",
+                    **metric_options) -> dict:
+    """Validated metric options for layers of N samples and the given widths.
+
+    As the reference's ``compute_score``: ``topk`` goes to metrics whose name contains "knn"
+    (cknna included) and is ignored by the others.
+    """
+    if not isinstance(metric, str) or metric not in SPECS:
+        raise ValueError(f"metric must be one of {tuple(SPECS)}, got {metric!r}")
     options = dict(metric_options, backend=backend)
     if "knn" in metric:
         options["topk"] = topk
-    widths = (min(t.shape[1] for t in xs + ys),) * 2
-    opts = check_options(metric, n, widths, options)
+    return check_options(metric, n, (min(widths),) * 2, options)
 
-    bar = tqdm(total=len(xs) + len(ys) + len(xs) * len(ys), desc=f"align {metric}", disable=not progress)
-    states_x, states_y = [], []
-    for layers, states in ((xs, states_x), (ys, states_y)):
-        for layer in layers:
-            states.append(spec.prepare(layer, **opts))
+
+def prepare_states(layers: list[torch.Tensor], metric: str, opts: dict, *, bar=None) -> list:
+    """Per-layer prepared states of one model (neighbour lists, kernel statistics, ...)."""
+    states = []
+    for layer in layers:
+        states.append(SPECS[metric].prepare(layer, **opts))
+        if bar is not None:
             bar.update()
-    scores = torch.empty(len(xs), len(ys), dtype=torch.float64)
+    return states
+
+
+def score_states(states_x: list, states_y: list, metric: str, opts: dict, *, concat: bool = False,
+                 bar=None) -> AlignResult:
+    """Score every pair of prepared layers and pick the best, as the reference does."""
+    spec = SPECS[metric]
+    scores = torch.empty(len(states_x), len(states_y), dtype=torch.float64)
     for i, sx in enumerate(states_x):
         for j, sy in enumerate(states_y):
             scores[i, j] = spec.pair(sx, sy, **opts)
-            bar.update()
-    bar.close()
-
+            if bar is not None:
+                bar.update()
     best, best_layers = 0.0, None
-    # Row-major scan with a strict '>' keeps the reference's choice among equal scores.
-    order = ([-1] if concat else []) + list(range(len(xs) - concat))
-    order_y = ([-1] if concat else []) + list(range(len(ys) - concat))
-    for i in order:
+    # The reference visits the concatenation (-1) first, then layers in order, and keeps the
+    # first strict improvement over a running best that starts at 0.
+    order_x = ([-1] if concat else []) + list(range(len(states_x) - concat))
+    order_y = ([-1] if concat else []) + list(range(len(states_y) - concat))
+    for i in order_x:
         for j in order_y:
             s = float(scores[i, j])
             if s > best:
                 best, best_layers = s, (i, j)
-    opts.pop("backend", None)
-    return AlignResult(scores, best, best_layers, metric, opts)
+    public = {k: v for k, v in opts.items() if k != "backend"}
+    return AlignResult(scores, best, best_layers, metric, public)

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .._backends import core_available, register, resolve
 from .._checks import as_tensor, check_features, check_int, check_topk
@@ -31,6 +32,9 @@ SMALL_N_TILE_ROWS = 512
 
 def cpu_tile_rows(n: int) -> int:
     return SMALL_N_TILE_ROWS if n <= 2 * CPU_TILE_ROWS else CPU_TILE_ROWS
+# GEMM work (flops) above which the CPU backend shows a progress bar (on a terminal only):
+# about ten seconds on a small machine.
+PROGRESS_MIN_FLOPS = 2e12
 # Elements of one score chunk in the torch backend (64 MiB of float32).
 TORCH_CHUNK_ELEMENTS = 1 << 24
 
@@ -123,6 +127,11 @@ def knn_cpu(queries: torch.Tensor, keys: torch.Tensor | None, k: int, *, exclude
     q_blocks = _blocks(queries.shape[0], rows)
     k_blocks = q_blocks if symmetric else _blocks(keys_.shape[0], rows)
     buf = torch.empty(min(rows, queries.shape[0]), min(rows, keys_.shape[0]), dtype=dtype)
+    n_tiles = len(q_blocks) * (len(q_blocks) + 1) // 2 if symmetric else len(q_blocks) * len(k_blocks)
+    flops = 2.0 * queries.shape[0] * keys_.shape[0] * queries.shape[1] * (0.5 if symmetric else 1.0)
+    # disable=None: tqdm shows the bar only when stderr is a terminal (no log spam in batch jobs).
+    bar = tqdm(total=n_tiles, desc=f"knn N={queries.shape[0]}", unit="tile", leave=False,
+               disable=None if flops >= PROGRESS_MIN_FLOPS else True)
     with torch.no_grad():
         for bi, (q0, q1) in enumerate(q_blocks):
             # .to().contiguous() is free for contiguous float32 input; converts half types per block.
@@ -137,6 +146,8 @@ def knn_cpu(queries: torch.Tensor, keys: torch.Tensor | None, k: int, *, exclude
                 merger.add_rows(scores, q0, k0, exclude_self)
                 if symmetric and bj > bi:
                     merger.add_cols(scores, q0, k0, exclude_self)
+                bar.update()
+    bar.close()
     values, indices = merger.finalize()
     return torch.from_numpy(values), torch.from_numpy(indices)
 
