@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ._checks import as_tensor, check_features
@@ -61,6 +62,9 @@ def prepare_layers(feats, name: str, *, q: float = 0.95, exact: bool = False, no
             if l.shape[0] != n:
                 raise ValueError(f"every layer of {name} needs the same N; layer 0 has {n}, layer {i} has {l.shape[0]}")
         layers = [remove_outliers(l.float(), q=q, exact=exact) for l in layers]
+        joined = torch.cat(layers, dim=1) if concat else None
+        if normalize:
+            layers = [F.normalize(l, p=2, dim=-1) for l in layers]
     else:
         t = as_tensor(feats, name)
         if t.dim() != 3:
@@ -70,11 +74,14 @@ def prepare_layers(feats, name: str, *, q: float = 0.95, exact: bool = False, no
             )
         # Validated as a whole (one pass), not layer by layer.
         check_features(t.reshape(t.shape[0], -1), name)
-        layers = list(remove_outliers(t.float(), q=q, exact=exact).unbind(dim=1))
+        clamped = remove_outliers(t.float(), q=q, exact=exact)
+        joined = clamped.reshape(clamped.shape[0], -1) if concat else None
+        if normalize:  # one call over N x L x D: far faster than per strided layer view
+            clamped = F.normalize(clamped, p=2, dim=-1)
+        # One copy to L x N x D so that every layer is contiguous for the kNN GEMMs.
+        layers = list(clamped.transpose(0, 1).contiguous().unbind(0))
     if concat:
-        layers.append(torch.cat(layers, dim=1))
-    if normalize:
-        layers = [torch.nn.functional.normalize(l, p=2, dim=-1) for l in layers]
+        layers.append(F.normalize(joined, p=2, dim=-1) if normalize else joined)
     return layers
 
 

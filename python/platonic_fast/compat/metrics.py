@@ -22,16 +22,8 @@ from ..ops.outliers import remove_outliers as _remove_outliers
 
 
 class AlignmentMetrics:
-    SUPPORTED_METRICS = [
-        "cycle_knn",
-        "mutual_knn",
-        "lcs_knn",
-        "cka",
-        "unbiased_cka",
-        "cknna",
-        "svcca",
-        "edit_distance_knn",
-    ]
+    # A list, as the reference's; the same names in the same order.
+    SUPPORTED_METRICS = list(_m.SUPPORTED_METRICS)
 
     @staticmethod
     def measure(metric, *args, **kwargs):
