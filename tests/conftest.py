@@ -18,6 +18,11 @@ if _TESTS_DIR not in sys.path:
 
 import dense_reference as R  # noqa: E402
 
+# Without a GPU, Triton kernels run in its CPU interpreter (slowly: tests keep shapes small).
+# It must be chosen before any kernel module is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 try:
     from hypothesis import HealthCheck, settings
 

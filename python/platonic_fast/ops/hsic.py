@@ -35,9 +35,10 @@ class KernelStats:
     sigma: float
     features: torch.Tensor  # centred (linear) or as given (rbf), in the compute dtype
     sq_norms: torch.Tensor | None  # ‖x_i‖² for RBF tiles
-    self_sum: float  # Σ K∘K
-    row_sums: torch.Tensor  # K1, float64
+    self_sum: float | None  # Σ K∘K (None: filled by the first fused pass, Triton backend)
+    row_sums: torch.Tensor | None  # K1, float64
     diag: torch.Tensor  # diag(K), float64
+    fused: bool = False  # sums come from the Triton kernel's one pass over a pair
 
     @property
     def n(self) -> int:
@@ -124,8 +125,54 @@ def kernel_stats(x: torch.Tensor, kernel: str = "ip", sigma: float = 1.0) -> Ker
         return st
 
 
+def triton_available() -> bool:
+    """True when Triton imports and a CUDA device is present (the kernels need a GPU)."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@register("hsic", "triton", devices=("cuda",), is_available=triton_available)
+def kernel_stats_fused(x: torch.Tensor, kernel: str = "ip", sigma: float = 1.0) -> KernelStats:
+    """Triton backend: the features only; every sum comes from the fused pass over a pair."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel_metric must be one of {KERNELS}, got {kernel!r}")
+    with torch.no_grad():
+        if kernel == "ip":
+            feats = x - x.float().mean(dim=0, keepdim=True).to(x.dtype)
+            diag = feats.float().square().sum(dim=1).to(torch.float64)
+        else:
+            feats = x
+            diag = torch.ones(x.shape[0], dtype=torch.float64, device=x.device)
+    return KernelStats(kernel, sigma, feats, None, None, None, diag, fused=True)
+
+
+def _fused_cross_sum(ka: KernelStats, kb: KernelStats) -> float:
+    from ..triton.hsic_sums import hsic_sums
+
+    sums = hsic_sums(ka.features, kb.features, ka.kernel, ka.sigma)
+    # One pass gives both kernels' own sums too: fill whatever the stats still miss.
+    if ka.self_sum is None:
+        ka.self_sum, ka.row_sums = sums["self_k"], sums["rows_k"]
+    if kb.self_sum is None:
+        kb.self_sum, kb.row_sums = sums["self_l"], sums["rows_l"]
+    return sums["cross"]
+
+
 def cross_sum(ka: KernelStats, kb: KernelStats) -> float:
-    """Σ K∘L for the kernels of two feature sets of the same samples."""
+    """Σ K∘L for the kernels of two feature sets of the same samples.
+
+    Call it before :func:`hsic_from_sums`: with the Triton backend it also fills the stats'
+    own sums from the same fused pass.
+    """
+    if ka.fused or kb.fused:
+        if not (ka.fused and kb.fused):
+            raise ValueError("both feature sets must use the same HSIC backend")
+        return _fused_cross_sum(ka, kb)
     with torch.no_grad():
         if ka.kernel == "ip" and kb.kernel == "ip" and _use_feature_space(ka.n, ka.features.shape[1], kb.features.shape[1]):
             a, b = ka.features, kb.features

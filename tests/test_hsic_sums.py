@@ -1,0 +1,83 @@
+"""The fused centred-kernel sums (kernels/triton/hsic_sums.py) against a dense float64 reference.
+
+Runs on a GPU when one is present, otherwise in Triton's CPU interpreter (TRITON_INTERPRET=1,
+set in conftest), on small odd shapes that are not multiples of the tile sizes.
+"""
+
+import pytest
+import torch
+
+import platonic_fast as pf
+from platonic_fast.ops import hsic
+
+triton = pytest.importorskip("triton")
+from platonic_fast.triton.hsic_sums import hsic_sums  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+SHAPES = [(5, 1, 3), (37, 20, 33), (130, 40, 17)]
+
+
+def _dense_sums(a, b, kernel, sigma):
+    a, b = a.double(), b.double()
+    if kernel == "ip":
+        K, L = a @ a.T, b @ b.T
+    else:
+        K = torch.exp(-torch.cdist(a, a).square() / (2 * sigma**2))
+        L = torch.exp(-torch.cdist(b, b).square() / (2 * sigma**2))
+    return {"cross": (K * L).sum(), "self_k": (K * K).sum(), "self_l": (L * L).sum(),
+            "rows_k": K.sum(1), "rows_l": L.sum(1), "abs_rows_k": K.abs().sum(1), "abs_rows_l": L.abs().sum(1)}
+
+
+@pytest.mark.parametrize("n,da,db", SHAPES, ids=[f"{n}x{da}x{db}" for n, da, db in SHAPES])
+@pytest.mark.parametrize("kernel", ["ip", "rbf"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_sums_match_dense(n, da, db, kernel, dtype):
+    g = torch.Generator().manual_seed(n + da)
+    a = torch.randn(n, da, generator=g).to(dtype)
+    b = torch.randn(n, db, generator=g).to(dtype)
+    got = hsic_sums(a.to(DEVICE), b.to(DEVICE), kernel, 2.0)
+    # The reference sees the same (rounded) input values; accumulation is float32 in tiles.
+    want = _dense_sums(a.float(), b.float(), kernel, 2.0)
+    for key in ("cross", "self_k", "self_l"):
+        assert got[key] == pytest.approx(float(want[key]), rel=2e-6, abs=1e-6)
+    for key in ("rows_k", "rows_l"):
+        # A row sum cancels terms of either sign: bound its float32 error by the sum of |terms|.
+        scale = float(want["abs_" + key].max())
+        torch.testing.assert_close(got[key].cpu(), want[key], rtol=0, atol=2e-6 * scale)
+
+
+def test_non_contiguous_inputs():
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(40, 70, generator=g)[:, ::2]  # stride 2 along features
+    b = torch.randn(30, 40, generator=g).T  # transposed view
+    got = hsic_sums(a.to(DEVICE), b.to(DEVICE), "ip")
+    want = _dense_sums(a, b, "ip", 1.0)
+    assert got["cross"] == pytest.approx(float(want["cross"]), rel=2e-6)
+
+
+@pytest.mark.parametrize("kernel", ["ip", "rbf"])
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_fused_stats_give_the_same_cka(kernel, unbiased):
+    # The Triton backend's KernelStats, filled by one fused pass, against the CPU path.
+    g = torch.Generator().manual_seed(11)
+    a = torch.nn.functional.normalize(torch.randn(70, 24, generator=g), dim=1)
+    b = torch.nn.functional.normalize(a[:, :16] + 0.5 * torch.randn(70, 16, generator=g), dim=1)
+    ka = hsic.kernel_stats_fused(a.to(DEVICE), kernel, 1.0)
+    kb = hsic.kernel_stats_fused(b.to(DEVICE), kernel, 1.0)
+    got = hsic.cka_from_stats(ka, kb, unbiased=unbiased)
+    want = pf.cka(a, b, kernel_metric=kernel, unbiased=unbiased, backend="cpu")
+    assert got == pytest.approx(want, abs=1e-6)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="kernel"):
+        hsic_sums(torch.zeros(4, 2), torch.zeros(4, 2), "poly")
+    with pytest.raises(ValueError, match="same N"):
+        hsic_sums(torch.zeros(4, 2), torch.zeros(5, 2))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cka_dispatches_to_triton_on_cuda():
+    a, b = torch.randn(300, 64), torch.randn(300, 48)
+    want = pf.cka(a, b)
+    assert pf.cka(a.cuda(), b.cuda(), backend="triton") == pytest.approx(want, abs=1e-5)
