@@ -18,4 +18,4 @@ fi
 
 # Build requirements in the environment itself, so the editable install can rebuild in place.
 $PIP install "scikit-build-core>=0.10" "pybind11>=2.12" cmake ninja
-$PIP install --no-build-isolation -e ".[test,bench,plot]"
+$PIP install --no-build-isolation -e ".[test,bench,plot,features,demo]"

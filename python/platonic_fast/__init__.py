@@ -24,11 +24,13 @@ from .metrics import (
 )
 from .ops.knn import knn
 from .ops.outliers import remove_outliers
+from .scorer import Alignment
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AlignResult",
+    "Alignment",
     "SUPPORTED_METRICS",
     "align",
     "cka",

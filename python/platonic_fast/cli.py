@@ -17,6 +17,32 @@ def main(argv: list[str] | None = None) -> int:
 
     sub.add_parser("env", help="print what was built and which backends are usable here")
 
+    ext = sub.add_parser(
+        "extract",
+        help="layer-wise features of models on a dataset -> one safetensors file per model",
+        description="Extract pooled features of every layer. Language models read texts, vision "
+        "models read images. A model whose file already exists is skipped (use --force).",
+    )
+    ext.add_argument("models", nargs="+", help="hub ids or local folders (transformers / timm)")
+    data = ext.add_mutually_exclusive_group(required=True)
+    data.add_argument("--texts", help="a text file, one sample per line")
+    data.add_argument("--images", help="a folder of images (sorted by file name)")
+    data.add_argument("--hf-dataset", help="a HuggingFace dataset folder (save_to_disk) or cached name")
+    data.add_argument("--colours", action="store_true",
+                      help="the built-in colour set: the 949 XKCD colour names as texts "
+                      "('The color <name>.') and plain swatches of them as images")
+    ext.add_argument("--column", help="with --hf-dataset: the column to read (text or image)")
+    ext.add_argument("--split", help="with --hf-dataset: the split (default: the only one)")
+    ext.add_argument("--modality", choices=["language", "vision"],
+                     help="default: language for texts, vision for images")
+    ext.add_argument("--pool", help="language: avg (default) or last; vision: cls (default) or mean")
+    ext.add_argument("--batch-size", type=int, default=None)
+    ext.add_argument("--device", default=None)
+    ext.add_argument("--dtype", default=None, help="float32, bfloat16 or float16")
+    ext.add_argument("--limit", type=int, default=None, help="use the first N samples only")
+    ext.add_argument("--out", default="features", help="output folder (default ./features)")
+    ext.add_argument("--force", action="store_true", help="re-extract models whose file exists")
+
     meas = sub.add_parser(
         "measure",
         help="align a model set with a model set (feature files) -> scores JSON/NPZ + heat map",
@@ -44,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         from .env import main as env_main
 
         env_main()
+    elif args.command == "extract":
+        try:
+            _extract(args)
+        except (ValueError, TypeError, ImportError, RuntimeError, OSError) as exc:
+            parser.exit(2, f"platonic-fast extract: error: {exc}\n")
     elif args.command == "measure":
         from .sweep import measure_sets
 
@@ -59,6 +90,64 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:<{width}}  " + "  ".join(f"{v:>10.4f}" for v in row))
         print("wrote " + ", ".join(str(p) for p in res.files.values()))
     return 0
+
+
+def _samples(args):
+    """(samples, modality, dataset name) for the extract command's data options."""
+    from .features import datasets
+
+    if args.texts:
+        return datasets.text_file(args.texts), "language", args.texts
+    if args.images:
+        return datasets.image_folder(args.images), "vision", args.images
+    if args.colours:
+        import numpy as np
+
+        from ._colour_data import xkcd_colours
+
+        names, rgb, _ = xkcd_colours()
+        if args.modality == "vision":
+            swatches = [np.broadcast_to((c * 255).round().astype(np.uint8), (32, 32, 3)).copy() for c in rgb]
+            return swatches, "vision", "xkcd-colours"
+        return [f"The color {n}." for n in names], "language", "xkcd-colours"
+    if not args.column:
+        raise ValueError("--hf-dataset needs --column (the text or image column to read)")
+    ds = datasets.hf_dataset(args.hf_dataset, split=args.split)
+    col = datasets.column(ds, args.column)
+    kind = "vision" if args.column.lower() in ("image", "img", "images", "pixel_values") else "language"
+    return col, kind, f"{args.hf_dataset}:{args.column}"
+
+
+def _extract(args) -> None:
+    from pathlib import Path
+
+    from . import features
+
+    samples, kind, dataset = _samples(args)
+    kind = args.modality or kind
+    if args.limit is not None:
+        if args.limit < 1:
+            raise ValueError(f"--limit must be >= 1, got {args.limit}")
+        samples = [samples[i] for i in range(min(args.limit, len(samples)))]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pool = args.pool or ("avg" if kind == "language" else "cls")
+    for model in args.models:
+        # A local folder is named by its last component; a hub id "org/name" becomes "org_name".
+        stem = Path(model).name if Path(model).exists() else str(model).strip("/").replace("/", "_")
+        path = out / f"{stem}_pool-{pool}.safetensors"
+        if path.exists() and not args.force:
+            print(f"{path} exists, skipped (use --force to redo)")
+            continue
+        kwargs = {"pool": pool, "device": args.device, "dtype": args.dtype, "dataset": dataset}
+        if args.batch_size is not None:
+            kwargs["batch_size"] = args.batch_size
+        extract = features.language if kind == "language" else features.vision
+        feats = extract(model, samples, **kwargs)
+        feats.save(path)
+        layers = feats.layers
+        shape = tuple(layers.shape) if hasattr(layers, "shape") else f"{len(layers)} layers"
+        print(f"{model}: {shape} -> {path}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,19 @@
+"""Layer-wise feature extraction: transformers language models and timm vision models.
+
+Nothing heavy is imported here: transformers, timm and datasets load on first use, and models
+download only when a hub id is named.
+
+>>> from platonic_fast import features
+>>> f = features.language("bigscience/bloomz-560m", texts, pool="avg")     # doctest: +SKIP
+>>> g = features.vision("vit_base_patch16_224", images, pool="cls")        # doctest: +SKIP
+>>> f.layers.shape, f.bpb.shape, f.meta["num_params"]                       # doctest: +SKIP
+>>> f.save("feats/bloomz-560m.safetensors")                                # doctest: +SKIP
+>>> f = features.load("feats/bloomz-560m.safetensors", mmap=True)          # doctest: +SKIP
+"""
+
+from . import datasets
+from .language import language
+from .storage import Features, load, save
+from .vision import default_transform, vision
+
+__all__ = ["Features", "datasets", "default_transform", "language", "load", "save", "vision"]

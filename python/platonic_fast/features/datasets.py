@@ -1,0 +1,206 @@
+"""Sample sources for feature extraction: a text file, an image folder, a HuggingFace dataset.
+
+Each returns an indexable sequence that :func:`~platonic_fast.features.language` or
+:func:`~platonic_fast.features.vision` accepts. Images are opened lazily, one at a time, so a
+large folder or dataset never sits in memory whole.
+
+>>> texts = text_file("captions.txt")                        # doctest: +SKIP
+>>> images = image_folder("photos/")                         # doctest: +SKIP
+>>> ds = hf_dataset("data/wit_1024")                         # doctest: +SKIP
+>>> images, texts = column(ds, "image"), column(ds, "text")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+
+
+def text_file(path: str | os.PathLike, *, skip_blank: bool = False) -> list[str]:
+    """One sample per line of a UTF-8 text file (line endings removed).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    skip_blank : bool, default False
+        Drop blank lines. By default a blank line is an error: dropping it silently would shift
+        every later sample against a paired image set.
+
+    Returns
+    -------
+    list of str
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    ValueError
+        The file is not UTF-8, is empty, or has a blank line (without ``skip_blank``).
+
+    Examples
+    --------
+    >>> texts = text_file("captions.txt")                   # doctest: +SKIP
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no text file at {str(path)!r}")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{str(path)!r} is not UTF-8 text: {e}") from e
+    texts = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            if skip_blank:
+                continue
+            raise ValueError(f"{str(path)!r} line {number} is blank; every line is one sample "
+                             "(remove it or pass skip_blank=True)")
+        texts.append(line)
+    if not texts:
+        raise ValueError(f"{str(path)!r} holds no samples")
+    return texts
+
+
+class ImageFolder(Sequence):
+    """The images of one folder, sorted by file name, opened as RGB PIL images on access.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    suffixes : tuple of str
+        File name endings counted as images (case-insensitive).
+
+    Raises
+    ------
+    FileNotFoundError
+        No such folder.
+    ValueError
+        The folder has no image files.
+
+    Examples
+    --------
+    >>> images = ImageFolder("photos/")                      # doctest: +SKIP
+    >>> len(images), images[0].size                          # doctest: +SKIP
+    (1024, (640, 480))
+    """
+
+    def __init__(self, path: str | os.PathLike, suffixes: tuple[str, ...] = IMAGE_SUFFIXES):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise FileNotFoundError(f"no image folder at {str(self.path)!r}")
+        self.files = sorted(p for p in self.path.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+        if not self.files:
+            raise ValueError(f"{str(self.path)!r} holds no image files (looked for {', '.join(suffixes)})")
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        from PIL import Image
+
+        with Image.open(self.files[i]) as im:
+            return im.convert("RGB")
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+    def __repr__(self) -> str:
+        return f"ImageFolder({str(self.path)!r}, {len(self)} images)"
+
+
+def image_folder(path: str | os.PathLike) -> ImageFolder:
+    """The images of a folder, sorted by file name (see :class:`ImageFolder`)."""
+    return ImageFolder(path)
+
+
+def _datasets():
+    try:
+        import datasets
+    except ImportError as e:
+        raise ImportError("reading HuggingFace datasets needs the 'datasets' package: pip install datasets") from e
+    return datasets
+
+
+def hf_dataset(name_or_path: str | os.PathLike, split: str | None = None, **load_kwargs: Any):
+    """A HuggingFace dataset: one saved with ``save_to_disk``, or one in the local cache.
+
+    Parameters
+    ----------
+    name_or_path : str or os.PathLike
+        A folder written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk`` (read with
+        ``datasets.load_from_disk``), else a dataset name for ``datasets.load_dataset``
+        (which reads the local cache; set ``HF_DATASETS_OFFLINE=1`` without network).
+    split : str, optional
+        The split to take from a dataset dictionary. Default: its only split, or "train".
+    **load_kwargs
+        Passed to ``datasets.load_dataset`` (``name=``, ``revision=``, ...).
+
+    Returns
+    -------
+    datasets.Dataset
+
+    Raises
+    ------
+    ImportError
+        ``datasets`` is not installed.
+    ValueError
+        ``split`` is not in the dataset.
+
+    Examples
+    --------
+    >>> ds = hf_dataset("minhuh/prh", split="train", revision="wit_1024")   # doctest: +SKIP
+    >>> texts = column(ds, "text")                                         # doctest: +SKIP
+    """
+    datasets = _datasets()
+    path = Path(name_or_path).expanduser()
+    if path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file()):
+        ds = datasets.load_from_disk(str(path))
+    else:
+        ds = datasets.load_dataset(os.fspath(name_or_path), split=split, **load_kwargs)
+    if isinstance(ds, dict):  # DatasetDict
+        if split is None:
+            split = next(iter(ds)) if len(ds) == 1 else "train"
+        if split not in ds:
+            raise ValueError(f"split {split!r} is not in {str(name_or_path)!r}; it has {sorted(ds)}")
+        ds = ds[split]
+    return ds
+
+
+class Column(Sequence):
+    """One column of a dataset, read row by row (images decode only when accessed)."""
+
+    def __init__(self, dataset, name: str):
+        names = getattr(dataset, "column_names", None)
+        if names is not None and name not in names:
+            raise ValueError(f"column {name!r} is not in the dataset; it has {list(names)}")
+        self.dataset, self.name = dataset, name
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return self.dataset[int(i)][self.name]
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+
+def column(dataset, name: str) -> Column:
+    """A lazy view of ``dataset[name]``: ``column(ds, "image")``, ``column(ds, "text")``.
+
+    Raises
+    ------
+    ValueError
+        ``name`` is not a column of ``dataset``.
+    """
+    return Column(dataset, name)

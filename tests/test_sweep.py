@@ -1,0 +1,131 @@
+"""Model-set sweeps (platonic_fast.sweep, `platonic-fast measure`): scores equal pf.align per
+pair, symmetric pairs are scored once, and an interrupted sweep resumes to the same result."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import platonic_fast as pf
+from platonic_fast import sweep
+from platonic_fast.cli import main as cli_main
+
+N = 96
+
+
+def _model(seed: int, layers: int, width: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    shared = torch.randn(N, 6, generator=torch.Generator().manual_seed(0))
+    out = [shared @ torch.randn(6, width, generator=g) + (1 + l) * torch.randn(N, width, generator=g)
+           for l in range(layers)]
+    return torch.stack(out, dim=1)
+
+
+@pytest.fixture()
+def model_files(tmp_path):
+    """Three models saved as reference-pipeline .pt files ({"feats": N x L x D})."""
+    folder = tmp_path / "feats"
+    folder.mkdir()
+    models = {"alpha": _model(1, 3, 24), "beta": _model(2, 4, 16), "gamma": _model(3, 2, 32)}
+    for name, feats in models.items():
+        torch.save({"feats": feats}, folder / f"{name}.pt")
+    return folder, models
+
+
+def test_symmetric_sweep_matches_align(model_files, tmp_path):
+    folder, models = model_files
+    res = sweep.measure_sets(folder, metric="mutual_knn", topk=5, out_dir=tmp_path / "out", progress=False)
+    assert res.names_x == res.names_y == ["alpha", "beta", "gamma"]
+    np.testing.assert_allclose(res.scores, res.scores.T)
+    for i, a in enumerate(res.names_x):
+        for j, b in enumerate(res.names_y):
+            ref = pf.align(models[a], models[b], "mutual_knn", topk=5)
+            assert res.scores[i, j] == pytest.approx(ref.best, abs=1e-12)
+            if i <= j:
+                assert tuple(res.best_layers[i, j]) == ref.best_layers
+    # symmetric pairs were scored once: 3 + 2 + 1 records
+    assert len(list((tmp_path / "out" / "pairs").glob("*.json"))) == 6
+    saved = json.loads((tmp_path / "out" / "scores.json").read_text())
+    np.testing.assert_allclose(np.array(saved["scores"]), res.scores)
+    npz = np.load(tmp_path / "out" / "scores.npz")
+    np.testing.assert_allclose(npz["scores"], res.scores)
+
+
+def test_cycle_knn_is_not_treated_as_symmetric(model_files, tmp_path):
+    folder, _ = model_files
+    sweep.measure_sets(folder, metric="cycle_knn", topk=5, out_dir=tmp_path / "out", progress=False)
+    assert len(list((tmp_path / "out" / "pairs").glob("*.json"))) == 9
+
+
+def test_interrupted_sweep_resumes_to_the_same_result(model_files, tmp_path, monkeypatch):
+    folder, _ = model_files
+    full = sweep.measure_sets(folder, metric="cknna", topk=5, out_dir=tmp_path / "full", progress=False)
+
+    calls = {"n": 0}
+    real = sweep.score_states
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt  # the user stops the sweep mid-way
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sweep, "score_states", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.measure_sets(folder, metric="cknna", topk=5, out_dir=tmp_path / "resumed", progress=False)
+    assert len(list((tmp_path / "resumed" / "pairs").glob("*.json"))) == 3
+    assert not list((tmp_path / "resumed" / "pairs").glob(".*.tmp"))  # nothing half-written
+
+    calls["n"] = 100  # no more interruptions; count what the resumed run computes
+    resumed = sweep.measure_sets(folder, metric="cknna", topk=5, out_dir=tmp_path / "resumed", progress=False)
+    assert calls["n"] == 100 + 9 - 3  # only the unfinished pairs were scored
+    np.testing.assert_array_equal(resumed.scores, full.scores)
+    np.testing.assert_array_equal(resumed.best_layers, full.best_layers)
+
+
+def test_changed_settings_or_corrupt_records_are_recomputed(model_files, tmp_path):
+    folder, models = model_files
+    out = tmp_path / "out"
+    sweep.measure_sets(folder, metric="mutual_knn", topk=5, out_dir=out, progress=False)
+    record = out / "pairs" / "alpha__beta.json"
+    record.write_text("{ truncated")
+    res = sweep.measure_sets(folder, metric="mutual_knn", topk=3, out_dir=out, progress=False)
+    assert json.loads(record.read_text())["settings"]["topk"] == 3
+    ref = pf.align(models["alpha"], models["beta"], "mutual_knn", topk=3)
+    assert res.scores[0, 1] == pytest.approx(ref.best, abs=1e-12)
+
+
+def test_mismatched_samples_are_rejected(tmp_path):
+    torch.save({"feats": torch.randn(40, 2, 8)}, tmp_path / "a.pt")
+    torch.save({"feats": torch.randn(41, 2, 8)}, tmp_path / "b.pt")
+    with pytest.raises(ValueError, match="N=41"):
+        sweep.measure_sets(tmp_path, metric="mutual_knn", topk=3, out_dir=tmp_path / "out", progress=False)
+
+
+def test_missing_inputs_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        sweep.feature_files([tmp_path / "nope.pt"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no feature files"):
+        sweep.feature_files(tmp_path / "empty")
+
+
+def test_cli_measure(model_files, tmp_path, capsys):
+    folder, _ = model_files
+    out = tmp_path / "cli"
+    assert cli_main(["measure", str(folder / "alpha.pt"), str(folder / "beta.pt"), "--against",
+                     str(folder / "gamma.pt"), "--metric", "unbiased_cka", "--out", str(out),
+                     "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "alpha" in printed and "gamma" in printed
+    assert (out / "scores.json").exists() and (out / "scores.npz").exists()
+    saved = json.loads((out / "scores.json").read_text())
+    assert np.array(saved["scores"]).shape == (2, 1)
+
+
+def test_cli_measure_reports_bad_metric(model_files, tmp_path):
+    folder, _ = model_files
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["measure", str(folder), "--metric", "nope", "--out", str(tmp_path / "o"), "--no-progress"])
+    assert exc.value.code == 2
