@@ -86,3 +86,14 @@ def cuda_kernels_available() -> bool:
     from . import _core
 
     return bool(_core.build_info()["cuda"]) and _core.cuda_status()[1] > 0
+
+
+def triton_available() -> bool:
+    """True when Triton imports and a CUDA device is present (the kernels need a GPU)."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True

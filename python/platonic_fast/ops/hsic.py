@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .._backends import register
+from .._backends import register, triton_available
 from .knn import compute_dtype
 
 KERNELS = ("ip", "rbf")
@@ -123,17 +123,6 @@ def kernel_stats(x: torch.Tensor, kernel: str = "ip", sigma: float = 1.0) -> Ker
             st.row_sums = rows
         # For centred linear features the exact row sums are zero; the float rounding is not kept.
         return st
-
-
-def triton_available() -> bool:
-    """True when Triton imports and a CUDA device is present (the kernels need a GPU)."""
-    if not torch.cuda.is_available():
-        return False
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 @register("hsic", "triton", devices=("cuda",), is_available=triton_available)

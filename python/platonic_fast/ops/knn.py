@@ -1,6 +1,7 @@
 """Exact k-nearest neighbours by inner product, most similar first, ties to the smaller index.
 
 Backends:
+- ``triton`` (CUDA tensors): the fused kernel of kernels/triton/knn_topk.py.
 - ``cpu``: GEMM tiles through torch (MKL/oneDNN sgemm, the CPU's fastest path) fed to the
   compiled OpenMP top-k merger. The self form computes each off-diagonal tile once and merges
   it both ways (the score matrix is symmetric), halving the GEMM work. Only one tile of the
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .._backends import core_available, register, resolve
+from .._backends import core_available, register, resolve, triton_available
 from .._checks import as_tensor, check_features, check_int, check_topk
 
 _UNSET = object()
@@ -150,6 +151,20 @@ def knn_cpu(queries: torch.Tensor, keys: torch.Tensor | None, k: int, *, exclude
     bar.close()
     values, indices = merger.finalize()
     return torch.from_numpy(values), torch.from_numpy(indices)
+
+
+@register("knn", "triton", devices=("cuda",), is_available=triton_available)
+def knn_triton_backend(queries: torch.Tensor, keys: torch.Tensor | None, k: int, *, exclude_self: bool):
+    """GPU backend: the fused Triton kernel (GEMM tiles -> running top-k in registers).
+
+    float64 inputs and k above the kernel's register budget go to the torch backend.
+    """
+    from ..triton.knn_topk import MAX_K, knn_triton
+
+    keys_ = queries if keys is None else keys
+    if k > MAX_K or torch.float64 in (queries.dtype, keys_.dtype):
+        return knn_torch(queries, keys, k, exclude_self=exclude_self)
+    return knn_triton(queries, keys, k, exclude_self=exclude_self)
 
 
 @register("knn", "torch", devices=("cpu", "cuda"))

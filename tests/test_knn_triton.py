@@ -1,0 +1,81 @@
+"""The fused Triton kNN kernel (kernels/triton/knn_topk.py) against the torch reference in float64.
+
+On a GPU it runs compiled; without one, in Triton's CPU interpreter (set in conftest), where it
+is slow: shapes stay tiny but still cross tile boundaries, hit k near N, ties, half types and
+the cross form.
+"""
+
+import pytest
+import torch
+
+from platonic_fast.ops.knn import knn_torch
+
+pytest.importorskip("triton")
+from platonic_fast.triton.knn_topk import MAX_K, knn_triton  # noqa: E402
+
+GPU = torch.cuda.is_available()
+DEVICE = "cuda" if GPU else "cpu"
+# (n, d, k): odd sizes, one below/above a 16-row tile, k = 1 and k = n - 1.
+CASES = [(5, 1, 4), (17, 20, 1), (37, 20, 10), (20, 7, 19)] + ([(1000, 96, 10), (4099, 64, 64), (513, 768, 128)] if GPU else [])
+
+
+def _reference(q, keys, k, exclude_self):
+    return knn_torch(q.double(), None if keys is None else keys.double(), k, exclude_self=exclude_self)
+
+
+@pytest.mark.parametrize("n,d,k", CASES, ids=[f"{n}x{d}-k{k}" for n, d, k in CASES])
+def test_self_form_matches_reference(n, d, k):
+    x = torch.randn(n, d, generator=torch.Generator().manual_seed(n + k))
+    vals, idx = knn_triton(x.to(DEVICE), None, k, exclude_self=True)
+    ref_v, ref_i = _reference(x, None, k, True)
+    assert idx.dtype == torch.int64 and vals.dtype == torch.float32
+    torch.testing.assert_close(idx.cpu(), ref_i, rtol=0, atol=0)
+    torch.testing.assert_close(vals.cpu().double(), ref_v, rtol=1e-6, atol=1e-5)
+
+
+def test_self_included_and_cross_form():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(30, 12, generator=g)
+    vals, idx = knn_triton(x.to(DEVICE), None, 4, exclude_self=False)
+    torch.testing.assert_close(idx.cpu(), _reference(x, None, 4, False)[1], rtol=0, atol=0)
+    q, keys = torch.randn(23, 20, generator=g), torch.randn(90, 20, generator=g)
+    vals, idx = knn_triton(q.to(DEVICE), keys.to(DEVICE), 7, exclude_self=False)
+    torch.testing.assert_close(idx.cpu(), _reference(q, keys, 7, False)[1], rtol=0, atol=0)
+
+
+def test_ties_go_to_the_smaller_index():
+    # Integer-valued features: exact float32 products, many equal scores.
+    x = torch.randint(0, 3, (50, 4), generator=torch.Generator().manual_seed(2)).float()
+    vals, idx = knn_triton(x.to(DEVICE), None, 12, exclude_self=True)
+    torch.testing.assert_close(idx.cpu(), _reference(x, None, 12, True)[1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_half_inputs(dtype):
+    # The reference sees the same rounded inputs; products accumulate in float32 either way.
+    x = torch.randn(40, 24, generator=torch.Generator().manual_seed(3)).to(dtype)
+    vals, idx = knn_triton(x.to(DEVICE), None, 5, exclude_self=True)
+    ref_v, ref_i = _reference(x.float(), None, 5, True)
+    torch.testing.assert_close(vals.cpu().double(), ref_v, rtol=1e-5, atol=1e-4)
+    assert (idx.cpu() == ref_i).float().mean() > 0.98  # near-ties may swap at float32 accumulation
+
+
+def test_non_contiguous_input():
+    x = torch.randn(33, 40, generator=torch.Generator().manual_seed(4))[:, ::2]
+    vals, idx = knn_triton(x.to(DEVICE), None, 6, exclude_self=True)
+    torch.testing.assert_close(idx.cpu(), _reference(x, None, 6, True)[1], rtol=0, atol=0)
+
+
+def test_k_limit():
+    with pytest.raises(ValueError, match="k must be"):
+        knn_triton(torch.randn(300, 4), None, MAX_K + 1, exclude_self=True)
+
+
+@pytest.mark.skipif(not GPU, reason="no CUDA device")
+def test_public_knn_dispatches_to_triton_on_cuda():
+    import platonic_fast as pf
+
+    x = torch.randn(2000, 128)
+    v_cpu, i_cpu = pf.knn(x, 10)
+    v_gpu, i_gpu = pf.knn(x.cuda(), 10, backend="triton")
+    torch.testing.assert_close(i_gpu.cpu(), i_cpu, rtol=0, atol=0)
