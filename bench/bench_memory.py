@@ -15,7 +15,6 @@ The torch anchors are not run at this size: the dense approach needs the N x N m
 from __future__ import annotations
 
 import json
-import os
 import resource
 import subprocess
 import sys

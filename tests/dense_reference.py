@@ -13,7 +13,7 @@ Nothing here imports platonic_fast: the tests compare the package against this m
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Union
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F

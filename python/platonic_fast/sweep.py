@@ -10,16 +10,14 @@ uninterrupted one.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from ._io import write_atomic
 from .align import prepare_layers, prepare_states, resolve_options, score_states
 
 FEATURE_SUFFIXES = (".safetensors", ".pt")
@@ -75,19 +73,6 @@ def feature_files(paths) -> list[Path]:
     if dupes:
         raise ValueError(f"feature files must have distinct names; repeated: {sorted(dupes)}")
     return out
-
-
-def write_atomic(path: Path, write) -> None:
-    """Write via a temporary file in the same folder and os.replace: never half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _fingerprint(path: Path) -> str:

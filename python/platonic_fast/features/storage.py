@@ -18,16 +18,15 @@ The reference pipeline's ``.pt`` files (``{"feats": N x L x D tensor or list, "n
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .._io import write_atomic
 from ._common import layer_widths
 
 FORMAT = "platonic_fast.features"
@@ -189,19 +188,8 @@ def save(features: Features, path: str | os.PathLike) -> Path:
     except TypeError as e:
         raise ValueError(f"features.meta must be JSON-serialisable to be stored: {e}") from e
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"format": FORMAT, "format_version": FORMAT_VERSION, "meta": meta_json})
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_atomic(path, lambda tmp: save_file(
+        tensors, tmp, metadata={"format": FORMAT, "format_version": FORMAT_VERSION, "meta": meta_json}))
 
 
 def load(path: str | os.PathLike, mmap: bool = True) -> Features:
