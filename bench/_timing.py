@@ -233,14 +233,9 @@ def mem_available_bytes() -> int | None:
 
 
 def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    from platonic_fast.env import _cpu_name  # one reader of /proc/cpuinfo for the package and bench
+
+    return _cpu_name()
 
 
 def _cpu_flags() -> list[str]:

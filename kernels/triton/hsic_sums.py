@@ -16,16 +16,11 @@ The diagonal is known without the pass (linear: ‖x_i‖², RBF: 1), so it is n
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-
-def interpreted() -> bool:
-    """True under TRITON_INTERPRET=1 (kernels run on the CPU, slowly, for tests)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+from . import interpreted
 
 
 @triton.jit

@@ -19,19 +19,14 @@ inputs use the tensor cores with float32 accumulation.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from . import interpreted
+
 MAX_K = 128
 _INDEX_MASK = (1 << 32) - 1
-
-
-def interpreted() -> bool:
-    """True under TRITON_INTERPRET=1 (kernels run on the CPU, slowly, for tests)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @triton.jit
