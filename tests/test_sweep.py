@@ -129,3 +129,16 @@ def test_cli_measure_reports_bad_metric(model_files, tmp_path):
     with pytest.raises(SystemExit) as exc:
         cli_main(["measure", str(folder), "--metric", "nope", "--out", str(tmp_path / "o"), "--no-progress"])
     assert exc.value.code == 2
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch's note on the fake file
+def test_corrupt_feature_file_leaves_results_untouched(model_files, tmp_path):
+    folder, _ = model_files
+    out = tmp_path / "out"
+    sweep.measure_sets(folder, metric="mutual_knn", topk=5, out_dir=out, progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    (folder / "beta.pt").write_bytes(b"\x80\x04 not a torch file")
+    with pytest.raises(ValueError, match="beta.pt"):
+        sweep.measure_sets(folder, metric="mutual_knn", topk=5, out_dir=out, progress=False)
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert after == before
