@@ -222,5 +222,46 @@ PYBIND11_MODULE(_core, m) {
         py::arg("a_ptr"), py::arg("b_ptr"), py::arg("n"), py::arg("k"), py::arg("out_ptr"),
         py::arg("stream"),
         "Device pointers to two C-contiguous int64 N x k lists and an int64 N output.");
+  m.def("neighbor_list_cuda",
+        [](const std::string& op, uintptr_t a, uintptr_t b, int64_t n, int64_t k, uintptr_t scratch,
+           uintptr_t out, uintptr_t stream) {
+          PF_CHECK(n >= 0 && k >= 1 && k <= pf::max_list_k_cuda(),
+                   "neighbor_list_cuda: need n >= 0 and 1 <= k <= " << pf::max_list_k_cuda());
+          PF_CHECK(a && b && out && (op != "cycle_hits" || scratch), "neighbor_list_cuda: null device pointer");
+          py::gil_scoped_release release;
+          pf::neighbor_list_cuda(op, a, b, n, k, scratch, out, stream);
+        },
+        py::arg("op"), py::arg("a_ptr"), py::arg("b_ptr"), py::arg("n"), py::arg("k"),
+        py::arg("scratch_ptr"), py::arg("out_ptr"), py::arg("stream"),
+        "cycle_hits / lcs_lengths / edit_distances on device lists (int64 N x k, C-contiguous).");
+  m.def("masked_kernel_sums_workspace_cuda", &pf::masked_kernel_sums_workspace_cuda, py::arg("n"),
+        py::arg("k"), "Bytes of device workspace masked_kernel_sums_cuda needs.");
+  m.def("masked_kernel_sums_cuda",
+        [](uintptr_t idx_k, uintptr_t val_k, uintptr_t idx_l, uintptr_t val_l, int64_t n, int64_t k,
+           bool zero_diagonal, bool is_double, uintptr_t work, uintptr_t out6, uintptr_t stream) {
+          PF_CHECK(n >= 0 && k >= 1 && k <= pf::max_list_k_cuda(),
+                   "masked_kernel_sums_cuda: need n >= 0 and 1 <= k <= " << pf::max_list_k_cuda());
+          PF_CHECK(idx_k && val_k && idx_l && val_l && work && out6, "masked_kernel_sums_cuda: null device pointer");
+          py::gil_scoped_release release;
+          pf::masked_kernel_sums_cuda(idx_k, val_k, idx_l, val_l, n, k, zero_diagonal, is_double, work,
+                                      out6, stream);
+        },
+        py::arg("idx_k"), py::arg("val_k"), py::arg("idx_l"), py::arg("val_l"), py::arg("n"),
+        py::arg("k"), py::arg("zero_diagonal"), py::arg("is_double"), py::arg("work_ptr"),
+        py::arg("out6_ptr"), py::arg("stream"),
+        "CKNNA sums on device: out6 = trace_kl, sum_k, sum_l, k_then_l, l_then_k, mask_count.");
+  m.def("topk_merge_cuda",
+        [](uintptr_t values, uintptr_t indices, int64_t n, int64_t m, int64_t k, uintptr_t out_values,
+           uintptr_t out_indices, bool is_double, uintptr_t stream) {
+          PF_CHECK(n >= 0 && m >= 1 && k >= 1 && k <= pf::max_list_k_cuda(),
+                   "topk_merge_cuda: need n >= 0, m >= 1 and 1 <= k <= " << pf::max_list_k_cuda());
+          PF_CHECK(values && indices && out_values && out_indices, "topk_merge_cuda: null device pointer");
+          py::gil_scoped_release release;
+          pf::topk_merge_cuda(values, indices, n, m, k, out_values, out_indices, is_double, stream);
+        },
+        py::arg("values_ptr"), py::arg("indices_ptr"), py::arg("n"), py::arg("m"), py::arg("k"),
+        py::arg("out_values_ptr"), py::arg("out_indices_ptr"), py::arg("is_double"), py::arg("stream"),
+        "k-selection merge of m candidates per row into the best k (device pointers).");
+  m.attr("CUDA_MAX_LIST_K") = pf::max_list_k_cuda();
 #endif
 }

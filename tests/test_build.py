@@ -112,3 +112,14 @@ def test_cuda_launch_without_gpu_raises_cleanly():
     # No driver: the CUDA runtime's error comes back as an exception, not a crash.
     with pytest.raises(RuntimeError):
         _core.mutual_overlap_cuda(8, 8, 4, 2, 8, 0)
+
+
+def test_auto_prefers_device_native_backends(monkeypatch):
+    # On CUDA tensors "auto" must take a GPU kernel before the CPU core's host copy.
+    from platonic_fast import _backends
+    from platonic_fast.ops import neighbor_lists  # noqa: F401  (registers the ops)
+
+    impls = _backends._REGISTRY["mutual_overlap"]
+    monkeypatch.setitem(impls, "cuda", impls["cuda"].__class__(impls["cuda"].fn, ("cuda",), lambda: True))
+    assert _backends.available("mutual_overlap", "cuda")[0] == "cuda"
+    assert _backends.available("mutual_overlap", "cpu")[0] == "cpu"

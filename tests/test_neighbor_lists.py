@@ -71,10 +71,26 @@ def test_shape_mismatch_raises():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("op", nl.OPS)
 @pytest.mark.parametrize("n,k", CASES, ids=[f"n{n}-k{k}" for n, k in CASES])
-def test_cuda_overlap_kernel(n, k):
-    if "cuda" not in nl._backends_available("mutual_overlap"):
+def test_cuda_kernels_match_cpu_core(op, n, k):
+    if "cuda" not in nl._backends_available(op):
         pytest.skip("CUDA kernels not built")
+    if k >= n:
+        pytest.skip("k must be below n for lists of distinct neighbours")
     a, b = _lists(n, k, 0.5, seed=k)
-    got = nl.run("mutual_overlap", a.cuda(), b.cuda(), backend="cuda")
-    torch.testing.assert_close(got.cpu(), nl.run("mutual_overlap", a, b, backend="cpu"), rtol=0, atol=0)
+    got = nl.run(op, a.cuda(), b.cuda(), backend="cuda")
+    torch.testing.assert_close(got.cpu(), nl.run(op, a, b, backend="cpu"), rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("unbiased", [True, False])
+def test_cknna_sums_on_gpu_match_cpu(unbiased):
+    import platonic_fast as pf
+
+    g = torch.Generator().manual_seed(9)
+    a = torch.nn.functional.normalize(torch.randn(700, 48, generator=g), dim=1)
+    b = torch.nn.functional.normalize(a[:, :32] + torch.randn(700, 32, generator=g), dim=1)
+    want = pf.cknna(a, b, topk=10, unbiased=unbiased)
+    got = pf.cknna(a.cuda(), b.cuda(), topk=10, unbiased=unbiased)
+    assert got == pytest.approx(want, abs=1e-5)

@@ -16,6 +16,9 @@ from typing import Callable
 import torch
 
 BACKENDS = ("cpu", "cuda", "triton", "torch")
+# The order "auto" tries them in, by the input's device: kernels native to the device first,
+# the compiled CPU core (with a host copy) next, the plain-torch reference last.
+_AUTO_ORDER = {"cuda": ("cuda", "triton", "cpu", "torch"), "cpu": ("cpu", "torch")}
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,7 @@ def available(op: str, device: torch.device | str | None = None) -> list[str]:
     impls = _REGISTRY.get(op, {})
     return [
         name
-        for name in BACKENDS
+        for name in _AUTO_ORDER.get(dev, BACKENDS)
         if name in impls and (dev is None or dev in impls[name].devices) and impls[name].is_available()
     ]
 

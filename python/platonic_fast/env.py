@@ -23,6 +23,7 @@ def report() -> dict:
 
     from . import __version__, _backends
     from . import metrics  # noqa: F401  (registers every op)
+    from .ops import topk_merge  # noqa: F401
 
     info: dict = {
         "platonic_fast": __version__,

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import torch
 
-from ._backends import register, resolve
+from ._backends import cuda_kernels_available, register, resolve
 from ._checks import check_int, check_pair, check_positive_float, check_topk
 from .ops import hsic, neighbor_lists
 from .ops.knn import neighbors
@@ -71,14 +71,39 @@ _EDIT = _list_metric("edit_distances", lambda r, k: 1.0 - float(r.sum(dtype=torc
 
 
 def _masked_sums(a: Neighbours, b: Neighbours, zero_diagonal: bool) -> dict:
+    """CKNNA's sparse sums of two neighbour lists with their kernel values (compiled core)."""
     from . import _core
+
+    dtype = torch.float64 if torch.float64 in (a.values.dtype, b.values.dtype) else torch.float32
+    k = a.indices.shape[1]
+    if a.indices.is_cuda and cuda_kernels_available() and k <= _core.CUDA_MAX_LIST_K:
+        return _masked_sums_cuda(a, b, zero_diagonal, dtype)
 
     def host(t, dtype=None):
         return t.detach().to("cpu", dtype or t.dtype).contiguous().numpy()
 
-    dtype = torch.float64 if torch.float64 in (a.values.dtype, b.values.dtype) else torch.float32
     fn = _core.masked_kernel_sums_f64 if dtype == torch.float64 else _core.masked_kernel_sums_f32
     return fn(host(a.indices), host(a.values, dtype), host(b.indices), host(b.values, dtype), zero_diagonal)
+
+
+_SUM_NAMES = ("trace_kl", "sum_k", "sum_l", "k_then_l", "l_then_k", "mask_count")
+
+
+def _masked_sums_cuda(a: Neighbours, b: Neighbours, zero_diagonal: bool, dtype: torch.dtype) -> dict:
+    from . import _core
+
+    dev = a.indices.device
+    ia, ib = a.indices.to(torch.int64).contiguous(), b.indices.to(dev, torch.int64).contiguous()
+    va, vb = a.values.to(dev, dtype).contiguous(), b.values.to(dev, dtype).contiguous()
+    n, k = ia.shape
+    work = torch.empty(_core.masked_kernel_sums_workspace_cuda(n, k), dtype=torch.uint8, device=dev)
+    out = torch.empty(6, dtype=torch.float64, device=dev)
+    with torch.cuda.device(dev):
+        stream = torch.cuda.current_stream(dev).cuda_stream
+        _core.masked_kernel_sums_cuda(ia.data_ptr(), va.data_ptr(), ib.data_ptr(), vb.data_ptr(), n, k,
+                                      zero_diagonal, dtype == torch.float64, work.data_ptr(), out.data_ptr(),
+                                      stream)
+    return dict(zip(_SUM_NAMES, out.tolist()))
 
 
 def _cknna_similarity(s: dict, n: int, *, unbiased: bool, distance_agnostic: bool) -> float:

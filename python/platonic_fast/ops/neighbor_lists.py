@@ -48,20 +48,49 @@ for _op in OPS:
     register(_op, "cpu", devices=("cpu", "cuda"), is_available=core_available)(_core_op(_op))
 
 
+def _device_lists(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both lists as C-contiguous int64 on a's GPU, with every index checked (kernels trust them)."""
+    a = a.to(torch.int64).contiguous()
+    b = b.to(device=a.device, dtype=torch.int64).contiguous()
+    n = a.shape[0]
+    if n and (int(a.min()) < 0 or int(a.max()) >= n or int(b.min()) < 0 or int(b.max()) >= n):
+        raise ValueError(f"neighbour lists hold indices outside [0, {n})")
+    return a, b
+
+
 @register("mutual_overlap", "cuda", devices=("cuda",), is_available=cuda_kernels_available)
 def mutual_overlap_cuda(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     from .. import _core
 
-    a = a.to(torch.int64).contiguous()
-    b = b.to(device=a.device, dtype=torch.int64).contiguous()
+    a, b = _device_lists(a, b)
     out = torch.empty(a.shape[0], dtype=torch.int64, device=a.device)
-    n, k = a.shape
-    if n and (int(a.min()) < 0 or int(a.max()) >= n or int(b.min()) < 0 or int(b.max()) >= n):
-        raise ValueError(f"neighbour lists hold indices outside [0, {n})")
     with torch.cuda.device(a.device):
         stream = torch.cuda.current_stream(a.device).cuda_stream
-        _core.mutual_overlap_cuda(a.data_ptr(), b.data_ptr(), n, k, out.data_ptr(), stream)
+        _core.mutual_overlap_cuda(a.data_ptr(), b.data_ptr(), a.shape[0], a.shape[1], out.data_ptr(), stream)
     return out
+
+
+def _cuda_list_op(name: str):
+    def impl(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        from .. import _core
+
+        if a.shape[1] > _core.CUDA_MAX_LIST_K:  # beyond the kernels' per-thread scratch
+            return _core_op(name)(a, b)
+        a, b = _device_lists(a, b)
+        out = torch.empty(a.shape[0], dtype=torch.int64, device=a.device)
+        scratch = torch.empty_like(a) if name == "cycle_hits" else out
+        with torch.cuda.device(a.device):
+            stream = torch.cuda.current_stream(a.device).cuda_stream
+            _core.neighbor_list_cuda(name, a.data_ptr(), b.data_ptr(), a.shape[0], a.shape[1],
+                                     scratch.data_ptr(), out.data_ptr(), stream)
+        return out
+
+    impl.__name__ = f"{name}_cuda"
+    return impl
+
+
+for _op in ("cycle_hits", "lcs_lengths", "edit_distances"):
+    register(_op, "cuda", devices=("cuda",), is_available=cuda_kernels_available)(_cuda_list_op(_op))
 
 
 # --- plain-torch references --------------------------------------------------------------------
