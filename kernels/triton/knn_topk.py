@@ -108,6 +108,13 @@ def _knn_kernel(q_ptr, k_ptr, out_val_ptr, out_idx_ptr, n_q, n_k, d, stride_q, s
     tl.store(out_idx_ptr + offs, cols, mask=out_mask)
 
 
+# Autotuned on a GPU (the interpreter takes one fixed configuration): rows per program, warps
+# and pipeline stages; the GEMM tile width follows k (BLOCK_N >= TOP), set by the launcher.
+_CONFIGS = [triton.Config({"BLOCK_M": bm}, num_warps=w, num_stages=st)
+            for bm in (32, 64, 128) for w in (4, 8) for st in (2, 3)]
+_knn_kernel_tuned = triton.autotune(configs=_CONFIGS, key=["d", "k", "EXCLUDE_SELF"])(_knn_kernel)
+
+
 def _next_pow2(x: int) -> int:
     return 1 << max(0, (x - 1).bit_length())
 
@@ -127,6 +134,8 @@ def knn_triton(queries: torch.Tensor, keys: torch.Tensor | None, k: int, *, excl
         Self form only: row i never lists i.
     allow_tf32 : bool
         float32 inputs: use tf32 tensor cores (faster, not exact). Default: exact float32.
+    block_m : int, optional
+        Query rows per program; default: autotuned on a GPU, 16 in the interpreter.
 
     Returns
     -------
@@ -145,17 +154,17 @@ def knn_triton(queries: torch.Tensor, keys: torch.Tensor | None, k: int, *, excl
     n_k = keys.shape[0]
     top = max(16, _next_pow2(k))  # running top-k width (>= k, a power of two for tl.sort)
     block_n = max(top, 32 if interpreted() else 64)  # GEMM tile width, independent of k
-    if block_m is None:
-        block_m = 16 if interpreted() else 64
     block_d = 32 if d > 16 else 16
     values = torch.empty(n_q, k, dtype=torch.float32, device=queries.device)
     indices = torch.empty(n_q, k, dtype=torch.int32, device=queries.device)
     precision = "tf32" if (allow_tf32 and queries.dtype == torch.float32) else "ieee"
-    grid = (triton.cdiv(n_q, block_m),)
-    _knn_kernel[grid](
-        queries, keys, values, indices, n_q, n_k, d, queries.stride(0), keys.stride(0), k,
-        EXCLUDE_SELF=bool(exclude_self and symmetric), BLOCK_M=block_m, BLOCK_N=block_n, TOP=top,
-        LOG2_TILE_OVER_TOP=(block_n // top).bit_length() - 1, BLOCK_D=block_d,
-        PRECISION=precision, UPCAST=interpreted() and queries.dtype != torch.float32,
-    )
+    args = (queries, keys, values, indices, n_q, n_k, d, queries.stride(0), keys.stride(0), k)
+    consts = dict(EXCLUDE_SELF=bool(exclude_self and symmetric), BLOCK_N=block_n, TOP=top,
+                  LOG2_TILE_OVER_TOP=(block_n // top).bit_length() - 1, BLOCK_D=block_d,
+                  PRECISION=precision, UPCAST=interpreted() and queries.dtype != torch.float32)
+    if interpreted() or block_m is not None:
+        block_m = block_m or 16
+        _knn_kernel[(triton.cdiv(n_q, block_m),)](*args, BLOCK_M=block_m, **consts)
+    else:
+        _knn_kernel_tuned[lambda meta: (triton.cdiv(n_q, meta["BLOCK_M"]),)](*args, **consts)
     return values, indices.to(torch.int64)
