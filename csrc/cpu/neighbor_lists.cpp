@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "../common/check.h"
+#include "../common/myers.h"
 #include "../common/parallel.h"
 
 namespace pf {
@@ -133,23 +134,7 @@ void edit_distances(const int64_t* a, const int64_t* b, int64_t n, int64_t k, in
         int hin = 1;  // global distance: the top boundary row grows by one per column
         for (int64_t w = 0; w < words; ++w) {
           const uint64_t high = (w == words - 1) ? last_high : (uint64_t{1} << 63);
-          uint64_t eq = (pos >= 0 && pos / 64 == w) ? (uint64_t{1} << (pos % 64)) : 0;
-          const uint64_t p = pv[w], m = mv[w];
-          const uint64_t xv = eq | m;
-          if (hin < 0) eq |= 1;
-          const uint64_t xh = (((eq & p) + p) ^ p) | eq;
-          uint64_t ph = m | ~(xh | p);
-          uint64_t mh = p & xh;
-          int hout = 0;
-          if (ph & high) hout = 1;
-          else if (mh & high) hout = -1;
-          ph <<= 1;
-          mh <<= 1;
-          if (hin < 0) mh |= 1;
-          else if (hin > 0) ph |= 1;
-          pv[w] = mh | ~(xv | ph);
-          mv[w] = ph & xv;
-          hin = hout;
+          hin = myers_block_step(pv[w], mv[w], pos, w, high, hin);
         }
         score += hin;
       }

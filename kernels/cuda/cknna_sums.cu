@@ -2,6 +2,7 @@
 // of the two neighbour sets (sorted by column), then the transpose lookups, row and column sums.
 // float64 accumulation with one atomic per warp for the scalars.
 #include "neighbor_lists.cuh"
+#include "row_ops.cuh"
 
 namespace pf {
 namespace cuda {
@@ -9,10 +10,6 @@ namespace cuda {
 namespace {
 
 constexpr int kThreads = 128;
-
-__device__ __forceinline__ int64_t row_id() {
-  return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-}
 
 __device__ __forceinline__ double warp_sum(double v) {
   for (int offset = 16; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset);
@@ -23,22 +20,6 @@ __device__ __forceinline__ double warp_sum(double v) {
 __device__ __forceinline__ void warp_atomic_add(double* dst, double v) {
   v = warp_sum(v);
   if ((threadIdx.x & 31) == 0) atomicAdd(dst, v);
-}
-
-template <typename T>
-__device__ void sort_by_col(int64_t* col, T* val, int n) {
-  for (int i = 1; i < n; ++i) {
-    const int64_t c = col[i];
-    const T v = val[i];
-    int j = i - 1;
-    while (j >= 0 && col[j] > c) {
-      col[j + 1] = col[j];
-      val[j + 1] = val[j];
-      --j;
-    }
-    col[j + 1] = c;
-    val[j + 1] = v;
-  }
 }
 
 // Row i's mask entries (j, K_ij, L_ij) sorted by j, at [i*k, i*k + count[i]).
@@ -58,8 +39,8 @@ __global__ void intersect_kernel(const int64_t* __restrict__ idx_k, const T* __r
     cl[p] = idx_l[i * k + p];
     vl[p] = val_l[i * k + p];
   }
-  sort_by_col(ck, vk, k);
-  sort_by_col(cl, vl, k);
+  sort_by_key(ck, vk, k);
+  sort_by_key(cl, vl, k);
   int c = 0, p = 0, q = 0;
   while (p < k && q < k) {
     if (ck[p] < cl[q]) ++p;
@@ -94,13 +75,8 @@ __global__ void row_sums_kernel(const int64_t* __restrict__ cols, const double* 
       atomicAdd(col_k + j, a);
       atomicAdd(col_l + j, lv[i * k + t]);
       // Is i in row j's mask? Binary search the sorted row.
-      int64_t lo = 0, hi = count[j];
       const int64_t* row_j = cols + j * k;
-      while (lo < hi) {
-        const int64_t mid = (lo + hi) / 2;
-        if (row_j[mid] < i) lo = mid + 1;
-        else hi = mid;
-      }
+      const int64_t lo = lower_bound(row_j, count[j], i);
       if (lo < count[j] && row_j[lo] == i) trace += a * lv[j * k + lo];
     }
     m = static_cast<double>(count[i]);

@@ -3,6 +3,7 @@
 #include <cuda/std/limits>
 
 #include "neighbor_lists.cuh"
+#include "row_ops.cuh"
 
 namespace pf {
 namespace cuda {
@@ -22,7 +23,7 @@ template <typename T>
 __global__ void topk_merge_kernel(const T* __restrict__ values, const int64_t* __restrict__ indices,
                                   int64_t n, int64_t m, int k, T* __restrict__ out_values,
                                   int64_t* __restrict__ out_indices) {
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t row = row_id();
   if (row >= n) return;
   T best_v[kMaxListK];
   int64_t best_i[kMaxListK];
