@@ -46,6 +46,19 @@ def test_sums_match_dense(n, da, db, kernel, dtype):
         torch.testing.assert_close(got[key].cpu(), want[key], rtol=0, atol=2e-6 * scale)
 
 
+@pytest.mark.parametrize("n", [20, 60, 70, 90])
+def test_every_tile_pair_counted_once(n):
+    # 16-row tiles: 2, 4, 5 and 6 row blocks (an even count has pairs half-way round the circle).
+    g = torch.Generator().manual_seed(n)
+    a, b = torch.randn(n, 5, generator=g), torch.randn(n, 3, generator=g)
+    got = hsic_sums(a.to(DEVICE), b.to(DEVICE), "rbf", 1.5, block=16, block_d=16)
+    want = _dense_sums(a, b, "rbf", 1.5)
+    for key in ("cross", "self_k", "self_l"):
+        assert got[key] == pytest.approx(float(want[key]), rel=2e-6)
+    for key in ("rows_k", "rows_l"):
+        torch.testing.assert_close(got[key].cpu(), want[key], rtol=2e-6, atol=0)
+
+
 def test_non_contiguous_inputs():
     g = torch.Generator().manual_seed(3)
     a = torch.randn(40, 70, generator=g)[:, ::2]  # stride 2 along features

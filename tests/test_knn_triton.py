@@ -11,12 +11,14 @@ import torch
 from platonic_fast.ops.knn import knn_torch
 
 pytest.importorskip("triton")
+from platonic_fast.triton import knn_topk  # noqa: E402
 from platonic_fast.triton.knn_topk import MAX_K, knn_triton  # noqa: E402
 
 GPU = torch.cuda.is_available()
 DEVICE = "cuda" if GPU else "cpu"
-# (n, d, k): odd sizes, one below/above a 16-row tile, k = 1 and k = n - 1.
-CASES = [(5, 1, 4), (17, 20, 1), (37, 20, 10), (20, 7, 19)] + ([(1000, 96, 10), (4099, 64, 64), (513, 768, 128)] if GPU else [])
+# (n, d, k): odd sizes, one below/above a 16-row tile, k = 1 and k = n - 1, and k >= 64, where
+# tiles with many entrants take the sort-and-merge path instead of one-by-one insertion.
+CASES = [(5, 1, 4), (17, 20, 1), (37, 20, 10), (20, 7, 19), (80, 3, 64)] + ([(1000, 96, 10), (4099, 64, 64), (513, 768, 128), (3001, 40, 100)] if GPU else [])
 
 
 def _reference(q, keys, k, exclude_self):
@@ -48,6 +50,34 @@ def test_ties_go_to_the_smaller_index():
     x = torch.randint(0, 3, (50, 4), generator=torch.Generator().manual_seed(2)).float()
     vals, idx = knn_triton(x.to(DEVICE), None, 12, exclude_self=True)
     torch.testing.assert_close(idx.cpu(), _reference(x, None, 12, True)[1], rtol=0, atol=0)
+
+
+@pytest.fixture(params=["insert", "sort-merge"])
+def merge_path(request, monkeypatch):
+    """Run with the kernel's default merge path for small k, or with sort-and-merge forced on
+    (normally only k >= 64 sorts; the interpreter is slow at sorting wide rows)."""
+    if request.param == "sort-merge":
+        monkeypatch.setattr(knn_topk, "SORT_MERGE_FROM", 16)
+    return request.param
+
+
+@pytest.mark.parametrize("n,d,k", [(150, 9, 10), (70, 30, 15)])
+def test_both_merge_paths(merge_path, n, d, k):
+    x = torch.randn(n, d, generator=torch.Generator().manual_seed(n))
+    vals, idx = knn_triton(x.to(DEVICE), None, k, exclude_self=True)
+    ref_v, ref_i = _reference(x, None, k, True)
+    torch.testing.assert_close(idx.cpu(), ref_i, rtol=0, atol=0)
+    torch.testing.assert_close(vals.cpu().double(), ref_v, rtol=1e-6, atol=1e-5)
+
+
+def test_ties_across_tiles(merge_path):
+    # Few distinct scores over several key tiles: equal scores in later tiles must lose.
+    k = 9
+    x = torch.randint(0, 2, (140, 3), generator=torch.Generator().manual_seed(k)).float()
+    vals, idx = knn_triton(x.to(DEVICE), None, k, exclude_self=True)
+    ref_v, ref_i = _reference(x, None, k, True)
+    torch.testing.assert_close(idx.cpu(), ref_i, rtol=0, atol=0)
+    torch.testing.assert_close(vals.cpu().double(), ref_v, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
