@@ -253,14 +253,16 @@ def _cpu_flags() -> list[str]:
 
 def git_rev() -> str:
     """HEAD sha; ``uncommitted+<sha>`` when the implementation files differ from HEAD;
-    ``uncommitted (no commit yet)`` in a repository without commits."""
+    ``uncommitted (no commit yet)`` in a repository without commits. A copy of the tree without
+    ``.git`` (a remote GPU machine) takes the sha from ``PF_GIT_COMMIT``, set by whoever copied it."""
     def git(*args):
         return subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True,
                               text=True, timeout=30)
     try:
         head = git("rev-parse", "HEAD")
         if head.returncode != 0:
-            return "uncommitted (no commit yet)"
+            copied = os.environ.get("PF_GIT_COMMIT")
+            return f"{copied} (from PF_GIT_COMMIT)" if copied else "uncommitted (no commit yet)"
         sha = head.stdout.strip()
         st = git("status", "--porcelain", "--", "python", "csrc", "kernels",
                  "CMakeLists.txt", "pyproject.toml", "bench")
