@@ -109,3 +109,26 @@ def test_public_knn_dispatches_to_triton_on_cuda():
     v_cpu, i_cpu = pf.knn(x, 10)
     v_gpu, i_gpu = pf.knn(x.cuda(), 10, backend="triton")
     torch.testing.assert_close(i_gpu.cpu(), i_cpu, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("precision,expected", [("highest", False), ("high", True)])
+def test_tf32_only_when_asked_the_torch_way(monkeypatch, precision, expected):
+    from platonic_fast.ops.knn import knn_triton_backend
+
+    seen = {}
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return knn_triton(*args, **kwargs)
+
+    monkeypatch.setattr(knn_topk, "knn_triton", spy)
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        x = torch.randn(20, 16, generator=torch.Generator().manual_seed(1))
+        _, idx = knn_triton_backend(x.to(DEVICE), None, 3, exclude_self=True)
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert seen["allow_tf32"] is expected
+    if not expected:
+        torch.testing.assert_close(idx.cpu(), _reference(x, None, 3, True)[1], rtol=0, atol=0)

@@ -157,14 +157,17 @@ def knn_cpu(queries: torch.Tensor, keys: torch.Tensor | None, k: int, *, exclude
 def knn_triton_backend(queries: torch.Tensor, keys: torch.Tensor | None, k: int, *, exclude_self: bool):
     """GPU backend: the fused Triton kernel (GEMM tiles -> running top-k in registers).
 
-    float64 inputs and k above the kernel's register budget go to the torch backend.
+    float32 inputs are multiplied exactly unless the caller opted into tf32 the torch way
+    (``torch.set_float32_matmul_precision("high")`` or ``"medium"``). float64 inputs and k above
+    the kernel's register budget go to the torch backend (chunked by query rows).
     """
     from ..triton.knn_topk import MAX_K, knn_triton
 
     keys_ = queries if keys is None else keys
     if k > MAX_K or torch.float64 in (queries.dtype, keys_.dtype):
         return knn_torch(queries, keys, k, exclude_self=exclude_self)
-    return knn_triton(queries, keys, k, exclude_self=exclude_self)
+    allow_tf32 = torch.get_float32_matmul_precision() != "highest"
+    return knn_triton(queries, keys, k, exclude_self=exclude_self, allow_tf32=allow_tf32)
 
 
 @register("knn", "torch", devices=("cpu", "cuda"))
