@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 
 def test_env_module_runs_and_prints_backends():
@@ -120,6 +121,36 @@ def test_auto_prefers_device_native_backends(monkeypatch):
     from platonic_fast.ops import neighbor_lists  # noqa: F401  (registers the ops)
 
     impls = _backends._REGISTRY["mutual_overlap"]
-    monkeypatch.setitem(impls, "cuda", impls["cuda"].__class__(impls["cuda"].fn, ("cuda",), lambda: True))
+    monkeypatch.setitem(impls, "cuda", impls["cuda"].__class__(impls["cuda"].fn, ("cuda",), lambda device=None: True))
     assert _backends.available("mutual_overlap", "cuda")[0] == "cuda"
     assert _backends.available("mutual_overlap", "cpu")[0] == "cpu"
+
+
+def test_gpus_below_compute_capability_8_fall_back(monkeypatch):
+    # The CUDA build (sm_80/sm_90 + PTX) and the Triton kernels need capability >= 8.0: an older
+    # GPU must get the CPU core / torch paths from "auto", not a "no kernel image" error.
+    from platonic_fast import _backends
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(_backends, "core_available", lambda device=None: True)
+    for capability, expected in [((7, 5), False), ((8, 0), True), ((9, 0), True)]:
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None, c=capability: c)
+        assert _backends._capable("cuda:0") is expected
+        if not expected:
+            assert not _backends.triton_available("cuda:0")
+
+
+def test_composite_metrics_take_an_explicit_backend_per_step(monkeypatch):
+    # backend="torch" for a list metric: torch kNN, and the list step has a torch version too;
+    # backend="cpu" on CPU tensors: every step that has it. A backend no step has is an error.
+    import platonic_fast as pf
+    from platonic_fast import _backends
+
+    a, b = torch.randn(40, 8), torch.randn(40, 6)
+    want = pf.mutual_knn(a, b, topk=5)
+    assert pf.mutual_knn(a, b, topk=5, backend="torch") == want
+    assert pf.cknna(a, b, topk=5, backend="torch") == pytest.approx(pf.cknna(a, b, topk=5), abs=1e-9)
+    assert _backends.for_op("cknna_sums", "triton", ("knn", "cknna_sums")) == "auto"
+    with pytest.raises(ValueError, match="implements none"):
+        _backends.for_op("svcca", "triton", ("svcca",))

@@ -82,6 +82,21 @@ def test_fused_stats_give_the_same_cka(kernel, unbiased):
     assert got == pytest.approx(want, abs=1e-6)
 
 
+@pytest.mark.parametrize("kernel", ["ip", "rbf"])
+def test_float64_features_keep_float64_beside_fused_ones(kernel):
+    # The kernel accumulates in float32 (and cannot compile float64 tiles): float64 features
+    # take the torch path, and a float32 partner is recomputed the same way, not refused.
+    g = torch.Generator().manual_seed(12)
+    a = torch.randn(50, 12, generator=g, dtype=torch.float64)
+    b = torch.randn(50, 9, generator=g)
+    ka = hsic.kernel_stats_fused(a.to(DEVICE), kernel, 1.5)
+    kb = hsic.kernel_stats_fused(b.to(DEVICE), kernel, 1.5)
+    assert not ka.fused and kb.fused
+    got = hsic.cka_from_stats(ka, kb, unbiased=False)
+    want = pf.cka(a, b.double(), kernel_metric=kernel, rbf_sigma=1.5, backend="cpu")
+    assert got == pytest.approx(want, abs=1e-6)
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="kernel"):
         hsic_sums(torch.zeros(4, 2), torch.zeros(4, 2), "poly")
@@ -94,3 +109,18 @@ def test_cka_dispatches_to_triton_on_cuda():
     a, b = torch.randn(300, 64), torch.randn(300, 48)
     want = pf.cka(a, b)
     assert pf.cka(a.cuda(), b.cuda(), backend="triton") == pytest.approx(want, abs=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_offsets_past_2_to_the_31_elements():
+    # 270,000 x 8,192 features: row offsets pass 2³¹ elements (int64 addressing in the kernel).
+    n, d = 270_000, 8192
+    g = torch.Generator(device="cuda").manual_seed(1)
+    a = torch.randn(n, d, device="cuda", dtype=torch.bfloat16, generator=g) / d**0.5
+    b = torch.randn(n, 64, device="cuda", dtype=torch.bfloat16, generator=g)
+    got = hsic_sums(a, b, "ip")
+    af, bf = a.float(), b.float()
+    cross = float((af.T.double() @ bf.double()).square().sum())  # Σ K∘L = ‖AᵀB‖²
+    assert got["cross"] == pytest.approx(cross, rel=1e-3)
+    want_rows = (af[-1000:].double() @ af.double().sum(0))  # K1 on the last rows
+    torch.testing.assert_close(got["rows_k"][-1000:], want_rows, rtol=1e-3, atol=1e-2 * float(want_rows.abs().max()))

@@ -132,3 +132,29 @@ def test_tf32_only_when_asked_the_torch_way(monkeypatch, precision, expected):
     assert seen["allow_tf32"] is expected
     if not expected:
         torch.testing.assert_close(idx.cpu(), _reference(x, None, 3, True)[1], rtol=0, atol=0)
+
+
+def test_overflowing_products_raise_instead_of_returning_bad_indices():
+    x = torch.full((20, 4), 1e20)
+    x[::2] *= -1  # products of ±1e40 overflow float32 to ±inf; -inf never enters a top-k
+    with pytest.raises(ValueError, match="overflow"):
+        knn_triton(x.to(DEVICE), None, 12, exclude_self=True)
+
+
+@pytest.mark.skipif(not GPU, reason="no CUDA device")
+def test_offsets_past_2_to_the_31_elements():
+    # 530,000 x 4,096 keys: row offsets pass 2³¹ elements (int64 addressing in the kernel).
+    n, d = 530_000, 4096
+    g = torch.Generator(device="cuda").manual_seed(0)
+    big = torch.randn(n, d, device="cuda", dtype=torch.bfloat16, generator=g)
+    small = torch.randn(64, d, device="cuda", dtype=torch.bfloat16, generator=g)
+    big[-1] = small[0] * 4  # query 0's best key is the very last row
+    vals, idx = knn_triton(small, big, 5, exclude_self=False)
+    ref = (small.float() @ big[-1000:].float().T)
+    assert int(idx[0, 0]) == n - 1
+    torch.testing.assert_close(vals[0, 0], ref[0, -1], rtol=1e-4, atol=1e-2)
+    # and as queries: the last rows of a huge query set against a small key set
+    vals, idx = knn_triton(big, small, 3, exclude_self=False)
+    ref_v, ref_i = (big[-64:].float() @ small.float().T).topk(3, dim=1)
+    torch.testing.assert_close(vals[-64:], ref_v, rtol=1e-4, atol=1e-2)
+    assert (idx[-64:, 0] == ref_i[:, 0]).float().mean() > 0.95

@@ -46,6 +46,13 @@ def test_bad_arguments():
         topk_merge(torch.zeros(3, 4), torch.zeros(3, 5, dtype=torch.int64), 2)
     with pytest.raises(ValueError, match="k must be"):
         topk_merge(torch.zeros(3, 4), torch.zeros(3, 4, dtype=torch.int64), 5)
+    with pytest.raises(ValueError, match="NaN"):
+        topk_merge(torch.tensor([[1.0, float("nan")]]), torch.tensor([[0, 1]]), 1)
+    with pytest.raises(TypeError, match="floating point"):
+        topk_merge(torch.zeros(3, 4, dtype=torch.int64), torch.zeros(3, 4, dtype=torch.int64), 2)
+    if GPU:
+        with pytest.raises(ValueError, match="one device"):
+            topk_merge(torch.zeros(3, 4).cuda(), torch.zeros(3, 4, dtype=torch.int64), 2)
 
 
 @pytest.mark.skipif(not GPU, reason="no CUDA device")

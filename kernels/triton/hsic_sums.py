@@ -16,6 +16,8 @@ The diagonal is known without the pass (linear: ‖x_i‖², RBF: 1), so it is n
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -27,14 +29,18 @@ from . import interpreted
 def _gram_tile(x_ptr, n, d, stride, row0, col0, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
                UPCAST: tl.constexpr):
     """X[row0:row0+BLOCK] @ X[col0:col0+BLOCK]ᵀ in float32, rows past n read as zeros."""
-    rows = row0 + tl.arange(0, BLOCK)
-    cols = col0 + tl.arange(0, BLOCK)
+    lanes = tl.arange(0, BLOCK)
+    rows = row0 + lanes
+    cols = col0 + lanes
+    # Block offsets in int64 (N·D may pass 2³¹ elements), int32 within the tile.
+    a_block = x_ptr + row0.to(tl.int64) * stride
+    b_block = x_ptr + col0.to(tl.int64) * stride
     acc = tl.zeros((BLOCK, BLOCK), dtype=tl.float32)
     for k0 in range(0, d, BLOCK_D):
         ks = k0 + tl.arange(0, BLOCK_D)
-        a = tl.load(x_ptr + rows[:, None] * stride + ks[None, :],
+        a = tl.load(a_block + lanes[:, None] * stride + ks[None, :],
                     mask=(rows[:, None] < n) & (ks[None, :] < d), other=0.0)
-        b = tl.load(x_ptr + cols[:, None] * stride + ks[None, :],
+        b = tl.load(b_block + lanes[:, None] * stride + ks[None, :],
                     mask=(cols[:, None] < n) & (ks[None, :] < d), other=0.0)
         if UPCAST:  # the CPU interpreter cannot multiply half types
             a = a.to(tl.float32)
@@ -138,7 +144,12 @@ def hsic_sums(a: torch.Tensor, b: torch.Tensor, kernel: str = "ip", sigma: float
     if a.shape[0] != b.shape[0]:
         raise ValueError(f"a and b must have the same N, got {a.shape[0]} and {b.shape[0]}")
     a = a.contiguous()
-    b = b.contiguous()
+    b = b.to(a.device).contiguous()
+    with torch.cuda.device(a.device) if a.is_cuda else contextlib.nullcontext():
+        return _hsic_sums(a, b, kernel, sigma, block, block_d)
+
+
+def _hsic_sums(a, b, kernel, sigma, block, block_d) -> dict:
     if not interpreted() and block is None:
         tune_key = (a.device, a.shape[1], b.shape[1], kernel, a.dtype, b.dtype)
         if tune_key not in _tuned_keys and a.shape[0] > PROXY_ROWS:

@@ -29,6 +29,8 @@ configuration at full size; the choice is cached per (d, k, form, dtype) and reu
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -74,6 +76,9 @@ def _knn_kernel(q_ptr, k_ptr, out_val_ptr, out_idx_ptr, n_q, n_k, d, stride_q, s
                 PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     pid = tl.program_id(0)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    # Row offsets in int64 where they can pass 2³¹ elements (N·D), int32 within a tile.
+    q_block = q_ptr + (pid * BLOCK_M).to(tl.int64) * stride_q
+    local_rows = tl.arange(0, BLOCK_M)
     lanes = tl.arange(0, BLOCK_N)
     top_lanes = tl.arange(0, TOP)
     live = top_lanes[None, :] < k
@@ -87,12 +92,13 @@ def _knn_kernel(q_ptr, k_ptr, out_val_ptr, out_idx_ptr, n_q, n_k, d, stride_q, s
     kth = _unpack(worst)[0]
     for col0 in range(0, n_k, BLOCK_N):
         cols = col0 + lanes
+        k_block = k_ptr + tl.cast(col0, tl.int64) * stride_k
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for d0 in range(0, d, BLOCK_D):
             ds = d0 + tl.arange(0, BLOCK_D)
-            q = tl.load(q_ptr + rows[:, None] * stride_q + ds[None, :],
+            q = tl.load(q_block + local_rows[:, None] * stride_q + ds[None, :],
                         mask=(rows[:, None] < n_q) & (ds[None, :] < d), other=0.0)
-            kb = tl.load(k_ptr + cols[:, None] * stride_k + ds[None, :],
+            kb = tl.load(k_block + lanes[:, None] * stride_k + ds[None, :],
                          mask=(cols[:, None] < n_k) & (ds[None, :] < d), other=0.0)
             if UPCAST:  # the CPU interpreter cannot multiply half types
                 q = q.to(tl.float32)
@@ -134,7 +140,7 @@ def _knn_kernel(q_ptr, k_ptr, out_val_ptr, out_idx_ptr, n_q, n_k, d, stride_q, s
     ordered = tl.sort(tl.where(live, best, -9223372036854775808), dim=1, descending=True)
     values, cols = _unpack(ordered)
     out_mask = (rows[:, None] < n_q) & live
-    offs = rows[:, None] * k + top_lanes[None, :]
+    offs = rows.to(tl.int64)[:, None] * k + top_lanes[None, :]
     tl.store(out_val_ptr + offs, values, mask=out_mask)
     tl.store(out_idx_ptr + offs, cols, mask=out_mask)
 
@@ -218,6 +224,11 @@ def knn_triton(queries: torch.Tensor, keys: torch.Tensor | None, k: int, *, excl
     keys = queries if symmetric else keys.contiguous()
     exclude_self = bool(exclude_self and symmetric)
     precision = "tf32" if (allow_tf32 and queries.dtype == torch.float32) else "ieee"
+    with _on_device(queries):
+        return _knn(queries, keys, k, symmetric, exclude_self, precision, block_m)
+
+
+def _knn(queries, keys, k, symmetric, exclude_self, precision, block_m):
     if not interpreted() and block_m is None:
         # Tune once per (device, d, k, form, dtype, precision) on a slice that still fills the GPU.
         tune_key = (queries.device, queries.shape[1], k, exclude_self, queries.dtype, precision)
@@ -226,4 +237,13 @@ def knn_triton(queries: torch.Tensor, keys: torch.Tensor | None, k: int, *, excl
             _launch(q_proxy, q_proxy if symmetric else keys[:PROXY_ROWS], k, exclude_self, precision)
         _tuned_keys.add(tune_key)
     values, indices = _launch(queries, keys, k, exclude_self, precision, block_m)
+    # A row keeps an empty slot only when fewer than k of its scores are above -inf: products
+    # that overflowed float32. Say so rather than return out-of-range indices.
+    if indices.numel() and int(indices.max()) >= keys.shape[0]:
+        raise ValueError("inner products overflow float32 (features too large); rescale the features")
     return values, indices.to(torch.int64)
+
+
+def _on_device(t: torch.Tensor):
+    """Triton launches on the current CUDA device: make it the tensors' one."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()

@@ -13,9 +13,10 @@ from typing import Any, Callable
 
 import torch
 
-from ._backends import cuda_kernels_available, register, resolve
+from ._backends import core_available, cuda_kernels_available, for_op, register, resolve
 from ._checks import check_int, check_pair, check_positive_float, check_topk
 from .ops import hsic, neighbor_lists
+from .ops.neighbor_lists import checked_device_lists
 from .ops.knn import neighbors
 
 SUPPORTED_METRICS = (
@@ -54,11 +55,11 @@ class MetricSpec:
 
 def _list_metric(op: str, reduce: Callable[[torch.Tensor, int], float]) -> MetricSpec:
     def prepare(x, *, topk, backend="auto"):
-        _, idx = neighbors(x, topk, exclude_self=True, backend=backend)
+        _, idx = neighbors(x, topk, exclude_self=True, backend=for_op("knn", backend, ("knn", op)))
         return Neighbours(idx)
 
     def pair(sa: Neighbours, sb: Neighbours, *, topk=None, backend="auto"):
-        per_row = neighbor_lists.run(op, sa.indices, sb.indices, backend=backend)
+        per_row = neighbor_lists.run(op, sa.indices, sb.indices, backend=for_op(op, backend, ("knn", op)))
         return reduce(per_row, sa.indices.shape[1])
 
     return MetricSpec(op, prepare, pair, uses_topk=True)
@@ -70,14 +71,25 @@ _LCS = _list_metric("lcs_lengths", lambda r, k: float(r.sum(dtype=torch.float64)
 _EDIT = _list_metric("edit_distances", lambda r, k: 1.0 - float(r.sum(dtype=torch.float64)) / (r.numel() * k))
 
 
-def _masked_sums(a: Neighbours, b: Neighbours, zero_diagonal: bool) -> dict:
-    """CKNNA's sparse sums of two neighbour lists with their kernel values (compiled core)."""
+_CKNNA_OPS = ("knn", "cknna_sums")
+
+
+def _masked_sums(a: Neighbours, b: Neighbours, zero_diagonal: bool, backend: str = "auto") -> dict:
+    """CKNNA's sparse sums of two neighbour lists with their kernel values."""
+    _, impl = resolve("cknna_sums", for_op("cknna_sums", backend, _CKNNA_OPS), a.indices.device)
+    return impl(a, b, zero_diagonal)
+
+
+def _sums_dtype(a: Neighbours, b: Neighbours) -> torch.dtype:
+    return torch.float64 if torch.float64 in (a.values.dtype, b.values.dtype) else torch.float32
+
+
+@register("cknna_sums", "cpu", devices=("cpu", "cuda"), is_available=core_available)
+def _masked_sums_host(a: Neighbours, b: Neighbours, zero_diagonal: bool) -> dict:
+    """The compiled core, O(N·k log k) (CUDA inputs are copied to the host)."""
     from . import _core
 
-    dtype = torch.float64 if torch.float64 in (a.values.dtype, b.values.dtype) else torch.float32
-    k = a.indices.shape[1]
-    if a.indices.is_cuda and cuda_kernels_available() and k <= _core.CUDA_MAX_LIST_K:
-        return _masked_sums_cuda(a, b, zero_diagonal, dtype)
+    dtype = _sums_dtype(a, b)
 
     def host(t, dtype=None):
         return t.detach().to("cpu", dtype or t.dtype).contiguous().numpy()
@@ -89,11 +101,16 @@ def _masked_sums(a: Neighbours, b: Neighbours, zero_diagonal: bool) -> dict:
 _SUM_NAMES = ("trace_kl", "sum_k", "sum_l", "k_then_l", "l_then_k", "mask_count")
 
 
-def _masked_sums_cuda(a: Neighbours, b: Neighbours, zero_diagonal: bool, dtype: torch.dtype) -> dict:
+@register("cknna_sums", "cuda", devices=("cuda",), is_available=cuda_kernels_available)
+def _masked_sums_cuda(a: Neighbours, b: Neighbours, zero_diagonal: bool) -> dict:
+    """The CUDA kernels (k <= CUDA_MAX_LIST_K; larger k goes to the compiled core)."""
     from . import _core
 
+    if a.indices.shape[1] > _core.CUDA_MAX_LIST_K:
+        return _masked_sums_host(a, b, zero_diagonal)
+    dtype = _sums_dtype(a, b)
     dev = a.indices.device
-    ia, ib = a.indices.to(torch.int64).contiguous(), b.indices.to(dev, torch.int64).contiguous()
+    ia, ib = checked_device_lists(a.indices, b.indices)  # the kernels trust every index
     va, vb = a.values.to(dev, dtype).contiguous(), b.values.to(dev, dtype).contiguous()
     n, k = ia.shape
     work = torch.empty(_core.masked_kernel_sums_workspace_cuda(n, k), dtype=torch.uint8, device=dev)
@@ -118,16 +135,16 @@ def _cknna_similarity(s: dict, n: int, *, unbiased: bool, distance_agnostic: boo
 
 
 def _cknna_prepare(x, *, topk, unbiased=True, distance_agnostic=False, backend="auto"):
-    vals, idx = neighbors(x, topk, exclude_self=unbiased, backend=backend)
+    vals, idx = neighbors(x, topk, exclude_self=unbiased, backend=for_op("knn", backend, _CKNNA_OPS))
     st = Neighbours(idx, vals)
-    st.self_sums = _masked_sums(st, st, zero_diagonal=unbiased)
+    st.self_sums = _masked_sums(st, st, zero_diagonal=unbiased, backend=backend)
     return st
 
 
 def _cknna_pair(sa: Neighbours, sb: Neighbours, *, topk=None, unbiased=True, distance_agnostic=False, backend="auto"):
     n = sa.indices.shape[0]
     opts = dict(unbiased=unbiased, distance_agnostic=distance_agnostic)
-    kl = _cknna_similarity(_masked_sums(sa, sb, zero_diagonal=unbiased), n, **opts)
+    kl = _cknna_similarity(_masked_sums(sa, sb, zero_diagonal=unbiased, backend=backend), n, **opts)
     kk = _cknna_similarity(sa.self_sums, n, **opts)
     ll = _cknna_similarity(sb.self_sums, n, **opts)
     if distance_agnostic:
@@ -139,7 +156,7 @@ _CKNNA = MetricSpec("cknna", _cknna_prepare, _cknna_pair, uses_topk=True)
 
 
 def _cka_prepare(x, *, kernel_metric="ip", rbf_sigma=1.0, unbiased=False, backend="auto"):
-    _, kernel_stats = resolve("hsic", backend, x.device)
+    _, kernel_stats = resolve("hsic", for_op("hsic", backend, ("hsic",)), x.device)
     return kernel_stats(x, kernel_metric, rbf_sigma)
 
 
@@ -151,7 +168,7 @@ _CKA = MetricSpec("cka", _cka_prepare, _cka_pair, uses_topk=False)
 
 
 def _svcca_prepare(x, *, cca_dim=10, backend="auto"):
-    _, basis = resolve("svcca", backend, x.device)
+    _, basis = resolve("svcca", for_op("svcca", backend, ("svcca",)), x.device)
     return basis(x, cca_dim)
 
 

@@ -15,6 +15,7 @@ All sums are accumulated in float64; tiles are computed in float32 (float64 for 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -127,9 +128,15 @@ def kernel_stats(x: torch.Tensor, kernel: str = "ip", sigma: float = 1.0) -> Ker
 
 @register("hsic", "triton", devices=("cuda",), is_available=triton_available)
 def kernel_stats_fused(x: torch.Tensor, kernel: str = "ip", sigma: float = 1.0) -> KernelStats:
-    """Triton backend: the features only; every sum comes from the fused pass over a pair."""
+    """Triton backend: the features only; every sum comes from the fused pass over a pair.
+
+    float64 features keep float64 throughout: they take the torch backend (the kernel
+    accumulates in float32).
+    """
     if kernel not in KERNELS:
         raise ValueError(f"kernel_metric must be one of {KERNELS}, got {kernel!r}")
+    if x.dtype == torch.float64:
+        return kernel_stats(x, kernel, sigma)
     with torch.no_grad():
         if kernel == "ip":
             feats = x - x.float().mean(dim=0, keepdim=True).to(x.dtype)
@@ -152,16 +159,25 @@ def _fused_cross_sum(ka: KernelStats, kb: KernelStats) -> float:
     return sums["cross"]
 
 
+def _unfuse(st: KernelStats) -> None:
+    """Turn Triton-backend stats into torch-backend stats in place (their features suffice:
+    re-centring centred features changes nothing)."""
+    full = kernel_stats(st.features, st.kernel, st.sigma)
+    for field in dataclasses.fields(KernelStats):
+        setattr(st, field.name, getattr(full, field.name))
+
+
 def cross_sum(ka: KernelStats, kb: KernelStats) -> float:
     """Σ K∘L for the kernels of two feature sets of the same samples.
 
     Call it before :func:`hsic_from_sums`: with the Triton backend it also fills the stats'
     own sums from the same fused pass.
     """
-    if ka.fused or kb.fused:
-        if not (ka.fused and kb.fused):
-            raise ValueError("both feature sets must use the same HSIC backend")
+    if ka.fused and kb.fused:
         return _fused_cross_sum(ka, kb)
+    for st in (ka, kb):  # one side fused, the other not (float64): both take the torch path
+        if st.fused:
+            _unfuse(st)
     with torch.no_grad():
         if ka.kernel == "ip" and kb.kernel == "ip" and _use_feature_space(ka.n, ka.features.shape[1], kb.features.shape[1]):
             a, b = ka.features, kb.features

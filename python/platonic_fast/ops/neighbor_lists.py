@@ -48,13 +48,15 @@ for _op in OPS:
     register(_op, "cpu", devices=("cpu", "cuda"), is_available=core_available)(_core_op(_op))
 
 
-def _device_lists(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def checked_device_lists(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Both lists as C-contiguous int64 on a's GPU, with every index checked (kernels trust them)."""
     a = a.to(torch.int64).contiguous()
     b = b.to(device=a.device, dtype=torch.int64).contiguous()
     n = a.shape[0]
-    if n and (int(a.min()) < 0 or int(a.max()) >= n or int(b.min()) < 0 or int(b.max()) >= n):
-        raise ValueError(f"neighbour lists hold indices outside [0, {n})")
+    if a.numel() and b.numel():
+        lo, hi = torch.stack([a.min(), b.min()]), torch.stack([a.max(), b.max()])
+        if int(lo.min()) < 0 or int(hi.max()) >= n:
+            raise ValueError(f"neighbour lists hold indices outside [0, {n})")
     return a, b
 
 
@@ -62,7 +64,7 @@ def _device_lists(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch
 def mutual_overlap_cuda(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     from .. import _core
 
-    a, b = _device_lists(a, b)
+    a, b = checked_device_lists(a, b)
     out = torch.empty(a.shape[0], dtype=torch.int64, device=a.device)
     with torch.cuda.device(a.device):
         stream = torch.cuda.current_stream(a.device).cuda_stream
@@ -76,7 +78,7 @@ def _cuda_list_op(name: str):
 
         if a.shape[1] > _core.CUDA_MAX_LIST_K:  # beyond the kernels' per-thread scratch
             return _core_op(name)(a, b)
-        a, b = _device_lists(a, b)
+        a, b = checked_device_lists(a, b)
         out = torch.empty(a.shape[0], dtype=torch.int64, device=a.device)
         scratch = torch.empty_like(a) if name == "cycle_hits" else out
         with torch.cuda.device(a.device):

@@ -18,10 +18,16 @@ def topk_merge(values: torch.Tensor, indices: torch.Tensor, k: int, *, backend: 
     Raises
     ------
     ValueError
-        Shapes differ, inputs are not 2-D, or k is not in [1, m].
+        Shapes or devices differ, inputs are not 2-D, k is not in [1, m], or a value is NaN.
     """
     if values.dim() != 2 or values.shape != indices.shape:
         raise ValueError(f"values and indices must both be N x m, got {tuple(values.shape)} and {tuple(indices.shape)}")
+    if values.device != indices.device:
+        raise ValueError(f"values and indices must be on one device, got {values.device} and {indices.device}")
+    if not values.is_floating_point() or indices.is_floating_point() or indices.dtype == torch.bool:
+        raise TypeError(f"values must be floating point and indices integers, got {values.dtype} and {indices.dtype}")
+    if bool(torch.isnan(values).any()):  # NaN has no place in the order (larger first)
+        raise ValueError("values must not contain NaN")
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= values.shape[1]:
         raise ValueError(f"k must be an integer in [1, {values.shape[1]}], got {k!r}")
     _, impl = resolve("topk_merge", backend, values.device)
