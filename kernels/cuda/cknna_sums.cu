@@ -2,7 +2,6 @@
 // of the two neighbour sets (sorted by column), then the transpose lookups, row and column sums.
 // float64 accumulation with one atomic per warp for the scalars.
 #include "neighbor_lists.cuh"
-#include "row_ops.cuh"
 
 namespace pf {
 namespace cuda {
@@ -22,7 +21,6 @@ __device__ __forceinline__ void warp_atomic_add(double* dst, double v) {
   if ((threadIdx.x & 31) == 0) atomicAdd(dst, v);
 }
 
-// Row i's mask entries (j, K_ij, L_ij) sorted by j, at [i*k, i*k + count[i]).
 template <typename T>
 __global__ void intersect_kernel(const int64_t* __restrict__ idx_k, const T* __restrict__ val_k,
                                  const int64_t* __restrict__ idx_l, const T* __restrict__ val_l,
@@ -30,33 +28,7 @@ __global__ void intersect_kernel(const int64_t* __restrict__ idx_k, const T* __r
                                  double* __restrict__ kv, double* __restrict__ lv,
                                  int64_t* __restrict__ count) {
   const int64_t i = row_id();
-  if (i >= n) return;
-  int64_t ck[kMaxListK], cl[kMaxListK];
-  T vk[kMaxListK], vl[kMaxListK];
-  for (int p = 0; p < k; ++p) {
-    ck[p] = idx_k[i * k + p];
-    vk[p] = val_k[i * k + p];
-    cl[p] = idx_l[i * k + p];
-    vl[p] = val_l[i * k + p];
-  }
-  sort_by_key(ck, vk, k);
-  sort_by_key(cl, vl, k);
-  int c = 0, p = 0, q = 0;
-  while (p < k && q < k) {
-    if (ck[p] < cl[q]) ++p;
-    else if (cl[q] < ck[p]) ++q;
-    else {
-      if (!(zero_diagonal && ck[p] == i)) {
-        cols[i * k + c] = ck[p];
-        kv[i * k + c] = static_cast<double>(vk[p]);
-        lv[i * k + c] = static_cast<double>(vl[q]);
-        ++c;
-      }
-      ++p;
-      ++q;
-    }
-  }
-  count[i] = c;
+  if (i < n) count[i] = intersect_row(idx_k, val_k, idx_l, val_l, i, k, zero_diagonal, cols, kv, lv);
 }
 
 __global__ void row_sums_kernel(const int64_t* __restrict__ cols, const double* __restrict__ kv,
@@ -66,19 +38,11 @@ __global__ void row_sums_kernel(const int64_t* __restrict__ cols, const double* 
                                 double* __restrict__ col_l, double* __restrict__ out6) {
   const int64_t i = row_id();
   double trace = 0, rk = 0, rl = 0, m = 0;
-  if (i < n) {
-    for (int64_t t = 0; t < count[i]; ++t) {
-      const int64_t j = cols[i * k + t];
-      const double a = kv[i * k + t];
-      rk += a;
-      rl += lv[i * k + t];
+  if (i < n) {  // no early return: every lane takes part in the warp sums below
+    cknna_row_sums(cols, kv, lv, count, i, k, trace, rk, rl, [&](int64_t j, double a, double l) {
       atomicAdd(col_k + j, a);
-      atomicAdd(col_l + j, lv[i * k + t]);
-      // Is i in row j's mask? Binary search the sorted row.
-      const int64_t* row_j = cols + j * k;
-      const int64_t lo = lower_bound(row_j, count[j], i);
-      if (lo < count[j] && row_j[lo] == i) trace += a * lv[j * k + lo];
-    }
+      atomicAdd(col_l + j, l);
+    });
     m = static_cast<double>(count[i]);
     row_k[i] = rk;
     row_l[i] = rl;

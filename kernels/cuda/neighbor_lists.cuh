@@ -3,11 +3,10 @@
 #include <cstdint>
 #include <cuda_runtime.h>
 
+#include "list_rows.cuh"  // kMaxListK and the per-row bodies
+
 namespace pf {
 namespace cuda {
-
-// Rows are processed one per thread with their scratch in local memory: k up to this bound.
-constexpr int kMaxListK = 128;
 
 // out[i] = 1 if i ∈ A(j) for some j ∈ B(i). `scratch` is N x k int64 (A's rows sorted).
 cudaError_t launch_cycle_hits(const int64_t* a, const int64_t* b, int64_t n, int64_t k,

@@ -1,4 +1,5 @@
 #include "neighbor_overlap.cuh"
+#include "list_rows.cuh"
 
 namespace pf {
 namespace cuda {
@@ -16,13 +17,7 @@ __global__ void mutual_overlap_kernel(const int64_t* __restrict__ a,
   const int lane = threadIdx.x % kWarp;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
   if (row >= n) return;
-  const int64_t* ra = a + row * k;
-  const int64_t* rb = b + row * k;
-  int64_t hits = 0;
-  for (int64_t q = lane; q < k; q += kWarp) {
-    const int64_t v = rb[q];
-    for (int64_t p = 0; p < k; ++p) hits += (ra[p] == v);
-  }
+  int64_t hits = overlap_row(a + row * k, b + row * k, k, lane, kWarp);
   for (int offset = kWarp / 2; offset > 0; offset /= 2)
     hits += __shfl_down_sync(0xffffffffu, hits, offset);
   if (lane == 0) out[row] = hits;

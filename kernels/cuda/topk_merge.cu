@@ -1,9 +1,6 @@
 // k-selection merge on the GPU: the best k of m candidates per row (partial top-k lists of
 // tiles or shards laid side by side), larger first, ties to the smaller index.
-#include <cuda/std/limits>
-
 #include "neighbor_lists.cuh"
-#include "row_ops.cuh"
 
 namespace pf {
 namespace cuda {
@@ -12,40 +9,13 @@ namespace {
 
 constexpr int kThreads = 128;
 
-template <typename T>
-__device__ __forceinline__ bool better(T v, int64_t i, T w, int64_t j) {
-  return v > w || (v == w && i < j);
-}
-
-// One thread per row keeps its best k sorted in local memory and inserts each candidate that
-// beats the current k-th: O(m) compares plus O(k) per accepted candidate.
+// One thread per row (topk_merge_row in list_rows.cuh).
 template <typename T>
 __global__ void topk_merge_kernel(const T* __restrict__ values, const int64_t* __restrict__ indices,
                                   int64_t n, int64_t m, int k, T* __restrict__ out_values,
                                   int64_t* __restrict__ out_indices) {
   const int64_t row = row_id();
-  if (row >= n) return;
-  T best_v[kMaxListK];
-  int64_t best_i[kMaxListK];
-  int filled = 0;
-  for (int64_t c = 0; c < m; ++c) {
-    const T v = values[row * m + c];
-    const int64_t ix = indices[row * m + c];
-    if (ix < 0) continue;  // an empty slot of a partial list
-    if (filled == k && !better(v, ix, best_v[k - 1], best_i[k - 1])) continue;
-    int p = filled < k ? filled++ : k - 1;
-    while (p > 0 && better(v, ix, best_v[p - 1], best_i[p - 1])) {
-      best_v[p] = best_v[p - 1];
-      best_i[p] = best_i[p - 1];
-      --p;
-    }
-    best_v[p] = v;
-    best_i[p] = ix;
-  }
-  for (int t = 0; t < k; ++t) {
-    out_values[row * k + t] = t < filled ? best_v[t] : -::cuda::std::numeric_limits<T>::infinity();
-    out_indices[row * k + t] = t < filled ? best_i[t] : -1;
-  }
+  if (row < n) topk_merge_row(values, indices, row, m, k, out_values, out_indices);
 }
 
 }  // namespace
