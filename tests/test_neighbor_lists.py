@@ -85,12 +85,14 @@ def test_cuda_kernels_match_cpu_core(op, n, k):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 @pytest.mark.parametrize("unbiased", [True, False])
-def test_cknna_sums_on_gpu_match_cpu(unbiased):
+@pytest.mark.parametrize("topk", [10, 64, 128])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_cknna_sums_on_gpu_match_cpu(unbiased, topk, dtype):
     import platonic_fast as pf
 
     g = torch.Generator().manual_seed(9)
-    a = torch.nn.functional.normalize(torch.randn(700, 48, generator=g), dim=1)
-    b = torch.nn.functional.normalize(a[:, :32] + torch.randn(700, 32, generator=g), dim=1)
-    want = pf.cknna(a, b, topk=10, unbiased=unbiased)
-    got = pf.cknna(a.cuda(), b.cuda(), topk=10, unbiased=unbiased)
+    a = torch.nn.functional.normalize(torch.randn(700, 48, generator=g), dim=1).to(dtype)
+    b = torch.nn.functional.normalize(a[:, :32] + torch.randn(700, 32, generator=g, dtype=dtype), dim=1)
+    want = pf.cknna(a, b, topk=topk, unbiased=unbiased)
+    got = pf.cknna(a.cuda(), b.cuda(), topk=topk, unbiased=unbiased, backend="cuda")
     assert got == pytest.approx(want, abs=1e-5)
