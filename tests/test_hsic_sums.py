@@ -124,3 +124,20 @@ def test_offsets_past_2_to_the_31_elements():
     assert got["cross"] == pytest.approx(cross, rel=1e-3)
     want_rows = (af[-1000:].double() @ af.double().sum(0))  # K1 on the last rows
     torch.testing.assert_close(got["rows_k"][-1000:], want_rows, rtol=1e-3, atol=1e-2 * float(want_rows.abs().max()))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_low_precision_error_within_twice_torchs_own(dtype):
+    # Against exact sums over the (rounded) inputs, the fused sums err at most 2x as much as the
+    # same sums from torch's own Gram products at that dtype.
+    g = torch.Generator().manual_seed(22)
+    a = torch.randn(90, 30, generator=g).to(dtype)
+    b = torch.randn(90, 20, generator=g).to(dtype)
+    got = hsic_sums(a.to(DEVICE), b.to(DEVICE), "ip")
+    exact = _dense_sums(a.double(), b.double(), "ip", 1.0)
+    ka, kb = (a.to(DEVICE) @ a.to(DEVICE).T).cpu().double(), (b.to(DEVICE) @ b.to(DEVICE).T).cpu().double()
+    torch_sums = {"cross": (ka * kb).sum(), "self_k": (ka * ka).sum(), "self_l": (kb * kb).sum()}
+    for key in ("cross", "self_k", "self_l"):
+        kernel_err = abs(got[key] - float(exact[key]))
+        torch_err = abs(float(torch_sums[key]) - float(exact[key]))
+        assert kernel_err <= 2 * torch_err + 1e-9 * abs(float(exact[key])), key

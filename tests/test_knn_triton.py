@@ -158,3 +158,17 @@ def test_offsets_past_2_to_the_31_elements():
     ref_v, ref_i = (big[-64:].float() @ small.float().T).topk(3, dim=1)
     torch.testing.assert_close(vals[-64:], ref_v, rtol=1e-4, atol=1e-2)
     assert (idx[-64:, 0] == ref_i[:, 0]).float().mean() > 0.95
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_low_precision_error_within_twice_torchs_own(dtype):
+    # The rule for half types: against exact products of the (rounded) inputs, the
+    # kernel's scores err at most 2x as much as torch's own matmul at that dtype.
+    x = torch.randn(60, 40, generator=torch.Generator().manual_seed(21)).to(dtype)
+    vals, idx = knn_triton(x.to(DEVICE), None, 8, exclude_self=True)
+    exact = x.double() @ x.double().T
+    torch_scores = (x.to(DEVICE) @ x.to(DEVICE).T).cpu().double()
+    rows = torch.arange(60)[:, None]
+    kernel_err = (vals.cpu().double() - exact[rows, idx.cpu()]).abs().max()
+    torch_err = (torch_scores[rows, idx.cpu()] - exact[rows, idx.cpu()]).abs().max()
+    assert kernel_err <= 2 * torch_err + 1e-12
