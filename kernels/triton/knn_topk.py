@@ -71,6 +71,7 @@ def _top_half(keys):
 
 @triton.jit
 def _knn_kernel(q_ptr, k_ptr, out_val_ptr, out_idx_ptr, n_q, n_k, d, stride_q, stride_k, k,
+                size_class,
                 EXCLUDE_SELF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 BLOCK_D: tl.constexpr, TOP: tl.constexpr, SORT_MERGE: tl.constexpr, INSERT_MAX: tl.constexpr,
                 PRECISION: tl.constexpr, UPCAST: tl.constexpr):
@@ -163,7 +164,10 @@ def _prune(configs, named_args, **kwargs):
 _CONFIGS = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_D": bd}, num_warps=w, num_stages=st)
             for bm in (64, 128) for bn in (64, 128) for bd in (32, 64) for w in (4, 8) for st in (3, 4)
             if not (bm == 128 and bn == 128 and w == 4)]
-_knn_kernel_tuned = triton.autotune(configs=_CONFIGS, key=["d", "k", "EXCLUDE_SELF", "PRECISION"],
+# ``size_class`` (unused by the kernel) keys the tuning by problem size: calls too small to fill
+# the GPU tune apart from the large ones, which all share the proxy-slice tuning.
+_knn_kernel_tuned = triton.autotune(configs=_CONFIGS,
+                                    key=["d", "k", "EXCLUDE_SELF", "PRECISION", "size_class"],
                                     prune_configs_by={"early_config_prune": _prune})(_knn_kernel)
 _tuned_keys: set = set()
 
@@ -179,7 +183,8 @@ def _launch(queries, keys, k, exclude_self, precision, block_m=None):
     top = max(16, _next_pow2(k))
     values = torch.empty(n_q, k, dtype=torch.float32, device=queries.device)
     indices = torch.empty(n_q, k, dtype=torch.int32, device=queries.device)
-    args = (queries, keys, values, indices, n_q, n_k, d, queries.stride(0), keys.stride(0), k)
+    size_class = min(_next_pow2(n_q), PROXY_ROWS)
+    args = (queries, keys, values, indices, n_q, n_k, d, queries.stride(0), keys.stride(0), k, size_class)
     consts = dict(EXCLUDE_SELF=exclude_self, TOP=top, SORT_MERGE=top >= SORT_MERGE_FROM, INSERT_MAX=16, PRECISION=precision,
                   UPCAST=interpreted() and queries.dtype != torch.float32)
     if interpreted() or block_m is not None:
