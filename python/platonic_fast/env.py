@@ -31,8 +31,10 @@ def report() -> dict:
         "torch": torch.__version__,
         "cpu": _cpu_name(),
         "cpu_threads": torch.get_num_threads(),
-        "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-        if torch.cuda.is_available() else [],
+        "cuda_devices": [
+            "{} (sm_{}{})".format(torch.cuda.get_device_name(i), *torch.cuda.get_device_capability(i))
+            for i in range(torch.cuda.device_count())
+        ] if torch.cuda.is_available() else [],
     }
     try:
         from . import _core
@@ -75,7 +77,8 @@ def main() -> None:
     else:
         print(f"compiled core: {core}")
     print(f"CPU: {info['cpu']}, torch threads: {info['cpu_threads']}")
-    print(f"CUDA devices visible to torch: {', '.join(info['cuda_devices']) or 'none'}")
+    print(f"CUDA devices visible to torch: {', '.join(info['cuda_devices']) or 'none'}"
+          + ("  (the CUDA and Triton kernels need sm_80 or newer)" if info["cuda_devices"] else ""))
     if info["backend_override"]:
         print(f"PLATONIC_FAST_BACKEND={info['backend_override']} overrides 'auto'")
     print("backends usable here (auto takes the first):")
