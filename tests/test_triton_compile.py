@@ -30,11 +30,14 @@ def report():
     proc = subprocess.run([sys.executable, str(Path(__file__).with_name("triton_aot.py"))],
                           capture_output=True, text=True, env=env, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout)
+    report = json.loads(proc.stdout)
+    if all(case["ok"] is None for case in report["cases"]):
+        pytest.skip(report["cases"][0]["error"])
+    return report
 
 
 def test_every_kernel_variant_compiles(report):
-    failed = [c for c in report["cases"] if not c["ok"]]
+    failed = [c for c in report["cases"] if c["ok"] is not True]
     assert not failed, "\n".join(f"{c['kernel']} {c['dtype']} sm_{c['arch']}: {c['error']}" for c in failed)
     kernels = {c["kernel"] for c in report["cases"]}
     assert kernels == {"_knn_kernel", "_hsic_sums_kernel"}
