@@ -156,7 +156,7 @@ _CKNNA = MetricSpec("cknna", _cknna_prepare, _cknna_pair, uses_topk=True)
 
 
 def _cka_prepare(x, *, kernel_metric="ip", rbf_sigma=1.0, unbiased=False, backend="auto"):
-    _, kernel_stats = resolve("hsic", for_op("hsic", backend, ("hsic",)), x.device)
+    _, kernel_stats = resolve("hsic", backend, x.device)
     return kernel_stats(x, kernel_metric, rbf_sigma)
 
 
@@ -168,7 +168,7 @@ _CKA = MetricSpec("cka", _cka_prepare, _cka_pair, uses_topk=False)
 
 
 def _svcca_prepare(x, *, cca_dim=10, backend="auto"):
-    _, basis = resolve("svcca", for_op("svcca", backend, ("svcca",)), x.device)
+    _, basis = resolve("svcca", backend, x.device)
     return basis(x, cca_dim)
 
 
