@@ -81,7 +81,7 @@ def knn_cases(all_configs: bool):
     def consts(k, precision="ieee", **cfg):
         top = max(16, knn_topk._next_pow2(k))
         return dict(EXCLUDE_SELF=True, **cfg, TOP=top, SORT_MERGE=top >= knn_topk.SORT_MERGE_FROM,
-                    INSERT_MAX=16, PRECISION=precision, UPCAST=False)
+                    INSERT_MAX=knn_topk.INSERT_MAX, PRECISION=precision, UPCAST=False)
 
     for k in (10, 128):
         configs = knn_topk._prune(knn_topk._CONFIGS, {"TOP": max(16, knn_topk._next_pow2(k))})

@@ -24,7 +24,7 @@ inputs use the tensor cores with float32 accumulation.
 
 Tile sizes, warps and pipeline stages are autotuned on a GPU. Tuning runs on a slice of the
 problem (at most PROXY_ROWS rows and keys) so that a 10⁶-row call does not time every
-configuration at full size; the choice is cached per (d, k, form, dtype) and reused.
+configuration at full size; the choice is cached per (d, k, form, precision, dtype, size class).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from . import interpreted
 
 MAX_K = 128
 SORT_MERGE_FROM = 64  # running top-k width from which tiles with many entrants are sorted
+INSERT_MAX = 16  # ... "many": more entrants than this in some row of the tile
 PROXY_ROWS = 32_768
 
 
@@ -185,7 +186,8 @@ def _launch(queries, keys, k, exclude_self, precision, block_m=None):
     indices = torch.empty(n_q, k, dtype=torch.int32, device=queries.device)
     size_class = min(_next_pow2(n_q), PROXY_ROWS)
     args = (queries, keys, values, indices, n_q, n_k, d, queries.stride(0), keys.stride(0), k, size_class)
-    consts = dict(EXCLUDE_SELF=exclude_self, TOP=top, SORT_MERGE=top >= SORT_MERGE_FROM, INSERT_MAX=16, PRECISION=precision,
+    consts = dict(EXCLUDE_SELF=exclude_self, TOP=top, SORT_MERGE=top >= SORT_MERGE_FROM,
+                  INSERT_MAX=INSERT_MAX, PRECISION=precision,
                   UPCAST=interpreted() and queries.dtype != torch.float32)
     if interpreted() or block_m is not None:
         _knn_kernel[(triton.cdiv(n_q, block_m or 16),)](
