@@ -48,34 +48,36 @@ class Timer:
     def __init__(self, device: str, repeats: int = 5, slow_s: float = 5.0):
         self.device, self.repeats, self.slow_s = device, repeats, slow_s
 
-    def _once(self, fn) -> float:
+    def _once(self, fn):
+        """(seconds, fn's result) of one call."""
         if self.device == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            fn()
+            out = fn()
             end.record()
             torch.cuda.synchronize()
-            return start.elapsed_time(end) / 1e3
+            return start.elapsed_time(end) / 1e3, out
         t0 = time.perf_counter()
-        fn()
-        return time.perf_counter() - t0
+        out = fn()
+        return time.perf_counter() - t0, out
 
-    def first_and_median(self, fn, repeats: int | None = None) -> tuple[float, float, list[float]]:
-        """(first call, median of the next calls, their times); a slow case repeats less."""
-        first = self._once(fn)
+    def first_and_median(self, fn, repeats: int | None = None):
+        """(first call's seconds, median of the next calls, their times, the first call's result);
+        a slow case stops repeating after one timed call."""
+        first, out = self._once(fn)
         times = []
         for _ in range(repeats or self.repeats):
-            times.append(self._once(fn))
-            if times[-1] > self.slow_s and len(times) >= 1:
+            times.append(self._once(fn)[0])
+            if times[-1] > self.slow_s:
                 break
-        return first, sorted(times)[len(times) // 2], times
+        return first, sorted(times)[len(times) // 2], times, out
 
 
 def bf16_gemm_tflops(timer: Timer, n: int) -> float:
     """torch.matmul bfloat16 throughput (TFLOP/s) on this device, median of several calls."""
     a = torch.randn(n, n, device=timer.device, dtype=torch.bfloat16)
     b = torch.randn(n, n, device=timer.device, dtype=torch.bfloat16)
-    _, t, _ = timer.first_and_median(lambda: torch.matmul(a, b), repeats=10)
+    _, t, _, _ = timer.first_and_median(lambda: torch.matmul(a, b), repeats=10)
     return 2 * n**3 / t / 1e12
 
 
@@ -128,17 +130,16 @@ def _case(timer, peak, op, n, d, k, dtype, fused, flops, anchor=None, anchor_nam
     row = {"op": op, "n": n, "d": d, "k": k, "dtype": str(dtype).replace("torch.", ""),
            "bf16_gemm_tflops": peak, "flops": flops}
     try:
-        first, t, times = timer.first_and_median(fused)
-        out = fused()
+        first, t, times, out = timer.first_and_median(fused)
         row.update(status="ok", first_call_s=first, median_s=t, times=times, tflops=flops / t / 1e12)
         row["pct_of_bf16_gemm"] = 100 * row["tflops"] / peak
         if anchor is None:
             row["anchor"] = "not measured (no anchor for this case)"
         else:
-            _, ta, _ = timer.first_and_median(anchor, repeats=anchor_repeats)
+            _, ta, _, reference = timer.first_and_median(anchor, repeats=anchor_repeats)
             row.update(anchor=anchor_name, anchor_median_s=ta, speedup_vs_anchor=ta / t)
             if check is not None:
-                row.update(check(out, anchor()))
+                row.update(check(out, reference))
     except Exception as exc:  # one failing case must not lose the others
         if not _oom(exc):
             raise
@@ -206,8 +207,8 @@ def mutual_knn_case(pf, timer: Timer, args) -> dict:
         a = _features(n, d, torch.bfloat16, timer.device, seed=1)
         b = _features(n, d, torch.bfloat16, timer.device, seed=2)
         pf.mutual_knn(a[:min(n, 40_000)], b[:min(n, 40_000)], topk=K)  # warm: compile + tune
-        _, t, times = timer.first_and_median(lambda: pf.mutual_knn(a, b, topk=K), repeats=2)
-        row.update(status="ok", median_s=t, times=times, value=pf.mutual_knn(a, b, topk=K))
+        _, t, times, value = timer.first_and_median(lambda: pf.mutual_knn(a, b, topk=K), repeats=2)
+        row.update(status="ok", median_s=t, times=times, value=value)
         if row["target_s"]:
             row["target_met"] = t < row["target_s"]
     except Exception as exc:
