@@ -108,35 +108,44 @@ def correlated_pair(n: int, da: int, db: int, seed: int = 0, noise: float = 1.0,
 # platonic_fast helpers
 # ----------------------------------------------------------------------------------------------
 
-def backends_for(op: str):
-    """Backends available for ``op``: platonic_fast._backends.available(op) when it exists.
+def backend_device_params(op: str):
+    """pytest params ``(backend, device)`` for every registered backend of ``op`` on each device it
+    takes: CUDA params carry the ``gpu`` marker, so the CUDA and Triton backends run whenever a
+    GPU exists. A param is skipped only when its backend is not built or its device is absent,
+    never to hide a failure (the reason comes from the registry)."""
+    from platonic_fast import _backends
 
-    Tolerant of the registry's shape: falls back to ["auto"] on anything unexpected.
-    """
-    try:
-        import importlib
-
-        from platonic_fast import _backends  # type: ignore
-        try:  # ops register themselves on import; make sure they are all loaded
-            importlib.import_module("platonic_fast.metrics")
-        except Exception:
-            pass
-        avail = getattr(_backends, "available", None)
-        if avail is None:
-            return ["auto"]
-        out = avail(op)
-        if isinstance(out, dict):
-            out = list(out.keys())
-        out = [str(b) for b in out]
-        return out or ["auto"]
-    except Exception:
-        return ["auto"]
+    params = []
+    for name, b in _backends.backends_of(op).items():
+        for device in b.devices:
+            marks = [pytest.mark.gpu] if device == "cuda" else []
+            why = "no CUDA device" if device == "cuda" and not HAS_CUDA else b.why_not(torch.device(device))
+            if why is not None:
+                marks.append(pytest.mark.skip(reason=f"{name} {why}"))
+            params.append(pytest.param(name, device, id=f"{name}-{device}", marks=marks))
+    return params
 
 
-def backend_params(op: str):
-    """pytest params for every backend of ``op``, always including "auto"."""
-    names = ["auto"] + [b for b in backends_for(op) if b != "auto"]
-    return [pytest.param(b, id=f"backend={b}") for b in names]
+def metric_backend_params(metric: str):
+    """pytest params ``(backend, device)`` for a metric: every backend any of its ops has, on each
+    device one of those ops takes it for (an explicit backend applies to the steps that have it)."""
+    import platonic_fast as pf
+    from platonic_fast import _backends
+
+    seen: dict = {}
+    for op in pf.metric_spec(metric).ops:
+        for name, b in _backends.backends_of(op).items():
+            for device in b.devices:
+                why = "no CUDA device" if device == "cuda" and not HAS_CUDA else b.why_not(torch.device(device))
+                if seen.get((name, device), "unset") is not None:  # keep the first op that runs it
+                    seen[(name, device)] = why
+    params = []
+    for (name, device), why in sorted(seen.items()):
+        marks = [pytest.mark.gpu] if device == "cuda" else []
+        if why is not None:
+            marks.append(pytest.mark.skip(reason=f"{name} {why}"))
+        params.append(pytest.param(name, device, id=f"{name}-{device}", marks=marks))
+    return params
 
 
 def to_float(v) -> float:

@@ -1,4 +1,4 @@
-"""The fused centred-kernel sums (kernels/triton/hsic_sums.py) against a dense float64 reference.
+"""The fused centred-kernel sums (kernels/triton/hsic.py) against a dense float64 reference.
 
 Runs on a GPU when one is present, otherwise in Triton's CPU interpreter (TRITON_INTERPRET=1,
 set in conftest), on small odd shapes that are not multiples of the tile sizes.
@@ -11,7 +11,7 @@ import platonic_fast as pf
 from platonic_fast.ops import hsic
 
 triton = pytest.importorskip("triton")
-from platonic_fast.triton.hsic_sums import hsic_sums  # noqa: E402
+from platonic_fast.triton.hsic import hsic_sums  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SHAPES = [(5, 1, 3), (37, 20, 33), (130, 40, 17)]

@@ -1,4 +1,4 @@
-"""The compiled neighbour-list ops against their plain-torch references (ops/neighbor_lists.py).
+"""The neighbour-list op (ops/neighbour_lists.py): every backend against the plain-torch reference.
 
 Random lists of distinct neighbours with a controlled overlap, k from 1 to 200 so Myers'
 bit-parallel edit distance runs over one, two and four 64-bit words, and the LCS-as-LIS and
@@ -7,8 +7,9 @@ sorted-membership paths meet k near N.
 
 import pytest
 import torch
+from conftest import backend_device_params
 
-from platonic_fast.ops import neighbor_lists as nl
+from platonic_fast.ops import neighbour_lists as nl
 
 
 def _lists(n: int, k: int, overlap: float, seed: int):
@@ -28,17 +29,21 @@ def _lists(n: int, k: int, overlap: float, seed: int):
 CASES = [(5, 1), (5, 4), (37, 10), (130, 63), (130, 64), (131, 65), (300, 129), (220, 200)]
 
 
-@pytest.mark.parametrize("op", nl.OPS)
+@pytest.mark.parametrize("backend,device", backend_device_params("neighbour_lists"))
+@pytest.mark.parametrize("kind", nl.KINDS)
 @pytest.mark.parametrize("n,k", CASES, ids=[f"n{n}-k{k}" for n, k in CASES])
 @pytest.mark.parametrize("overlap", [0.0, 0.5, 1.0])
-def test_cpu_core_matches_torch_reference(op, n, k, overlap):
-    if k >= n:
-        pytest.skip("k must be below n for lists of distinct neighbours")
+def test_backend_matches_torch_reference(kind, n, k, overlap, backend, device):
+    assert k < n, "lists of distinct neighbours need k < n"
     a, b = _lists(n, k, overlap, seed=n * 1000 + k)
-    got = nl.run(op, a, b, backend="cpu")
-    want = nl.run(op, a, b, backend="torch")
-    assert got.dtype == torch.int64
-    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    if backend == "cuda" and k > nl.cuda_max_list_k():
+        with pytest.raises(ValueError, match="k <="):  # the registry says so; nothing falls back
+            nl.run(kind, a.to(device), b.to(device), backend=backend)
+        return
+    got = nl.run(kind, a.to(device), b.to(device), backend=backend)
+    want = nl.run(kind, a, b, backend="torch")
+    assert got.dtype == torch.int64 and got.device.type == device
+    torch.testing.assert_close(got.cpu(), want, rtol=0, atol=0)
 
 
 def test_identical_lists():
@@ -68,31 +73,3 @@ def test_out_of_range_indices_raise():
 def test_shape_mismatch_raises():
     with pytest.raises(ValueError, match="N x k"):
         nl.run("cycle_hits", torch.zeros(4, 2, dtype=torch.int64), torch.zeros(4, 3, dtype=torch.int64))
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-@pytest.mark.parametrize("op", nl.OPS)
-@pytest.mark.parametrize("n,k", CASES, ids=[f"n{n}-k{k}" for n, k in CASES])
-def test_cuda_kernels_match_cpu_core(op, n, k):
-    if "cuda" not in nl._backends_available(op):
-        pytest.skip("CUDA kernels not built")
-    if k >= n:
-        pytest.skip("k must be below n for lists of distinct neighbours")
-    a, b = _lists(n, k, 0.5, seed=k)
-    got = nl.run(op, a.cuda(), b.cuda(), backend="cuda")
-    torch.testing.assert_close(got.cpu(), nl.run(op, a, b, backend="cpu"), rtol=0, atol=0)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-@pytest.mark.parametrize("unbiased", [True, False])
-@pytest.mark.parametrize("topk", [10, 64, 128])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-def test_cknna_sums_on_gpu_match_cpu(unbiased, topk, dtype):
-    import platonic_fast as pf
-
-    g = torch.Generator().manual_seed(9)
-    a = torch.nn.functional.normalize(torch.randn(700, 48, generator=g), dim=1).to(dtype)
-    b = torch.nn.functional.normalize(a[:, :32] + torch.randn(700, 32, generator=g, dtype=dtype), dim=1)
-    want = pf.cknna(a, b, topk=topk, unbiased=unbiased)
-    got = pf.cknna(a.cuda(), b.cuda(), topk=topk, unbiased=unbiased, backend="cuda")
-    assert got == pytest.approx(want, abs=1e-5)

@@ -83,14 +83,14 @@ def test_concat_and_preparation_options_equal_align(refs):
 
 def _counting(monkeypatch, metric):
     """Replace the metric's spec by one that counts prepare() calls."""
-    spec = metrics.SPECS[metric]
+    spec = metrics.METRICS[metric]
     calls = []
 
     def prepare(x, **opts):
         calls.append(x.shape)
         return spec.prepare(x, **opts)
 
-    monkeypatch.setitem(metrics.SPECS, metric, dataclasses.replace(spec, prepare=prepare))
+    monkeypatch.setitem(metrics.METRICS, metric, dataclasses.replace(spec, prepare=prepare))
     return calls
 
 

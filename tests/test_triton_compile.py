@@ -63,14 +63,14 @@ def test_no_register_spills_on_the_main_paths(report):
 
 def test_autotuners_name_real_arguments_and_prune_sensibly():
     # Autotuning only runs on a GPU: a misspelt key or reset name would fail there first.
-    from platonic_fast.triton import hsic_sums, knn_topk
+    from platonic_fast.triton import hsic, knn
 
-    for tuner in (knn_topk._knn_kernel_tuned, hsic_sums._hsic_sums_tuned):
+    for tuner in (knn._knn_kernel_tuned, hsic._hsic_sums_tuned):
         assert set(tuner.keys) <= set(tuner.arg_names), tuner.keys
         assert set(getattr(tuner, "reset_to_zero", None) or []) <= set(tuner.arg_names)
     for k in (1, 10, 16, 17, 33, 64, 100, 128):
-        top = max(16, knn_topk._next_pow2(k))
-        kept = knn_topk._prune(knn_topk._CONFIGS, {"TOP": top})
+        top = max(16, knn._next_pow2(k))
+        kept = knn._prune(knn._CONFIGS, {"TOP": top})
         assert kept and all(c.kwargs["BLOCK_N"] >= top for c in kept)
         if top > 32:
             assert all(c.kwargs["BLOCK_M"] == 64 and c.num_warps == 8 for c in kept)

@@ -25,7 +25,7 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 
-from platonic_fast.triton import hsic_sums, knn_topk  # noqa: E402
+from platonic_fast.triton import hsic, knn  # noqa: E402
 
 # Pointer and integer arguments that a real launch sees 16-divisible (Triton specialises them).
 _KNN_SIG = {"q_ptr": "*{dt}", "k_ptr": "*{dt}", "out_val_ptr": "*fp32", "out_idx_ptr": "*i32",
@@ -79,12 +79,12 @@ def knn_cases(all_configs: bool):
     """bfloat16 self-kNN for k = 10 and k = 128 over the configurations the autotuner may try
     (all, or the first and last), plus exact float32, tf32 and an sm_80 float16 build."""
     def consts(k, precision="ieee", **cfg):
-        top = max(16, knn_topk._next_pow2(k))
-        return dict(EXCLUDE_SELF=True, **cfg, TOP=top, SORT_MERGE=top >= knn_topk.SORT_MERGE_FROM,
-                    INSERT_MAX=knn_topk.INSERT_MAX, PRECISION=precision, UPCAST=False)
+        top = max(16, knn._next_pow2(k))
+        return dict(EXCLUDE_SELF=True, **cfg, TOP=top, SORT_MERGE=top >= knn.SORT_MERGE_FROM,
+                    INSERT_MAX=knn.INSERT_MAX, PRECISION=precision, UPCAST=False)
 
     for k in (10, 128):
-        configs = knn_topk._prune(knn_topk._CONFIGS, {"TOP": max(16, knn_topk._next_pow2(k))})
+        configs = knn._prune(knn._CONFIGS, {"TOP": max(16, knn._next_pow2(k))})
         for cfg in configs if all_configs else configs[:1] + configs[-1:]:
             yield ("bfloat16", consts(k, **cfg.kwargs), cfg.num_warps, cfg.num_stages, 90)
     small = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=32)
@@ -96,7 +96,7 @@ def knn_cases(all_configs: bool):
 def hsic_cases(all_configs: bool):
     """bfloat16 linear and RBF sums over the tuned configurations (all, or the first and last),
     plus float32 and an sm_80 float16 build."""
-    configs = hsic_sums._CONFIGS
+    configs = hsic._CONFIGS
     for cfg in configs if all_configs else configs[:1] + configs[-1:]:
         for rbf in (False, True):
             yield ("bfloat16", dict(RBF=rbf, **cfg.kwargs, UPCAST=False), cfg.num_warps, cfg.num_stages, 90)
@@ -110,10 +110,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     report = []
     for dtype, constants, warps, stages, arch in knn_cases(args.all_configs):
-        report.append(compile_case(knn_topk._knn_kernel, _KNN_SIG, _KNN_DIV, dtype, constants, warps, stages, arch))
+        report.append(compile_case(knn._knn_kernel, _KNN_SIG, _KNN_DIV, dtype, constants, warps, stages, arch))
         print(report[-1], file=sys.stderr, flush=True)
     for dtype, constants, warps, stages, arch in hsic_cases(args.all_configs):
-        report.append(compile_case(hsic_sums._hsic_sums_kernel, _HSIC_SIG, _HSIC_DIV, dtype, constants,
+        report.append(compile_case(hsic._hsic_sums_kernel, _HSIC_SIG, _HSIC_DIV, dtype, constants,
                                    warps, stages, arch))
         print(report[-1], file=sys.stderr, flush=True)
     json.dump({"triton": triton.__version__, "cases": report}, sys.stdout, indent=1)

@@ -1,7 +1,7 @@
 """Triton kernels of platonic_fast, imported lazily by the backends that use them.
 
-- :mod:`.knn_topk`: fused exact kNN (GEMM tiles -> running top-k in registers).
-- :mod:`.hsic_sums`: fused centred-kernel sums for linear and RBF CKA.
+- :mod:`.knn`: fused exact kNN (GEMM tiles -> running top-k in registers).
+- :mod:`.hsic`: fused centred-kernel sums for linear and RBF CKA.
 """
 
 import os

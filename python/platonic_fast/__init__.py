@@ -11,14 +11,20 @@ numbers as the reference code, computed without N x N matrices.
 
 from .align import AlignResult, align
 from .metrics import (
+    METRICS,
     SUPPORTED_METRICS,
+    MetricSpec,
+    Prepared,
     cka,
     cknna,
     cycle_knn,
     edit_distance_knn,
     lcs_knn,
     measure,
+    metric_spec,
     mutual_knn,
+    prepare,
+    score,
     svcca,
     unbiased_cka,
 )
@@ -31,6 +37,9 @@ __version__ = "0.1.0"
 __all__ = [
     "AlignResult",
     "Alignment",
+    "METRICS",
+    "MetricSpec",
+    "Prepared",
     "SUPPORTED_METRICS",
     "align",
     "cka",
@@ -40,8 +49,11 @@ __all__ = [
     "knn",
     "lcs_knn",
     "measure",
+    "metric_spec",
     "mutual_knn",
+    "prepare",
     "remove_outliers",
+    "score",
     "svcca",
     "unbiased_cka",
 ]

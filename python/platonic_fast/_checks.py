@@ -12,7 +12,10 @@ from typing import Any
 import numpy as np
 import torch
 
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# The one table of floating dtypes the library accepts (names as torch spells them).
+DTYPE_NAMES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+               "float64": torch.float64}
+FLOAT_DTYPES = tuple(DTYPE_NAMES.values())
 
 
 def all_finite(t: torch.Tensor) -> bool:
@@ -44,7 +47,7 @@ def as_tensor(x: Any, name: str) -> torch.Tensor:
 def check_features(x: Any, name: str, *, check_finite: bool = True) -> torch.Tensor:
     """Validate an N x D feature matrix and return it as a tensor (dtype and device unchanged)."""
     t = as_tensor(x, name)
-    if t.dtype not in _FLOAT_DTYPES:
+    if t.dtype not in FLOAT_DTYPES:
         raise TypeError(
             f"{name} must be float32, float16, bfloat16 or float64, got {t.dtype}; "
             f"convert it with {name}.float()"

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ._checks import as_tensor, check_features
-from .metrics import SPECS, check_options
+from .metrics import Prepared, metric_spec, prepare, score
 from .ops.outliers import remove_outliers
 
 
@@ -97,7 +97,7 @@ def align(feats_x, feats_y, metric: str = "mutual_knn", topk: int = 10, *, q: fl
     metric : str
         Any of :data:`platonic_fast.SUPPORTED_METRICS`.
     topk : int
-        Neighbours for the kNN metrics (names containing "knn", cknna included); ignored otherwise.
+        Neighbours for the metrics that take them (the kNN metrics and cknna); ignored otherwise.
     q, exact : outlier clamping (see :func:`platonic_fast.remove_outliers`); q=1 disables it.
     normalize : bool
         L2-normalise every row of every layer first (the reference does).
@@ -137,35 +137,33 @@ def resolve_options(metric: str, n: int, widths: list[int], *, topk: int = 10, b
                     **metric_options) -> dict:
     """Validated metric options for layers of N samples and the given widths.
 
-    As the reference's ``compute_score``: ``topk`` goes to metrics whose name contains "knn"
-    (cknna included) and is ignored by the others.
+    As the reference's ``compute_score``: ``topk`` goes to the metrics that take it and is
+    ignored by the others.
     """
-    if not isinstance(metric, str) or metric not in SPECS:
-        raise ValueError(f"metric must be one of {tuple(SPECS)}, got {metric!r}")
+    spec = metric_spec(metric)
     options = dict(metric_options, backend=backend)
-    if "knn" in metric:
+    if spec.takes_topk:
         options["topk"] = topk
-    return check_options(metric, n, (min(widths),) * 2, options)
+    return spec.check_options(n, (min(widths),) * 2, options)
 
 
-def prepare_states(layers: list[torch.Tensor], metric: str, opts: dict, *, bar=None) -> list:
-    """Per-layer prepared states of one model (neighbour lists, kernel statistics, ...)."""
+def prepare_states(layers: list[torch.Tensor], metric: str, opts: dict, *, bar=None) -> list[Prepared]:
+    """Every layer of one model prepared for ``metric`` with validated options ``opts``."""
     states = []
     for layer in layers:
-        states.append(SPECS[metric].prepare(layer, **opts))
+        states.append(prepare(metric, layer, **opts))
         if bar is not None:
             bar.update()
     return states
 
 
-def score_states(states_x: list, states_y: list, metric: str, opts: dict, *, concat: bool = False,
-                 bar=None) -> AlignResult:
+def score_states(states_x: list[Prepared], states_y: list[Prepared], metric: str, opts: dict, *,
+                 concat: bool = False, bar=None) -> AlignResult:
     """Score every pair of prepared layers and pick the best, as the reference does."""
-    spec = SPECS[metric]
     scores = torch.empty(len(states_x), len(states_y), dtype=torch.float64)
     for i, sx in enumerate(states_x):
         for j, sy in enumerate(states_y):
-            scores[i, j] = spec.pair(sx, sy, **opts)
+            scores[i, j] = score(sx, sy)
             if bar is not None:
                 bar.update()
     best, best_layers = 0.0, None

@@ -17,13 +17,19 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def _why_not_here(backend, device: str) -> str | None:
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        return "no GPU"
+    return backend.why_not(torch.device(device))
+
+
 def report() -> dict:
     """Build options, devices and the usable backend of every op, as a dict."""
     import torch
 
     from . import __version__, _backends
-    from . import metrics  # noqa: F401  (registers every op)
-    from .ops import topk_merge  # noqa: F401
 
     info: dict = {
         "platonic_fast": __version__,
@@ -53,10 +59,22 @@ def report() -> dict:
     except ImportError:
         info["triton"] = None
     info["backend_override"] = os.environ.get("PLATONIC_FAST_BACKEND")
-    ops = sorted(_backends._REGISTRY)
-    info["backends"] = {
-        op: {dev: _backends.available(op, dev) for dev in ("cpu", "cuda")} for op in ops
-    }
+    info["backends"] = {}
+    for op in _backends.ops():
+        rows = {}
+        for name, b in _backends.backends_of(op).items():
+            rows[name] = {
+                "devices": list(b.devices),
+                "dtypes": [_backends.dtype_name(d) for d in b.dtypes],
+                # a callable limit is read from the build, which may not import here
+                "max_k": b.limit_k() if not callable(b.max_k) or b.why_not(None) is None else "build",
+                "min_capability": ".".join(map(str, b.min_capability)) if b.min_capability else None,
+                "needs": list(b.needs),
+                # why it cannot run here on each of its devices (None: it can)
+                "here": {dev: _why_not_here(b, dev) for dev in b.devices},
+            }
+        info["backends"][op] = rows
+    info["auto"] = {op: {dev: _backends.available(op, dev) for dev in ("cpu", "cuda")} for op in _backends.ops()}
     return info
 
 
@@ -81,11 +99,17 @@ def main() -> None:
           + ("  (the CUDA and Triton kernels need sm_80 or newer)" if info["cuda_devices"] else ""))
     if info["backend_override"]:
         print(f"PLATONIC_FAST_BACKEND={info['backend_override']} overrides 'auto'")
-    print("backends usable here (auto takes the first):")
-    for op, per_dev in info["backends"].items():
+    print("backends: what each serves, and whether it runs here (auto takes the first that serves a call)")
+    print(f"  {'op':<16}{'backend':<8}{'devices':<10}{'dtypes':<34}{'max k':<7}{'min cc':<7}{'needs':<14}here")
+    for op, rows in info["backends"].items():
+        for name, b in rows.items():
+            here = "; ".join(f"{dev}: {'yes' if why is None else why}" for dev, why in b["here"].items())
+            print(f"  {op:<16}{name:<8}{'/'.join(b['devices']):<10}{','.join(b['dtypes']):<34}"
+                  f"{str(b['max_k'] or '-'):<7}{b['min_capability'] or '-':<7}{','.join(b['needs']) or '-':<14}{here}")
+    print("auto order here:")
+    for op, per_dev in info["auto"].items():
         cols = "   ".join(f"{dev}: {', '.join(b) or '-'}" for dev, b in per_dev.items())
         print(f"  {op:<16} {cols}")
-
 
 if __name__ == "__main__":
     main()

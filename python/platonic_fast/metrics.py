@@ -1,35 +1,29 @@
-"""The eight alignment metrics of SPEC §1, with the reference's names and defaults.
+"""The eight alignment metrics of SPEC §1, each declared once as a :class:`MetricSpec`.
 
-Each metric is split into ``prepare`` (everything that depends on one feature set: its
-neighbour lists, its kernel statistics, its singular vectors) and ``pair`` (the cheap part that
-needs both). A single call does both; :func:`platonic_fast.align` prepares each layer once and
-then scores every layer pair from the prepared states.
+A metric splits into ``prepare`` (everything that depends on one feature set: its neighbour
+lists, its kernel statistics, its singular vectors) and ``pair`` (the cheap part that needs
+both). The spec also holds the metric's options and their validation, the ops it uses, whether
+it is symmetric and whether it takes ``topk``; :data:`SUPPORTED_METRICS`, :func:`measure`,
+the layer search, the scorer, the sweeps and ``compat`` all read it.
+
+The prepared-state API is public: :func:`prepare` one feature set once, then :func:`score` it
+against any other set prepared the same way. A single :func:`measure` call does both.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 
-from ._backends import core_available, cuda_kernels_available, for_op, register, resolve
-from ._checks import check_int, check_pair, check_positive_float, check_topk
-from .ops import hsic, neighbor_lists
-from .ops.neighbor_lists import checked_device_lists
-from .ops.knn import neighbors
-
-SUPPORTED_METRICS = (
-    "cycle_knn",
-    "mutual_knn",
-    "lcs_knn",
-    "cka",
-    "unbiased_cka",
-    "cknna",
-    "svcca",
-    "edit_distance_knn",
-)
-
+from ._backends import check_backend_name, for_op, resolve
+from ._checks import check_features, check_int, check_pair, check_positive_float, check_topk
+from .ops import hsic
+from .ops.cknna_sums import cknna_sums
+from .ops.knn import neighbours
+from .ops.neighbour_lists import run as neighbour_lists
+from .ops.svcca import canonical_correlations, svcca_basis
 
 # --- prepared states --------------------------------------------------------------------------
 
@@ -43,84 +37,107 @@ class Neighbours:
     self_sums: dict | None = None  # CKNNA: masked sums of the set with itself
 
 
+# --- the spec ---------------------------------------------------------------------------------
+
+
+def _check_bool(value, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class MetricSpec:
-    """How a metric splits into per-feature-set preparation and a pairwise score."""
+    """Everything the library knows about one metric.
+
+    Attributes
+    ----------
+    name : str
+    ops : tuple of str
+        The registry ops it runs (an explicit ``backend=`` applies to those that have it).
+    defaults : dict
+        Its options and their defaults (``backend`` aside).
+    validate : callable (options, n, widths) -> options
+        Checks and normalises the options for N samples and the two feature widths.
+    prepare : callable (x, **options) -> state
+    pair : callable (state_a, state_b, **options) -> float
+    symmetric : bool
+        m(A, B) == m(B, A) (a sweep of a set against itself scores each pair once).
+    takes_topk : bool
+        Uses neighbour lists of ``topk`` neighbours.
+    max_score : callable (options) -> float
+        The largest value the metric takes (k for lcs_knn, else 1).
+    fixed : dict
+        Options the metric pins (``unbiased_cka`` is ``cka`` with ``unbiased=True``).
+    """
 
     name: str
-    prepare: Callable[..., Any]  # (x, **options) -> state
-    pair: Callable[..., float]  # (state_a, state_b, **options) -> score
-    uses_topk: bool
+    ops: tuple[str, ...]
+    defaults: dict
+    validate: Callable[[dict, int, tuple[int, int]], dict]
+    prepare: Callable[..., Any]
+    pair: Callable[..., float]
+    symmetric: bool
+    takes_topk: bool
+    max_score: Callable[[dict], float] = lambda opts: 1.0
+    fixed: dict = field(default_factory=dict)
+
+    def check_options(self, n: int, widths: tuple[int, int], options: dict) -> dict:
+        """Validated, complete options (``backend`` included) for N samples and two widths."""
+        opts = dict(options)
+        backend = check_backend_name(opts.pop("backend", "auto"))
+        for_op(self.ops[0], backend, self.ops)  # a backend none of the ops has fails here
+        unknown = set(opts) - set(self.defaults)
+        if unknown:
+            raise TypeError(f"{self.name}() got unexpected option(s) {sorted(unknown)}; "
+                            f"it takes {sorted(self.defaults)} and backend")
+        for name, value in self.fixed.items():
+            if opts.get(name, value) != value:
+                raise ValueError(f"{self.name} always uses {name}={value!r}, got {opts[name]!r}")
+        out = self.validate({**self.defaults, **opts, **self.fixed}, n, widths)
+        out["backend"] = backend
+        return out
 
 
-def _list_metric(op: str, reduce: Callable[[torch.Tensor, int], float]) -> MetricSpec:
+def _validate_topk(opts: dict, n: int, widths) -> dict:
+    return {"topk": check_topk(opts["topk"], n)}
+
+
+def _list_metric(name: str, kind: str, reduce: Callable[[torch.Tensor, int], float], *,
+                 symmetric: bool, max_score=lambda opts: 1.0) -> MetricSpec:
+    ops = ("knn", "neighbour_lists")
+
     def prepare(x, *, topk, backend="auto"):
-        _, idx = neighbors(x, topk, exclude_self=True, backend=for_op("knn", backend, ("knn", op)))
+        _, idx = neighbours(x, topk, exclude_self=True, backend=for_op("knn", backend, ops))
         return Neighbours(idx)
 
     def pair(sa: Neighbours, sb: Neighbours, *, topk=None, backend="auto"):
-        per_row = neighbor_lists.run(op, sa.indices, sb.indices, backend=for_op(op, backend, ("knn", op)))
+        per_row = neighbour_lists(kind, sa.indices, sb.indices, backend=for_op("neighbour_lists", backend, ops))
         return reduce(per_row, sa.indices.shape[1])
 
-    return MetricSpec(op, prepare, pair, uses_topk=True)
+    return MetricSpec(name, ops, {"topk": 10}, _validate_topk, prepare, pair, symmetric=symmetric,
+                      takes_topk=True, max_score=max_score)
 
 
-_MUTUAL = _list_metric("mutual_overlap", lambda r, k: float(r.sum(dtype=torch.float64)) / (r.numel() * k))
-_CYCLE = _list_metric("cycle_hits", lambda r, k: float(r.sum(dtype=torch.float64)) / r.numel())
-_LCS = _list_metric("lcs_lengths", lambda r, k: float(r.sum(dtype=torch.float64)) / r.numel())
-_EDIT = _list_metric("edit_distances", lambda r, k: 1.0 - float(r.sum(dtype=torch.float64)) / (r.numel() * k))
+def _mean(r: torch.Tensor) -> float:
+    return float(r.sum(dtype=torch.float64)) / r.numel()
 
+
+_MUTUAL = _list_metric("mutual_knn", "mutual_overlap", lambda r, k: _mean(r) / k, symmetric=True)
+_CYCLE = _list_metric("cycle_knn", "cycle_hits", lambda r, k: _mean(r), symmetric=False)
+_LCS = _list_metric("lcs_knn", "lcs_lengths", lambda r, k: _mean(r), symmetric=True,
+                    max_score=lambda opts: float(opts["topk"]))
+_EDIT = _list_metric("edit_distance_knn", "edit_distances", lambda r, k: 1.0 - _mean(r) / k, symmetric=True)
+
+
+# --- CKNNA ------------------------------------------------------------------------------------
 
 _CKNNA_OPS = ("knn", "cknna_sums")
 
 
-def _masked_sums(a: Neighbours, b: Neighbours, zero_diagonal: bool, backend: str = "auto") -> dict:
-    """CKNNA's sparse sums of two neighbour lists with their kernel values."""
-    _, impl = resolve("cknna_sums", for_op("cknna_sums", backend, _CKNNA_OPS), a.indices.device)
-    return impl(a, b, zero_diagonal)
-
-
-def _sums_dtype(a: Neighbours, b: Neighbours) -> torch.dtype:
-    return torch.float64 if torch.float64 in (a.values.dtype, b.values.dtype) else torch.float32
-
-
-@register("cknna_sums", "cpu", devices=("cpu", "cuda"), is_available=core_available)
-def _masked_sums_host(a: Neighbours, b: Neighbours, zero_diagonal: bool) -> dict:
-    """The compiled core, O(N·k log k) (CUDA inputs are copied to the host)."""
-    from . import _core
-
-    dtype = _sums_dtype(a, b)
-
-    def host(t, dtype=None):
-        return t.detach().to("cpu", dtype or t.dtype).contiguous().numpy()
-
-    fn = _core.masked_kernel_sums_f64 if dtype == torch.float64 else _core.masked_kernel_sums_f32
-    return fn(host(a.indices), host(a.values, dtype), host(b.indices), host(b.values, dtype), zero_diagonal)
-
-
-_SUM_NAMES = ("trace_kl", "sum_k", "sum_l", "k_then_l", "l_then_k", "mask_count")
-
-
-@register("cknna_sums", "cuda", devices=("cuda",), is_available=cuda_kernels_available)
-def _masked_sums_cuda(a: Neighbours, b: Neighbours, zero_diagonal: bool) -> dict:
-    """The CUDA kernels (k <= CUDA_MAX_LIST_K; larger k goes to the compiled core)."""
-    from . import _core
-
-    if a.indices.shape[1] > _core.CUDA_MAX_LIST_K:
-        return _masked_sums_host(a, b, zero_diagonal)
-    dtype = _sums_dtype(a, b)
-    dev = a.indices.device
-    ia, ib = checked_device_lists(a.indices, b.indices)  # the kernels trust every index
-    va, vb = a.values.to(dev, dtype).contiguous(), b.values.to(dev, dtype).contiguous()
-    n, k = ia.shape
-    work = torch.empty(_core.masked_kernel_sums_workspace_cuda(n, k), dtype=torch.uint8, device=dev)
-    out = torch.empty(6, dtype=torch.float64, device=dev)
-    with torch.cuda.device(dev):
-        stream = torch.cuda.current_stream(dev).cuda_stream
-        _core.masked_kernel_sums_cuda(ia.data_ptr(), va.data_ptr(), ib.data_ptr(), vb.data_ptr(), n, k,
-                                      zero_diagonal, dtype == torch.float64, work.data_ptr(), out.data_ptr(),
-                                      stream)
-    return dict(zip(_SUM_NAMES, out.tolist()))
+def _masked_sums(a: Neighbours, b: Neighbours, zero_diagonal: bool, backend: str) -> dict:
+    return cknna_sums(a.indices, a.values, b.indices, b.values, zero_diagonal,
+                      backend=for_op("cknna_sums", backend, _CKNNA_OPS))
 
 
 def _cknna_similarity(s: dict, n: int, *, unbiased: bool, distance_agnostic: bool) -> float:
@@ -134,14 +151,19 @@ def _cknna_similarity(s: dict, n: int, *, unbiased: bool, distance_agnostic: boo
     return s["trace_kl"] - s["k_then_l"] / n - s["l_then_k"] / n + s["sum_k"] * s["sum_l"] / n**2
 
 
-def _cknna_prepare(x, *, topk, unbiased=True, distance_agnostic=False, backend="auto"):
-    vals, idx = neighbors(x, topk, exclude_self=unbiased, backend=for_op("knn", backend, _CKNNA_OPS))
+def _cknna_state(idx: torch.Tensor, vals: torch.Tensor, unbiased: bool, backend: str) -> Neighbours:
     st = Neighbours(idx, vals)
     st.self_sums = _masked_sums(st, st, zero_diagonal=unbiased, backend=backend)
     return st
 
 
-def _cknna_pair(sa: Neighbours, sb: Neighbours, *, topk=None, unbiased=True, distance_agnostic=False, backend="auto"):
+def _cknna_prepare(x, *, topk, unbiased=True, distance_agnostic=False, backend="auto"):
+    vals, idx = neighbours(x, topk, exclude_self=unbiased, backend=for_op("knn", backend, _CKNNA_OPS))
+    return _cknna_state(idx, vals, unbiased, backend)
+
+
+def _cknna_pair(sa: Neighbours, sb: Neighbours, *, topk=None, unbiased=True, distance_agnostic=False,
+                backend="auto"):
     n = sa.indices.shape[0]
     opts = dict(unbiased=unbiased, distance_agnostic=distance_agnostic)
     kl = _cknna_similarity(_masked_sums(sa, sb, zero_diagonal=unbiased, backend=backend), n, **opts)
@@ -152,11 +174,25 @@ def _cknna_pair(sa: Neighbours, sb: Neighbours, *, topk=None, unbiased=True, dis
     return kl / (max(kk * ll, 0.0) ** 0.5 + 1e-6)
 
 
-_CKNNA = MetricSpec("cknna", _cknna_prepare, _cknna_pair, uses_topk=True)
+def _cknna_validate(opts: dict, n: int, widths) -> dict:
+    unbiased = _check_bool(opts["unbiased"], "unbiased")
+    distance_agnostic = _check_bool(opts["distance_agnostic"], "distance_agnostic")
+    topk = n - 1 if opts["topk"] is None else opts["topk"]  # None: every other sample (the reference's default)
+    topk = check_topk(topk, n, self_excluded=unbiased, low=2)
+    if unbiased and not distance_agnostic and n < 4:
+        raise ValueError(f"cknna with unbiased=True needs N >= 4 samples, got N={n}")
+    return {"topk": topk, "unbiased": unbiased, "distance_agnostic": distance_agnostic}
+
+
+_CKNNA = MetricSpec("cknna", _CKNNA_OPS, {"topk": 10, "distance_agnostic": False, "unbiased": True},
+                    _cknna_validate, _cknna_prepare, _cknna_pair, symmetric=False, takes_topk=True)
+
+
+# --- CKA --------------------------------------------------------------------------------------
 
 
 def _cka_prepare(x, *, kernel_metric="ip", rbf_sigma=1.0, unbiased=False, backend="auto"):
-    _, kernel_stats = resolve("hsic", backend, x.device)
+    _, kernel_stats = resolve("hsic", backend, x.device, dtypes=(x.dtype,))
     return kernel_stats(x, kernel_metric, rbf_sigma)
 
 
@@ -164,89 +200,195 @@ def _cka_pair(sa, sb, *, kernel_metric="ip", rbf_sigma=1.0, unbiased=False, back
     return hsic.cka_from_stats(sa, sb, unbiased=unbiased)
 
 
-_CKA = MetricSpec("cka", _cka_prepare, _cka_pair, uses_topk=False)
+def _cka_validate(opts: dict, n: int, widths) -> dict:
+    if opts["kernel_metric"] not in hsic.KERNELS:
+        raise ValueError(f"kernel_metric must be one of {hsic.KERNELS}, got {opts['kernel_metric']!r}")
+    sigma = check_positive_float(opts["rbf_sigma"], "rbf_sigma")
+    unbiased = _check_bool(opts["unbiased"], "unbiased")
+    if unbiased and n < 4:
+        raise ValueError(f"unbiased HSIC needs N >= 4 samples, got N={n}")
+    return {"kernel_metric": opts["kernel_metric"], "rbf_sigma": sigma, "unbiased": unbiased}
+
+
+def _cka_spec(name: str, fixed: dict) -> MetricSpec:
+    return MetricSpec(name, ("hsic",), {"kernel_metric": "ip", "rbf_sigma": 1.0, "unbiased": False},
+                      _cka_validate, _cka_prepare, _cka_pair, symmetric=True, takes_topk=False, fixed=fixed)
+
+
+# --- SVCCA ------------------------------------------------------------------------------------
 
 
 def _svcca_prepare(x, *, cca_dim=10, backend="auto"):
-    _, basis = resolve("svcca", backend, x.device)
-    return basis(x, cca_dim)
-
-
-@register("svcca", "cpu", devices=("cpu",))
-@register("svcca", "torch", devices=("cpu", "cuda"))
-def _svcca_basis(x: torch.Tensor, cca_dim: int) -> torch.Tensor:
-    """Top ``cca_dim`` left singular vectors of the column-standardised features (float64)."""
-    x64 = x.to(torch.float64)
-    x64 = x64 - x64.mean(dim=0, keepdim=True)
-    x64 = x64 / (x64.std(dim=0) + 1e-8)
-    u, _, _ = torch.linalg.svd(x64, full_matrices=False)
-    return u[:, :cca_dim]
+    return svcca_basis(x, cca_dim, backend=backend)
 
 
 def _svcca_pair(ua, ub, *, cca_dim=10, backend="auto"):
-    # Canonical correlations of two orthonormal bases are the singular values of UaᵀUb.
-    s = torch.linalg.svdvals(ua.T @ ub)
-    return float(s.clamp(0.0, 1.0).mean())
+    return float(canonical_correlations(ua, ub).mean())
 
 
-_SVCCA = MetricSpec("svcca", _svcca_prepare, _svcca_pair, uses_topk=False)
-
-SPECS: dict[str, MetricSpec] = {
-    "mutual_knn": _MUTUAL,
-    "cycle_knn": _CYCLE,
-    "lcs_knn": _LCS,
-    "edit_distance_knn": _EDIT,
-    "cka": _CKA,
-    "unbiased_cka": _CKA,
-    "cknna": _CKNNA,
-    "svcca": _SVCCA,
-}
+def _svcca_validate(opts: dict, n: int, widths) -> dict:
+    if n < 2:
+        raise ValueError(f"svcca needs N >= 2 samples to standardise columns, got N={n}")
+    limit = min(n, *widths)
+    return {"cca_dim": check_int(opts["cca_dim"], "cca_dim", low=1, high=limit,
+                                 hint=f" (min(N, D_A, D_B) = {limit})")}
 
 
-def check_options(metric: str, n: int, widths: tuple[int, int], options: dict) -> dict:
-    """Validate a metric's options for N samples and feature widths; return them normalised."""
-    if metric not in SPECS:
+_SVCCA = MetricSpec("svcca", ("svcca",), {"cca_dim": 10}, _svcca_validate, _svcca_prepare, _svcca_pair,
+                    symmetric=True, takes_topk=False)
+
+# In the reference's order (its SUPPORTED_METRICS).
+METRICS: dict[str, MetricSpec] = {s.name: s for s in (
+    _CYCLE, _MUTUAL, _LCS, _cka_spec("cka", {}), _cka_spec("unbiased_cka", {"unbiased": True}), _CKNNA, _SVCCA,
+    _EDIT)}
+SUPPORTED_METRICS = tuple(METRICS)
+
+
+def metric_spec(metric: Any) -> MetricSpec:
+    """The :class:`MetricSpec` named ``metric``; a ValueError lists the names otherwise."""
+    if not isinstance(metric, str) or metric not in METRICS:
         raise ValueError(f"metric must be one of {SUPPORTED_METRICS}, got {metric!r}")
-    opts = dict(options)
-    backend = opts.pop("backend", "auto")
-    if metric in ("mutual_knn", "cycle_knn", "lcs_knn", "edit_distance_knn"):
-        out = {"topk": check_topk(opts.pop("topk", 10), n)}
-    elif metric == "cknna":
-        unbiased = opts.pop("unbiased", True)
-        distance_agnostic = opts.pop("distance_agnostic", False)
-        for name, v in (("unbiased", unbiased), ("distance_agnostic", distance_agnostic)):
-            if not isinstance(v, bool):
-                raise TypeError(f"{name} must be True or False, got {v!r}")
-        topk = opts.pop("topk", 10)
-        if topk is None:  # the reference's default: every other sample
-            topk = n - 1
-        topk = check_topk(topk, n, self_excluded=unbiased, low=2)
-        if unbiased and not distance_agnostic and n < 4:
-            raise ValueError(f"cknna with unbiased=True needs N >= 4 samples, got N={n}")
-        out = {"topk": topk, "unbiased": unbiased, "distance_agnostic": distance_agnostic}
-    elif metric in ("cka", "unbiased_cka"):
-        kernel = opts.pop("kernel_metric", "ip")
-        if kernel not in hsic.KERNELS:
-            raise ValueError(f"kernel_metric must be one of {hsic.KERNELS}, got {kernel!r}")
-        sigma = check_positive_float(opts.pop("rbf_sigma", 1.0), "rbf_sigma")
-        unbiased = opts.pop("unbiased", metric == "unbiased_cka")
-        if metric == "unbiased_cka":
-            unbiased = True
-        if not isinstance(unbiased, bool):
-            raise TypeError(f"unbiased must be True or False, got {unbiased!r}")
-        if unbiased and n < 4:
-            raise ValueError(f"unbiased HSIC needs N >= 4 samples, got N={n}")
-        out = {"kernel_metric": kernel, "rbf_sigma": sigma, "unbiased": unbiased}
-    else:  # svcca
-        if n < 2:
-            raise ValueError(f"svcca needs N >= 2 samples to standardise columns, got N={n}")
-        limit = min(n, *widths)
-        out = {"cca_dim": check_int(opts.pop("cca_dim", 10), "cca_dim", low=1, high=limit,
-                                    hint=f" (min(N, D_A, D_B) = {limit})")}
-    if opts:
-        raise TypeError(f"{metric}() got unexpected option(s) {sorted(opts)}")
-    out["backend"] = backend
-    return out
+    return METRICS[metric]
+
+
+# --- the public prepared-state API ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One feature set prepared for one metric (see :func:`prepare`).
+
+    Attributes
+    ----------
+    metric : str
+    options : dict
+        The validated options (``backend`` included) it was prepared with.
+    state : object
+        The metric's per-set state (neighbour lists, kernel statistics, singular vectors).
+    n, width : int
+        Samples and features of the prepared set (``width`` is 0 when built from lists).
+    """
+
+    metric: str
+    options: dict
+    state: Any
+    n: int
+    width: int
+
+    @property
+    def indices(self) -> torch.Tensor | None:
+        """The N x k neighbour lists, for the kNN metrics and cknna (else None)."""
+        return getattr(self.state, "indices", None)
+
+    @property
+    def values(self) -> torch.Tensor | None:
+        """The N x k kernel values of the lists, where the metric keeps them (else None)."""
+        return getattr(self.state, "values", None)
+
+    @classmethod
+    def from_neighbours(cls, metric: str, indices, values=None, **options) -> "Prepared":
+        """A set prepared from neighbour lists computed elsewhere (kNN metrics and cknna).
+
+        Parameters
+        ----------
+        metric : str
+            A metric that takes ``topk`` (the kNN-list metrics, cknna).
+        indices : torch.Tensor, N x k integers
+            Row i lists i's neighbours, most similar first, each index in [0, N).
+        values : torch.Tensor, N x k float32/float64, optional
+            The kernel value of each listed pair; cknna needs them.
+        **options
+            The metric's options; ``topk`` defaults to k and must equal it.
+
+        Examples
+        --------
+        >>> idx = torch.tensor([[1, 2], [0, 2], [1, 0], [2, 1], [3, 0]])
+        >>> p = Prepared.from_neighbours("mutual_knn", idx)
+        >>> score(p, p)
+        1.0
+        """
+        spec = metric_spec(metric)
+        if not spec.takes_topk:
+            raise ValueError(f"{metric} does not use neighbour lists; use prepare({metric!r}, features)")
+        if not isinstance(indices, torch.Tensor) or indices.dim() != 2 or indices.is_floating_point() \
+                or indices.dtype == torch.bool:
+            raise TypeError("indices must be an N x k integer tensor")
+        n, k = indices.shape
+        if n == 0 or k == 0:
+            raise ValueError(f"indices is empty (shape {tuple(indices.shape)})")
+        if int(indices.min()) < 0 or int(indices.max()) >= n:
+            raise ValueError(f"indices must lie in [0, N={n})")
+        opts = spec.check_options(n, (k, k), {"topk": k, **options})
+        if opts["topk"] != k:
+            raise ValueError(f"topk={opts['topk']} but the lists hold k={k} neighbours")
+        indices = indices.to(torch.int64)
+        if metric != "cknna":
+            return cls(metric, opts, Neighbours(indices), n, 0)
+        if not isinstance(values, torch.Tensor) or values.shape != indices.shape:
+            raise ValueError(f"cknna needs values: an N x k tensor of kernel values like indices {tuple(indices.shape)}")
+        if values.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"values must be float32 or float64, got {values.dtype}")
+        state = _cknna_state(indices, values.to(indices.device), opts["unbiased"], opts["backend"])
+        return cls(metric, opts, state, n, 0)
+
+
+def _prepare(spec: MetricSpec, x: torch.Tensor, opts: dict) -> Prepared:
+    return Prepared(spec.name, opts, spec.prepare(x, **opts), x.shape[0], x.shape[1])
+
+
+def prepare(metric: str, x, **options) -> Prepared:
+    """Prepare one feature set for ``metric``: its neighbour lists, kernel statistics or basis.
+
+    Score it against other sets with :func:`score`; a set prepared once serves any number of
+    pairs (the layer search prepares each layer once).
+
+    Parameters
+    ----------
+    metric : str
+        One of :data:`SUPPORTED_METRICS`.
+    x : torch.Tensor or np.ndarray, shape (N, D)
+    **options
+        The metric's options and ``backend``, as for :func:`measure`.
+
+    Returns
+    -------
+    Prepared
+
+    Examples
+    --------
+    >>> a, b = torch.randn(300, 32), torch.randn(300, 16)
+    >>> pa, pb = prepare("cknna", a, topk=10), prepare("cknna", b, topk=10)
+    >>> score(pa, pb) == measure("cknna", a, b, topk=10)
+    True
+    """
+    spec = metric_spec(metric)
+    x = check_features(x, "x")
+    return _prepare(spec, x, spec.check_options(x.shape[0], (x.shape[1], x.shape[1]), options))
+
+
+def score(a: Prepared, b: Prepared) -> float:
+    """The metric of two sets prepared by :func:`prepare` for the same metric and options.
+
+    Raises
+    ------
+    ValueError
+        Different metrics, options, N or devices; svcca's ``cca_dim`` above the other width.
+    """
+    for name, p in (("a", a), ("b", b)):
+        if not isinstance(p, Prepared):
+            raise TypeError(f"{name} must be a Prepared (from platonic_fast.prepare), got {type(p).__name__}")
+    if a.metric != b.metric:
+        raise ValueError(f"a was prepared for {a.metric} and b for {b.metric}")
+    if a.options != b.options:
+        raise ValueError(f"a and b were prepared with different options: {a.options} and {b.options}")
+    if a.n != b.n:
+        raise ValueError(f"a and b must describe the same samples: N={a.n} and N={b.n}")
+    if a.metric == "svcca" and a.options["cca_dim"] > min(a.width, b.width):
+        raise ValueError(f"cca_dim={a.options['cca_dim']} exceeds the narrower width {min(a.width, b.width)}")
+    return float(METRICS[a.metric].pair(a.state, b.state, **a.options))
+
+
+# --- by name and one function per metric ------------------------------------------------------
 
 
 def measure(metric: str, feats_A, feats_B, **options) -> float:
@@ -272,12 +414,10 @@ def measure(metric: str, feats_A, feats_B, **options) -> float:
     >>> 0.0 <= measure("mutual_knn", a, b, topk=10) <= 1.0
     True
     """
-    if not isinstance(metric, str) or metric not in SPECS:
-        raise ValueError(f"metric must be one of {SUPPORTED_METRICS}, got {metric!r}")
+    spec = metric_spec(metric)
     a, b = check_pair(feats_A, feats_B)
-    opts = check_options(metric, a.shape[0], (a.shape[1], b.shape[1]), options)
-    spec = SPECS[metric]
-    return spec.pair(spec.prepare(a, **opts), spec.prepare(b, **opts), **opts)
+    opts = spec.check_options(a.shape[0], (a.shape[1], b.shape[1]), options)
+    return score(_prepare(spec, a, opts), _prepare(spec, b, opts))
 
 
 def mutual_knn(feats_A, feats_B, topk: int = 10, *, backend: str = "auto") -> float:

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import torch
 
 from .align import AlignResult, prepare_layers, prepare_states, resolve_options, score_states
-from .metrics import SPECS
+from .metrics import metric_spec
 
 
 def _layers_of(feats: Any) -> Any:
@@ -131,8 +131,7 @@ class Alignment:
         >>> scorer.score(torch.randn(300, 3, 16), "cknna", topk=10)["ref"].best_layers   # doctest: +SKIP
         (2, 5)
         """
-        if not isinstance(metric, str) or metric not in SPECS:
-            raise ValueError(f"metric must be one of {tuple(SPECS)}, got {metric!r}")
+        metric_spec(metric)  # an unknown name fails before any work
         xs = prepare_layers(_layers_of(features), "features", **self._prep)
         n = xs[0].shape[0]
         if n != self.n:

@@ -19,11 +19,9 @@ from tqdm.auto import tqdm
 
 from ._io import write_atomic
 from .align import prepare_layers, prepare_states, resolve_options, score_states
+from .metrics import metric_spec
 
 FEATURE_SUFFIXES = (".safetensors", ".pt")
-# Metrics whose score and best pair do not change when the two models swap places
-# (cycle_knn and the unbiased CKNNA sums are not symmetric).
-SYMMETRIC_METRICS = ("mutual_knn", "lcs_knn", "edit_distance_knn", "cka", "unbiased_cka", "svcca")
 
 
 @dataclass
@@ -116,7 +114,8 @@ def measure_sets(x, y=None, *, metric: str = "mutual_knn", topk: int = 10, out_d
     files_x = feature_files(x)
     files_y = files_x if y is None else feature_files(y)
     same_set = y is None or [f.resolve() for f in files_x] == [f.resolve() for f in files_y]
-    symmetric = same_set and metric in SYMMETRIC_METRICS
+    # A symmetric metric scores each unordered pair of a set against itself once.
+    symmetric = same_set and metric_spec(metric).symmetric
     out = Path(out_dir)
     settings = {"metric": metric, "topk": topk, "q": q, "exact": exact, "concat": concat,
                 "options": {k: metric_options[k] for k in sorted(metric_options)}}

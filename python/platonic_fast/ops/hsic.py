@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .._backends import register, triton_available
+from .._backends import MIN_CUDA_CAPABILITY, register
 from .knn import compute_dtype
 
 KERNELS = ("ip", "rbf")
@@ -126,17 +126,13 @@ def kernel_stats(x: torch.Tensor, kernel: str = "ip", sigma: float = 1.0) -> Ker
         return st
 
 
-@register("hsic", "triton", devices=("cuda",), is_available=triton_available)
+# float64 is not served: the kernel accumulates tiles in float32.
+@register("hsic", "triton", devices=("cuda",), dtypes=(torch.float32, torch.float16, torch.bfloat16),
+          min_capability=MIN_CUDA_CAPABILITY, needs=("triton",))
 def kernel_stats_fused(x: torch.Tensor, kernel: str = "ip", sigma: float = 1.0) -> KernelStats:
-    """Triton backend: the features only; every sum comes from the fused pass over a pair.
-
-    float64 features keep float64 throughout: they take the torch backend (the kernel
-    accumulates in float32).
-    """
+    """Triton backend: the features only; every sum comes from the fused pass over a pair."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel_metric must be one of {KERNELS}, got {kernel!r}")
-    if x.dtype == torch.float64:
-        return kernel_stats(x, kernel, sigma)
     with torch.no_grad():
         if kernel == "ip":
             feats = x - x.float().mean(dim=0, keepdim=True).to(x.dtype)
@@ -148,7 +144,7 @@ def kernel_stats_fused(x: torch.Tensor, kernel: str = "ip", sigma: float = 1.0) 
 
 
 def _fused_cross_sum(ka: KernelStats, kb: KernelStats) -> float:
-    from ..triton.hsic_sums import hsic_sums
+    from ..triton.hsic import hsic_sums
 
     sums = hsic_sums(ka.features, kb.features, ka.kernel, ka.sigma)
     # One pass gives both kernels' own sums too: fill whatever the stats still miss.
@@ -175,7 +171,9 @@ def cross_sum(ka: KernelStats, kb: KernelStats) -> float:
     """
     if ka.fused and kb.fused:
         return _fused_cross_sum(ka, kb)
-    for st in (ka, kb):  # one side fused, the other not (float64): both take the torch path
+    # One side fused, the other not (a float64 side, which the Triton kernel does not take):
+    # the pair is summed by the torch tiles from both sides' features.
+    for st in (ka, kb):
         if st.fused:
             _unfuse(st)
     with torch.no_grad():

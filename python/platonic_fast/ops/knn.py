@@ -1,7 +1,7 @@
 """Exact k-nearest neighbours by inner product, most similar first, ties to the smaller index.
 
 Backends:
-- ``triton`` (CUDA tensors): the fused kernel of kernels/triton/knn_topk.py.
+- ``triton`` (CUDA tensors): the fused kernel of kernels/triton/knn.py.
 - ``cpu``: GEMM tiles through torch (MKL/oneDNN sgemm, the CPU's fastest path) fed to the
   compiled OpenMP top-k merger. The self form computes each off-diagonal tile once and merges
   it both ways (the score matrix is symmetric), halving the GEMM work. Only one tile of the
@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .._backends import core_available, register, resolve, triton_available
-from .._checks import as_tensor, check_features, check_int, check_topk
+from .._backends import MIN_CUDA_CAPABILITY, register, resolve
+from .._checks import check_features, check_int, check_topk
 
 _UNSET = object()
 
@@ -66,8 +66,9 @@ def knn(x, k, exclude_self=_UNSET, *, backend: str = "auto"):
         (cross form: ``<= len(keys)``).
     exclude_self : bool, default True
         Self form only: drop j == i from row i's candidates.
-    backend : {"auto", "cpu", "torch"}
-        "auto" picks the fastest available for the input's device.
+    backend : {"auto", "cpu", "triton", "torch"}
+        "auto" picks the fastest backend that serves the call (device, dtype, k); an explicit
+        one that cannot serve it raises (``python -m platonic_fast.env`` lists the limits).
 
     Returns
     -------
@@ -100,22 +101,21 @@ def knn(x, k, exclude_self=_UNSET, *, backend: str = "auto"):
         if queries.device != keys.device:
             raise ValueError(f"queries are on {queries.device} but keys on {keys.device}")
         k = check_int(exclude_self, "k", low=1, high=keys.shape[0], hint=f" (there are {keys.shape[0]} keys)")
-        _, impl = resolve("knn", backend, queries.device)
+        _, impl = resolve("knn", backend, queries.device, dtypes=(queries.dtype, keys.dtype), k=k)
         return impl(queries, keys, k, exclude_self=False)
     x = check_features(x, "x")
     exclude = True if exclude_self is _UNSET else exclude_self
     if not isinstance(exclude, bool):
         raise TypeError(f"exclude_self must be True or False, got {exclude!r}")
     k = check_topk(k, x.shape[0], name="k", self_excluded=exclude)
-    _, impl = resolve("knn", backend, x.device)
-    return impl(x, None, k, exclude_self=exclude)
+    return neighbours(x, k, exclude_self=exclude, backend=backend)
 
 
 def _blocks(n: int, size: int):
     return [(s, min(n, s + size)) for s in range(0, n, size)]
 
 
-@register("knn", "cpu", devices=("cpu",), is_available=core_available)
+@register("knn", "cpu", devices=("cpu",), needs=("core",))
 def knn_cpu(queries: torch.Tensor, keys: torch.Tensor | None, k: int, *, exclude_self: bool):
     """CPU backend. ``keys=None`` means the self form (symmetric tiles, each computed once)."""
     from .. import _core
@@ -153,19 +153,23 @@ def knn_cpu(queries: torch.Tensor, keys: torch.Tensor | None, k: int, *, exclude
     return torch.from_numpy(values), torch.from_numpy(indices)
 
 
-@register("knn", "triton", devices=("cuda",), is_available=triton_available)
+def _triton_max_k() -> int:
+    from ..triton.knn import MAX_K
+
+    return MAX_K
+
+
+# float64 is not served: the kernel multiplies on tensor cores and keeps float32 scores.
+@register("knn", "triton", devices=("cuda",), dtypes=(torch.float32, torch.float16, torch.bfloat16),
+          max_k=_triton_max_k, min_capability=MIN_CUDA_CAPABILITY, needs=("triton",))
 def knn_triton_backend(queries: torch.Tensor, keys: torch.Tensor | None, k: int, *, exclude_self: bool):
     """GPU backend: the fused Triton kernel (GEMM tiles -> running top-k in registers).
 
     float32 inputs are multiplied exactly unless the caller opted into tf32 the torch way
-    (``torch.set_float32_matmul_precision("high")`` or ``"medium"``). float64 inputs and k above
-    the kernel's register budget go to the torch backend (chunked by query rows).
+    (``torch.set_float32_matmul_precision("high")`` or ``"medium"``).
     """
-    from ..triton.knn_topk import MAX_K, knn_triton
+    from ..triton.knn import knn_triton
 
-    keys_ = queries if keys is None else keys
-    if k > MAX_K or torch.float64 in (queries.dtype, keys_.dtype):
-        return knn_torch(queries, keys, k, exclude_self=exclude_self)
     allow_tf32 = torch.get_float32_matmul_precision() != "highest"
     return knn_triton(queries, keys, k, exclude_self=exclude_self, allow_tf32=allow_tf32)
 
@@ -213,10 +217,10 @@ def _exact_topk(s: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return vals.gather(1, order), idx.gather(1, order)
 
 
-def neighbors(x: torch.Tensor, k: int, *, exclude_self: bool = True, backend: str = "auto"):
+def neighbours(x: torch.Tensor, k: int, *, exclude_self: bool = True, backend: str = "auto"):
     """knn of already-validated features (internal: metrics validate once, then call this)."""
-    _, impl = resolve("knn", backend, x.device)
+    _, impl = resolve("knn", backend, x.device, dtypes=(x.dtype,), k=k)
     return impl(x, None, k, exclude_self=exclude_self)
 
 
-__all__ = ["knn", "neighbors", "compute_dtype", "as_tensor"]
+__all__ = ["knn", "neighbours", "compute_dtype"]

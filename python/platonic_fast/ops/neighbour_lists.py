@@ -1,51 +1,45 @@
-"""Metrics over two neighbour-list matrices (N x k, int64) of the same samples.
+"""Per-row comparisons of two neighbour-list matrices (N x k, int64) of the same samples.
 
-Each op returns one number per row. The ``cpu`` backend is the compiled core (also used for
-CUDA tensors: the lists are small, N x k, and are copied to the host); ``cuda`` runs the
-overlap on the GPU; ``torch`` holds the plain references.
+One op, four kinds, each giving one integer per row:
+- ``mutual_overlap``: |kNN_A(i) ∩ kNN_B(i)|;
+- ``cycle_hits``: 1 when i is in kNN_A(j) for some j in kNN_B(i);
+- ``lcs_lengths``: the longest common subsequence of the two ordered lists;
+- ``edit_distances``: their Levenshtein distance (unit costs).
+
+Backends: ``cpu``, the compiled core (it also serves CUDA tensors: the lists are small and are
+copied to the host); ``cuda``, the compiled kernels (k up to their per-thread scratch);
+``torch``, the plain references, on any device.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .._backends import available, core_available, cuda_kernels_available, register, resolve
+from .._backends import MIN_CUDA_CAPABILITY, cuda_max_list_k, launch, register, resolve
 
-OPS = ("mutual_overlap", "cycle_hits", "lcs_lengths", "edit_distances")
+KINDS = ("mutual_overlap", "cycle_hits", "lcs_lengths", "edit_distances")
+INDEX_DTYPES = (torch.int64, torch.int32)
 
 
-def run(op: str, a: torch.Tensor, b: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
-    """Per-row ``op`` of neighbour lists ``a`` and ``b`` (same shape N x k), as int64 on a's device."""
-    if op not in OPS:
-        raise ValueError(f"op must be one of {OPS}, got {op!r}")
+def run(kind: str, a: torch.Tensor, b: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
+    """Per-row ``kind`` of neighbour lists ``a`` and ``b`` (same shape N x k), int64 on a's device."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if a.shape != b.shape or a.dim() != 2:
         raise ValueError(f"neighbour lists must both be N x k, got {tuple(a.shape)} and {tuple(b.shape)}")
-    _, impl = resolve(op, backend, a.device)
-    return impl(a, b)
+    _, impl = resolve("neighbour_lists", backend, a.device, dtypes=(a.dtype, b.dtype), k=a.shape[1])
+    return impl(kind, a, b)
 
 
-def _backends_available(op: str) -> list[str]:
-    """Backends that can run ``op`` on CUDA tensors here (for tests and the env report)."""
-    return available(op, "cuda")
-
-
-def _host_lists(t: torch.Tensor):
+def _host(t: torch.Tensor):
     return t.detach().to("cpu", torch.int64).contiguous().numpy()
 
 
-def _core_op(name: str):
-    def impl(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        from .. import _core
+@register("neighbour_lists", "cpu", devices=("cpu", "cuda"), dtypes=INDEX_DTYPES, needs=("core",))
+def neighbour_lists_cpu(kind: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    from .. import _core
 
-        out = getattr(_core, name)(_host_lists(a), _host_lists(b))
-        return torch.from_numpy(out).to(a.device)
-
-    impl.__name__ = f"{name}_cpu"
-    return impl
-
-
-for _op in OPS:
-    register(_op, "cpu", devices=("cpu", "cuda"), is_available=core_available)(_core_op(_op))
+    return torch.from_numpy(_core.neighbour_lists(kind, _host(a), _host(b))).to(a.device)
 
 
 def checked_device_lists(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,39 +54,17 @@ def checked_device_lists(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor
     return a, b
 
 
-@register("mutual_overlap", "cuda", devices=("cuda",), is_available=cuda_kernels_available)
-def mutual_overlap_cuda(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+@register("neighbour_lists", "cuda", devices=("cuda",), dtypes=INDEX_DTYPES, max_k=cuda_max_list_k,
+          min_capability=MIN_CUDA_CAPABILITY, needs=("cuda_kernels",))
+def neighbour_lists_cuda(kind: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     from .. import _core
 
     a, b = checked_device_lists(a, b)
     out = torch.empty(a.shape[0], dtype=torch.int64, device=a.device)
-    with torch.cuda.device(a.device):
-        stream = torch.cuda.current_stream(a.device).cuda_stream
-        _core.mutual_overlap_cuda(a.data_ptr(), b.data_ptr(), a.shape[0], a.shape[1], out.data_ptr(), stream)
+    scratch = torch.empty_like(a) if kind == "cycle_hits" else out  # only cycle needs scratch
+    launch(_core.neighbour_lists_cuda, a.device, kind, a.data_ptr(), b.data_ptr(), a.shape[0], a.shape[1],
+           scratch.data_ptr(), out.data_ptr())
     return out
-
-
-def _cuda_list_op(name: str):
-    def impl(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        from .. import _core
-
-        if a.shape[1] > _core.CUDA_MAX_LIST_K:  # beyond the kernels' per-thread scratch
-            return _core_op(name)(a, b)
-        a, b = checked_device_lists(a, b)
-        out = torch.empty(a.shape[0], dtype=torch.int64, device=a.device)
-        scratch = torch.empty_like(a) if name == "cycle_hits" else out
-        with torch.cuda.device(a.device):
-            stream = torch.cuda.current_stream(a.device).cuda_stream
-            _core.neighbor_list_cuda(name, a.data_ptr(), b.data_ptr(), a.shape[0], a.shape[1],
-                                     scratch.data_ptr(), out.data_ptr(), stream)
-        return out
-
-    impl.__name__ = f"{name}_cuda"
-    return impl
-
-
-for _op in ("cycle_hits", "lcs_lengths", "edit_distances"):
-    register(_op, "cuda", devices=("cuda",), is_available=cuda_kernels_available)(_cuda_list_op(_op))
 
 
 # --- plain-torch references --------------------------------------------------------------------
@@ -100,8 +72,7 @@ for _op in ("cycle_hits", "lcs_lengths", "edit_distances"):
 _ROW_CHUNK = 4096
 
 
-@register("mutual_overlap", "torch", devices=("cpu", "cuda"))
-def mutual_overlap_torch(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def _mutual_overlap(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     parts = [
         (a[s : s + _ROW_CHUNK, :, None] == b[s : s + _ROW_CHUNK, None, :]).sum(dim=(1, 2))
         for s in range(0, a.shape[0], _ROW_CHUNK)
@@ -109,8 +80,7 @@ def mutual_overlap_torch(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts).to(torch.int64)
 
 
-@register("cycle_hits", "torch", devices=("cpu", "cuda"))
-def cycle_hits_torch(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def _cycle_hits(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     parts = []
     for s in range(0, a.shape[0], _ROW_CHUNK):
         rows = torch.arange(s, min(a.shape[0], s + _ROW_CHUNK), device=a.device)
@@ -139,13 +109,18 @@ def _levenshtein(x: list[int], y: list[int]) -> int:
     return prev[-1]
 
 
-@register("lcs_lengths", "torch", devices=("cpu", "cuda"))
-def lcs_lengths_torch(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    out = [_lcs(x, y) for x, y in zip(a.tolist(), b.tolist())]
-    return torch.tensor(out, dtype=torch.int64, device=a.device)
+def _per_row(fn):
+    def impl(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        out = [fn(x, y) for x, y in zip(a.tolist(), b.tolist())]
+        return torch.tensor(out, dtype=torch.int64, device=a.device)
+
+    return impl
 
 
-@register("edit_distances", "torch", devices=("cpu", "cuda"))
-def edit_distances_torch(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    out = [_levenshtein(x, y) for x, y in zip(a.tolist(), b.tolist())]
-    return torch.tensor(out, dtype=torch.int64, device=a.device)
+_TORCH = {"mutual_overlap": _mutual_overlap, "cycle_hits": _cycle_hits,
+          "lcs_lengths": _per_row(_lcs), "edit_distances": _per_row(_levenshtein)}
+
+
+@register("neighbour_lists", "torch", devices=("cpu", "cuda"), dtypes=INDEX_DTYPES)
+def neighbour_lists_torch(kind: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return _TORCH[kind](a.to(torch.int64), b.to(device=a.device, dtype=torch.int64))

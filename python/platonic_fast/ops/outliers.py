@@ -12,10 +12,8 @@ import numbers
 import numpy as np
 import torch
 
-from .._backends import core_available
-from .._checks import all_finite, as_tensor
-
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+from .._backends import register, resolve
+from .._checks import FLOAT_DTYPES, all_finite, as_tensor
 
 
 def _ascending_order_stats(values: torch.Tensor, positions: list[int]) -> list[torch.Tensor]:
@@ -33,15 +31,24 @@ def _ascending_order_stats(values: torch.Tensor, positions: list[int]) -> list[t
     return [part[..., p] for p in positions]
 
 
-def _per_sample_order_stats(feats: torch.Tensor, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Entries lo and hi of each sample's ascending sorted |x| (float32 on the CPU: the core)."""
+def per_sample_order_stats(feats: torch.Tensor, lo: int, hi: int, *, backend: str = "auto"):
+    """Entries lo and hi of each sample's ascending sorted |x| (two tensors of N values)."""
     rows = feats.detach().reshape(feats.shape[0], -1)
-    if rows.dtype == torch.float32 and rows.device.type == "cpu" and core_available():
-        from .. import _core
+    _, impl = resolve("outliers", backend, rows.device, dtypes=(rows.dtype,))
+    return impl(rows, lo, hi)
 
-        # O(m) selection per row with |x| taken on the fly: no copy of the features.
-        v_lo, v_hi = _core.abs_order_stats(rows.contiguous().numpy(), lo, hi)
-        return torch.from_numpy(v_lo), torch.from_numpy(v_hi)
+
+@register("outliers", "cpu", devices=("cpu",), dtypes=(torch.float32,), needs=("core",))
+def per_sample_order_stats_cpu(rows: torch.Tensor, lo: int, hi: int):
+    """O(m) selection per row with |x| taken on the fly: no copy of the features."""
+    from .. import _core
+
+    v_lo, v_hi = _core.outliers_abs_order_stats(rows.contiguous().numpy(), lo, hi)
+    return torch.from_numpy(v_lo), torch.from_numpy(v_hi)
+
+
+@register("outliers", "torch", devices=("cpu", "cuda"))
+def per_sample_order_stats_torch(rows: torch.Tensor, lo: int, hi: int):
     mag = rows.abs().to(torch.float64 if rows.dtype == torch.float64 else torch.float32)
     v_lo, v_hi = _ascending_order_stats(mag, [lo, hi])
     return v_lo, v_hi
@@ -58,7 +65,7 @@ def outlier_threshold(feats: torch.Tensor, q: float, exact: bool) -> torch.Tenso
     pos = q * (m - 1)
     lo = math.floor(pos)
     hi = min(lo + 1, m - 1)
-    v_lo, v_hi = _per_sample_order_stats(feats, lo, hi)
+    v_lo, v_hi = per_sample_order_stats(feats, lo, hi)
     return (v_lo + (pos - lo) * (v_hi - v_lo)).mean().to(feats.dtype)
 
 
@@ -93,7 +100,7 @@ def remove_outliers(feats, q: float = 0.95, exact: bool = False):
         raise TypeError(f"exact must be True or False, got {exact!r}")
     was_numpy = isinstance(feats, np.ndarray)
     t = as_tensor(feats, "feats")
-    if t.dtype not in _FLOATS:
+    if t.dtype not in FLOAT_DTYPES:
         raise TypeError(f"feats must be a floating-point tensor, got {t.dtype}")
     if t.numel() == 0:
         raise ValueError(f"feats is empty (shape {tuple(t.shape)})")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .._backends import cuda_kernels_available, register, resolve
+from .._backends import MIN_CUDA_CAPABILITY, cuda_max_list_k, launch, register, resolve
 
 
 def topk_merge(values: torch.Tensor, indices: torch.Tensor, k: int, *, backend: str = "auto"):
@@ -30,25 +30,22 @@ def topk_merge(values: torch.Tensor, indices: torch.Tensor, k: int, *, backend: 
         raise ValueError("values must not contain NaN")
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= values.shape[1]:
         raise ValueError(f"k must be an integer in [1, {values.shape[1]}], got {k!r}")
-    _, impl = resolve("topk_merge", backend, values.device)
+    _, impl = resolve("topk_merge", backend, values.device, dtypes=(values.dtype,), k=k)
     return impl(values, indices, k)
 
 
-@register("topk_merge", "cuda", devices=("cuda",), is_available=cuda_kernels_available)
+@register("topk_merge", "cuda", devices=("cuda",), dtypes=(torch.float32, torch.float64), max_k=cuda_max_list_k,
+          min_capability=MIN_CUDA_CAPABILITY, needs=("cuda_kernels",))
 def topk_merge_cuda(values: torch.Tensor, indices: torch.Tensor, k: int):
     from .. import _core
 
-    if k > _core.CUDA_MAX_LIST_K or values.dtype not in (torch.float32, torch.float64):
-        return topk_merge_torch(values, indices, k)
     v = values.contiguous()
     ix = indices.to(torch.int64).contiguous()
     n, m = v.shape
     out_v = torch.empty(n, k, dtype=v.dtype, device=v.device)
     out_i = torch.empty(n, k, dtype=torch.int64, device=v.device)
-    with torch.cuda.device(v.device):
-        stream = torch.cuda.current_stream(v.device).cuda_stream
-        _core.topk_merge_cuda(v.data_ptr(), ix.data_ptr(), n, m, k, out_v.data_ptr(), out_i.data_ptr(),
-                              v.dtype == torch.float64, stream)
+    launch(_core.topk_merge_cuda, v.device, v.data_ptr(), ix.data_ptr(), n, m, k, out_v.data_ptr(),
+           out_i.data_ptr(), v.dtype == torch.float64)
     return out_v, out_i
 
 
