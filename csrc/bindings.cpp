@@ -1,21 +1,28 @@
 // The only PYBIND11_MODULE. Every entry checks ranks, shapes and dtypes here (a failed check
 // raises ValueError in Python), then releases the GIL for the work. Nothing here knows about
 // torch: arrays arrive as NumPy buffers (zero-copy views of CPU tensors) or raw device pointers.
+// Each op has one name across csrc/cpu/<op>.cpp, kernels/cuda/<op>.cu and the entries below.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <cstdint>
+#include <stdexcept>
 #include <string>
 
 #include "common/check.h"
+#include "common/list_metric.h"
 #include "common/parallel.h"
-#include "cpu/cknna.h"
-#include "cpu/neighbor_lists.h"
-#include "cpu/order_stats.h"
-#include "cpu/topk_merge.h"
+#include "cpu/cknna_sums.h"
+#include "cpu/knn.h"
+#include "cpu/neighbour_lists.h"
+#include "cpu/outliers.h"
 #ifdef PLATONIC_FAST_WITH_CUDA
-#include "cuda/launchers.h"
+#include <cuda_runtime.h>
+
+#include "../kernels/cuda/cknna_sums.cuh"
+#include "../kernels/cuda/neighbour_lists.cuh"
+#include "../kernels/cuda/topk_merge.cuh"
 #endif
 
 namespace py = pybind11;
@@ -61,22 +68,22 @@ std::pair<int64_t, int64_t> list_shape(const IndexArray& a, const IndexArray& b)
   return {n, k};
 }
 
-using ListOp = void (*)(const int64_t*, const int64_t*, int64_t, int64_t, int64_t*);
-
-py::array_t<int64_t> run_list_op(ListOp op, const IndexArray& a, const IndexArray& b) {
+py::array_t<int64_t> neighbour_lists(const std::string& name, const IndexArray& a,
+                                     const IndexArray& b) {
+  const pf::ListMetric metric = pf::list_metric(name);
   const auto [n, k] = list_shape(a, b);
   py::array_t<int64_t> out(n);
   int64_t* dst = out.mutable_data();
   {
     py::gil_scoped_release release;
-    op(a.data(), b.data(), n, k, dst);
+    pf::neighbour_lists(metric, a.data(), b.data(), n, k, dst);
   }
   return out;
 }
 
 template <typename T>
-void bind_topk(py::module_& m, const char* name) {
-  using Merger = pf::TopKMerger<T>;
+void bind_knn_merger(py::module_& m, const char* name) {
+  using Merger = pf::KnnMerger<T>;
   py::class_<Merger>(m, name,
                      "Exact running top-k per row, fed with score tiles (larger first, ties to "
                      "the smaller index).")
@@ -113,18 +120,17 @@ void bind_topk(py::module_& m, const char* name) {
 }
 
 template <typename T>
-py::dict masked_sums(const IndexArray& idx_k, const py::array& val_k, const IndexArray& idx_l,
+py::dict cknna_sums(const IndexArray& idx_k, const py::array& val_k, const IndexArray& idx_l,
                      const py::array& val_l, bool zero_diagonal) {
   const auto [n, k] = list_shape(idx_k, idx_l);
   const auto vk = as_matrix<T>(val_k, "val_k");
   const auto vl = as_matrix<T>(val_l, "val_l");
   PF_CHECK(vk.rows == n && vk.cols == k && vk.ld == k && vl.rows == n && vl.cols == k && vl.ld == k,
            "kernel values must be C-contiguous and shaped like their neighbour lists");
-  pf::MaskedKernelSums s;
+  pf::CknnaSums s;
   {
     py::gil_scoped_release release;
-    s = pf::masked_kernel_sums<T>(idx_k.data(), vk.data, idx_l.data(), vl.data, n, k,
-                                  zero_diagonal);
+    s = pf::cknna_sums<T>(idx_k.data(), vk.data, idx_l.data(), vl.data, n, k, zero_diagonal);
   }
   py::dict d;
   d["trace_kl"] = s.trace_kl;
@@ -162,30 +168,59 @@ py::dict build_info() {
   return d;
 }
 
+#ifdef PLATONIC_FAST_WITH_CUDA
+// A failed launch (bad sizes, no driver, no kernel image) becomes a RuntimeError naming the entry.
+void cuda_check(cudaError_t err, const std::string& what) {
+  if (err != cudaSuccess) throw std::runtime_error(what + ": " + cudaGetErrorString(err));
+}
+
+template <typename T>
+T* device_ptr(uintptr_t p) {
+  return reinterpret_cast<T*>(p);
+}
+
+cudaStream_t as_stream(uintptr_t s) { return reinterpret_cast<cudaStream_t>(s); }
+
+py::tuple cuda_status() {
+  int count = 0;
+  const cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky error so later calls start clean
+    return py::make_tuple(std::string(cudaGetErrorString(err)), 0);
+  }
+  return py::make_tuple(std::string("ok"), count);
+}
+#endif
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
-  m.doc() = "platonic_fast compiled core: CPU top-k merging and neighbour-list metrics (OpenMP), "
-            "and CUDA kernels when built with nvcc.";
+  m.doc() = "platonic_fast compiled core: one entry per op (knn, neighbour_lists, cknna_sums, "
+            "outliers; CPU with OpenMP when built with it) and CUDA kernels when built with nvcc.";
   m.def("build_info", &build_info, "What this build contains: compiler, flags, OpenMP, CUDA.");
 
-  bind_topk<float>(m, "TopKMergerF32");
-  bind_topk<double>(m, "TopKMergerF64");
+  // knn
+  bind_knn_merger<float>(m, "KnnMergerF32");
+  bind_knn_merger<double>(m, "KnnMergerF64");
 
-  m.def("mutual_overlap", [](const IndexArray& a, const IndexArray& b) {
-    return run_list_op(pf::mutual_overlap, a, b);
-  }, py::arg("a"), py::arg("b"), "Per row: |A(i) ∩ B(i)|.");
-  m.def("cycle_hits", [](const IndexArray& a, const IndexArray& b) {
-    return run_list_op(pf::cycle_hits, a, b);
-  }, py::arg("a"), py::arg("b"), "Per row: 1 if i ∈ A(j) for some j ∈ B(i).");
-  m.def("lcs_lengths", [](const IndexArray& a, const IndexArray& b) {
-    return run_list_op(pf::lcs_lengths, a, b);
-  }, py::arg("a"), py::arg("b"), "Per row: longest common subsequence of A(i) and B(i).");
-  m.def("edit_distances", [](const IndexArray& a, const IndexArray& b) {
-    return run_list_op(pf::edit_distances, a, b);
-  }, py::arg("a"), py::arg("b"), "Per row: unit-cost Levenshtein distance of A(i) and B(i).");
+  // neighbour_lists
+  m.def("neighbour_lists", &neighbour_lists, py::arg("name"), py::arg("a"), py::arg("b"),
+        "Per row of two int64 N x k neighbour lists: name = 'mutual_overlap' (|A(i) ∩ B(i)|), "
+        "'cycle_hits' (1 if i ∈ A(j) for some j ∈ B(i)), 'lcs_lengths' (longest common "
+        "subsequence of A(i), B(i)) or 'edit_distances' (unit-cost Levenshtein distance).");
 
-  m.def("abs_order_stats",
+  // cknna_sums
+  m.def("cknna_sums_f32", &cknna_sums<float>, py::arg("idx_k"), py::arg("val_k"), py::arg("idx_l"),
+        py::arg("val_l"), py::arg("zero_diagonal"),
+        "CKNNA's sparse sums over float32 kernel values: dict of trace_kl, sum_k, sum_l, k_then_l, "
+        "l_then_k, mask_count.");
+  m.def("cknna_sums_f64", &cknna_sums<double>, py::arg("idx_k"), py::arg("val_k"), py::arg("idx_l"),
+        py::arg("val_l"), py::arg("zero_diagonal"),
+        "CKNNA's sparse sums over float64 kernel values: dict of trace_kl, sum_k, sum_l, k_then_l, "
+        "l_then_k, mask_count.");
+
+  // outliers
+  m.def("outliers_abs_order_stats",
         [](const py::array& x, int64_t lo, int64_t hi) {
           const auto t = as_matrix<float>(x, "x");
           PF_CHECK(hi <= lo + 1, "hi must be lo or lo + 1");
@@ -194,57 +229,63 @@ PYBIND11_MODULE(_core, m) {
           float* b = out_hi.mutable_data();
           {
             py::gil_scoped_release release;
-            pf::abs_order_stats(t.data, t.rows, t.cols, t.ld, lo, hi, a, b);
+            pf::outliers_abs_order_stats(t.data, t.rows, t.cols, t.ld, lo, hi, a, b);
           }
           return py::make_tuple(out_lo, out_hi);
         },
         py::arg("x"), py::arg("lo"), py::arg("hi"),
         "Per row of a float32 matrix: entries lo and hi (= lo or lo + 1) of the ascending sort "
         "of |x|.");
-  m.def("masked_kernel_sums_f32", &masked_sums<float>, py::arg("idx_k"), py::arg("val_k"),
-        py::arg("idx_l"), py::arg("val_l"), py::arg("zero_diagonal"));
-  m.def("masked_kernel_sums_f64", &masked_sums<double>, py::arg("idx_k"), py::arg("val_k"),
-        py::arg("idx_l"), py::arg("val_l"), py::arg("zero_diagonal"));
 
 #ifdef PLATONIC_FAST_WITH_CUDA
-  m.def("cuda_status", []() {
-    int count = 0;
-    std::string status = pf::cuda_runtime_status(&count);
-    return py::make_tuple(status, count);
-  }, "('ok', device count) or the CUDA runtime's reason it cannot run, and 0.");
-  m.def("mutual_overlap_cuda",
-        [](uintptr_t a, uintptr_t b, int64_t n, int64_t k, uintptr_t out, uintptr_t stream) {
-          PF_CHECK(n >= 0 && k >= 1, "mutual_overlap_cuda: need n >= 0 and k >= 1");
-          PF_CHECK(a && b && out, "mutual_overlap_cuda: null device pointer");
-          py::gil_scoped_release release;
-          pf::mutual_overlap_cuda(a, b, n, k, out, stream);
-        },
-        py::arg("a_ptr"), py::arg("b_ptr"), py::arg("n"), py::arg("k"), py::arg("out_ptr"),
-        py::arg("stream"),
-        "Device pointers to two C-contiguous int64 N x k lists and an int64 N output.");
-  m.def("neighbor_list_cuda",
-        [](const std::string& op, uintptr_t a, uintptr_t b, int64_t n, int64_t k, uintptr_t scratch,
+  // CUDA: raw device pointers (C-contiguous buffers) and a cudaStream_t as integers.
+  m.def("cuda_status", &cuda_status,
+        "('ok', device count) or the CUDA runtime's reason it cannot run, and 0.");
+  m.def("neighbour_lists_cuda",
+        [](const std::string& name, uintptr_t a, uintptr_t b, int64_t n, int64_t k, uintptr_t scratch,
            uintptr_t out, uintptr_t stream) {
-          PF_CHECK(n >= 0 && k >= 1 && k <= pf::max_list_k_cuda(),
-                   "neighbor_list_cuda: need n >= 0 and 1 <= k <= " << pf::max_list_k_cuda());
-          PF_CHECK(a && b && out && (op != "cycle_hits" || scratch), "neighbor_list_cuda: null device pointer");
+          const pf::ListMetric metric = pf::list_metric(name);
+          // mutual_overlap keeps no per-row arrays, so only the others are bounded in k.
+          const int64_t max_k = metric == pf::ListMetric::mutual_overlap ? INT64_MAX : pf::cuda::kMaxListK;
+          PF_CHECK(n >= 0 && k >= 1 && k <= max_k,
+                   "neighbour_lists_cuda(" << name << "): need n >= 0 and 1 <= k"
+                                           << (max_k == INT64_MAX ? std::string()
+                                                                  : " <= " + std::to_string(max_k)));
+          PF_CHECK(a && b && out && (metric != pf::ListMetric::cycle_hits || scratch),
+                   "neighbour_lists_cuda(" << name << "): null device pointer");
           py::gil_scoped_release release;
-          pf::neighbor_list_cuda(op, a, b, n, k, scratch, out, stream);
+          cuda_check(pf::cuda::launch_neighbour_lists(metric, device_ptr<const int64_t>(a),
+                                                      device_ptr<const int64_t>(b), n, k,
+                                                      device_ptr<int64_t>(scratch),
+                                                      device_ptr<int64_t>(out), as_stream(stream)),
+                     "neighbour_lists_cuda(" + name + ")");
         },
-        py::arg("op"), py::arg("a_ptr"), py::arg("b_ptr"), py::arg("n"), py::arg("k"),
+        py::arg("name"), py::arg("a_ptr"), py::arg("b_ptr"), py::arg("n"), py::arg("k"),
         py::arg("scratch_ptr"), py::arg("out_ptr"), py::arg("stream"),
-        "cycle_hits / lcs_lengths / edit_distances on device lists (int64 N x k, C-contiguous).");
-  m.def("masked_kernel_sums_workspace_cuda", &pf::masked_kernel_sums_workspace_cuda, py::arg("n"),
-        py::arg("k"), "Bytes of device workspace masked_kernel_sums_cuda needs.");
-  m.def("masked_kernel_sums_cuda",
+        "neighbour_lists on device lists (int64 N x k, C-contiguous) into an int64 N output. "
+        "scratch (int64 N x k) is used by cycle_hits only; other names may pass out_ptr.");
+  m.def("cknna_sums_workspace_cuda", &pf::cuda::cknna_sums_workspace, py::arg("n"), py::arg("k"),
+        "Bytes of device workspace cknna_sums_cuda needs.");
+  m.def("cknna_sums_cuda",
         [](uintptr_t idx_k, uintptr_t val_k, uintptr_t idx_l, uintptr_t val_l, int64_t n, int64_t k,
            bool zero_diagonal, bool is_double, uintptr_t work, uintptr_t out6, uintptr_t stream) {
-          PF_CHECK(n >= 0 && k >= 1 && k <= pf::max_list_k_cuda(),
-                   "masked_kernel_sums_cuda: need n >= 0 and 1 <= k <= " << pf::max_list_k_cuda());
-          PF_CHECK(idx_k && val_k && idx_l && val_l && work && out6, "masked_kernel_sums_cuda: null device pointer");
+          PF_CHECK(n >= 0 && k >= 1 && k <= pf::cuda::kMaxListK,
+                   "cknna_sums_cuda: need n >= 0 and 1 <= k <= " << pf::cuda::kMaxListK);
+          PF_CHECK(idx_k && val_k && idx_l && val_l && work && out6, "cknna_sums_cuda: null device pointer");
           py::gil_scoped_release release;
-          pf::masked_kernel_sums_cuda(idx_k, val_k, idx_l, val_l, n, k, zero_diagonal, is_double, work,
-                                      out6, stream);
+          const auto* ik = device_ptr<const int64_t>(idx_k);
+          const auto* il = device_ptr<const int64_t>(idx_l);
+          void* w = device_ptr<void>(work);
+          double* o = device_ptr<double>(out6);
+          cuda_check(is_double ? pf::cuda::launch_cknna_sums<double>(
+                                     ik, device_ptr<const double>(val_k), il,
+                                     device_ptr<const double>(val_l), n, k, zero_diagonal, w, o,
+                                     as_stream(stream))
+                               : pf::cuda::launch_cknna_sums<float>(
+                                     ik, device_ptr<const float>(val_k), il,
+                                     device_ptr<const float>(val_l), n, k, zero_diagonal, w, o,
+                                     as_stream(stream)),
+                     "cknna_sums_cuda");
         },
         py::arg("idx_k"), py::arg("val_k"), py::arg("idx_l"), py::arg("val_l"), py::arg("n"),
         py::arg("k"), py::arg("zero_diagonal"), py::arg("is_double"), py::arg("work_ptr"),
@@ -253,15 +294,23 @@ PYBIND11_MODULE(_core, m) {
   m.def("topk_merge_cuda",
         [](uintptr_t values, uintptr_t indices, int64_t n, int64_t m, int64_t k, uintptr_t out_values,
            uintptr_t out_indices, bool is_double, uintptr_t stream) {
-          PF_CHECK(n >= 0 && m >= 1 && k >= 1 && k <= pf::max_list_k_cuda(),
-                   "topk_merge_cuda: need n >= 0, m >= 1 and 1 <= k <= " << pf::max_list_k_cuda());
+          PF_CHECK(n >= 0 && m >= 1 && k >= 1 && k <= pf::cuda::kMaxListK,
+                   "topk_merge_cuda: need n >= 0, m >= 1 and 1 <= k <= " << pf::cuda::kMaxListK);
           PF_CHECK(values && indices && out_values && out_indices, "topk_merge_cuda: null device pointer");
           py::gil_scoped_release release;
-          pf::topk_merge_cuda(values, indices, n, m, k, out_values, out_indices, is_double, stream);
+          const auto* ix = device_ptr<const int64_t>(indices);
+          auto* oi = device_ptr<int64_t>(out_indices);
+          cuda_check(is_double ? pf::cuda::launch_topk_merge<double>(
+                                     device_ptr<const double>(values), ix, n, m, k,
+                                     device_ptr<double>(out_values), oi, as_stream(stream))
+                               : pf::cuda::launch_topk_merge<float>(
+                                     device_ptr<const float>(values), ix, n, m, k,
+                                     device_ptr<float>(out_values), oi, as_stream(stream)),
+                     "topk_merge_cuda");
         },
         py::arg("values_ptr"), py::arg("indices_ptr"), py::arg("n"), py::arg("m"), py::arg("k"),
         py::arg("out_values_ptr"), py::arg("out_indices_ptr"), py::arg("is_double"), py::arg("stream"),
         "k-selection merge of m candidates per row into the best k (device pointers).");
-  m.attr("CUDA_MAX_LIST_K") = pf::max_list_k_cuda();
+  m.attr("CUDA_MAX_LIST_K") = pf::cuda::kMaxListK;
 #endif
 }

@@ -10,8 +10,8 @@ using namespace pf::cuda;
 
 // cknna_sums.cu's three kernels in sequence: intersect, row sums, cross sums.
 template <typename T>
-static void masked_sums(const int64_t* idx_k, const T* val_k, const int64_t* idx_l, const T* val_l,
-                        int64_t n, int64_t k, bool zero_diagonal, double* out6) {
+static void cknna_sums(const int64_t* idx_k, const T* val_k, const int64_t* idx_l, const T* val_l,
+                       int64_t n, int64_t k, bool zero_diagonal, double* out6) {
   const int kk = static_cast<int>(k);
   std::vector<int64_t> cols(static_cast<size_t>(n * k)), count(static_cast<size_t>(n));
   std::vector<double> kv(static_cast<size_t>(n * k)), lv(static_cast<size_t>(n * k));
@@ -44,7 +44,7 @@ extern "C" {
 int max_list_k() { return kMaxListK; }
 
 void host_mutual_overlap(const int64_t* a, const int64_t* b, int64_t n, int64_t k, int64_t* out) {
-  constexpr int kWarp = 32;  // neighbor_overlap.cu: one warp per row, lanes split B's positions
+  constexpr int kWarp = 32;  // neighbour_lists.cu: one warp per row, lanes split B's positions
   for (int64_t row = 0; row < n; ++row) {
     int64_t hits = 0;
     for (int lane = 0; lane < kWarp; ++lane) hits += overlap_row(a + row * k, b + row * k, k, lane, kWarp);
@@ -66,14 +66,14 @@ void host_edit_distances(const int64_t* a, const int64_t* b, int64_t n, int64_t 
   for (int64_t row = 0; row < n; ++row) out[row] = edit_row(a, b, row, static_cast<int>(k));
 }
 
-void host_masked_sums_f32(const int64_t* idx_k, const float* val_k, const int64_t* idx_l, const float* val_l,
+void host_cknna_sums_f32(const int64_t* idx_k, const float* val_k, const int64_t* idx_l, const float* val_l,
                           int64_t n, int64_t k, int zero_diagonal, double* out6) {
-  masked_sums(idx_k, val_k, idx_l, val_l, n, k, zero_diagonal != 0, out6);
+  cknna_sums(idx_k, val_k, idx_l, val_l, n, k, zero_diagonal != 0, out6);
 }
 
-void host_masked_sums_f64(const int64_t* idx_k, const double* val_k, const int64_t* idx_l, const double* val_l,
+void host_cknna_sums_f64(const int64_t* idx_k, const double* val_k, const int64_t* idx_l, const double* val_l,
                           int64_t n, int64_t k, int zero_diagonal, double* out6) {
-  masked_sums(idx_k, val_k, idx_l, val_l, n, k, zero_diagonal != 0, out6);
+  cknna_sums(idx_k, val_k, idx_l, val_l, n, k, zero_diagonal != 0, out6);
 }
 
 void host_topk_merge_f64(const double* values, const int64_t* indices, int64_t n, int64_t m, int64_t k,

@@ -43,25 +43,68 @@ def test_core_imports_and_exposes_build_info():
     assert isinstance(info["cuda"], bool)
 
 
-def test_core_stub_matches_module():
-    # every public name in the .pyi stub exists in the built module (CUDA-only names excepted)
+def _stub_names():
+    """Public names the .pyi stub declares at top level: (all, the CUDA-only ones)."""
+    import ast
+
     import platonic_fast
-    from platonic_fast import _core
 
     stub = os.path.join(os.path.dirname(platonic_fast.__file__), "_core.pyi")
     if not os.path.exists(stub):
         pytest.fail("python/platonic_fast/_core.pyi is missing")
-    names = []
-    for line in open(stub):
-        for kw in ("def ", "class "):
-            if line.startswith(kw):
-                names.append(line[len(kw):].split("(")[0].split(":")[0].strip())
-    assert names
-    has_cuda = bool(_core.build_info().get("cuda"))
-    for name in names:
-        if "cuda" in name and not has_cuda:
+    text = open(stub, encoding="utf-8").read()
+    marker = [i for i, line in enumerate(text.splitlines(), 1) if line.startswith("# --- CUDA-only")]
+    assert len(marker) == 1, "_core.pyi must mark its CUDA-only block once with '# --- CUDA-only'"
+    names, cuda_only = set(), set()
+    for node in ast.parse(text).body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            name = node.name
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            name = node.target.id
+        elif isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+            name = node.targets[0].id
+        else:
             continue
-        assert hasattr(_core, name), f"_core.pyi declares {name} but the module lacks it"
+        if name.startswith("_"):
+            continue  # stub-only helpers (type aliases)
+        names.add(name)
+        if node.lineno > marker[0]:
+            cuda_only.add(name)
+    return names, cuda_only
+
+
+def test_core_stub_matches_module():
+    # Both ways: every name the .pyi stub declares exists in the built module (its CUDA-only
+    # block only in CUDA builds), and every public name of the module is declared in the stub.
+    from platonic_fast import _core
+
+    names, cuda_only = _stub_names()
+    assert names and cuda_only
+    has_cuda = bool(_core.build_info().get("cuda"))
+    expected = names if has_cuda else names - cuda_only
+    missing = sorted(n for n in expected if not hasattr(_core, n))
+    assert not missing, f"_core.pyi declares {missing} but the module lacks them"
+    if not has_cuda:
+        leaked = sorted(n for n in cuda_only if hasattr(_core, n))
+        assert not leaked, f"a build without CUDA exposes the CUDA-only {leaked}"
+    public = {n for n in dir(_core) if not n.startswith("_")}
+    undeclared = sorted(public - names)
+    assert not undeclared, f"the module exposes {undeclared}, missing from _core.pyi"
+
+
+def test_neighbour_lists_rejects_unknown_names():
+    import numpy as np
+
+    from platonic_fast import _core
+
+    a = np.array([[1], [0]], dtype=np.int64)
+    assert _core.neighbour_lists("mutual_overlap", a, a).tolist() == [1, 1]
+    with pytest.raises(ValueError, match="unknown neighbour-list metric"):
+        _core.neighbour_lists("mutual_knn", a, a)
+    if _core.build_info()["cuda"]:
+        # the name is checked before any pointer is touched
+        with pytest.raises(ValueError, match="unknown neighbour-list metric"):
+            _core.neighbour_lists_cuda("overlap", 8, 8, 2, 1, 8, 8, 0)
 
 
 def test_cuda_backends_only_when_usable():
@@ -109,21 +152,26 @@ def test_cuda_launch_without_gpu_raises_cleanly():
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: launching on fake pointers would be invalid there")
     with pytest.raises(ValueError, match="null"):
-        _core.mutual_overlap_cuda(0, 0, 4, 2, 0, 0)
+        _core.neighbour_lists_cuda("mutual_overlap", 0, 0, 4, 2, 0, 0, 0)
     # No driver: the CUDA runtime's error comes back as an exception, not a crash.
-    with pytest.raises(RuntimeError):
-        _core.mutual_overlap_cuda(8, 8, 4, 2, 8, 0)
+    for name in ("mutual_overlap", "cycle_hits", "lcs_lengths", "edit_distances"):
+        with pytest.raises(RuntimeError, match=name):
+            _core.neighbour_lists_cuda(name, 8, 8, 4, 2, 8, 8, 0)
+    with pytest.raises(RuntimeError, match="cknna_sums_cuda"):
+        _core.cknna_sums_cuda(8, 8, 8, 8, 4, 2, True, False, 8, 8, 0)
+    with pytest.raises(RuntimeError, match="topk_merge_cuda"):
+        _core.topk_merge_cuda(8, 8, 4, 3, 2, 8, 8, False, 0)
 
 
 def test_auto_prefers_device_native_backends(monkeypatch):
     # On CUDA tensors "auto" must take a GPU kernel before the CPU core's host copy.
     from platonic_fast import _backends
-    from platonic_fast.ops import neighbor_lists  # noqa: F401  (registers the ops)
+    from platonic_fast.ops import neighbour_lists  # noqa: F401  (registers the ops)
 
-    impls = _backends._REGISTRY["mutual_overlap"]
+    impls = _backends._REGISTRY["neighbour_lists"]
     monkeypatch.setitem(impls, "cuda", impls["cuda"].__class__(impls["cuda"].fn, ("cuda",), lambda device=None: True))
-    assert _backends.available("mutual_overlap", "cuda")[0] == "cuda"
-    assert _backends.available("mutual_overlap", "cpu")[0] == "cpu"
+    assert _backends.available("neighbour_lists", "cuda")[0] == "cuda"
+    assert _backends.available("neighbour_lists", "cpu")[0] == "cpu"
 
 
 def test_gpus_below_compute_capability_8_fall_back(monkeypatch):

@@ -1,4 +1,4 @@
-#include "cknna.h"
+#include "cknna_sums.h"
 
 #include <algorithm>
 #include <vector>
@@ -25,8 +25,8 @@ void sort_row(const int64_t* idx, const T* val, int64_t k, std::vector<Entry<T>>
 }  // namespace
 
 template <typename T>
-MaskedKernelSums masked_kernel_sums(const int64_t* idx_k, const T* val_k, const int64_t* idx_l,
-                                    const T* val_l, int64_t n, int64_t k, bool zero_diagonal) {
+CknnaSums cknna_sums(const int64_t* idx_k, const T* val_k, const int64_t* idx_l, const T* val_l,
+                     int64_t n, int64_t k, bool zero_diagonal) {
   // 1. The mask, row by row sorted by column: row i holds (j, K_ij, L_ij) for j in both sets,
   // at [i*k, i*k + count[i]).
   std::vector<int64_t> count(static_cast<size_t>(n), 0);
@@ -60,7 +60,7 @@ MaskedKernelSums masked_kernel_sums(const int64_t* idx_k, const T* val_k, const 
   }
 
   // 2. Sums. The transpose term looks i up in row j (sorted) by binary search.
-  MaskedKernelSums s;
+  CknnaSums s;
   std::vector<double> row_k(static_cast<size_t>(n), 0), row_l(static_cast<size_t>(n), 0);
   double trace_kl = 0, sum_k = 0, sum_l = 0, mask_count = 0;
 #pragma omp parallel for schedule(static) reduction(+ : trace_kl, sum_k, sum_l, mask_count) \
@@ -104,10 +104,9 @@ MaskedKernelSums masked_kernel_sums(const int64_t* idx_k, const T* val_k, const 
   return s;
 }
 
-template MaskedKernelSums masked_kernel_sums<float>(const int64_t*, const float*, const int64_t*,
-                                                    const float*, int64_t, int64_t, bool);
-template MaskedKernelSums masked_kernel_sums<double>(const int64_t*, const double*,
-                                                     const int64_t*, const double*, int64_t,
-                                                     int64_t, bool);
+template CknnaSums cknna_sums<float>(const int64_t*, const float*, const int64_t*, const float*,
+                                     int64_t, int64_t, bool);
+template CknnaSums cknna_sums<double>(const int64_t*, const double*, const int64_t*, const double*,
+                                      int64_t, int64_t, bool);
 
 }  // namespace pf

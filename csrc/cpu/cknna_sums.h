@@ -5,7 +5,7 @@
 
 namespace pf {
 
-struct MaskedKernelSums {
+struct CknnaSums {
   double trace_kl = 0;  // Σ_ij K'_ij L'_ji
   double sum_k = 0;     // Σ K'
   double sum_l = 0;     // Σ L'
@@ -17,7 +17,7 @@ struct MaskedKernelSums {
 // Row i: neighbours idx_k[i, :] with kernel values val_k[i, :] (and likewise for L).
 // zero_diagonal drops entries j == i (the unbiased estimator works on K̃, L̃).
 template <typename T>
-MaskedKernelSums masked_kernel_sums(const int64_t* idx_k, const T* val_k, const int64_t* idx_l,
-                                    const T* val_l, int64_t n, int64_t k, bool zero_diagonal);
+CknnaSums cknna_sums(const int64_t* idx_k, const T* val_k, const int64_t* idx_l, const T* val_l,
+                     int64_t n, int64_t k, bool zero_diagonal);
 
 }  // namespace pf

@@ -1,4 +1,4 @@
-#include "topk_merge.h"
+#include "knn.h"
 
 #include <algorithm>
 
@@ -18,7 +18,7 @@ inline bool better(T v, int64_t i, T w, int64_t j) {
 }  // namespace
 
 template <typename T>
-TopKMerger<T>::TopKMerger(int64_t n_rows, int64_t k)
+KnnMerger<T>::KnnMerger(int64_t n_rows, int64_t k)
     : n_rows_(n_rows), k_(k), cap_(std::max<int64_t>(2 * k, k + 8)) {
   PF_CHECK(n_rows >= 0, "n_rows must be >= 0, got " << n_rows);
   PF_CHECK(k >= 1, "k must be >= 1, got " << k);
@@ -29,7 +29,7 @@ TopKMerger<T>::TopKMerger(int64_t n_rows, int64_t k)
 }
 
 template <typename T>
-void TopKMerger<T>::compact(int64_t row) {
+void KnnMerger<T>::compact(int64_t row) {
   Entry* e = buf_.data() + row * cap_;
   std::nth_element(e, e + (k_ - 1), e + count_[row], [](const Entry& a, const Entry& b) {
     return better(a.value, a.index, b.value, b.index);
@@ -40,7 +40,7 @@ void TopKMerger<T>::compact(int64_t row) {
 }
 
 template <typename T>
-inline void TopKMerger<T>::push(int64_t row, T value, int64_t index) {
+inline void KnnMerger<T>::push(int64_t row, T value, int64_t index) {
   if (!better(value, index, thr_val_[row], thr_idx_[row])) return;
   const int64_t c = count_[row];
   buf_[row * cap_ + c] = Entry{value, index};
@@ -71,7 +71,7 @@ inline bool any_at_least(const T* s, int64_t len, const T* bounds) {
 }  // namespace
 
 template <typename T>
-void TopKMerger<T>::add_rows(const T* tile, int64_t rows, int64_t cols, int64_t ld,
+void KnnMerger<T>::add_rows(const T* tile, int64_t rows, int64_t cols, int64_t ld,
                              int64_t row0, int64_t col0, bool exclude_self) {
   PF_CHECK(row0 >= 0 && row0 + rows <= n_rows_, "tile rows out of range");
   PF_CHECK(ld >= cols, "tile leading dimension smaller than its width");
@@ -92,7 +92,7 @@ void TopKMerger<T>::add_rows(const T* tile, int64_t rows, int64_t cols, int64_t 
 }
 
 template <typename T>
-void TopKMerger<T>::add_cols(const T* tile, int64_t rows, int64_t cols, int64_t ld,
+void KnnMerger<T>::add_cols(const T* tile, int64_t rows, int64_t cols, int64_t ld,
                              int64_t row0, int64_t col0, bool exclude_self) {
   PF_CHECK(col0 >= 0 && col0 + cols <= n_rows_, "tile columns out of range");
   PF_CHECK(ld >= cols, "tile leading dimension smaller than its width");
@@ -124,7 +124,7 @@ void TopKMerger<T>::add_cols(const T* tile, int64_t rows, int64_t cols, int64_t 
 }
 
 template <typename T>
-void TopKMerger<T>::finalize(T* values, int64_t* indices) {
+void KnnMerger<T>::finalize(T* values, int64_t* indices) {
 #pragma omp parallel for schedule(static) if (n_rows_ * k_ > kParallelGrain)
   for (int64_t row = 0; row < n_rows_; ++row) {
     Entry* e = buf_.data() + row * cap_;
@@ -139,7 +139,7 @@ void TopKMerger<T>::finalize(T* values, int64_t* indices) {
   }
 }
 
-template class TopKMerger<float>;
-template class TopKMerger<double>;
+template class KnnMerger<float>;
+template class KnnMerger<double>;
 
 }  // namespace pf

@@ -1,4 +1,4 @@
-// Running exact top-k per row, fed tile by tile with similarity scores.
+// The CPU kNN's running exact top-k per row, fed tile by tile with similarity scores.
 //
 // Each row keeps a small buffer of candidates (capacity 2k). A score enters only if it beats
 // the row's current k-th best; when the buffer fills, nth_element keeps the best k. This is
@@ -12,9 +12,9 @@
 namespace pf {
 
 template <typename T>
-class TopKMerger {
+class KnnMerger {
  public:
-  TopKMerger(int64_t n_rows, int64_t k);
+  KnnMerger(int64_t n_rows, int64_t k);
 
   // tile[r * ld + c] = score(row0 + r, col0 + c); merged into rows row0 .. row0 + rows - 1.
   void add_rows(const T* tile, int64_t rows, int64_t cols, int64_t ld, int64_t row0,
@@ -44,7 +44,7 @@ class TopKMerger {
   std::vector<int64_t> thr_idx_;
 };
 
-extern template class TopKMerger<float>;
-extern template class TopKMerger<double>;
+extern template class KnnMerger<float>;
+extern template class KnnMerger<double>;
 
 }  // namespace pf

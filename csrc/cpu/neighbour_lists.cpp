@@ -1,4 +1,4 @@
-#include "neighbor_lists.h"
+#include "neighbour_lists.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -140,6 +140,16 @@ void edit_distances(const int64_t* a, const int64_t* b, int64_t n, int64_t k, in
       }
       out[i] = score;
     }
+  }
+}
+
+void neighbour_lists(ListMetric metric, const int64_t* a, const int64_t* b, int64_t n, int64_t k,
+                     int64_t* out) {
+  switch (metric) {
+    case ListMetric::mutual_overlap: return mutual_overlap(a, b, n, k, out);
+    case ListMetric::cycle_hits: return cycle_hits(a, b, n, k, out);
+    case ListMetric::lcs_lengths: return lcs_lengths(a, b, n, k, out);
+    case ListMetric::edit_distances: return edit_distances(a, b, n, k, out);
   }
 }
 

@@ -5,6 +5,8 @@
 #pragma once
 #include <cstdint>
 
+#include "../common/list_metric.h"
+
 namespace pf {
 
 // |A(i) ∩ B(i)|
@@ -15,6 +17,10 @@ void cycle_hits(const int64_t* a, const int64_t* b, int64_t n, int64_t k, int64_
 void lcs_lengths(const int64_t* a, const int64_t* b, int64_t n, int64_t k, int64_t* out);
 // unit-cost Levenshtein distance between A(i) and B(i)
 void edit_distances(const int64_t* a, const int64_t* b, int64_t n, int64_t k, int64_t* out);
+
+// The op: one of the four above by metric, out[i] for row i.
+void neighbour_lists(ListMetric metric, const int64_t* a, const int64_t* b, int64_t n, int64_t k,
+                     int64_t* out);
 
 // Throws std::invalid_argument unless every index lies in [0, n_keys).
 void check_indices(const int64_t* idx, int64_t count, int64_t n_keys, const char* name);

@@ -1,4 +1,4 @@
-#include "order_stats.h"
+#include "outliers.h"
 
 #include <algorithm>
 #include <cmath>
@@ -9,8 +9,8 @@
 
 namespace pf {
 
-void abs_order_stats(const float* x, int64_t rows, int64_t m, int64_t ld, int64_t lo, int64_t hi,
-                     float* out_lo, float* out_hi) {
+void outliers_abs_order_stats(const float* x, int64_t rows, int64_t m, int64_t ld, int64_t lo,
+                              int64_t hi, float* out_lo, float* out_hi) {
   PF_CHECK(0 <= lo && lo <= hi && hi < m, "order-statistic positions out of range");
 #pragma omp parallel if (rows * m > kParallelGrain)
   {

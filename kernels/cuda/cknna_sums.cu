@@ -1,7 +1,7 @@
-// CKNNA's sparse sums on the GPU, the algorithm of csrc/cpu/cknna.cpp: per row the intersection
+// The cknna_sums op on the GPU, the algorithm of csrc/cpu/cknna_sums.cpp: per row the intersection
 // of the two neighbour sets (sorted by column), then the transpose lookups, row and column sums.
 // float64 accumulation with one atomic per warp for the scalars.
-#include "neighbor_lists.cuh"
+#include "cknna_sums.cuh"
 
 namespace pf {
 namespace cuda {
@@ -68,15 +68,15 @@ __global__ void cross_sums_kernel(const double* __restrict__ row_k, const double
 
 }  // namespace
 
-size_t masked_kernel_sums_workspace(int64_t n, int64_t k) {
+size_t cknna_sums_workspace(int64_t n, int64_t k) {
   return static_cast<size_t>(n * k) * sizeof(int64_t) + static_cast<size_t>(2 * n * k) * sizeof(double) +
          static_cast<size_t>(4 * n) * sizeof(double) + static_cast<size_t>(n) * sizeof(int64_t);
 }
 
 template <typename T>
-cudaError_t launch_masked_kernel_sums(const int64_t* idx_k, const T* val_k, const int64_t* idx_l,
-                                      const T* val_l, int64_t n, int64_t k, bool zero_diagonal,
-                                      void* work, double* out6, cudaStream_t stream) {
+cudaError_t launch_cknna_sums(const int64_t* idx_k, const T* val_k, const int64_t* idx_l,
+                              const T* val_l, int64_t n, int64_t k, bool zero_diagonal, void* work,
+                              double* out6, cudaStream_t stream) {
   if (k < 1 || k > kMaxListK) return cudaErrorInvalidValue;
   cudaError_t err = cudaMemsetAsync(out6, 0, 6 * sizeof(double), stream);
   if (err != cudaSuccess || n <= 0) return err;
@@ -101,12 +101,12 @@ cudaError_t launch_masked_kernel_sums(const int64_t* idx_k, const T* val_k, cons
   return cudaGetLastError();
 }
 
-template cudaError_t launch_masked_kernel_sums<float>(const int64_t*, const float*, const int64_t*,
-                                                      const float*, int64_t, int64_t, bool, void*,
-                                                      double*, cudaStream_t);
-template cudaError_t launch_masked_kernel_sums<double>(const int64_t*, const double*, const int64_t*,
-                                                       const double*, int64_t, int64_t, bool, void*,
-                                                       double*, cudaStream_t);
+template cudaError_t launch_cknna_sums<float>(const int64_t*, const float*, const int64_t*,
+                                              const float*, int64_t, int64_t, bool, void*, double*,
+                                              cudaStream_t);
+template cudaError_t launch_cknna_sums<double>(const int64_t*, const double*, const int64_t*,
+                                               const double*, int64_t, int64_t, bool, void*, double*,
+                                               cudaStream_t);
 
 }  // namespace cuda
 }  // namespace pf

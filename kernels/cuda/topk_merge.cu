@@ -1,6 +1,7 @@
-// k-selection merge on the GPU: the best k of m candidates per row (partial top-k lists of
-// tiles or shards laid side by side), larger first, ties to the smaller index.
-#include "neighbor_lists.cuh"
+// The topk_merge op on the GPU, a k-selection merge: the best k of m candidates per row
+// (partial top-k lists of tiles or shards laid side by side), larger first, ties to the
+// smaller index.
+#include "topk_merge.cuh"
 
 namespace pf {
 namespace cuda {
