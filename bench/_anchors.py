@@ -1,18 +1,34 @@
 """Outside anchors the benchmarks compare against, and the synthetic inputs.
 
-(a) the dense reference approach: N x N similarity, full argsort, O(N^3) HSIC products, as the
-    platonic-rep ``metrics.py`` computes them (``ReferenceApproach`` below, float32).
+(a) the dense reference approach: tests/dense_reference.py, the tests' float64 oracle, run in
+    float32 with ``approach="reference"``: N x N similarity, full argsort, O(N^3) HSIC products,
+    as the platonic-rep ``metrics.py`` computes them (``dense_knn``, ``dense_metric``).
 (b) torch chunked matmul + topk: rows of the similarity computed a block at a time, the
-    diagonal masked, ``torch.topk``; O(chunk x N) memory.
+    diagonal masked, ``torch.topk``; O(chunk x N) memory. Any device.
 (c) faiss-cpu ``IndexFlatIP``: the index holds the vectors, searched with the same vectors for
     k + 1 neighbours, self dropped.
+(d) torch chunked Gram sums (GPU suite): Σ K∘L, Σ K∘K, Σ L∘L and row sums of linear kernels
+    from blocks of Gram products.
 """
 from __future__ import annotations
 
-from typing import Callable
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
+
+# The one place bench/ reaches into tests/: the dense reference is shared, not copied.
+TESTS_DIR = Path(__file__).resolve().parents[1] / "tests"
+if str(TESTS_DIR) not in sys.path:
+    sys.path.insert(0, str(TESTS_DIR))
+
+import dense_reference  # noqa: E402
+
+DENSE = "dense reference"
+DENSE_DTYPE = torch.float32
+DENSE_IMPL = ("tests/dense_reference.py, float32, approach='reference' "
+              "(platonic-rep's operations)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -24,6 +40,13 @@ def _normalize_(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def features(n: int, d: int, *, seed: int, device: str = "cpu", dtype=None) -> torch.Tensor:
+    """N x D Gaussian rows, L2-normalised, built on ``device`` (then cast to ``dtype``)."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    x = _normalize_(torch.empty(n, d, device=device).normal_(generator=g))
+    return x if dtype is None else x.to(dtype)
+
+
 def correlated_pair(n: int, d: int, *, rho: float = 0.6, seed: int = 0, d_b: int | None = None):
     """Two float32 feature sets, rows L2-normalised, B correlated with A.
 
@@ -31,15 +54,13 @@ def correlated_pair(n: int, d: int, *, rho: float = 0.6, seed: int = 0, d_b: int
     normalised.  Built in place so that peak memory is ~ the two outputs.
     """
     g = torch.Generator().manual_seed(seed)
-    a = torch.empty(n, d).normal_(generator=g)
-    _normalize_(a)
+    a = _normalize_(torch.empty(n, d).normal_(generator=g))
     d_b = d if d_b is None else d_b
     b = torch.empty(n, d_b).normal_(generator=g)
     b.mul_(float(np.sqrt(1.0 - rho * rho) / np.sqrt(d_b)))
     m = min(d, d_b)
     b[:, :m].add_(a[:, :m], alpha=rho)
-    _normalize_(b)
-    return a, b
+    return a, _normalize_(b)
 
 
 def correlated_layers(n: int, layers: int, d: int, *, shared: torch.Tensor, seed: int,
@@ -67,24 +88,49 @@ def correlated_layers(n: int, layers: int, d: int, *, shared: torch.Tensor, seed
 
 
 # --------------------------------------------------------------------------------------------
+# (a) the dense reference approach
+# --------------------------------------------------------------------------------------------
+def dense_knn(x: torch.Tensor, k: int):
+    """Self-kNN as platonic-rep: N x N float32 similarity, full descending argsort."""
+    return dense_reference.knn(x, k, dtype=DENSE_DTYPE, approach="reference")
+
+
+def dense_metric(name: str, a: torch.Tensor, b: torch.Tensor, **kwargs) -> float:
+    """Metric ``name`` as platonic-rep computes it, in float32."""
+    return dense_reference.measure(name, a, b, dtype=DENSE_DTYPE, approach="reference", **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
 # (b) torch chunked matmul + topk
 # --------------------------------------------------------------------------------------------
 def torch_chunked_knn(x: torch.Tensor, k: int, chunk: int = 1024):
-    """Self-kNN by blocks of rows: S = x[i0:i1] @ x.T, diagonal -> -inf, topk.  O(chunk x N)."""
+    """Self-kNN by blocks of rows at x's dtype and device: S = x[i0:i1] @ x.T, diagonal -> -inf,
+    topk.  O(chunk x N) memory besides the N x k outputs."""
     n = x.shape[0]
-    vals = torch.empty(n, k, dtype=x.dtype)
-    idx = torch.empty(n, k, dtype=torch.int64)
+    vals = torch.empty(n, k, dtype=x.dtype, device=x.device)
+    idx = torch.empty(n, k, dtype=torch.int64, device=x.device)
     xt = x.T
     for i0 in range(0, n, chunk):
         i1 = min(n, i0 + chunk)
         s = x[i0:i1] @ xt
-        r = torch.arange(i1 - i0)
+        r = torch.arange(i1 - i0, device=x.device)
         s[r, r + i0] = float("-inf")
         v, i = torch.topk(s, k, dim=1, largest=True, sorted=True)
         vals[i0:i1] = v
         idx[i0:i1] = i
         del s
     return vals, idx
+
+
+def neighbour_agreement(found: torch.Tensor, reference: torch.Tensor, rows: int = 65_536) -> dict:
+    """Agreement of two N x k index lists, a block of rows at a time: ``recall`` (share of the
+    reference's neighbours present in the same row of ``found``) and ``rows_identical``."""
+    hits = same = 0
+    for s in range(0, found.shape[0], rows):
+        f, r = found[s:s + rows], reference[s:s + rows]
+        hits += int((f.unsqueeze(2) == r.unsqueeze(1)).any(dim=2).sum())
+        same += int((f == r).all(dim=1).sum())
+    return {"recall": hits / reference.numel(), "rows_identical": same / reference.shape[0]}
 
 
 # --------------------------------------------------------------------------------------------
@@ -111,135 +157,23 @@ def faiss_knn(faiss, x_np: np.ndarray, k: int):
 
 
 # --------------------------------------------------------------------------------------------
-# (a) dense reference approach
+# (d) torch chunked Gram sums
 # --------------------------------------------------------------------------------------------
-class ReferenceApproach:
-    """The platonic-rep approach, operation for operation: N x N Gram matrices, a full
-    descending argsort per row (torch's default, unstable), N x N float masks, per-row Python
-    loops for LCS and edit distance, O(N^3) HSIC matrix products."""
-
-    @staticmethod
-    def _gram(x, dtype):
-        x = x.to(dtype)
-        return x @ x.T
-
-    @staticmethod
-    def knn(x, k, dtype=torch.float32):
-        s = ReferenceApproach._gram(x, dtype).fill_diagonal_(-1e8)
-        idx = torch.argsort(s, dim=1, descending=True)[:, :k]
-        return torch.gather(s, 1, idx), idx
-
-    @staticmethod
-    def _nn(x, k, dtype):
-        return ReferenceApproach.knn(x, k, dtype)[1]
-
-    @staticmethod
-    def mutual_knn(a, b, topk=10, dtype=torch.float32):
-        ka, kb = ReferenceApproach._nn(a, topk, dtype), ReferenceApproach._nn(b, topk, dtype)
-        n = ka.shape[0]
-        r = torch.arange(n).unsqueeze(1)
-        ma = torch.zeros(n, n, dtype=dtype)
-        mb = torch.zeros(n, n, dtype=dtype)
-        ma[r, ka] = 1.0
-        mb[r, kb] = 1.0
-        return ((ma * mb).sum(dim=1) / topk).mean().item()
-
-    @staticmethod
-    def cycle_knn(a, b, topk=10, dtype=torch.float32):
-        ka, kb = ReferenceApproach._nn(a, topk, dtype), ReferenceApproach._nn(b, topk, dtype)
-        n = ka.shape[0]
-        hit = ka[kb] == torch.arange(n).view(-1, 1, 1)
-        return hit.view(n, -1).any(dim=1).to(dtype).mean().item()
-
-    @staticmethod
-    def _lcs(x, y):
-        m, n = len(x), len(y)
-        dp = [[0] * (n + 1) for _ in range(m + 1)]
-        for i in range(1, m + 1):
-            for j in range(1, n + 1):
-                dp[i][j] = dp[i - 1][j - 1] + 1 if x[i - 1] == y[j - 1] else max(dp[i - 1][j], dp[i][j - 1])
-        return dp[m][n]
-
-    @staticmethod
-    def _lev(x, y):
-        prev = list(range(len(y) + 1))
-        for i in range(1, len(x) + 1):
-            cur = [i] + [0] * len(y)
-            for j in range(1, len(y) + 1):
-                cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x[i - 1] != y[j - 1]))
-            prev = cur
-        return prev[-1]
-
-    @staticmethod
-    def lcs_knn(a, b, topk=10, dtype=torch.float32):
-        ka, kb = ReferenceApproach._nn(a, topk, dtype).tolist(), ReferenceApproach._nn(b, topk, dtype).tolist()
-        return float(np.mean([ReferenceApproach._lcs(x, y) for x, y in zip(ka, kb)]))
-
-    @staticmethod
-    def edit_distance_knn(a, b, topk=10, dtype=torch.float32):
-        ka, kb = ReferenceApproach._nn(a, topk, dtype).tolist(), ReferenceApproach._nn(b, topk, dtype).tolist()
-        return 1.0 - float(np.mean([ReferenceApproach._lev(x, y) for x, y in zip(ka, kb)])) / topk
-
-    @staticmethod
-    def _hsic_biased(K, L):
-        H = torch.eye(K.shape[0], dtype=K.dtype) - 1.0 / K.shape[0]
-        return torch.trace(K @ H @ L @ H)
-
-    @staticmethod
-    def _hsic_unbiased(K, L):
-        m = K.shape[0]
-        Kt = K.clone().fill_diagonal_(0)
-        Lt = L.clone().fill_diagonal_(0)
-        v = (torch.sum(Kt * Lt.T) + torch.sum(Kt) * torch.sum(Lt) / ((m - 1) * (m - 2))
-             - 2 * torch.sum(Kt @ Lt) / (m - 2))
-        return v / (m * (m - 3))
-
-    @staticmethod
-    def cka(a, b, kernel_metric="ip", rbf_sigma=1.0, unbiased=False, dtype=torch.float32):
-        a, b = a.to(dtype), b.to(dtype)
-        if kernel_metric == "ip":
-            K, L = a @ a.T, b @ b.T
-        else:
-            K = torch.exp(-torch.cdist(a, a) ** 2 / (2 * rbf_sigma ** 2))
-            L = torch.exp(-torch.cdist(b, b) ** 2 / (2 * rbf_sigma ** 2))
-        h = ReferenceApproach._hsic_unbiased if unbiased else ReferenceApproach._hsic_biased
-        return (h(K, L) / (torch.sqrt(h(K, K) * h(L, L)) + 1e-6)).item()
-
-    @staticmethod
-    def unbiased_cka(a, b, kernel_metric="ip", rbf_sigma=1.0, dtype=torch.float32):
-        return ReferenceApproach.cka(a, b, kernel_metric, rbf_sigma, True, dtype)
-
-    @staticmethod
-    def cknna(a, b, topk=10, distance_agnostic=False, unbiased=True, dtype=torch.float32):
-        a, b = a.to(dtype), b.to(dtype)
-        n = a.shape[0]
-        K, L = a @ a.T, b @ b.T
-
-        def sim(K, L):
-            Kh = K.clone().fill_diagonal_(float("-inf")) if unbiased else K
-            Lh = L.clone().fill_diagonal_(float("-inf")) if unbiased else L
-            ik = torch.topk(Kh, topk, dim=1).indices
-            il = torch.topk(Lh, topk, dim=1).indices
-            mask = (torch.zeros(n, n, dtype=dtype).scatter_(1, ik, 1)
-                    * torch.zeros(n, n, dtype=dtype).scatter_(1, il, 1))
-            if distance_agnostic:
-                return mask.sum()
-            h = ReferenceApproach._hsic_unbiased if unbiased else ReferenceApproach._hsic_biased
-            return h(mask * K, mask * L)
-
-        s_kl, s_kk, s_ll = sim(K, L), sim(K, K), sim(L, L)
-        return s_kl.item() / (torch.sqrt(s_kk * s_ll) + 1e-6).item()
-
-
-class DenseReference:
-    """Anchor (a): the reference's own approach (``ReferenceApproach``), in float32."""
-
-    METRICS = ("mutual_knn", "cycle_knn", "lcs_knn", "edit_distance_knn", "cka",
-               "unbiased_cka", "cknna")
-
-    def get(self, name: str) -> tuple[Callable, str]:
-        fn = getattr(ReferenceApproach, name)
-        return fn, "bench/_anchors.py ReferenceApproach (platonic-rep's operations, float32)"
+def torch_chunked_gram_sums(a: torch.Tensor, b: torch.Tensor, chunk: int = 8192):
+    """Σ K∘L, Σ K∘K, Σ L∘L and row sums from chunked Gram products (linear kernel), float32
+    accumulation of products computed at the input dtype."""
+    cross = self_k = self_l = 0.0
+    rows_k, rows_l = [], []
+    for s in range(0, a.shape[0], chunk):
+        kc = (a[s:s + chunk] @ a.T).float()
+        lc = (b[s:s + chunk] @ b.T).float()
+        cross += float((kc * lc).sum())
+        self_k += float((kc * kc).sum())
+        self_l += float((lc * lc).sum())
+        rows_k.append(kc.sum(1))
+        rows_l.append(lc.sum(1))
+        del kc, lc
+    return cross, self_k, self_l, torch.cat(rows_k), torch.cat(rows_l)
 
 
 def scalar(x) -> float:

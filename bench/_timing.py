@@ -1,4 +1,4 @@
-"""Shared benchmark helpers: timing, environment record, sgemm peak, result rows, JSON, table.
+"""Shared benchmark helpers: the one timer, environment record, GEMM peak, result rows, JSON, table.
 
 Every benchmark produces *rows* (plain dicts, JSON-serialisable).  A row always has a
 ``status``: ``"ok"``, ``"oom"``, ``"error: ..."`` or ``"not run: ..."``; a case that runs out
@@ -11,7 +11,7 @@ Conventions
   equals the throughput ratio (same flop count on both sides).
 - ``gflops`` is a *nominal* flop count divided by the time (e.g. 2*N^2*D for a self-kNN), so
   an algorithm that skips work can exceed the machine's peak; ``pct_peak`` compares it with the
-  sgemm peak measured on this machine in the same run.
+  GEMM peak measured on this machine in the same run (float32 on the CPU, bfloat16 on a GPU).
 """
 from __future__ import annotations
 
@@ -35,14 +35,21 @@ RESULTS_DIR = BENCH_DIR / "results"
 
 # A first call slower than this is taken as the measurement itself (no warmup, one run).
 SLOW_S = 3.0
-# measure() defaults; configure(quick=True) shrinks them for smoke tests
-_MEASURE = {"max_repeats": 7, "budget_s": 8.0, "slow_s": SLOW_S}
+# measure() defaults, set by configure()
+_MEASURE = {"device": "cpu", "max_repeats": 7, "budget_s": 8.0, "slow_s": SLOW_S}
 
 
-def configure(*, quick: bool) -> None:
-    """Shrink repeat budgets for ``--quick`` smoke runs (seconds, not minutes)."""
-    _MEASURE.update({"max_repeats": 3, "budget_s": 0.5, "slow_s": 0.5} if quick else
-                    {"max_repeats": 7, "budget_s": 8.0, "slow_s": SLOW_S})
+def configure(*, quick: bool, device: str = "cpu") -> None:
+    """Set measure()'s defaults for a run: the clock (``device``) and the repeat budget.
+
+    CPU: an ~8 s budget per case, at most 7 repeats; ``quick`` shrinks it to seconds. CUDA: a
+    fixed 5 timed calls after the first (2 with ``quick``), stopping after one slower than 5 s.
+    """
+    if device == "cuda":
+        _MEASURE.update(device="cuda", max_repeats=2 if quick else 5, budget_s=None, slow_s=5.0)
+    else:
+        _MEASURE.update({"device": "cpu", "max_repeats": 3, "budget_s": 0.5, "slow_s": 0.5} if quick
+                        else {"device": "cpu", "max_repeats": 7, "budget_s": 8.0, "slow_s": SLOW_S})
 
 
 # --------------------------------------------------------------------------------------------
@@ -58,6 +65,21 @@ def import_pf():
         return None, f"platonic_fast not importable: {type(exc).__name__}: {exc}"
 
 
+def pf_backend(ops: tuple[str, ...], device: str = "cpu", *, dtypes=(), k: int | None = None,
+               want: str | None = None) -> tuple[str, str | None]:
+    """(backend, note): the backend to ask platonic_fast for when timing a function built on
+    ``ops``: ``want`` (default: the device type, e.g. the compiled ``"cpu"`` core) when every op
+    can run it here for ``dtypes`` and ``k``, else ``"auto"`` with a note saying why."""
+    from platonic_fast import _backends
+
+    want = want or str(device).split(":")[0]
+    missing = {op: _backends.available(op, device, dtypes=dtypes, k=k) for op in ops}
+    missing = {op: usable for op, usable in missing.items() if want not in usable}
+    if not missing:
+        return want, None
+    return "auto", f"backend={want!r} unavailable here (available: {missing}); used 'auto'"
+
+
 def import_faiss():
     try:
         import faiss  # noqa: WPS433
@@ -70,50 +92,74 @@ def import_faiss():
 # --------------------------------------------------------------------------------------------
 # timing
 # --------------------------------------------------------------------------------------------
+_UNSET = object()
+
+
+def _timed(fn: Callable[[], Any], device: str) -> tuple[float, Any]:
+    """(seconds, result) of one call: CUDA events and a synchronise on a GPU, else a wall clock."""
+    gc.collect()
+    if device == "cuda":
+        import torch
+
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        out = fn()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / 1e3, out
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
 def measure(
     fn: Callable[[], Any],
     *,
+    device: str | None = None,
     warmup: int = 1,
     max_repeats: int | None = None,
-    budget_s: float | None = None,
+    budget_s: float | None | object = _UNSET,
     slow_s: float | None = None,
 ) -> dict:
-    """Median-of-repeats wall time of ``fn()``.
+    """Median-of-repeats time of ``fn()``: the benchmarks' one timer, CPU or CUDA.
 
-    The first call is a warmup.  If it takes longer than ``slow_s`` it is the measurement
-    (``repeats == 1``, ``warm == False``): a slow case runs once.  Otherwise the number of
-    timed repeats is adapted to ``budget_s`` (at least 3 for cases that fit, at most
-    ``max_repeats``).
+    The first call is a warmup, recorded as ``first_s``.  On the CPU, if it takes longer than
+    ``slow_s`` it is the measurement (``repeats == 1``, ``warm == False``): a slow case runs
+    once.  On a GPU the first call (compilation, autotuning) never counts.  Then the number of
+    timed calls is adapted to ``budget_s`` (at least 3 for cases that fit, at most
+    ``max_repeats``; ``budget_s=None``: ``max_repeats``), stopping early after one slower than
+    ``slow_s``.  Defaults come from configure().
 
-    Returns a dict with ``median_s``, ``times``, ``repeats``, ``warm`` and ``result`` (the value
-    returned by the last call).
+    Returns a dict with ``median_s``, ``times``, ``repeats``, ``warm``, ``first_s`` and
+    ``result`` (the value returned by the last call).
     """
+    device = _MEASURE["device"] if device is None else device
     max_repeats = _MEASURE["max_repeats"] if max_repeats is None else max_repeats
-    budget_s = _MEASURE["budget_s"] if budget_s is None else budget_s
+    budget_s = _MEASURE["budget_s"] if budget_s is _UNSET else budget_s
     slow_s = _MEASURE["slow_s"] if slow_s is None else slow_s
-    gc.collect()
-    t0 = time.perf_counter()
-    out = fn()
-    first = time.perf_counter() - t0
-    if first >= slow_s:
-        return {"median_s": first, "times": [first], "repeats": 1, "warm": False, "result": out}
+    first, out = _timed(fn, device)
+    if first >= slow_s and device != "cuda":
+        return {"median_s": first, "times": [first], "repeats": 1, "warm": False, "first_s": first,
+                "result": out}
     for _ in range(max(0, warmup - 1)):
         out = fn()
-    n = int(budget_s / max(first, 1e-6))
-    n = max(1, min(max_repeats, n))
-    if first * 3 <= budget_s:
-        n = max(n, 3)
+    n = max_repeats
+    if budget_s is not None:
+        n = max(1, min(max_repeats, int(budget_s / max(first, 1e-6))))
+        if first * 3 <= budget_s:
+            n = max(n, 3)
     times = []
     for _ in range(n):
-        gc.collect()
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
+        t, out = _timed(fn, device)
+        times.append(t)
+        if t > slow_s:
+            break
     return {
         "median_s": statistics.median(times),
         "times": times,
         "repeats": len(times),
         "warm": True,
+        "first_s": first,
         "result": out,
     }
 
@@ -128,7 +174,7 @@ def _is_oom(exc: BaseException) -> bool:
 
 def run_case(
     row: dict,
-    fn: Callable[[], Any],
+    fn: Callable[[], Any] | None,
     *,
     flops: float | None = None,
     est_bytes: float | None = None,
@@ -138,7 +184,7 @@ def run_case(
     value_of: Callable[[Any], Any] | None = None,
     **measure_kw,
 ) -> dict:
-    """Time ``fn`` and fill ``row`` in place (and return it).
+    """Time ``fn`` with measure() and fill ``row`` in place (and return it).
 
     ``skip`` (a reason) records the row as ``not run: <reason>``.  ``est_bytes`` above the
     memory this machine has available, or ``est_seconds`` above ``max_seconds``, do the same
@@ -165,6 +211,8 @@ def run_case(
         gc.collect()
         return row
     row.update(median_s=m["median_s"], times=m["times"], repeats=m["repeats"], warm=m["warm"])
+    if _MEASURE["device"] == "cuda":  # compilation and autotuning, apart from the timed calls
+        row["first_call_s"] = m["first_s"]
     if flops:
         row["gflops"] = flops / m["median_s"] / 1e9
     if value_of is not None:
@@ -174,7 +222,20 @@ def run_case(
             row["value_error"] = f"{type(exc).__name__}: {exc}"
     del m
     gc.collect()
+    if _MEASURE["device"] == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
     return row
+
+
+def error_row(bench: str, exc: BaseException, **fields) -> dict:
+    """The row of a part or case that raised outside run_case: the run goes on without it."""
+    import traceback
+
+    return dict({"bench": bench, "case": "-", "method": "-", "median_s": None, "repeats": 0}, **fields,
+                status=("oom: " if _is_oom(exc) else "error: ") + f"{type(exc).__name__}: {exc}"[:400],
+                traceback=traceback.format_exc())
 
 
 def set_ratios(rows: list[dict], anchor_method: str, *, key: tuple[str, ...] = ("bench", "case")) -> None:
@@ -195,6 +256,17 @@ def set_ratios(rows: list[dict], anchor_method: str, *, key: tuple[str, ...] = (
                     r["ratio_note"] = "anchor time extrapolated from a measured subsample"
 
 
+def target(name: str, measured: float | None, *, quick: bool, at_least: float | None = None,
+           below: float | None = None, unit: str = "x", note: str | None = None) -> dict:
+    """A target check: ``measured`` >= ``at_least`` (or < ``below``); not judged on quick sizes."""
+    sep = "" if unit == "x" else " "
+    need = f">= {at_least:g}{sep}{unit}" if at_least is not None else f"< {below:g}{sep}{unit}"
+    met = None if measured is None or quick else (
+        measured >= at_least if at_least is not None else measured < below)
+    return {"name": name, "measured": measured, "unit": unit, "need": need, "met": met,
+            "note": "quick sizes, not the target shape" if quick else note}
+
+
 def add_peak(rows: list[dict], peak_gflops: float | None) -> None:
     for r in rows:
         if peak_gflops and r.get("gflops"):
@@ -204,32 +276,46 @@ def add_peak(rows: list[dict], peak_gflops: float | None) -> None:
 # --------------------------------------------------------------------------------------------
 # machine
 # --------------------------------------------------------------------------------------------
-def sgemm_peak(n: int = 4096, repeats: int = 5) -> dict:
-    """Measured float32 torch.mm throughput (GFLOP/s) on this machine: best of ``repeats``."""
+def dtype_name(dtype) -> str:
+    """"bfloat16" for torch.bfloat16: the names of platonic_fast._checks.DTYPE_NAMES."""
+    return str(dtype).replace("torch.", "")
+
+
+def gemm_peak(n: int = 4096, *, dtype=None, device: str = "cpu", repeats: int = 5) -> dict:
+    """Measured ``torch.mm`` throughput (GFLOP/s) on ``device`` at ``dtype`` (default float32):
+    best of ``repeats`` timed calls after a warm one (the GPU suite uses bfloat16)."""
     import torch
 
-    a = torch.randn(n, n)
-    b = torch.randn(n, n)
-    torch.mm(a, b)  # warmup
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        times.append(time.perf_counter() - t0)
-    best = min(times)
-    return {"n": n, "times": times, "gflops": 2.0 * n ** 3 / best / 1e9,
-            "gflops_median": 2.0 * n ** 3 / statistics.median(times) / 1e9}
+    dtype = dtype or torch.float32
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    m = measure(lambda: torch.mm(a, b), device=device, max_repeats=repeats, budget_s=None,
+                slow_s=math.inf)
+    return {"n": n, "dtype": dtype_name(dtype), "times": m["times"],
+            "gflops": 2.0 * n ** 3 / min(m["times"]) / 1e9,
+            "gflops_median": 2.0 * n ** 3 / m["median_s"] / 1e9}
 
 
-def mem_available_bytes() -> int | None:
+def _proc_value(path: str, key: str) -> str | None:
+    """The text after ``key:`` on the first matching line of a /proc file (None off Linux)."""
     try:
-        with open("/proc/meminfo") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                if line.split(":", 1)[0].strip() == key:
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return None
+
+
+def mem_available_bytes() -> int | None:
+    kb = _proc_value("/proc/meminfo", "MemAvailable")
+    return None if kb is None else int(kb.split()[0]) * 1024
+
+
+def _mem_total_gb() -> float | None:
+    kb = _proc_value("/proc/meminfo", "MemTotal")
+    return None if kb is None else round(int(kb.split()[0]) / 1024 ** 2, 1)
 
 
 def _cpu_model() -> str:
@@ -240,15 +326,8 @@ def _cpu_model() -> str:
 
 def _cpu_flags() -> list[str]:
     want = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    have = set(line.split(":", 1)[1].split())
-                    return [w for w in want if w in have]
-    except OSError:
-        pass
-    return []
+    have = set((_proc_value("/proc/cpuinfo", "flags") or "").split())
+    return [w for w in want if w in have]
 
 
 def git_rev() -> str:
@@ -318,17 +397,6 @@ def _pf_build_info() -> Any:
         return "present"
     except Exception as exc:
         return f"_core not importable: {type(exc).__name__}"
-
-
-def _mem_total_gb() -> float | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return round(int(line.split()[1]) / 1024 ** 2, 1)
-    except OSError:
-        pass
-    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -408,6 +476,8 @@ def summarize(r: dict) -> str:
         parts.append(f"best {v['best']:.4g} at {tuple(v.get('best_layers') or ())}")
     if isinstance(r.get("abs_diff_vs_dense"), float):
         parts.append(f"|diff vs dense| {r['abs_diff_vs_dense']:.1e}")
+    if isinstance(r.get("rel_err_cross_vs_anchor"), float):
+        parts.append(f"rel err vs anchor {r['rel_err_cross_vs_anchor']:.1e}")
     if isinstance(r.get("max_abs_diff_vs_scratch"), float):
         parts.append(f"max |diff vs scratch| {r['max_abs_diff_vs_scratch']:.1e}")
     if r.get("extrapolated"):
@@ -478,7 +548,7 @@ def bench_main(name: str, collect: Callable[..., tuple[list[dict], list[dict]]],
     ap.add_argument("--no-save", action="store_true", help="do not write bench/results/")
     args = ap.parse_args(argv)
     configure(quick=args.quick)
-    peak = sgemm_peak(2048 if args.quick else 4096)
+    peak = gemm_peak(2048 if args.quick else 4096)
     env = environment(peak)
     print(header(env), flush=True)
     rows, targets = collect(quick=args.quick, peak=peak["gflops"])

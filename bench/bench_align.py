@@ -20,12 +20,12 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import _anchors  # noqa: E402
-import _pf  # noqa: E402
-from _timing import add_peak, bench_main, import_pf, run_case, set_ratios  # noqa: E402
+from _timing import add_peak, bench_main, import_pf, pf_backend, run_case, set_ratios, target  # noqa: E402
 
 TOPK = 10
 Q = 0.95
 SCRATCH = "pf.mutual_knn per pair (from scratch)"
+OPS = ("knn", "neighbour_lists")  # what mutual_knn is built on; the clamping takes no backend
 
 
 def make_models(n: int, lx: int, ly: int, d: int):
@@ -47,35 +47,26 @@ def collect(quick: bool = False, peak: float | None = None, max_seconds: float =
     knn_pass = 2.0 * n * n * d
     rows: list[dict] = []
     scores: dict[str, torch.Tensor] = {}
+    backend, note = pf_backend(OPS, "cpu") if pf is not None else ("cpu", None)
+    if note:
+        common["note"] = note
 
-    # --- pf.align ---------------------------------------------------------------------
-    tx, ty = make_models(16, 2, 3, 4)
-    align_fn, backend, note = _pf.resolve(pf, "align", lambda f: f(tx, ty, metric="mutual_knn",
-                                                                  topk=3))
+    # --- pf.align (skipped, with the reason, when platonic_fast does not import) -------
     r = dict(common, method=f"pf.align ({backend})",
              impl=f"platonic_fast.align(x, y, metric='mutual_knn', topk={TOPK}, q={Q}, "
                   f"backend={backend!r})")
-    if note:
-        r["note"] = note
 
     def keep_align(res):
         scores["align"] = torch.as_tensor(res.scores, dtype=torch.float64)
         return {"best": float(res.best), "best_layers": list(res.best_layers or [])}
 
-    if align_fn is None:
-        rows.append(run_case(r, None, skip=note or pf_err))
-    else:
-        rows.append(run_case(r, lambda: align_fn(x, y, metric="mutual_knn", topk=TOPK, q=Q),
-                             flops=(lx + ly) * knn_pass, value_of=keep_align))
+    rows.append(run_case(r, lambda: pf.align(x, y, metric="mutual_knn", topk=TOPK, q=Q, backend=backend),
+                         flops=(lx + ly) * knn_pass, value_of=keep_align, skip=pf_err))
 
     # --- every pair from scratch with pf.mutual_knn --------------------------------------
-    mk, mk_backend, mk_note = _pf.resolve(pf, "mutual_knn",
-                                          lambda f: f(*_pf.tiny_pair(), topk=3))
     r = dict(common, method=SCRATCH,
              impl=f"remove_outliers(q={Q}) per model, then per pair F.normalize + "
-                  f"platonic_fast.mutual_knn(topk={TOPK}, backend={mk_backend!r})")
-    if mk_note:
-        r["note"] = mk_note
+                  f"platonic_fast.mutual_knn(topk={TOPK}, backend={backend!r})")
 
     def scratch():
         xc = pf.remove_outliers(x, q=Q)
@@ -85,17 +76,14 @@ def collect(quick: bool = False, peak: float | None = None, max_seconds: float =
             for j in range(ly):
                 xi = F.normalize(xc[:, i, :], p=2, dim=-1)
                 yj = F.normalize(yc[:, j, :], p=2, dim=-1)
-                out[i, j] = float(mk(xi, yj, topk=TOPK))
+                out[i, j] = float(pf.mutual_knn(xi, yj, topk=TOPK, backend=backend))
         return out
 
     def keep_scratch(res):
         scores["scratch"] = res
         return None
 
-    if mk is None or not hasattr(pf, "remove_outliers"):
-        rows.append(run_case(r, None, skip=mk_note or pf_err or "no remove_outliers"))
-    else:
-        rows.append(run_case(r, scratch, flops=2 * lx * ly * knn_pass, value_of=keep_scratch))
+    rows.append(run_case(r, scratch, flops=2 * lx * ly * knn_pass, value_of=keep_scratch, skip=pf_err))
 
     if "align" in scores and "scratch" in scores:
         rows[0]["max_abs_diff_vs_scratch"] = (scores["align"] - scores["scratch"]).abs().max().item()
@@ -105,13 +93,8 @@ def collect(quick: bool = False, peak: float | None = None, max_seconds: float =
     add_peak(rows, peak)
 
     meas = al.get("ratio") if al.get("status") == "ok" else None
-    targets = [{
-        "name": f"align {lx}x{ly} layers N={n} mutual_knn: from-scratch time / pf.align time",
-        "measured": meas, "unit": "x", "need": ">= 30x",
-        "met": None if meas is None or quick else meas >= 30.0,
-        "note": "quick sizes, not the target shape" if quick else None,
-    }]
-    return rows, targets
+    return rows, [target(f"align {lx}x{ly} layers N={n} mutual_knn: from-scratch time / pf.align time",
+                         meas, quick=quick, at_least=30.0)]
 
 
 if __name__ == "__main__":

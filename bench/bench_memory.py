@@ -23,6 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _timing import add_peak, bench_main, target  # noqa: E402
+
 TOPK = 10
 FULL = (100_000, 768)
 QUICK = (10_000, 128)
@@ -54,32 +56,28 @@ def child(method: str, n: int, d: int, k: int) -> dict:
     import torch
 
     import _anchors
-    import _pf
 
     if method == "pf":
-        from _timing import import_pf
+        from _timing import import_pf, pf_backend
 
         pf, err = import_pf()
         if pf is None:
             return {"status": f"error: {err}"}
-        fn, backend, note = _pf.resolve(pf, "mutual_knn", lambda f: f(*_pf.tiny_pair(), topk=3))
-        if fn is None:
-            return {"status": f"error: {note}"}
+        backend, note = pf_backend(("knn", "neighbour_lists"), "cpu")
 
         def run(a, b):
-            return float(fn(a, b, topk=k))
+            return float(pf.mutual_knn(a, b, topk=k, backend=backend))
     elif method == "torch_chunked":
         backend, note = "torch", None
 
         def run(a, b):
-            ia = _anchors.torch_chunked_knn(a, k)[1]
-            ib = _anchors.torch_chunked_knn(b, k)[1]
-            hit = (ia.unsqueeze(2) == ib.unsqueeze(1)).any(dim=2).sum(dim=1)
-            return (hit.double() / k).mean().item()
+            # mutual_knn = the share of one list's neighbours found in the other's, row by row
+            return _anchors.neighbour_agreement(_anchors.torch_chunked_knn(a, k)[1],
+                                                _anchors.torch_chunked_knn(b, k)[1])["recall"]
     else:
         return {"status": f"error: unknown method {method}"}
 
-    run(*_pf.tiny_pair(64, 8))  # warm code paths, thread pools, lazy imports
+    run(*_anchors.correlated_pair(64, 8, seed=123))  # warm code paths, thread pools, lazy imports
     base_rss = _status_kb("VmRSS")
     a, b = _anchors.correlated_pair(n, d, rho=0.6, seed=5)
     inputs_bytes = a.element_size() * a.nelement() + b.element_size() * b.nelement()
@@ -174,18 +172,10 @@ def collect(quick: bool = False, peak: float | None = None, torch_chunked: bool 
 
     pr = rows[0]
     meas = pr.get("peak_beyond_inputs_gb") if pr.get("status") == "ok" else None
-    for r in rows:
-        if r.get("median_s") and peak:
-            r["pct_peak"] = 100.0 * r["gflops"] / peak
-    targets = [{
-        "name": f"mutual_knn N={n} D={d} float32: peak memory beyond its inputs",
-        "measured": meas, "unit": "GB", "need": f"< {LIMIT_GB:g} GB",
-        "met": None if meas is None or quick else meas < LIMIT_GB,
-        "note": ("quick sizes, not the target shape" if quick else
-                 (f"wall {pr['median_s']:.1f} s; {pr.get('peak_beyond_inputs_note')}"
-                  if meas is not None else None)),
-    }]
-    return rows, targets
+    add_peak(rows, peak)
+    note = f"wall {pr['median_s']:.1f} s; {pr.get('peak_beyond_inputs_note')}" if meas is not None else None
+    return rows, [target(f"mutual_knn N={n} D={d} float32: peak memory beyond its inputs", meas,
+                         quick=quick, below=LIMIT_GB, unit="GB", note=note)]
 
 
 def main(argv=None) -> int:
@@ -202,8 +192,6 @@ def main(argv=None) -> int:
                               else "error: ") + msg[:400]}
         print("RESULT " + json.dumps(res), flush=True)
         return 0
-    from _timing import bench_main
-
     extra = "--torch-chunked" in argv
     rest = [a for a in argv if a != "--torch-chunked"]
     return bench_main("memory", lambda quick, peak: collect(quick, peak,

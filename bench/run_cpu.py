@@ -1,11 +1,12 @@
-"""The whole CPU benchmark suite in one run: kNN, metrics, layer search, memory (the last one in
-a fresh subprocess).  Prints one table plus the target checks and writes one JSON file,
-bench/results/cpu-<UTC timestamp>.json (rewritten atomically after every part, so an
-interrupted run keeps what it measured; ``"complete": true`` once it has finished).
+"""The whole CPU benchmark suite in one run, one part per op file (bench_<part>.py): knn,
+neighbour_lists, hsic, cknna_sums, align, memory (the last one in a fresh subprocess).  Prints
+one table plus the target checks and writes one JSON file, bench/results/cpu-<UTC timestamp>.json
+(rewritten atomically after every part, so an interrupted run keeps what it measured;
+``"complete": true`` once it has finished).
 
     .venv/bin/python bench/run_cpu.py            # full sizes (minutes; keep the machine quiet)
     .venv/bin/python bench/run_cpu.py --quick    # small sizes, seconds: smoke test
-    .venv/bin/python bench/run_cpu.py --only knn,metrics
+    .venv/bin/python bench/run_cpu.py --only knn,metrics   # metrics = the three metric parts
 """
 from __future__ import annotations
 
@@ -13,25 +14,37 @@ import argparse
 import os
 import sys
 import time
-import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_align  # noqa: E402
+import bench_cknna_sums  # noqa: E402
+import bench_hsic  # noqa: E402
 import bench_knn  # noqa: E402
 import bench_memory  # noqa: E402
-import bench_metrics  # noqa: E402
-from _timing import (configure, environment, format_table, format_targets, header,  # noqa: E402
-                     sgemm_peak, timestamp, write_results)
+import bench_neighbour_lists  # noqa: E402
+import bench_outliers  # noqa: E402
+import bench_topk_merge  # noqa: E402
+from _timing import (configure, environment, error_row, format_table, format_targets,  # noqa: E402
+                     gemm_peak, header, timestamp, write_results)
 
 PARTS = {
     "knn": lambda quick, peak, a: bench_knn.collect(quick=quick, peak=peak),
-    "metrics": lambda quick, peak, a: bench_metrics.collect(quick=quick, peak=peak),
+    "neighbour_lists": lambda quick, peak, a: bench_neighbour_lists.collect(quick=quick, peak=peak),
+    "hsic": lambda quick, peak, a: bench_hsic.collect(quick=quick, peak=peak),
+    "cknna_sums": lambda quick, peak, a: bench_cknna_sums.collect(quick=quick, peak=peak),
     "align": lambda quick, peak, a: bench_align.collect(quick=quick, peak=peak),
     "memory": lambda quick, peak, a: bench_memory.collect(
         quick=quick, peak=peak, torch_chunked=True if a.torch_chunked_memory else None),
 }
+DEFAULT = tuple(PARTS)  # the parts of cpu-20261123T071934Z.json, row for row
+PARTS.update({  # parts with no counterpart in earlier results files: on request (--only)
+    "outliers": lambda quick, peak, a: bench_outliers.collect(quick=quick, peak=peak),
+    "topk_merge": lambda quick, peak, a: bench_topk_merge.collect(quick=quick, peak=peak),
+})
+# the rows of these parts carry "bench": "metrics", as in earlier results files
+ALIASES = {"metrics": ("neighbour_lists", "hsic", "cknna_sums")}
 
 
 def _wait_quiet(limit_s: float) -> float:
@@ -45,8 +58,9 @@ def _wait_quiet(limit_s: float) -> float:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="platonic_fast CPU benchmark suite")
     ap.add_argument("--quick", action="store_true", help="small sizes, seconds (smoke test)")
-    ap.add_argument("--only", default=",".join(PARTS),
-                    help=f"comma-separated subset of {','.join(PARTS)}")
+    ap.add_argument("--only", default=",".join(DEFAULT),
+                    help=f"comma-separated parts: {','.join(PARTS)} (metrics: "
+                         f"{','.join(ALIASES['metrics'])}); default {','.join(DEFAULT)}")
     ap.add_argument("--no-save", action="store_true", help="do not write bench/results/")
     ap.add_argument("--torch-chunked-memory", action="store_true",
                     help="also measure the torch chunked anchor's memory at full size (minutes)")
@@ -55,16 +69,17 @@ def main(argv=None) -> int:
                     help="first wait up to S seconds for the 1-minute load average to drop "
                          "below 0.6 (a concurrent build distorts every timing)")
     args = ap.parse_args(argv)
-    parts = [p.strip() for p in args.only.split(",") if p.strip()]
+    parts = list(dict.fromkeys(q for p in args.only.split(",") if p.strip()
+                               for q in ALIASES.get(p.strip(), (p.strip(),))))
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
-        ap.error(f"unknown part(s) {unknown}; choose from {list(PARTS)}")
+        ap.error(f"unknown part(s) {unknown}; choose from {list(PARTS) + list(ALIASES)}")
 
     waited = _wait_quiet(args.wait_quiet)
     t_start = time.perf_counter()
     configure(quick=args.quick)
     load0 = os.getloadavg() if hasattr(os, "getloadavg") else None
-    peak = sgemm_peak(2048 if args.quick else 4096)
+    peak = gemm_peak(2048 if args.quick else 4096)
     env = environment(peak)
     env["loadavg_before_sgemm"] = load0
     env["waited_for_quiet_s"] = waited
@@ -91,11 +106,8 @@ def main(argv=None) -> int:
         try:
             rows, targets = PARTS[part](args.quick, peak["gflops"], args)
         except Exception as exc:  # one broken part must not lose the others
-            tb = traceback.format_exc()
-            print(tb, file=sys.stderr)
-            rows = [{"bench": part, "case": "-", "method": "-", "median_s": None, "repeats": 0,
-                     "status": f"error: {type(exc).__name__}: {exc}"[:400], "traceback": tb}]
-            targets = []
+            rows, targets = [error_row(part, exc)], []
+            print(rows[0]["traceback"], file=sys.stderr)
         payload["rows"].extend(rows)
         payload["targets"].extend(targets)
         payload.setdefault("part_wall_s", {})[part] = time.perf_counter() - t0

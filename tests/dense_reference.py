@@ -4,8 +4,16 @@ Written for clarity, not speed: every metric materialises the N×N similarity ma
 every row with a *stable* descending sort (so ties go to the smaller index, as the SPEC
 requires) and computes HSIC with explicit O(N³) matrix products, as platonic-rep's metrics.py
 does. Every function takes ``dtype=`` (default ``torch.float64``) and computes in that dtype on
-the input's device, so the benchmark suite can import this module with ``dtype=torch.float32``
-as its "dense reference approach" anchor.
+the input's device.
+
+The benchmarks (bench/) import this module too: their anchor (a), "the reference's own approach",
+is these functions with ``dtype=torch.float32, approach="reference"``. The formulas are the same;
+``approach="reference"`` only swaps in platonic-rep's operation choices where they cost a
+different amount of time: the kNN lists from an unstable full ``argsort``, CKNNA's neighbour sets
+from ``torch.topk`` on the N×N matrices, and LCS / edit distance in a Python loop over rows.
+On tie-free data both approaches give the same values. Left as they are, since they cost
+milliseconds at N=4,096: boolean rather than float N×N masks in mutual_knn, the squared-norm
+expansion rather than ``cdist`` for the RBF kernel, -inf rather than -1e8 on the diagonal.
 
 Nothing here imports platonic_fast: the tests compare the package against this module.
 """
@@ -45,6 +53,8 @@ __all__ = [
 ]
 
 DEFAULT_DTYPE = torch.float64
+# "oracle": the SPEC's tie rule, vectorised; "reference": platonic-rep's operations (module doc).
+APPROACHES = ("oracle", "reference")
 
 # Same order as platonic-rep's AlignmentMetrics.SUPPORTED_METRICS.
 SUPPORTED_METRICS = (
@@ -77,13 +87,30 @@ def similarity(a, b=None, *, dtype: torch.dtype = DEFAULT_DTYPE) -> torch.Tensor
     return a @ b.T
 
 
-def _stable_topk(scores: torch.Tensor, k: int):
-    # A stable descending sort keeps equal scores in index order: ties -> smaller index first.
-    vals, idx = torch.sort(scores, dim=1, descending=True, stable=True)
-    return vals[:, :k], idx[:, :k]
+def _check_approach(approach: str) -> str:
+    if approach not in APPROACHES:
+        raise ValueError(f"approach must be one of {APPROACHES}, got {approach!r}")
+    return approach
 
 
-def knn(x, k: int, exclude_self: bool = True, *, dtype: torch.dtype = DEFAULT_DTYPE):
+def _top(scores: torch.Tensor, k: int, approach: str = "oracle", *, full_sort: bool = True):
+    """(values, indices) of the k largest scores of every row, most similar first.
+
+    "oracle": a stable descending sort keeps equal scores in index order (ties -> smaller index).
+    "reference": platonic-rep's calls, ties in any order: a full descending ``argsort`` (its kNN
+    lists) or, with ``full_sort=False``, ``torch.topk`` (its CKNNA sets).
+    """
+    if _check_approach(approach) == "oracle":
+        vals, idx = torch.sort(scores, dim=1, descending=True, stable=True)
+        return vals[:, :k], idx[:, :k]
+    if not full_sort:
+        return torch.topk(scores, k, dim=1)
+    idx = torch.argsort(scores, dim=1, descending=True)[:, :k]
+    return scores.gather(1, idx), idx
+
+
+def knn(x, k: int, exclude_self: bool = True, *, dtype: torch.dtype = DEFAULT_DTYPE,
+        approach: str = "oracle"):
     """Self-form kNN: (values N×k, indices int64 N×k), most similar first.
 
     With ``exclude_self`` the diagonal is set to -inf so that i is never its own neighbour
@@ -92,24 +119,25 @@ def knn(x, k: int, exclude_self: bool = True, *, dtype: torch.dtype = DEFAULT_DT
     s = similarity(x, dtype=dtype)
     if exclude_self:
         s.fill_diagonal_(float("-inf"))
-    return _stable_topk(s, k)
+    return _top(s, k, approach)
 
 
 def knn_cross(queries, keys, k: int, *, dtype: torch.dtype = DEFAULT_DTYPE):
     """Cross-form kNN of every query among ``keys`` (no self exclusion)."""
-    return _stable_topk(similarity(queries, keys, dtype=dtype), k)
+    return _top(similarity(queries, keys, dtype=dtype), k)
 
 
-def neighbour_lists(x, k: int, *, dtype: torch.dtype = DEFAULT_DTYPE) -> torch.Tensor:
+def neighbour_lists(x, k: int, *, dtype: torch.dtype = DEFAULT_DTYPE,
+                    approach: str = "oracle") -> torch.Tensor:
     """kNN index lists (N×k, int64) with self excluded: the input of every k-metric."""
-    return knn(x, k, exclude_self=True, dtype=dtype)[1]
+    return knn(x, k, exclude_self=True, dtype=dtype, approach=approach)[1]
 
 
-def _lists(a, b, topk, knn_a, knn_b, dtype):
+def _lists(a, b, topk, knn_a, knn_b, dtype, approach):
     if knn_a is None:
-        knn_a = neighbour_lists(a, topk, dtype=dtype)
+        knn_a = neighbour_lists(a, topk, dtype=dtype, approach=approach)
     if knn_b is None:
-        knn_b = neighbour_lists(b, topk, dtype=dtype)
+        knn_b = neighbour_lists(b, topk, dtype=dtype, approach=approach)
     return torch.as_tensor(knn_a).long().cpu(), torch.as_tensor(knn_b).long().cpu()
 
 
@@ -124,21 +152,21 @@ def _membership_mask(lists: torch.Tensor, n: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 
 def mutual_knn(a, b, topk: int = 10, *, dtype: torch.dtype = DEFAULT_DTYPE,
-               knn_a=None, knn_b=None) -> float:
+               knn_a=None, knn_b=None, approach: str = "oracle") -> float:
     """Mean over i of |kNN_A(i) ∩ kNN_B(i)| / k.
 
     ``knn_a``/``knn_b`` let a caller supply neighbour lists ("given the same neighbour lists").
     """
-    la, lb = _lists(a, b, topk, knn_a, knn_b, dtype)
+    la, lb = _lists(a, b, topk, knn_a, knn_b, dtype, approach)
     n, k = la.shape
     overlap = (_membership_mask(la, n) & _membership_mask(lb, n)).sum(dim=1).to(torch.float64)
     return float((overlap / k).mean())
 
 
 def cycle_knn(a, b, topk: int = 10, *, dtype: torch.dtype = DEFAULT_DTYPE,
-              knn_a=None, knn_b=None) -> float:
+              knn_a=None, knn_b=None, approach: str = "oracle") -> float:
     """Fraction of i such that i ∈ kNN_A(j) for some j ∈ kNN_B(i)."""
-    la, lb = _lists(a, b, topk, knn_a, knn_b, dtype)
+    la, lb = _lists(a, b, topk, knn_a, knn_b, dtype, approach)
     n = la.shape[0]
     # la[lb] is N×k×k: the A-neighbours of every B-neighbour of i.
     hit = (la[lb] == torch.arange(n).view(n, 1, 1)).flatten(1).any(dim=1)
@@ -215,19 +243,27 @@ def batched_levenshtein(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return prev[:, -1]
 
 
+def _per_row(plain, batched, la: torch.Tensor, lb: torch.Tensor, approach: str) -> torch.Tensor:
+    """float64 value of a list DP for every row pair: batched, or ("reference") a Python loop."""
+    if approach == "reference":
+        return torch.tensor([plain(x, y) for x, y in zip(la.tolist(), lb.tolist())],
+                            dtype=torch.float64)
+    return batched(la, lb).to(torch.float64)
+
+
 def lcs_knn(a, b, topk: int = 10, *, dtype: torch.dtype = DEFAULT_DTYPE,
-            knn_a=None, knn_b=None) -> float:
+            knn_a=None, knn_b=None, approach: str = "oracle") -> float:
     """Mean over i of LCS(kNN_A(i), kNN_B(i)) (ordered lists; not divided by k)."""
-    la, lb = _lists(a, b, topk, knn_a, knn_b, dtype)
-    return float(batched_lcs(la, lb).to(torch.float64).mean())
+    la, lb = _lists(a, b, topk, knn_a, knn_b, dtype, approach)
+    return float(_per_row(lcs_length_plain, batched_lcs, la, lb, approach).mean())
 
 
 def edit_distance_knn(a, b, topk: int = 10, *, dtype: torch.dtype = DEFAULT_DTYPE,
-                      knn_a=None, knn_b=None) -> float:
+                      knn_a=None, knn_b=None, approach: str = "oracle") -> float:
     """1 - mean over i of Levenshtein(kNN_A(i), kNN_B(i)) / k."""
-    la, lb = _lists(a, b, topk, knn_a, knn_b, dtype)
+    la, lb = _lists(a, b, topk, knn_a, knn_b, dtype, approach)
     k = la.shape[1]
-    return float(1.0 - batched_levenshtein(la, lb).to(torch.float64).mean() / k)
+    return float(1.0 - _per_row(levenshtein_plain, batched_levenshtein, la, lb, approach).mean() / k)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -280,16 +316,17 @@ def unbiased_cka(a, b, kernel_metric: str = "ip", rbf_sigma: float = 1.0, *,
     return cka(a, b, kernel_metric, rbf_sigma, unbiased=True, dtype=dtype)
 
 
-def _cknna_sets(K: torch.Tensor, k: int, unbiased: bool) -> torch.Tensor:
+def _cknna_sets(K: torch.Tensor, k: int, unbiased: bool, approach: str) -> torch.Tensor:
     Khat = K.clone()
     if unbiased:
         Khat.fill_diagonal_(float("-inf"))  # self excluded; with unbiased=False it competes
-    _, idx = _stable_topk(Khat, k)
+    _, idx = _top(Khat, k, approach, full_sort=False)
     return torch.zeros_like(K).scatter_(1, idx, 1.0)
 
 
 def cknna(a, b, topk: int = 10, distance_agnostic: bool = False, unbiased: bool = True, *,
-          dtype: torch.dtype = DEFAULT_DTYPE, knn_a=None, knn_b=None) -> float:
+          dtype: torch.dtype = DEFAULT_DTYPE, knn_a=None, knn_b=None,
+          approach: str = "oracle") -> float:
     """CKNNA per SPEC §1 (linear kernel; masks M from the K-set and the L-set of each row).
 
     ``knn_a``/``knn_b`` optionally supply the neighbour sets (N×topk index lists, self
@@ -298,13 +335,17 @@ def cknna(a, b, topk: int = 10, distance_agnostic: bool = False, unbiased: bool 
     K = similarity(a, dtype=dtype)
     L = similarity(b, dtype=dtype)
     if knn_a is None:
-        mK = _cknna_sets(K, topk, unbiased)
+        mK = _cknna_sets(K, topk, unbiased, approach)
     else:
         mK = torch.zeros_like(K).scatter_(1, torch.as_tensor(knn_a).long().to(K.device), 1.0)
     if knn_b is None:
-        mL = _cknna_sets(L, topk, unbiased)
+        mL = _cknna_sets(L, topk, unbiased, approach)
     else:
         mL = torch.zeros_like(L).scatter_(1, torch.as_tensor(knn_b).long().to(L.device), 1.0)
+    if approach == "reference" and knn_a is None and knn_b is None:
+        # platonic-rep selects both sets again for each of its three HSIC terms: part of its cost
+        for X in (K, L, K, L):
+            _cknna_sets(X, topk, unbiased, approach)
     mKL = mK * mL
     if distance_agnostic:
         # Deliberate difference from the reference (which returns a matrix): masks only.
@@ -350,9 +391,15 @@ _METRIC_FNS = {
 }
 
 
-def measure(name: str, a, b, **kwargs) -> float:
+# The metrics whose neighbour selection ``approach`` changes; HSIC and SVCCA are the same in both.
+_PICK_NEIGHBOURS = ("cycle_knn", "mutual_knn", "lcs_knn", "edit_distance_knn", "cknna")
+
+
+def measure(name: str, a, b, *, approach: str = "oracle", **kwargs) -> float:
     if name not in _METRIC_FNS:
         raise ValueError(f"unknown metric {name!r}; supported: {SUPPORTED_METRICS}")
+    if _check_approach(approach) != "oracle" and name in _PICK_NEIGHBOURS:
+        kwargs["approach"] = approach
     return _METRIC_FNS[name](a, b, **kwargs)
 
 

@@ -13,7 +13,8 @@ import pytest
 
 pytest.importorskip("triton")
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_gpu.py"
-ROW_FIELDS = {"op", "n", "d", "k", "dtype", "median_s", "tflops", "bf16_gemm_tflops", "pct_of_bf16_gemm"}
+ROW_FIELDS = {"bench", "case", "shape", "dtype", "method", "median_s", "repeats", "gflops", "pct_peak"}
+FUSED = {"knn (triton, fused)", "hsic_sums (triton, fused)"}
 
 
 def _run(*args, env_extra=None):
@@ -28,19 +29,22 @@ def test_smoke_run_writes_a_complete_record(tmp_path):
     (path,) = tmp_path.glob("gpu-smoke-*.json")
     record = json.loads(path.read_text())
     assert record["smoke"] is True and "not a measurement" in record["device"]
-    assert record["env"]["git"] and record["bf16_gemm_tflops"] > 0
-    ops = {row["op"] for row in record["rows"]}
-    assert ops == {"knn (triton, fused)", "cka sums ip (triton, fused)", "cka sums rbf (triton, fused)",
-                   "mutual_knn (end to end)"}
+    assert record["env"]["git"] and record["bf16_gemm_peak"]["gflops"] > 0
+    methods = {(row["bench"], row["method"]) for row in record["rows"]}
+    assert methods == {("knn", "knn (triton, fused)"), ("knn", "torch chunked mm+topk"),
+                       ("hsic", "hsic_sums (triton, fused)"), ("hsic", "torch chunked Gram products + sums"),
+                       ("metrics", "pf.mutual_knn (auto)")}
     for row in record["rows"]:
         assert row["status"] == "ok", row
-        if row["op"].startswith(("knn", "cka")):
+        if row["method"] in FUSED:
             assert ROW_FIELDS <= set(row), row
-    knn = next(row for row in record["rows"] if row["op"].startswith("knn"))
-    assert knn["anchor"] == "torch chunked matmul+topk" and knn["speedup_vs_anchor"] > 0
-    assert knn["recall_vs_anchor"] > 0.95  # bf16 near-ties may swap
-    ip = next(row for row in record["rows"] if row["op"].startswith("cka sums ip"))
+    knn = next(row for row in record["rows"] if row["method"] == "knn (triton, fused)")
+    assert knn["anchor"] == "torch chunked mm+topk" and knn["ratio"] > 0
+    assert knn["agreement_vs_torch"]["recall"] > 0.95  # bf16 near-ties may swap
+    ip = next(row for row in record["rows"] if row["method"] == "hsic_sums (triton, fused)" and row["kernel"] == "ip")
     assert ip["rel_err_cross_vs_anchor"] < 1e-2  # the anchor rounds its bf16 Gram products
+    mutual = next(row for row in record["rows"] if row["bench"] == "metrics")
+    assert 0.0 <= mutual["value"] <= 1.0
 
 
 def test_smoke_refuses_to_write_into_results():

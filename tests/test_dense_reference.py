@@ -136,3 +136,24 @@ def test_align_dense_best_rule():
     for i, j in itertools.product(range(3), range(3)):
         if i == j:
             assert float(scores[i, j]) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("metric", ["mutual_knn", "cycle_knn", "lcs_knn", "edit_distance_knn", "cknna",
+                                    "cka", "unbiased_cka"])
+def test_reference_approach_equals_oracle_on_tie_free_data(metric):
+    # The benchmarks' anchor (a): platonic-rep's operations (argsort / topk / per-row loops) in
+    # float32 pick the same neighbours as the stable sort when nothing ties.
+    a, b = randn(150, 24, 8, torch.float64), randn(150, 16, 9, torch.float64)
+    kw = {"topk": 7} if "knn" in metric else {}
+    oracle = R.measure(metric, a, b, **kw)
+    assert R.measure(metric, a, b, approach="reference", **kw) == pytest.approx(oracle, abs=1e-12)
+    assert R.measure(metric, a, b, dtype=torch.float32, approach="reference", **kw) == pytest.approx(oracle, abs=1e-4)
+
+
+def test_reference_approach_knn_lists_match_and_bad_name_raises():
+    x = randn(60, 5, 10, torch.float64)
+    assert torch.equal(R.knn(x, 9, approach="reference")[1], R.knn(x, 9)[1])
+    with pytest.raises(ValueError, match="approach"):
+        R.knn(x, 3, approach="dense")
+    with pytest.raises(ValueError, match="approach"):
+        R.measure("cka", x, x, approach="dense")
