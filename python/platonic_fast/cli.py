@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "demo":
-        from .colour_study import run
+        from .demo import run
 
         run(out_dir=args.out, quick=args.quick, seed=args.seed)
     elif args.command == "env":
@@ -107,15 +107,9 @@ def _samples(args):
     if args.images:
         return datasets.image_folder(args.images), "vision", args.images
     if args.colours:
-        import numpy as np
-
-        from ._colour_data import xkcd_colours
-
-        names, rgb, _ = xkcd_colours()
         if args.modality == "vision":
-            swatches = [np.broadcast_to((c * 255).round().astype(np.uint8), (32, 32, 3)).copy() for c in rgb]
-            return swatches, "vision", "xkcd-colours"
-        return [f"The color {n}." for n in names], "language", "xkcd-colours"
+            return datasets.colour_swatches(32), "vision", "xkcd-colours"
+        return datasets.colour_texts(), "language", "xkcd-colours"
     if not args.column:
         raise ValueError("--hf-dataset needs --column (the text or image column to read)")
     ds = datasets.hf_dataset(args.hf_dataset, split=args.split)

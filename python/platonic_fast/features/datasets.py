@@ -204,3 +204,67 @@ def column(dataset, name: str) -> Column:
         ``name`` is not a column of ``dataset``.
     """
     return Column(dataset, name)
+
+
+# --- the built-in colour set ----------------------------------------------------------------
+
+COLOUR_TEMPLATE = "The color {}."
+
+
+def xkcd_srgb():
+    """The 949 colour names of the XKCD colour survey and their sRGB values, as matplotlib ships them.
+
+    Returns
+    -------
+    names : list of str
+        Colour names without the ``"xkcd:"`` prefix, in matplotlib's order.
+    rgb : np.ndarray, float64, shape (949, 3)
+        sRGB in [0, 1].
+
+    Raises
+    ------
+    ImportError
+        matplotlib is not installed.
+
+    Examples
+    --------
+    >>> names, rgb = xkcd_srgb()                            # doctest: +SKIP
+    >>> names[0], rgb.shape                                 # doctest: +SKIP
+    ('cloudy blue', (949, 3))
+    """
+    import numpy as np
+
+    try:
+        from matplotlib.colors import XKCD_COLORS, to_rgb
+    except ImportError as e:
+        raise ImportError("the built-in colour set needs matplotlib: pip install matplotlib") from e
+    names = [key.removeprefix("xkcd:") for key in XKCD_COLORS]
+    rgb = np.array([to_rgb(v) for v in XKCD_COLORS.values()], dtype=np.float64)
+    return names, rgb
+
+
+def colour_texts(template: str = COLOUR_TEMPLATE) -> list[str]:
+    """One sentence per XKCD colour name, ``template.format(name)`` ("The color <name>.").
+
+    Examples
+    --------
+    >>> colour_texts()[:2]                                  # doctest: +SKIP
+    ['The color cloudy blue.', 'The color dark pastel green.']
+    """
+    return [template.format(n) for n in xkcd_srgb()[0]]
+
+
+def colour_swatches(size: int = 32) -> list:
+    """One plain ``size`` x ``size`` x 3 uint8 image per XKCD colour, in :func:`xkcd_srgb` order.
+
+    Examples
+    --------
+    >>> colour_swatches()[0].shape                          # doctest: +SKIP
+    (32, 32, 3)
+    """
+    import numpy as np
+
+    if size < 1:
+        raise ValueError(f"size must be >= 1, got {size}")
+    rgb = xkcd_srgb()[1]
+    return [np.broadcast_to((c * 255).round().astype(np.uint8), (size, size, 3)).copy() for c in rgb]

@@ -1,9 +1,13 @@
-"""The colour case study (platonic_fast.colour_study): its data, its geometry and one quick run."""
+"""The colour case study (platonic_fast.demo): its data, its geometry, its imports and one quick run."""
 
 from __future__ import annotations
 
+import ast
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +16,10 @@ pytest.importorskip("skimage")
 pytest.importorskip("matplotlib")
 pytest.importorskip("scipy")
 
-from platonic_fast import _colour_data as cd  # noqa: E402
-from platonic_fast import colour_study as cs  # noqa: E402
+import platonic_fast  # noqa: E402
+from platonic_fast.demo import data as cd  # noqa: E402
+from platonic_fast.demo import geometry as geo  # noqa: E402
+from platonic_fast.demo import study  # noqa: E402
 
 
 def _random_rotation(rng: np.random.Generator) -> np.ndarray:
@@ -119,11 +125,11 @@ def test_kabsch_umeyama_recovers_similarity(n):
     rot = _random_rotation(rng)
     s, t = 2.7, np.array([10.0, -4.0, 0.5])
     y = s * x @ rot.T + t
-    s_hat, r_hat, t_hat = cs.kabsch_umeyama(x, y)
+    s_hat, r_hat, t_hat = geo.kabsch_umeyama(x, y)
     np.testing.assert_allclose(s_hat, s, rtol=1e-10)
     np.testing.assert_allclose(r_hat, rot, atol=1e-10)
     np.testing.assert_allclose(t_hat, t, atol=1e-9)
-    resid, aligned = cs.procrustes_residual(x, y)
+    resid, aligned = geo.procrustes_residual(x, y)
     assert resid < 1e-10
     np.testing.assert_allclose(aligned, y, atol=1e-9)
 
@@ -133,10 +139,10 @@ def test_kabsch_umeyama_reflection():
     x = rng.standard_normal((100, 3))
     mirror = np.diag([1.0, 1.0, -1.0]) @ _random_rotation(rng)
     y = 0.5 * x @ mirror.T
-    _, r_rot, _ = cs.kabsch_umeyama(x, y)  # a rotation cannot undo a mirror
+    _, r_rot, _ = geo.kabsch_umeyama(x, y)  # a rotation cannot undo a mirror
     assert np.linalg.det(r_rot) > 0
-    assert cs.procrustes_residual(x, y, allow_reflection=False)[0] > 0.1
-    assert cs.procrustes_residual(x, y, allow_reflection=True)[0] < 1e-10
+    assert geo.procrustes_residual(x, y, allow_reflection=False)[0] > 0.1
+    assert geo.procrustes_residual(x, y, allow_reflection=True)[0] < 1e-10
 
 
 def test_metric_mds_reproduces_3d_distances():
@@ -145,11 +151,11 @@ def test_metric_mds_reproduces_3d_distances():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((120, 3)) * [5.0, 2.0, 1.0]
     d = squareform(pdist(x))
-    emb, stress = cs.metric_mds(d, 3)
+    emb, stress = geo.metric_mds(d, 3)
     assert stress < 1e-8
     np.testing.assert_allclose(pdist(emb), pdist(x), atol=1e-7)
     # and the layout is the original up to a rigid motion
-    assert cs.procrustes_residual(emb, x)[0] < 1e-8
+    assert geo.procrustes_residual(emb, x)[0] < 1e-8
 
 
 def test_metric_mds_improves_on_classical():
@@ -158,27 +164,27 @@ def test_metric_mds_improves_on_classical():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((150, 8))  # 8-D points squeezed into 3-D
     d = squareform(pdist(x))
-    start = cs.classical_mds(d, 3)
+    start = geo.classical_mds(d, 3)
     raw = lambda e: ((pdist(e) - pdist(x)) ** 2).sum()  # noqa: E731
-    emb, _ = cs.metric_mds(d, 3)
+    emb, _ = geo.metric_mds(d, 3)
     assert raw(emb) < raw(start)
 
 
 def test_spearman():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((60, 3))
-    assert cs.distance_spearman(x, 3.0 * x + 1.0) == pytest.approx(1.0)
+    assert geo.distance_spearman(x, 3.0 * x + 1.0) == pytest.approx(1.0)
     y = rng.standard_normal((60, 3))
-    assert abs(cs.distance_spearman(x, y)) < 0.2
-    ranked = cs._RankedDistances(y)
+    assert abs(geo.distance_spearman(x, y)) < 0.2
+    ranked = geo.RankedDistances(y)
     for z in (x, y, x + 0.3 * y):
-        assert ranked(z) == pytest.approx(cs.distance_spearman(z, y), abs=1e-12)
+        assert ranked(z) == pytest.approx(geo.distance_spearman(z, y), abs=1e-12)
 
 
 def test_cielab_neighbours_are_euclidean():
     """The inner-product kNN on augmented vectors gives the exact ΔE76 neighbours."""
     _, _, lab = cd.xkcd_colours()
-    target = cs._EuclideanTarget(lab, 10)
+    target = study.EuclideanTarget(lab, 10)
     d = ((lab[:, None, :] - lab[None, :, :]) ** 2).sum(-1)
     np.fill_diagonal(d, np.inf)
     ref = np.argsort(d, axis=1, kind="stable")[:, :10]
@@ -194,8 +200,8 @@ def test_cielab_neighbours_are_euclidean():
 
 def test_colour_space_against_itself_scores_one():
     _, rgb, lab = cd.xkcd_colours()
-    target = cs._EuclideanTarget(lab, 10)
-    s = cs.colour_space_scores(lab, target)
+    target = study.EuclideanTarget(lab, 10)
+    s = study.colour_space_scores(lab, target)
     assert s["mutual_knn"] == pytest.approx(1.0)
     assert s["cknna"] == pytest.approx(1.0, abs=1e-3)
     assert s["unbiased_cka"] == pytest.approx(1.0, abs=1e-6)
@@ -207,7 +213,7 @@ def test_colour_space_against_itself_scores_one():
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("colour_study")
-    return out, cs.run(out, quick=True, seed=0, verbose=False)
+    return out, study.run(out, quick=True, seed=0, verbose=False)
 
 
 def test_quick_run_writes_outputs(quick_run):
@@ -239,3 +245,130 @@ def test_quick_run_baselines_score_lower(quick_run):
     assert reps["minilm_shuffled"]["mutual_knn"] < 0.5 * trained
     assert reps["minilm_random_weights"]["mutual_knn"] < trained - 0.02
     assert reps["vision_pmi"]["mutual_knn"] > 5 * reps["minilm_shuffled"]["mutual_knn"]
+
+
+# --- the demo uses only the public API; the CLI's extract path does not use the demo ---------
+
+DEMO_DIR = Path(platonic_fast.__file__).parent / "demo"
+CLI_FILE = Path(platonic_fast.__file__).parent / "cli.py"
+# The only platonic_fast modules outside the demo that the demo may import from.
+PUBLIC_MODULES = ("platonic_fast", "platonic_fast.features", "platonic_fast.features.datasets")
+
+
+def _imports(tree: ast.AST, package: str):
+    """(absolute module, imported names or None, node) for every import in ``tree``."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, None, node
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module
+            yield mod, [a.name for a in node.names], node
+
+
+def _public_names(module: str) -> set[str]:
+    import importlib
+
+    mod = importlib.import_module(module)
+    names = set(getattr(mod, "__all__", ()))
+    if module == "platonic_fast":
+        names.add("features")  # a public subpackage
+    if not hasattr(mod, "__all__"):
+        names |= {n for n in vars(mod) if not n.startswith("_")}
+    return names
+
+
+def _private_uses(tree: ast.AST, where: str) -> list[str]:
+    """Imports (and ``pf.<attr>`` uses) in a demo module that reach past platonic_fast's public API."""
+    bad, aliases = [], set()  # aliases: local names bound to the platonic_fast package itself
+    for mod, names, node in _imports(tree, "platonic_fast.demo"):
+        at = f"{where}:{node.lineno}"
+        if mod is None or not (mod == "platonic_fast" or mod.startswith("platonic_fast.")):
+            continue
+        if mod == "platonic_fast.demo" or mod.startswith("platonic_fast.demo."):
+            continue  # the demo's own modules
+        if mod not in PUBLIC_MODULES:
+            bad.append(f"{at}: imports {mod} (not a public module)")
+        elif names is None:
+            aliases.update(a.asname or a.name for a in node.names if a.name == "platonic_fast")
+        else:
+            public = _public_names(mod)
+            bad += [f"{at}: {mod}.{n} is not public" for n in names if n not in public]
+    top = _public_names("platonic_fast")
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
+                and node.attr not in top):
+            bad.append(f"{where}:{node.lineno}: platonic_fast.{node.attr} is not in platonic_fast.__all__")
+    return bad
+
+
+def test_demo_imports_only_public_names():
+    files = sorted(DEMO_DIR.glob("*.py"))
+    assert {f.stem for f in files} >= {"__init__", "data", "representations", "geometry", "study", "report"}
+    bad = []
+    for f in files:
+        bad += _private_uses(ast.parse(f.read_text(), filename=str(f)), f.name)
+    assert not bad, "\n".join(bad)
+
+
+def test_import_checker_catches_private_uses():
+    src = ("from platonic_fast.metrics import _masked_sums\n"
+           "from ..ops import neighbor_lists\n"
+           "from .. import _io\n"
+           "from ..features import _common\n"
+           "import platonic_fast.align\n"
+           "import platonic_fast as pf\n"
+           "x = pf._core, pf.knn\n"
+           "from . import study\n")
+    bad = _private_uses(ast.parse(src), "m.py")
+    assert [b.split(":")[1] for b in bad] == ["1", "2", "3", "4", "5", "7"], bad
+
+
+def test_cli_does_not_import_the_demo_for_extract():
+    tree = ast.parse(CLI_FILE.read_text())
+
+    demo = {"demo", "colour_study", "_colour_data"}  # the package and the modules it replaced
+
+    def demo_imports(nodes):
+        out = []
+        for node in nodes:
+            for mod, names, _ in _imports(node, "platonic_fast"):
+                parts = (mod or "").split(".")
+                if demo & set(parts[1:]) or (mod == "platonic_fast" and demo & set(names or ())):
+                    out.append(mod)
+        return out
+
+    for src in ("from .demo import run", "from .demo.data import x", "from . import demo", "import platonic_fast.demo",
+                "from ._colour_data import xkcd_colours"):
+        assert demo_imports([ast.parse(src)]), src  # the check itself sees each form
+    module_level = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    assert not demo_imports(module_level)
+    funcs = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    assert {"_samples", "_extract"} <= set(funcs)
+    assert not demo_imports([funcs["_samples"], funcs["_extract"]])
+    # and at run time: building the colour samples leaves the demo unimported
+    code = ("import sys, argparse\nfrom platonic_fast import cli\n"
+            "for modality in (None, 'vision'):\n"
+            "    ns = argparse.Namespace(texts=None, images=None, colours=True, modality=modality)\n"
+            "    samples, kind, name = cli._samples(ns)\n"
+            "    assert len(samples) == 949 and name == 'xkcd-colours', (len(samples), name)\n"
+            "print(sorted(m for m in sys.modules if m.startswith('platonic_fast.demo') or 'colour' in m))\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
+
+
+def test_colour_set_for_extract():
+    from platonic_fast.features import datasets
+
+    names, rgb = datasets.xkcd_srgb()
+    texts = datasets.colour_texts()
+    assert texts[names.index("red")] == "The color red."
+    swatches = datasets.colour_swatches(32)
+    white = swatches[names.index("white")]
+    assert white.shape == (32, 32, 3) and white.dtype == np.uint8 and (white == 255).all()
+    assert cd.xkcd_colours()[0] == names

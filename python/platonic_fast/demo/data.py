@@ -1,10 +1,10 @@
-"""Data for the colour case study: the XKCD colour names and pixel co-occurrence in photographs.
+"""Data for the colour case study: the XKCD colour names in CIELAB and photographs' pixel pairs.
 
 Everything here comes from packages the demo already depends on, so it runs offline:
 
 - the 949 colour names of the XKCD colour survey with their sRGB values, as matplotlib ships
-  them (``matplotlib.colors.XKCD_COLORS``), and their CIELAB coordinates (D65, 2° observer,
-  ``skimage.color.rgb2lab``);
+  them (:func:`platonic_fast.features.datasets.xkcd_srgb`, the set ``extract --colours`` reads
+  too), and their CIELAB coordinates (D65, 2° observer, ``skimage.color.rgb2lab``);
 - the colour photographs that scikit-image ships inside its wheel (:data:`PHOTOGRAPHS`), from
   which pairs of nearby pixels are drawn to estimate how often two quantised colours co-occur.
 """
@@ -12,6 +12,8 @@ Everything here comes from packages the demo already depends on, so it runs offl
 from __future__ import annotations
 
 import numpy as np
+
+from ..features.datasets import xkcd_srgb
 
 # Real colour photographs bundled with scikit-image (no download). Synthetic test images
 # (colorwheel, logo, chessboard, ...) are left out on purpose: their colours are drawn, not seen.
@@ -26,6 +28,9 @@ PHOTOGRAPHS: tuple[str, ...] = (
     "retina",                # fundus photograph of a human retina
 )
 
+# Each colour word goes into these three sentences, as in the paper.
+SENTENCES: tuple[str, ...] = ("The color {}.", "This color is {}.", "The color of this thing is {}.")
+
 
 def xkcd_colours() -> tuple[list[str], np.ndarray, np.ndarray]:
     """The 949 XKCD survey colours.
@@ -38,12 +43,16 @@ def xkcd_colours() -> tuple[list[str], np.ndarray, np.ndarray]:
         sRGB in [0, 1].
     lab : np.ndarray, float64, shape (949, 3)
         CIELAB (L* in [0, 100]) of ``rgb`` under D65.
+
+    Examples
+    --------
+    >>> names, rgb, lab = xkcd_colours()                    # doctest: +SKIP
+    >>> lab[names.index("white")].round(2)                  # doctest: +SKIP
+    array([100.,   0.,   0.])
     """
-    from matplotlib.colors import XKCD_COLORS, to_rgb
     from skimage.color import rgb2lab
 
-    names = [key.removeprefix("xkcd:") for key in XKCD_COLORS]
-    rgb = np.array([to_rgb(v) for v in XKCD_COLORS.values()], dtype=np.float64)
+    names, rgb = xkcd_srgb()
     lab = rgb2lab(rgb[None]).reshape(-1, 3)
     return names, rgb, lab
 
@@ -101,6 +110,11 @@ def cell_centres(levels: int) -> np.ndarray:
     return np.stack([r.ravel(), g.ravel(), b.ravel()], axis=1)
 
 
+def grid_cells(rgb: np.ndarray, levels: int) -> np.ndarray:
+    """Centre (sRGB in [0, 1]) of the grid cell each colour of ``rgb`` (N x 3 in [0, 1]) falls in."""
+    return cell_centres(levels)[quantise(np.round(rgb * 255).astype(np.uint8), levels)]
+
+
 def cooccurrence(first: np.ndarray, second: np.ndarray, n_cells: int) -> np.ndarray:
     """Symmetric co-occurrence counts of cell indices: each pair counts as (a, b) and (b, a).
 
@@ -127,6 +141,11 @@ def pmi(counts: np.ndarray, smoothing: float = 0.0) -> np.ndarray:
         Symmetric joint counts (see :func:`cooccurrence`).
     smoothing : float, default 0.0
         α >= 0; with 0, pairs never seen together give -inf.
+
+    Examples
+    --------
+    >>> float(pmi(np.array([[4.0, 0.0], [0.0, 4.0]]), smoothing=0.1)[0, 1])   # log(0.1 / 1.1)
+    -2.3978952727983707
     """
     total = counts.sum()
     marg = counts.sum(axis=1) / total
