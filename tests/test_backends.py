@@ -86,3 +86,39 @@ def test_env_report_prints_the_declared_constraints():
     assert "core" in knn["cpu"]["needs"]
     for op, per_dev in info["auto"].items():
         assert per_dev["cpu"], f"auto has nothing for {op} on the CPU"
+
+
+def _pretend_gpu(monkeypatch, capability):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: capability)
+    monkeypatch.setitem(_backends._NEED_CHECKS, "cuda_kernels", lambda: True)
+    monkeypatch.setitem(_backends._NEED_CHECKS, "triton", lambda: True)
+
+
+def test_auto_prefers_device_native_backends(monkeypatch):
+    # On CUDA tensors "auto" takes a GPU kernel before the CPU core's host copy.
+    _pretend_gpu(monkeypatch, (9, 0))
+    assert _backends.available("neighbour_lists", "cuda")[0] == "cuda"
+    assert _backends.available("knn", "cuda", dtypes=(torch.bfloat16,))[0] == "triton"
+    assert _backends.available("neighbour_lists", "cpu")[0] == "cpu"
+
+
+def test_triton_knn_declares_no_float64(monkeypatch):
+    _pretend_gpu(monkeypatch, (9, 0))
+    assert _backends.resolve("knn", "auto", "cuda", dtypes=(torch.float64,))[0] != "triton"
+    with pytest.raises(ValueError, match="does not take float64"):
+        _backends.resolve("knn", "triton", "cuda", dtypes=(torch.float64,))
+
+
+@pytest.mark.parametrize("capability,served", [((7, 5), False), ((8, 0), True), ((9, 0), True)])
+def test_gpus_below_compute_capability_8_get_other_backends(monkeypatch, capability, served):
+    # The CUDA build (sm_80/sm_90 + PTX) and the Triton kernels need capability >= 8.0: an older
+    # GPU gets the CPU core / torch paths from "auto", not a "no kernel image" error.
+    _pretend_gpu(monkeypatch, capability)
+    avail = _backends.available("knn", "cuda", dtypes=(torch.float32,))
+    assert ("triton" in avail) is served
+    assert avail[-1] == "torch"
+    if not served:
+        with pytest.raises(ValueError, match="compute capability >= 8.0"):
+            _backends.resolve("knn", "triton", "cuda", dtypes=(torch.float32,))

@@ -163,32 +163,6 @@ def test_cuda_launch_without_gpu_raises_cleanly():
         _core.topk_merge_cuda(8, 8, 4, 3, 2, 8, 8, False, 0)
 
 
-def test_auto_prefers_device_native_backends(monkeypatch):
-    # On CUDA tensors "auto" must take a GPU kernel before the CPU core's host copy.
-    from platonic_fast import _backends
-    from platonic_fast.ops import neighbour_lists  # noqa: F401  (registers the ops)
-
-    impls = _backends._REGISTRY["neighbour_lists"]
-    monkeypatch.setitem(impls, "cuda", impls["cuda"].__class__(impls["cuda"].fn, ("cuda",), lambda device=None: True))
-    assert _backends.available("neighbour_lists", "cuda")[0] == "cuda"
-    assert _backends.available("neighbour_lists", "cpu")[0] == "cpu"
-
-
-def test_gpus_below_compute_capability_8_fall_back(monkeypatch):
-    # The CUDA build (sm_80/sm_90 + PTX) and the Triton kernels need capability >= 8.0: an older
-    # GPU must get the CPU core / torch paths from "auto", not a "no kernel image" error.
-    from platonic_fast import _backends
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(_backends, "core_available", lambda device=None: True)
-    for capability, expected in [((7, 5), False), ((8, 0), True), ((9, 0), True)]:
-        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None, c=capability: c)
-        assert _backends._capable("cuda:0") is expected
-        if not expected:
-            assert not _backends.triton_available("cuda:0")
-
-
 def test_composite_metrics_take_an_explicit_backend_per_step(monkeypatch):
     # backend="torch" for a list metric: torch kNN, and the list step has a torch version too;
     # backend="cpu" on CPU tensors: every step that has it. A backend no step has is an error.

@@ -1,17 +1,36 @@
-"""The fused centred-kernel sums (kernels/triton/hsic.py) against a dense float64 reference.
+"""The HSIC op (ops/hsic.py): every backend's CKA against the torch reference, and the fused
+centred-kernel sums (kernels/triton/hsic.py) against a dense float64 reference.
 
-Runs on a GPU when one is present, otherwise in Triton's CPU interpreter (TRITON_INTERPRET=1,
-set in conftest), on small odd shapes that are not multiples of the tile sizes.
+The fused kernel runs on a GPU when one is present, otherwise in Triton's CPU interpreter
+(TRITON_INTERPRET=1, set in conftest), on small odd shapes that are not multiples of the tile sizes.
 """
 
 import pytest
 import torch
+from conftest import backend_device_params, correlated_pair
 
 import platonic_fast as pf
+from platonic_fast._backends import resolve
 from platonic_fast.ops import hsic
 
-triton = pytest.importorskip("triton")
-from platonic_fast.triton.hsic import hsic_sums  # noqa: E402
+
+@pytest.mark.parametrize("backend,device", backend_device_params("hsic"))
+@pytest.mark.parametrize("kernel", ["ip", "rbf"])
+@pytest.mark.parametrize("unbiased", [False, True], ids=["biased", "unbiased"])
+@pytest.mark.parametrize("n,da,db", [(5, 3, 2), (257, 65, 33), (2100, 9, 7)])
+def test_backend_cka_matches_torch(backend, device, kernel, unbiased, n, da, db):
+    a, b = correlated_pair(n, da, db, seed=n)
+    _, stats = resolve("hsic", backend, device)
+    got = hsic.cka_from_stats(stats(a.to(device), kernel, 1.5), stats(b.to(device), kernel, 1.5), unbiased=unbiased)
+    want = pf.cka(a.double(), b.double(), kernel_metric=kernel, rbf_sigma=1.5, unbiased=unbiased, backend="torch")
+    assert got == pytest.approx(want, abs=1e-5)
+
+
+try:
+    from platonic_fast.triton.hsic import hsic_sums
+except ImportError:  # Triton not installed: only the fused-kernel tests skip
+    hsic_sums = None
+needs_triton = pytest.mark.skipif(hsic_sums is None, reason="Triton is not installed")
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SHAPES = [(5, 1, 3), (37, 20, 33), (130, 40, 17)]
@@ -28,6 +47,7 @@ def _dense_sums(a, b, kernel, sigma):
             "rows_k": K.sum(1), "rows_l": L.sum(1), "abs_rows_k": K.abs().sum(1), "abs_rows_l": L.abs().sum(1)}
 
 
+@needs_triton
 @pytest.mark.parametrize("n,da,db", SHAPES, ids=[f"{n}x{da}x{db}" for n, da, db in SHAPES])
 @pytest.mark.parametrize("kernel", ["ip", "rbf"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
@@ -46,6 +66,7 @@ def test_sums_match_dense(n, da, db, kernel, dtype):
         torch.testing.assert_close(got[key].cpu(), want[key], rtol=0, atol=2e-6 * scale)
 
 
+@needs_triton
 @pytest.mark.parametrize("n", [20, 60, 70, 90])
 def test_every_tile_pair_counted_once(n):
     # 16-row tiles: 2, 4, 5 and 6 row blocks (an even count has pairs half-way round the circle).
@@ -59,6 +80,7 @@ def test_every_tile_pair_counted_once(n):
         torch.testing.assert_close(got[key].cpu(), want[key], rtol=2e-6, atol=0)
 
 
+@needs_triton
 def test_non_contiguous_inputs():
     g = torch.Generator().manual_seed(3)
     a = torch.randn(40, 70, generator=g)[:, ::2]  # stride 2 along features
@@ -68,6 +90,7 @@ def test_non_contiguous_inputs():
     assert got["cross"] == pytest.approx(float(want["cross"]), rel=2e-6)
 
 
+@needs_triton
 @pytest.mark.parametrize("kernel", ["ip", "rbf"])
 @pytest.mark.parametrize("unbiased", [False, True])
 def test_fused_stats_give_the_same_cka(kernel, unbiased):
@@ -82,14 +105,16 @@ def test_fused_stats_give_the_same_cka(kernel, unbiased):
     assert got == pytest.approx(want, abs=1e-6)
 
 
+@needs_triton
 @pytest.mark.parametrize("kernel", ["ip", "rbf"])
 def test_float64_features_keep_float64_beside_fused_ones(kernel):
-    # The kernel accumulates in float32 (and cannot compile float64 tiles): float64 features
-    # take the torch path, and a float32 partner is recomputed the same way, not refused.
+    # The kernel accumulates in float32 (and cannot compile float64 tiles): the registry sends
+    # float64 features to the torch path, and a fused float32 partner is recomputed the same way,
+    # not refused.
     g = torch.Generator().manual_seed(12)
     a = torch.randn(50, 12, generator=g, dtype=torch.float64)
     b = torch.randn(50, 9, generator=g)
-    ka = hsic.kernel_stats_fused(a.to(DEVICE), kernel, 1.5)
+    ka = hsic.kernel_stats(a.to(DEVICE), kernel, 1.5)
     kb = hsic.kernel_stats_fused(b.to(DEVICE), kernel, 1.5)
     assert not ka.fused and kb.fused
     got = hsic.cka_from_stats(ka, kb, unbiased=False)
@@ -97,6 +122,7 @@ def test_float64_features_keep_float64_beside_fused_ones(kernel):
     assert got == pytest.approx(want, abs=1e-6)
 
 
+@needs_triton
 def test_bad_arguments():
     with pytest.raises(ValueError, match="kernel"):
         hsic_sums(torch.zeros(4, 2), torch.zeros(4, 2), "poly")
@@ -104,6 +130,7 @@ def test_bad_arguments():
         hsic_sums(torch.zeros(4, 2), torch.zeros(5, 2))
 
 
+@needs_triton
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cka_dispatches_to_triton_on_cuda():
     a, b = torch.randn(300, 64), torch.randn(300, 48)
@@ -111,6 +138,7 @@ def test_cka_dispatches_to_triton_on_cuda():
     assert pf.cka(a.cuda(), b.cuda(), backend="triton") == pytest.approx(want, abs=1e-5)
 
 
+@needs_triton
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_offsets_past_2_to_the_31_elements():
     # 270,000 x 8,192 features: row offsets pass 2³¹ elements (int64 addressing in the kernel).
@@ -126,6 +154,7 @@ def test_offsets_past_2_to_the_31_elements():
     torch.testing.assert_close(got["rows_k"][-1000:], want_rows, rtol=1e-3, atol=1e-2 * float(want_rows.abs().max()))
 
 
+@needs_triton
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_low_precision_error_within_twice_torchs_own(dtype):
     # Against exact sums over the (rounded) inputs, the fused sums err at most 2x as much as the

@@ -1,4 +1,4 @@
-"""Every metric against the dense float64 reference (SPEC §1), goldens, measure, outliers."""
+"""Every metric against the dense float64 reference (SPEC §1), goldens, measure, prepare/score."""
 
 import functools
 import math
@@ -373,86 +373,56 @@ def test_measure_unknown_name(pf):
 
 
 # ----------------------------------------------------------------------------------------------
-# remove_outliers
+# the prepared-state API
 # ----------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("exact", [True, False], ids=["exact", "approx"])
-@pytest.mark.parametrize("q", [0.5, 0.9, 0.95, 0.999])
-@pytest.mark.parametrize("shape", [(8, 3, 16), (37, 65), (5, 1), (3, 7, 2, 5)],
-                         ids=lambda s: "x".join(map(str, s)))
-def test_remove_outliers_vs_reference(pf, shape, q, exact):
-    g = torch.Generator().manual_seed(len(shape) * 100 + shape[-1])
-    x = torch.randn(*shape, generator=g) * torch.linspace(0.5, 30, shape[-1])
-    out = pf.remove_outliers(x, q=q, exact=exact)
-    assert isinstance(out, torch.Tensor)
-    assert out.shape == x.shape and out.dtype == x.dtype
-    want = R.remove_outliers(x, q, exact)
-    torch.testing.assert_close(out.to(torch.float64), want, atol=1e-5 * float(x.abs().max()),
-                               rtol=0)
+@pytest.mark.parametrize("metric", list(METRIC_KW))
+def test_prepare_score_equals_measure(pf, metric):
+    a, b = pair(257)
+    kw = {"cca_dim": 5} if metric == "svcca" else METRIC_KW[metric]
+    pa, pb = pf.prepare(metric, a, **kw), pf.prepare(metric, b, **kw)
+    assert pf.score(pa, pb) == to_float(pf.measure(metric, a, b, **kw))
+    assert pa.n == 257 and pa.metric == metric
 
 
-def test_remove_outliers_q_one_is_identity(pf):
-    x = torch.randn(6, 2, 5) * 100
-    for exact in (True, False):
-        assert torch.equal(pf.remove_outliers(x, q=1.0, exact=exact), x)
-        assert torch.equal(pf.remove_outliers(x, q=1, exact=exact), x)
+@pytest.mark.parametrize("metric", ["mutual_knn", "cycle_knn", "lcs_knn", "edit_distance_knn", "cknna"])
+def test_prepared_from_neighbours_equals_prepare(pf, metric):
+    a, b = pair(257)
+    pa, pb = pf.prepare(metric, a, topk=10), pf.prepare(metric, b, topk=10)
+    ra = pf.Prepared.from_neighbours(metric, pa.indices, pa.values, topk=10)
+    rb = pf.Prepared.from_neighbours(metric, pb.indices, pb.values)
+    assert pf.score(ra, rb) == pf.score(pa, pb)
 
 
-def test_remove_outliers_does_not_modify_input(pf):
-    x = torch.randn(6, 40) * 10
-    before = x.clone()
-    pf.remove_outliers(x, q=0.5)
-    pf.remove_outliers(x, q=0.5, exact=True)
-    assert torch.equal(x, before)
+def test_prepared_mismatches_raise(pf):
+    a, b = pair(257)
+    with pytest.raises(ValueError, match="prepared for"):
+        pf.score(pf.prepare("mutual_knn", a), pf.prepare("cycle_knn", b))
+    with pytest.raises(ValueError, match="different options"):
+        pf.score(pf.prepare("mutual_knn", a, topk=5), pf.prepare("mutual_knn", b, topk=6))
+    with pytest.raises(ValueError, match="same samples"):
+        pf.score(pf.prepare("cka", a), pf.prepare("cka", b[:100]))
+    with pytest.raises(ValueError, match="cca_dim"):
+        pf.score(pf.prepare("svcca", a, cca_dim=40), pf.prepare("svcca", b, cca_dim=40))
+    with pytest.raises(TypeError, match="Prepared"):
+        pf.score(a, b)
+    idx = pf.prepare("cknna", a).indices
+    with pytest.raises(ValueError, match="values"):
+        pf.Prepared.from_neighbours("cknna", idx)
+    with pytest.raises(ValueError, match="topk"):
+        pf.Prepared.from_neighbours("mutual_knn", idx, topk=3)
+    with pytest.raises(ValueError, match="neighbour lists"):
+        pf.Prepared.from_neighbours("cka", idx)
+    with pytest.raises(ValueError, match=r"\[0, N"):
+        pf.Prepared.from_neighbours("mutual_knn", idx + 1000)
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16],
-                         ids=["float64", "float16", "bfloat16"])
-def test_remove_outliers_dtypes(pf, dtype):
-    x = (torch.randn(9, 4, 11) * 7).to(dtype)
-    for exact in (True, False):
-        out = pf.remove_outliers(x, q=0.9, exact=exact)
-        assert out.dtype == dtype and out.shape == x.shape
-        want = R.remove_outliers(x, 0.9, exact).to(dtype)
-        # one rounding of the threshold in the input dtype (float64 may be computed in float32)
-        atol = max(2 * float(torch.finfo(dtype).eps) * 7 * 4, 1e-5)
-        torch.testing.assert_close(out.float(), want.float(), atol=atol, rtol=0)
-
-
-def test_remove_outliers_numpy(pf):
-    x = (torch.randn(10, 3, 8) * 4).numpy()
-    out = pf.remove_outliers(x, q=0.8, exact=True)
-    assert isinstance(out, np.ndarray) and out.shape == x.shape and out.dtype == x.dtype
-    np.testing.assert_allclose(out, R.remove_outliers(x, 0.8, True).numpy(), atol=1e-6)
-
-
-@pytest.mark.parametrize("exact", [True, False], ids=["exact", "approx"])
-def test_remove_outliers_more_than_2_pow_24(pf, exact):
-    # torch.quantile refuses > 2**24 elements; the SPEC requires any size
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(17, 1_000_003, generator=g)
-    assert x.numel() > 2**24
-    out = pf.remove_outliers(x, q=0.95, exact=exact)
-    assert out.shape == x.shape and out.dtype == x.dtype
-    t_got = float(out.abs().max())
-    if exact:
-        t_want = float(x.abs().flatten().kthvalue(int(0.95 * x.numel()) + 1).values)
-        assert t_got == t_want
-    else:
-        # per-sample interpolated quantile via kthvalue (no torch.quantile): mean over samples
-        m = x.shape[1]
-        pos = 0.95 * (m - 1)
-        lo = math.floor(pos)
-        frac = pos - lo
-        a = x.abs().to(torch.float64)
-        v_lo = a.kthvalue(lo + 1, dim=1).values
-        v_hi = a.kthvalue(lo + 2, dim=1).values
-        t_want = float((v_lo + frac * (v_hi - v_lo)).mean())
-        assert t_got == pytest.approx(t_want, rel=1e-6)
-
-
-def test_remove_outliers_3d_more_than_2_pow_24(pf):
-    x = torch.randn(4097, 64, 64)
-    out = pf.remove_outliers(x, q=0.95, exact=False)
-    assert out.shape == x.shape
-    assert float(out.abs().max()) < float(x.abs().max())
+def test_metric_specs_declare_everything(pf):
+    assert tuple(pf.METRICS) == pf.SUPPORTED_METRICS
+    for name, spec in pf.METRICS.items():
+        assert spec.name == name and spec.ops
+        assert spec.takes_topk == ("topk" in spec.defaults)
+    assert pf.metric_spec("lcs_knn").max_score({"topk": 7}) == 7.0
+    assert not pf.metric_spec("cycle_knn").symmetric and pf.metric_spec("cka").symmetric
+    with pytest.raises(ValueError, match="unbiased=True"):
+        pf.measure("unbiased_cka", *pair(37), unbiased=False)

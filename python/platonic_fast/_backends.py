@@ -180,13 +180,13 @@ def resolve(op: str, backend: str, device: torch.device | str, *, dtypes: Iterab
                 return name, impls[name].fn
         raise RuntimeError(f"no backend of {op} serves {device.type} tensors; the torch reference should")
     if backend not in impls:
-        raise ValueError(f"{op} has no {backend!r} backend; it has {sorted(impls)}")
+        raise ValueError(f"{op} has no {backend!r} backend; available: 'auto' or one of {sorted(impls)}")
     reason = impls[backend].why_not(device, dtypes, k)
     if reason is not None:
         usable = available(op, device, dtypes=dtypes, k=k)
         raise ValueError(
-            f"backend {backend!r} cannot run {op} here: it {reason}; for this call use 'auto' or one of "
-            f"{usable} (see `python -m platonic_fast.env`)"
+            f"backend {backend!r} cannot run {op} here: it {reason}; available for this call: {usable} "
+            f"or 'auto' (see `python -m platonic_fast.env`)"
         )
     return backend, impls[backend].fn
 

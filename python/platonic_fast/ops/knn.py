@@ -123,7 +123,7 @@ def knn_cpu(queries: torch.Tensor, keys: torch.Tensor | None, k: int, *, exclude
     symmetric = keys is None
     keys_ = queries if symmetric else keys
     dtype = compute_dtype(queries, keys_)
-    merger = (_core.TopKMergerF64 if dtype == torch.float64 else _core.TopKMergerF32)(queries.shape[0], k)
+    merger = (_core.KnnMergerF64 if dtype == torch.float64 else _core.KnnMergerF32)(queries.shape[0], k)
     rows = cpu_tile_rows(max(queries.shape[0], keys_.shape[0]))
     q_blocks = _blocks(queries.shape[0], rows)
     k_blocks = q_blocks if symmetric else _blocks(keys_.shape[0], rows)
