@@ -35,11 +35,11 @@ def collect(cases: list[tuple], ops: tuple[str, ...], *, quick: bool = False,
                  impl=f"platonic_fast.{metric}(a, b, **kwargs, backend={backend!r})")
         if note:
             r["note"] = note
-        pf_row = run_case(r, lambda: getattr(pf, metric)(a, b, **kw, backend=backend), flops=flops,
+        pf_row = run_case(r, lambda metric=metric, kw=kw: getattr(pf, metric)(a, b, **kw, backend=backend), flops=flops,
                           value_of=_anchors.scalar, skip=pf_err)
         r = dict(common, method=_anchors.DENSE, impl=_anchors.DENSE_IMPL)
         # a handful of N x N float32 matrices (K, L, masks, products)
-        dense_row = run_case(r, lambda: _anchors.dense_metric(metric, a, b, **kw), flops=flops,
+        dense_row = run_case(r, lambda metric=metric, kw=kw: _anchors.dense_metric(metric, a, b, **kw), flops=flops,
                              est_bytes=8.0 * n * n * 4, value_of=_anchors.scalar)
         rows += [pf_row, dense_row]
         if isinstance(pf_row.get("value"), float) and isinstance(dense_row.get("value"), float):

@@ -35,13 +35,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
-
 import bench_hsic  # noqa: E402
 import bench_knn  # noqa: E402
 import bench_neighbour_lists  # noqa: E402
-from _timing import (RESULTS_DIR, add_peak, configure, environment, error_row, format_table,  # noqa: E402
-                     gemm_peak, timestamp, write_results)
+import torch  # noqa: E402
+
+from _timing import (  # noqa: E402
+    RESULTS_DIR,
+    add_peak,
+    configure,
+    environment,
+    error_row,
+    format_table,
+    gemm_peak,
+    timestamp,
+    write_results,
+)
 
 SIZES_N = (16_384, 131_072, 1_048_576)
 SIZES_D = (768, 4096)

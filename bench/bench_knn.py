@@ -18,8 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 import _anchors  # noqa: E402
-from _timing import (add_peak, bench_main, dtype_name, import_faiss, import_pf, pf_backend,  # noqa: E402
-                     run_case, set_ratios, target)
+from _timing import add_peak, bench_main, dtype_name, import_faiss, import_pf, pf_backend, run_case, set_ratios  # noqa: E402
 
 K = 10
 FULL = [  # (N, D, is_target, run dense)
@@ -79,7 +78,7 @@ def collect(quick: bool = False, peak: float | None = None, max_seconds: float =
         else:
             xn = x.numpy()
             fields["faiss_threads"] = faiss.omp_get_max_threads()
-            methods = [(fields, lambda: _anchors.faiss_knn(faiss, xn, K), timed)]
+            methods = [(fields, lambda xn=xn: _anchors.faiss_knn(faiss, xn, K), timed)]
 
         for name in PF_DTYPES:
             if pf is None:
@@ -94,11 +93,11 @@ def collect(quick: bool = False, peak: float | None = None, max_seconds: float =
             methods.append((fields, lambda xi=xi, backend=backend: pf.knn(xi, K, backend=backend), timed))
 
         methods.append(({"method": TORCH, "dtype": "float32", "impl": "_anchors.torch_chunked_knn(chunk=1024)"},
-                        lambda: _anchors.torch_chunked_knn(x, K), timed))
+                        lambda x=x: _anchors.torch_chunked_knn(x, K), timed))
         # N x N float32 similarity + its int64 full argsort (+ sort values)
         est_bytes = float(n) * n * (4 + 8 + 4)
         methods.append(({"method": _anchors.DENSE, "dtype": "float32", "impl": _anchors.DENSE_IMPL},
-                        lambda: _anchors.dense_knn(x, K),
+                        lambda x=x: _anchors.dense_knn(x, K),
                         dict(timed, est_bytes=est_bytes, skip=None if with_dense else
                              f"dense approach at this N would need ~{est_bytes / 1e9:.1f} GB "
                              f"(N x N fp32 similarity + int64 argsort)")))
@@ -127,7 +126,8 @@ def gpu_case(n: int, d: int, dtype: torch.dtype, device: str) -> list[dict]:
     common = {"bench": "knn", "case": f"N={n} D={d} k={K}", "shape": f"{n}x{d}", "k": K,
               "dtype": dtype_name(dtype)}
     rows = time_methods(common, [
-        ({"method": "knn (triton, fused)", "impl": "platonic_fast.triton.knn.knn_triton(x, None, k, exclude_self=True)"},
+        ({"method": "knn (triton, fused)",
+          "impl": "platonic_fast.triton.knn.knn_triton(x, None, k, exclude_self=True)"},
          lambda: knn_triton(x, None, K, exclude_self=True), {}),
         ({"method": TORCH, "impl": f"_anchors.torch_chunked_knn(chunk={GPU_CHUNK})"},
          lambda: _anchors.torch_chunked_knn(x, K, GPU_CHUNK), {"max_repeats": 1 if n >= 1_000_000 else 3}),

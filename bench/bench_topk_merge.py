@@ -53,7 +53,8 @@ def collect(quick: bool = False, peak: float | None = None, device: str = "cpu")
 
         for backend in _backends.available("topk_merge", device, dtypes=(values.dtype,), k=K):
             rows.append(run_case(dict(common, method=f"topk_merge ({backend})",
-                                      impl=f"platonic_fast.ops.topk_merge.topk_merge(values, indices, k, backend={backend!r})"),
+                                      impl="platonic_fast.ops.topk_merge.topk_merge(values, indices, k, "
+                                           f"backend={backend!r})"),
                                  lambda backend=backend: topk_merge(values, indices, K, backend=backend),
                                  value_of=keep(backend)))
             if backend in found and ANCHOR in found:

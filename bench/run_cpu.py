@@ -26,8 +26,18 @@ import bench_memory  # noqa: E402
 import bench_neighbour_lists  # noqa: E402
 import bench_outliers  # noqa: E402
 import bench_topk_merge  # noqa: E402
-from _timing import (configure, environment, error_row, format_table, format_targets,  # noqa: E402
-                     gemm_peak, header, timestamp, write_results)
+
+from _timing import (  # noqa: E402
+    configure,
+    environment,
+    error_row,
+    format_table,
+    format_targets,
+    gemm_peak,
+    header,
+    timestamp,
+    write_results,
+)
 
 PARTS = {
     "knn": lambda quick, peak, a: bench_knn.collect(quick=quick, peak=peak),

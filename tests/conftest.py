@@ -41,12 +41,17 @@ except ImportError:  # hypothesis-based tests importorskip it themselves
 
 
 HAS_CUDA = torch.cuda.is_available()
-requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
+_NO_CUDA = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
+
+
+def requires_cuda(test):
+    """A GPU-only test: marked ``gpu`` (``pytest -m gpu`` selects them) and skipped without a GPU."""
+    return pytest.mark.gpu(_NO_CUDA(test))
 
 # Devices the device-generic tests run on: CUDA only when present (skip, never fail, without it).
 DEVICES = [
     pytest.param("cpu", id="cpu"),
-    pytest.param("cuda", id="cuda", marks=requires_cuda),
+    pytest.param("cuda", id="cuda", marks=[pytest.mark.gpu, _NO_CUDA]),
 ]
 
 METRIC_ATOL = 1e-5  # SPEC §1: within 1e-5 absolute of the reference on float32 inputs

@@ -2,10 +2,11 @@
 
 import pytest
 import torch
-from conftest import randn
 
 import platonic_fast as pf
 from platonic_fast import _backends
+
+from conftest import randn
 
 
 @pytest.fixture

@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("triton")
+# Loads models, runs subprocesses or compiles kernels: the full lane only (pytest -m "not slow" skips it).
+pytestmark = pytest.mark.slow
+
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_gpu.py"
 ROW_FIELDS = {"bench", "case", "shape", "dtype", "method", "median_s", "repeats", "gflops", "pct_peak"}
 FUSED = {"knn (triton, fused)", "hsic_sums (triton, fused)"}

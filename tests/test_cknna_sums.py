@@ -3,12 +3,14 @@ the reference against the dense masked-kernel sums of SPEC §1."""
 
 import pytest
 import torch
-from conftest import backend_device_params, randn
 
 from platonic_fast.ops.cknna_sums import SUM_NAMES, cknna_sums
 from platonic_fast.ops.knn import knn_torch
 
-CASES = [(5, 2), (37, 10), (130, 64), (300, 129), (220, 219)]
+from conftest import backend_device_params, randn, requires_cuda
+
+CASES = [(5, 2), (37, 10), (130, 64),
+         pytest.param(300, 129, marks=pytest.mark.slow), pytest.param(220, 219, marks=pytest.mark.slow)]
 
 
 def _lists(n: int, k: int, seed: int, dtype=torch.float64, exclude_self: bool = True):
@@ -50,7 +52,7 @@ def test_torch_reference_matches_dense(n, k, zero_diagonal):
 @pytest.mark.parametrize("backend,device", backend_device_params("cknna_sums"))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("zero_diagonal", [True, False])
-@pytest.mark.parametrize("n,k", CASES, ids=[f"n{n}-k{k}" for n, k in CASES])
+@pytest.mark.parametrize("n,k", CASES, ids=lambda v: str(v))
 def test_backend_matches_torch_reference(n, k, zero_diagonal, dtype, backend, device):
     from platonic_fast._backends import backends_of
 
@@ -74,8 +76,7 @@ def test_shapes_must_agree():
         cknna_sums(ia, va, ib[:, :3], vb[:, :3], True)
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@requires_cuda
 @pytest.mark.parametrize("unbiased", [True, False])
 @pytest.mark.parametrize("topk", [10, 64, 128])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)

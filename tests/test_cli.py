@@ -12,6 +12,9 @@ from platonic_fast.cli import main
 transformers = pytest.importorskip("transformers")
 timm = pytest.importorskip("timm")
 
+# Loads models, runs subprocesses or compiles kernels: the full lane only (pytest -m "not slow" skips it).
+pytestmark = pytest.mark.slow
+
 TEXTS = [f"sample number {i} says {'red green blue'.split()[i % 3]} things" for i in range(24)]
 
 

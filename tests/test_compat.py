@@ -139,6 +139,7 @@ def test_cknna_topk_below_two(AM, data):
         AM.cknna(*data, topk=1)
 
 
+@pytest.mark.slow
 def test_svcca_exact_value(AM, data):
     a, b = data
     # the reference is randomised (svd_lowrank + iterative CCA + noise); ours is the exact value

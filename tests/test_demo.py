@@ -21,6 +21,8 @@ from platonic_fast.demo import data as cd  # noqa: E402
 from platonic_fast.demo import geometry as geo  # noqa: E402
 from platonic_fast.demo import study  # noqa: E402
 
+# Loads models, runs subprocesses or compiles kernels: the full lane only (pytest -m "not slow" skips it).
+pytestmark = pytest.mark.slow
 
 def _random_rotation(rng: np.random.Generator) -> np.ndarray:
     q, r = np.linalg.qr(rng.standard_normal((3, 3)))

@@ -12,7 +12,8 @@ import dense_reference as R
 from conftest import METRIC_ATOL, grid
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import given, strategies as st  # noqa: E402
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 
 def _param_names(fn):

@@ -17,12 +17,17 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import requires_cuda
+
 pytest.importorskip("safetensors")
 transformers = pytest.importorskip("transformers")
 timm = pytest.importorskip("timm")
 
 from platonic_fast import features  # noqa: E402
 from platonic_fast.features import Features  # noqa: E402
+
+# Loads models, runs subprocesses or compiles kernels: the full lane only (pytest -m "not slow" skips it).
+pytestmark = pytest.mark.slow
 
 ATOL = 1e-5  # fp32: a sample's features must not depend on its batch companions
 
@@ -215,8 +220,7 @@ def test_language_argument_errors(lms, tokenizer):
         _extract(m, tokenizer, max_length=0)
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@requires_cuda
 def test_language_and_vision_on_gpu(lms, tokenizer, vit, images):
     cpu = _extract(lms["llama"], tokenizer)
     gpu32 = _extract(lms["llama"], tokenizer, device="cuda", dtype=torch.float32, batch_size=3)

@@ -7,17 +7,18 @@ The fused kernel runs on a GPU when one is present, otherwise in Triton's CPU in
 
 import pytest
 import torch
-from conftest import backend_device_params, correlated_pair
 
 import platonic_fast as pf
 from platonic_fast._backends import resolve
 from platonic_fast.ops import hsic
 
+from conftest import backend_device_params, correlated_pair, requires_cuda
+
 
 @pytest.mark.parametrize("backend,device", backend_device_params("hsic"))
 @pytest.mark.parametrize("kernel", ["ip", "rbf"])
 @pytest.mark.parametrize("unbiased", [False, True], ids=["biased", "unbiased"])
-@pytest.mark.parametrize("n,da,db", [(5, 3, 2), (257, 65, 33), (2100, 9, 7)])
+@pytest.mark.parametrize("n,da,db", [(5, 3, 2), (257, 65, 33), pytest.param(2100, 9, 7, marks=pytest.mark.slow)])
 def test_backend_cka_matches_torch(backend, device, kernel, unbiased, n, da, db):
     a, b = correlated_pair(n, da, db, seed=n)
     _, stats = resolve("hsic", backend, device)
@@ -31,6 +32,7 @@ try:
 except ImportError:  # Triton not installed: only the fused-kernel tests skip
     hsic_sums = None
 needs_triton = pytest.mark.skipif(hsic_sums is None, reason="Triton is not installed")
+interpreted = pytest.mark.slow  # the Triton interpreter is slow on the CPU
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SHAPES = [(5, 1, 3), (37, 20, 33), (130, 40, 17)]
@@ -48,6 +50,7 @@ def _dense_sums(a, b, kernel, sigma):
 
 
 @needs_triton
+@interpreted
 @pytest.mark.parametrize("n,da,db", SHAPES, ids=[f"{n}x{da}x{db}" for n, da, db in SHAPES])
 @pytest.mark.parametrize("kernel", ["ip", "rbf"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
@@ -67,6 +70,7 @@ def test_sums_match_dense(n, da, db, kernel, dtype):
 
 
 @needs_triton
+@interpreted
 @pytest.mark.parametrize("n", [20, 60, 70, 90])
 def test_every_tile_pair_counted_once(n):
     # 16-row tiles: 2, 4, 5 and 6 row blocks (an even count has pairs half-way round the circle).
@@ -81,6 +85,7 @@ def test_every_tile_pair_counted_once(n):
 
 
 @needs_triton
+@interpreted
 def test_non_contiguous_inputs():
     g = torch.Generator().manual_seed(3)
     a = torch.randn(40, 70, generator=g)[:, ::2]  # stride 2 along features
@@ -91,6 +96,7 @@ def test_non_contiguous_inputs():
 
 
 @needs_triton
+@interpreted
 @pytest.mark.parametrize("kernel", ["ip", "rbf"])
 @pytest.mark.parametrize("unbiased", [False, True])
 def test_fused_stats_give_the_same_cka(kernel, unbiased):
@@ -106,6 +112,7 @@ def test_fused_stats_give_the_same_cka(kernel, unbiased):
 
 
 @needs_triton
+@interpreted
 @pytest.mark.parametrize("kernel", ["ip", "rbf"])
 def test_float64_features_keep_float64_beside_fused_ones(kernel):
     # The kernel accumulates in float32 (and cannot compile float64 tiles): the registry sends
@@ -123,6 +130,7 @@ def test_float64_features_keep_float64_beside_fused_ones(kernel):
 
 
 @needs_triton
+@interpreted
 def test_bad_arguments():
     with pytest.raises(ValueError, match="kernel"):
         hsic_sums(torch.zeros(4, 2), torch.zeros(4, 2), "poly")
@@ -131,7 +139,8 @@ def test_bad_arguments():
 
 
 @needs_triton
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@interpreted
+@requires_cuda
 def test_cka_dispatches_to_triton_on_cuda():
     a, b = torch.randn(300, 64), torch.randn(300, 48)
     want = pf.cka(a, b)
@@ -139,7 +148,8 @@ def test_cka_dispatches_to_triton_on_cuda():
 
 
 @needs_triton
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@interpreted
+@requires_cuda
 def test_offsets_past_2_to_the_31_elements():
     # 270,000 x 8,192 features: row offsets pass 2³¹ elements (int64 addressing in the kernel).
     n, d = 270_000, 8192
@@ -155,6 +165,7 @@ def test_offsets_past_2_to_the_31_elements():
 
 
 @needs_triton
+@interpreted
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_low_precision_error_within_twice_torchs_own(dtype):
     # Against exact sums over the (rounded) inputs, the fused sums err at most 2x as much as the

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import (DEVICES, backend_device_params, check_knn, grid, randn, with_duplicates)
+from conftest import DEVICES, backend_device_params, check_knn, grid, randn, requires_cuda, with_duplicates
 
 # Sizes chosen to straddle tile boundaries (64/128/256/1024) without landing on them.
 SELF_SHAPES = [
     pytest.param(5, 1, id="5x1"),
     pytest.param(37, 3, id="37x3"),
     pytest.param(257, 65, id="257x65"),
-    pytest.param(1024, 768, id="1024x768"),
-    pytest.param(2000, 33, id="2000x33"),
+    pytest.param(1024, 768, id="1024x768", marks=pytest.mark.slow),
+    pytest.param(2000, 33, id="2000x33", marks=pytest.mark.slow),
 ]
 
 
@@ -30,7 +30,7 @@ def _self_cases():
     for p in SELF_SHAPES:
         n, d = p.values
         for k in _ks(n):
-            yield pytest.param(n, d, k, id=f"{p.id}-k={k}")
+            yield pytest.param(n, d, k, id=f"{p.id}-k={k}", marks=p.marks)
 
 
 @pytest.mark.parametrize("n,d,k", list(_self_cases()))
@@ -53,8 +53,8 @@ def test_self_float32_gaussian(pf, n, d, k):
     pytest.param(5, 1, 4, id="5x1-k=4"),
     pytest.param(257, 65, 1, id="257x65-k=1"),
     pytest.param(257, 65, 256, id="257x65-k=N-1"),
-    pytest.param(1030, 96, 10, id="1030x96-k=10"),
-    pytest.param(2000, 33, 7, id="2000x33-k=7"),
+    pytest.param(1030, 96, 10, id="1030x96-k=10", marks=pytest.mark.slow),
+    pytest.param(2000, 33, 7, id="2000x33-k=7", marks=pytest.mark.slow),
 ])
 def test_self_ties_smaller_index_first(pf, n, d, k):
     # duplicated rows of dyadic data: exact ties both between duplicates and by chance
@@ -138,6 +138,7 @@ def test_cross_same_array_does_not_exclude_self(pf):
 
 
 # Large N with a small width: crosses every tile boundary in both dimensions cheaply.
+@pytest.mark.slow
 def test_self_large_n_small_d_grid(pf):
     x = with_duplicates(grid(4133, 4, seed=11), seed=5, frac=0.05)
     for k in (1, 13):
@@ -145,6 +146,7 @@ def test_self_large_n_small_d_grid(pf):
         check_knn(vals, idx, x, k, exact=True)
 
 
+@pytest.mark.slow
 def test_self_large_n_small_d_float32(pf):
     x = randn(4133, 5, seed=12)
     vals, idx = pf.knn(x, 10)
@@ -162,8 +164,8 @@ def test_cross_large_keys_small_d(pf):
 @pytest.mark.parametrize("n,d,k", [
     pytest.param(5, 1, 4, id="5x1-k=4"),
     pytest.param(257, 65, 10, id="257x65-k=10"),
-    pytest.param(1024, 768, 1, id="1024x768-k=1"),
-    pytest.param(1030, 96, 1029, id="1030x96-k=N-1"),
+    pytest.param(1024, 768, 1, id="1024x768-k=1", marks=pytest.mark.slow),
+    pytest.param(1030, 96, 1029, id="1030x96-k=N-1", marks=pytest.mark.slow),
 ])
 def test_low_precision_inputs(pf, dtype, n, d, k):
     # the reference runs on the same low-precision values, upcast to float64
@@ -278,13 +280,16 @@ try:
 except ImportError:  # Triton not installed: only these tests skip
     triton_knn = None
 needs_triton = pytest.mark.skipif(triton_knn is None, reason="Triton is not installed")
+interpreted = pytest.mark.slow  # the Triton interpreter is slow on the CPU
 from platonic_fast.ops.knn import knn_torch  # noqa: E402
 
 GPU = torch.cuda.is_available()
 DEVICE = "cuda" if GPU else "cpu"
 # (n, d, k): odd sizes, one below/above a 16-row tile, k = 1 and k = n - 1, and k >= 64, where
 # tiles with many entrants take the sort-and-merge path instead of one-by-one insertion.
-CASES = [(5, 1, 4), (17, 20, 1), (37, 20, 10), (20, 7, 19), (80, 3, 64)] + ([(1000, 96, 10), (4099, 64, 64), (513, 768, 128), (3001, 40, 100)] if GPU else [])
+CASES = [(5, 1, 4), (17, 20, 1), (37, 20, 10), (20, 7, 19), (80, 3, 64)]
+if GPU:
+    CASES += [(1000, 96, 10), (4099, 64, 64), (513, 768, 128), (3001, 40, 100)]
 
 
 def _reference(q, keys, k, exclude_self):
@@ -292,6 +297,7 @@ def _reference(q, keys, k, exclude_self):
 
 
 @needs_triton
+@interpreted
 @pytest.mark.parametrize("n,d,k", CASES, ids=[f"{n}x{d}-k{k}" for n, d, k in CASES])
 def test_self_form_matches_reference(n, d, k):
     x = torch.randn(n, d, generator=torch.Generator().manual_seed(n + k))
@@ -303,6 +309,7 @@ def test_self_form_matches_reference(n, d, k):
 
 
 @needs_triton
+@interpreted
 def test_self_included_and_cross_form():
     g = torch.Generator().manual_seed(5)
     x = torch.randn(30, 12, generator=g)
@@ -314,6 +321,7 @@ def test_self_included_and_cross_form():
 
 
 @needs_triton
+@interpreted
 def test_ties_go_to_the_smaller_index():
     # Integer-valued features: exact float32 products, many equal scores.
     x = torch.randint(0, 3, (50, 4), generator=torch.Generator().manual_seed(2)).float()
@@ -331,6 +339,7 @@ def merge_path(request, monkeypatch):
 
 
 @needs_triton
+@interpreted
 @pytest.mark.parametrize("n,d,k", [(150, 9, 10), (70, 30, 15)])
 def test_both_merge_paths(merge_path, n, d, k):
     x = torch.randn(n, d, generator=torch.Generator().manual_seed(n))
@@ -341,6 +350,7 @@ def test_both_merge_paths(merge_path, n, d, k):
 
 
 @needs_triton
+@interpreted
 def test_ties_across_tiles(merge_path):
     # Few distinct scores over several key tiles: equal scores in later tiles must lose.
     k = 9
@@ -352,6 +362,7 @@ def test_ties_across_tiles(merge_path):
 
 
 @needs_triton
+@interpreted
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_half_inputs(dtype):
     # The reference sees the same rounded inputs; products accumulate in float32 either way.
@@ -363,6 +374,7 @@ def test_half_inputs(dtype):
 
 
 @needs_triton
+@interpreted
 def test_non_contiguous_input():
     x = torch.randn(33, 40, generator=torch.Generator().manual_seed(4))[:, ::2]
     vals, idx = knn_triton(x.to(DEVICE), None, 6, exclude_self=True)
@@ -370,13 +382,15 @@ def test_non_contiguous_input():
 
 
 @needs_triton
+@interpreted
 def test_k_limit():
     with pytest.raises(ValueError, match="k must be"):
         knn_triton(torch.randn(300, 4), None, MAX_K + 1, exclude_self=True)
 
 
 @needs_triton
-@pytest.mark.skipif(not GPU, reason="no CUDA device")
+@interpreted
+@requires_cuda
 def test_public_knn_dispatches_to_triton_on_cuda():
     import platonic_fast as pf
 
@@ -387,6 +401,7 @@ def test_public_knn_dispatches_to_triton_on_cuda():
 
 
 @needs_triton
+@interpreted
 @pytest.mark.parametrize("precision,expected", [("highest", False), ("high", True)])
 def test_tf32_only_when_asked_the_torch_way(monkeypatch, precision, expected):
     from platonic_fast.ops.knn import knn_triton_backend
@@ -411,6 +426,9 @@ def test_tf32_only_when_asked_the_torch_way(monkeypatch, precision, expected):
 
 
 @needs_triton
+@interpreted
+# The interpreter's NumPy matmul warns on the overflow this test provokes on purpose.
+@pytest.mark.filterwarnings("ignore:overflow encountered in matmul:RuntimeWarning")
 def test_overflowing_products_raise_instead_of_returning_bad_indices():
     x = torch.full((20, 4), 1e20)
     x[::2] *= -1  # products of ±1e40 overflow float32 to ±inf; -inf never enters a top-k
@@ -419,7 +437,8 @@ def test_overflowing_products_raise_instead_of_returning_bad_indices():
 
 
 @needs_triton
-@pytest.mark.skipif(not GPU, reason="no CUDA device")
+@interpreted
+@requires_cuda
 def test_offsets_past_2_to_the_31_elements():
     # 530,000 x 4,096 keys: row offsets pass 2³¹ elements (int64 addressing in the kernel).
     n, d = 530_000, 4096
@@ -439,6 +458,7 @@ def test_offsets_past_2_to_the_31_elements():
 
 
 @needs_triton
+@interpreted
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_low_precision_error_within_twice_torchs_own(dtype):
     # The rule for half types: against exact products of the (rounded) inputs, the

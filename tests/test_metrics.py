@@ -1,7 +1,6 @@
 """Every metric against the dense float64 reference (SPEC §1), goldens, measure, prepare/score."""
 
 import functools
-import math
 
 import numpy as np
 import pytest
@@ -9,8 +8,17 @@ import torch
 import torch.nn.functional as F
 
 import dense_reference as R
-from conftest import (DEVICES, METRIC_ATOL, metric_backend_params, correlated_pair, grid,
-                      reconcile_lists, ref_cache, to_float, with_duplicates)
+from conftest import (
+    DEVICES,
+    METRIC_ATOL,
+    correlated_pair,
+    grid,
+    metric_backend_params,
+    reconcile_lists,
+    ref_cache,
+    to_float,
+    with_duplicates,
+)
 
 # (N, Da, Db): odd widths, different for a and b.
 SIZES = {
@@ -26,6 +34,11 @@ SIZES = {
 def pair(n, normalize=True, seed=0):
     da, db = SIZES[n]
     return correlated_pair(n, da, db, seed=seed + n, noise=1.0, normalize=normalize)
+
+
+def _size_marks(n, k=0):
+    """N >= 1000 or k near 257: the dense float64 reference makes these the slow lane's."""
+    return [pytest.mark.slow] if n >= 1000 or k >= 256 else []
 
 
 def _k_values(n, metric):
@@ -51,7 +64,7 @@ def _knn_cases():
     for metric in KNN_METRICS:
         for n in SIZES:
             for k in _k_values(n, metric):
-                yield pytest.param(metric, n, k, id=f"{metric}-N={n}-k={k}")
+                yield pytest.param(metric, n, k, id=f"{metric}-N={n}-k={k}", marks=_size_marks(n, k))
 
 
 @pytest.mark.parametrize("metric,n,k", list(_knn_cases()))
@@ -91,7 +104,7 @@ def _cknna_cases():
             for unbiased in (True, False):
                 if n == 2000 and k != 10:
                     continue  # the dense biased HSIC is O(N³) per term: keep N=2000 to one k
-                yield pytest.param(n, k, unbiased, id=f"N={n}-k={k}-unbiased={unbiased}")
+                yield pytest.param(n, k, unbiased, id=f"N={n}-k={k}-unbiased={unbiased}", marks=_size_marks(n, k))
 
 
 @pytest.mark.parametrize("n,k,unbiased", list(_cknna_cases()))
@@ -137,9 +150,9 @@ def _cka_cases():
         for unbiased in (False, True):
             if unbiased and n < 4:
                 continue
-            yield pytest.param(n, "ip", 1.0, unbiased, id=f"N={n}-ip-unbiased={unbiased}")
+            yield pytest.param(n, "ip", 1.0, unbiased, id=f"N={n}-ip-unbiased={unbiased}", marks=_size_marks(n))
             for sigma in ((0.5, 1.0, 2.0) if n <= 257 else (1.0,)):
-                yield pytest.param(n, "rbf", sigma, unbiased,
+                yield pytest.param(n, "rbf", sigma, unbiased, marks=_size_marks(n),
                                    id=f"N={n}-rbf-sigma={sigma}-unbiased={unbiased}")
 
 

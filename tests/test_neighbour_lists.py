@@ -9,9 +9,10 @@ import functools
 
 import pytest
 import torch
-from conftest import backend_device_params
 
 from platonic_fast.ops import neighbour_lists as nl
+
+from conftest import backend_device_params
 
 
 def _lists(n: int, k: int, overlap: float, seed: int):
@@ -34,12 +35,13 @@ def _reference(kind: str, n: int, k: int, overlap: float) -> torch.Tensor:
     return nl.run(kind, *_lists(n, k, overlap, seed=n * 1000 + k), backend="torch")
 
 
-CASES = [(5, 1), (5, 4), (37, 10), (130, 63), (130, 64), (131, 65), (300, 129), (220, 200)]
+CASES = [(5, 1), (5, 4), (37, 10), (130, 63), (130, 64), (131, 65),
+         pytest.param(300, 129, marks=pytest.mark.slow), pytest.param(220, 200, marks=pytest.mark.slow)]
 
 
 @pytest.mark.parametrize("backend,device", backend_device_params("neighbour_lists"))
 @pytest.mark.parametrize("kind", nl.KINDS)
-@pytest.mark.parametrize("n,k", CASES, ids=[f"n{n}-k{k}" for n, k in CASES])
+@pytest.mark.parametrize("n,k", CASES, ids=lambda v: str(v))
 @pytest.mark.parametrize("overlap", [0.0, 0.5, 1.0])
 def test_backend_matches_torch_reference(kind, n, k, overlap, backend, device):
     assert k < n, "lists of distinct neighbours need k < n"
@@ -61,6 +63,7 @@ def test_identical_lists():
     assert bool((nl.run("edit_distances", a, a) == 0).all())
 
 
+@pytest.mark.slow
 def test_reversed_lists_edit_distance():
     # Reversed lists of distinct symbols: the LCS is 1; the edit distance is checked against the DP.
     a, _ = _lists(200, 150, 1.0, seed=2)

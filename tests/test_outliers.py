@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from platonic_fast.ops.outliers import per_sample_order_stats
+
 import dense_reference as R
 from conftest import backend_device_params
-
-from platonic_fast.ops.outliers import per_sample_order_stats
 
 
 @pytest.mark.parametrize("backend,device", backend_device_params("outliers"))

@@ -3,9 +3,10 @@ itself is checked against the dense reference in test_metrics.py."""
 
 import pytest
 import torch
-from conftest import backend_device_params, randn
 
 from platonic_fast.ops.svcca import canonical_correlations, svcca_basis
+
+from conftest import backend_device_params, randn
 
 
 @pytest.mark.parametrize("backend,device", backend_device_params("svcca"))

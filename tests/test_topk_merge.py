@@ -7,6 +7,8 @@ import torch
 from platonic_fast.ops.knn import knn_torch
 from platonic_fast.ops.topk_merge import topk_merge
 
+from conftest import backend_device_params
+
 GPU = torch.cuda.is_available()
 
 
@@ -55,12 +57,20 @@ def test_bad_arguments():
             topk_merge(torch.zeros(3, 4).cuda(), torch.zeros(3, 4, dtype=torch.int64), 2)
 
 
-@pytest.mark.skipif(not GPU, reason="no CUDA device")
+@pytest.mark.parametrize("backend,device", backend_device_params("topk_merge"))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-def test_cuda_kernel_matches_reference(dtype):
-    x = torch.randn(3000, 32).to(dtype)
-    v, i = _shards(x, 20, 7)
-    rv, ri = topk_merge(v, i, 20, backend="torch")
-    cv, ci = topk_merge(v.cuda(), i.cuda(), 20, backend="cuda")
+@pytest.mark.parametrize("k", [20, 129])
+def test_every_backend_matches_reference(backend, device, dtype, k):
+    x = torch.randn(3000, 32, generator=torch.Generator().manual_seed(k)).to(dtype)
+    v, i = _shards(x, k, 7)
+    rv, ri = topk_merge(v, i, k, backend="torch")
+    from platonic_fast._backends import backends_of
+
+    limit = backends_of("topk_merge")[backend].limit_k()
+    if limit is not None and k > limit:
+        with pytest.raises(ValueError, match="k <="):  # declared by the registry; nothing falls back
+            topk_merge(v.to(device), i.to(device), k, backend=backend)
+        return
+    cv, ci = topk_merge(v.to(device), i.to(device), k, backend=backend)
     torch.testing.assert_close(ci.cpu(), ri, rtol=0, atol=0)
     torch.testing.assert_close(cv.cpu(), rv)

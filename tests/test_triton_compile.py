@@ -24,6 +24,9 @@ pytest.importorskip("triton.backends.nvidia")
 H100_MAX_SHARED = 227 * 1024
 
 
+# Loads models, runs subprocesses or compiles kernels: the full lane only (pytest -m "not slow" skips it).
+pytestmark = pytest.mark.slow
+
 @pytest.fixture(scope="module")
 def report():
     env = {**os.environ, "TRITON_INTERPRET": "0"}

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+
 import triton
 import triton.language as tl
 

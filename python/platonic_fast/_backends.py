@@ -50,7 +50,8 @@ class Backend:
     def limit_k(self) -> int | None:
         return self.max_k() if callable(self.max_k) else self.max_k
 
-    def why_not(self, device: torch.device | None, dtypes: Iterable[torch.dtype] = (), k: int | None = None) -> str | None:
+    def why_not(self, device: torch.device | None, dtypes: Iterable[torch.dtype] = (),
+                k: int | None = None) -> str | None:
         """Why this backend cannot serve a call on ``device`` with ``dtypes`` and ``k``; None if it can."""
         for need in self.needs:
             if not _NEED_CHECKS[need]():

@@ -48,7 +48,9 @@ def cknna_sums_f64(
 ) -> dict[str, float]: ...
 
 # outliers
-def outliers_abs_order_stats(x: npt.NDArray[np.float32], lo: int, hi: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
+def outliers_abs_order_stats(
+    x: npt.NDArray[np.float32], lo: int, hi: int
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
 
 # --- CUDA-only: present only in builds with CUDA kernels (build_info()["cuda"]) ---
 # Pointers are device addresses of C-contiguous buffers (int), stream a cudaStream_t (int).

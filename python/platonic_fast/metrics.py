@@ -325,7 +325,8 @@ class Prepared:
         if metric != "cknna":
             return cls(metric, opts, Neighbours(indices), n, 0)
         if not isinstance(values, torch.Tensor) or values.shape != indices.shape:
-            raise ValueError(f"cknna needs values: an N x k tensor of kernel values like indices {tuple(indices.shape)}")
+            raise ValueError("cknna needs values: an N x k tensor of kernel values shaped like indices "
+                             f"{tuple(indices.shape)}")
         if values.dtype not in (torch.float32, torch.float64):
             raise TypeError(f"values must be float32 or float64, got {values.dtype}")
         state = _cknna_state(indices, values.to(indices.device), opts["unbiased"], opts["backend"])

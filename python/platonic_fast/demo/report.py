@@ -87,7 +87,8 @@ LABELS = {
 
 def table(reps: dict) -> str:
     """The printed table: one row per representation, then the MiniLM scores layer by layer."""
-    head = f"{'representation':<26} {'layer':>5} {'mutual_knn':>10} {'cknna':>7} {'unb_cka':>8} {'spearman':>8} {'procrustes':>10}"
+    head = (f"{'representation':<26} {'layer':>5} {'mutual_knn':>10} {'cknna':>7} {'unb_cka':>8} "
+            f"{'spearman':>8} {'procrustes':>10}")
     lines = [head, "-" * len(head)]
     for name, r in reps.items():
         layer = str(r["best_layer"]) if "best_layer" in r else "-"

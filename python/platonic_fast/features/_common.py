@@ -126,8 +126,9 @@ def hub_loading(source: str, library: str) -> Iterator[None]:
     patch = contextlib.nullcontext()
     if hub_offline():
         try:
-            from huggingface_hub import constants
             from unittest import mock
+
+            from huggingface_hub import constants
 
             patch = mock.patch.object(constants, "HF_HUB_OFFLINE", True)
         except ImportError:

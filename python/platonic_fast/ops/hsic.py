@@ -101,14 +101,16 @@ def kernel_stats(x: torch.Tensor, kernel: str = "ip", sigma: float = 1.0) -> Ker
             xd = x.to(dtype)
             centred = xd - xd.mean(dim=0, keepdim=True)
             diag = centred.square().sum(dim=1).to(torch.float64)
+            zeros = torch.zeros(n, dtype=torch.float64, device=x.device)
             if _use_feature_space(n, d, d):
                 self_sum = _gram_frob2(centred if d <= n else centred.T)
-                return KernelStats(kernel, sigma, centred, None, self_sum, torch.zeros(n, dtype=torch.float64, device=x.device), diag)
-            st = KernelStats(kernel, sigma, centred, None, 0.0, torch.zeros(n, dtype=torch.float64, device=x.device), diag)
+                return KernelStats(kernel, sigma, centred, None, self_sum, zeros, diag)
+            st = KernelStats(kernel, sigma, centred, None, 0.0, zeros, diag)
         elif kernel == "rbf":
             xf = x.to(dtype)
             sq = xf.to(torch.float64).square().sum(dim=1).to(dtype)
-            st = KernelStats(kernel, sigma, xf, sq, 0.0, torch.zeros(n, dtype=torch.float64, device=x.device), torch.ones(n, dtype=torch.float64, device=x.device))
+            ones = torch.ones(n, dtype=torch.float64, device=x.device)
+            st = KernelStats(kernel, sigma, xf, sq, 0.0, torch.zeros_like(ones), ones)
         else:
             raise ValueError(f"kernel_metric must be one of {KERNELS}, got {kernel!r}")
         self_sum = 0.0
@@ -177,7 +179,8 @@ def cross_sum(ka: KernelStats, kb: KernelStats) -> float:
         if st.fused:
             _unfuse(st)
     with torch.no_grad():
-        if ka.kernel == "ip" and kb.kernel == "ip" and _use_feature_space(ka.n, ka.features.shape[1], kb.features.shape[1]):
+        linear = ka.kernel == "ip" and kb.kernel == "ip"
+        if linear and _use_feature_space(ka.n, ka.features.shape[1], kb.features.shape[1]):
             a, b = ka.features, kb.features
             if a.dtype != b.dtype:
                 a, b = a.to(torch.float64), b.to(torch.float64)

@@ -105,7 +105,8 @@ def remove_outliers(feats, q: float = 0.95, exact: bool = False):
     if t.numel() == 0:
         raise ValueError(f"feats is empty (shape {tuple(t.shape)})")
     if not exact and t.dim() < 2:
-        raise ValueError(f"feats must be at least 2-D (N samples x features) for exact=False, got shape {tuple(t.shape)}")
+        raise ValueError("feats must be at least 2-D (N samples x features) for exact=False, "
+                         f"got shape {tuple(t.shape)}")
     if float(q) == 1.0:
         return feats
     if not all_finite(t):
