@@ -82,7 +82,7 @@ def test_env_report_prints_the_declared_constraints():
     info = env.report()
     knn = info["backends"]["knn"]
     assert knn["triton"]["dtypes"] == ["float32", "float16", "bfloat16"]
-    assert knn["triton"]["max_k"] in (128, "build")
+    assert knn["triton"]["max_k"] in (128, "not built")
     assert knn["triton"]["min_capability"] == "8.0"
     assert "core" in knn["cpu"]["needs"]
     for op, per_dev in info["auto"].items():
@@ -123,3 +123,14 @@ def test_gpus_below_compute_capability_8_get_other_backends(monkeypatch, capabil
     if not served:
         with pytest.raises(ValueError, match="compute capability >= 8.0"):
             _backends.resolve("knn", "triton", "cuda", dtypes=(torch.float32,))
+
+
+def test_env_says_plainly_when_there_is_no_gpu(capsys):
+    from platonic_fast import env
+
+    env.main()
+    out = capsys.readouterr().out
+    if not torch.cuda.is_available():
+        assert "GPUs: no GPU" in out and "driver" not in out
+    for op in _backends.ops():
+        assert op in out

@@ -254,7 +254,7 @@ def test_quick_run_baselines_score_lower(quick_run):
 DEMO_DIR = Path(platonic_fast.__file__).parent / "demo"
 CLI_FILE = Path(platonic_fast.__file__).parent / "cli.py"
 # The only platonic_fast modules outside the demo that the demo may import from.
-PUBLIC_MODULES = ("platonic_fast", "platonic_fast.features", "platonic_fast.features.datasets")
+PUBLIC_MODULES = ("platonic_fast", "platonic_fast.features", "platonic_fast.features.datasets", "platonic_fast.files")
 
 
 def _imports(tree: ast.AST, package: str):

@@ -239,7 +239,7 @@ _NEED_REASONS = {
 
 
 def dtype_name(dtype: torch.dtype) -> str:
-    return next((name for name, d in DTYPE_NAMES.items() if d == dtype), str(dtype))
+    return next((name for name, d in DTYPE_NAMES.items() if d == dtype), str(dtype).removeprefix("torch."))
 
 
 def cuda_max_list_k() -> int:

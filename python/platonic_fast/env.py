@@ -25,6 +25,14 @@ def _why_not_here(backend, device: str) -> str | None:
     return backend.why_not(torch.device(device))
 
 
+def _max_k(backend):
+    """A backend's k limit; a callable one is read from the build or kernel module."""
+    try:
+        return backend.limit_k()
+    except (ImportError, AttributeError):  # not built here: the limit is the build's
+        return "not built"
+
+
 def report() -> dict:
     """Build options, devices and the usable backend of every op, as a dict."""
     import torch
@@ -66,15 +74,15 @@ def report() -> dict:
             rows[name] = {
                 "devices": list(b.devices),
                 "dtypes": [_backends.dtype_name(d) for d in b.dtypes],
-                # a callable limit is read from the build, which may not import here
-                "max_k": b.limit_k() if not callable(b.max_k) or b.why_not(None) is None else "build",
+                "max_k": _max_k(b),
                 "min_capability": ".".join(map(str, b.min_capability)) if b.min_capability else None,
                 "needs": list(b.needs),
                 # why it cannot run here on each of its devices (None: it can)
                 "here": {dev: _why_not_here(b, dev) for dev in b.devices},
             }
         info["backends"][op] = rows
-    info["auto"] = {op: {dev: _backends.available(op, dev) for dev in ("cpu", "cuda")} for op in _backends.ops()}
+    devices = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
+    info["auto"] = {op: {dev: _backends.available(op, dev) for dev in devices} for op in _backends.ops()}
     return info
 
 
@@ -88,14 +96,16 @@ def main() -> None:
         print(f"  OpenMP: {'yes (' + str(core['openmp_version']) + ')' if core['openmp'] else 'no'}, "
               f"{core['max_threads']} threads")
         if core["cuda"]:
+            runtime = (f"{core['cuda_runtime']}, {core['cuda_device_count']} device(s)"
+                       if info["cuda_devices"] else "no GPU on this machine")
             print(f"  CUDA kernels: built with CUDA {core['cuda_version']} for sm {core['cuda_archs']}; "
-                  f"runtime: {core['cuda_runtime']}, {core['cuda_device_count']} device(s)")
+                  f"runtime: {runtime}")
         else:
             print("  CUDA kernels: not built (no nvcc at build time)")
     else:
         print(f"compiled core: {core}")
     print(f"CPU: {info['cpu']}, torch threads: {info['cpu_threads']}")
-    print(f"CUDA devices visible to torch: {', '.join(info['cuda_devices']) or 'none'}"
+    print(f"GPUs: {', '.join(info['cuda_devices']) or 'no GPU'}"
           + ("  (the CUDA and Triton kernels need sm_80 or newer)" if info["cuda_devices"] else ""))
     if info["backend_override"]:
         print(f"PLATONIC_FAST_BACKEND={info['backend_override']} overrides 'auto'")
@@ -106,7 +116,7 @@ def main() -> None:
             here = "; ".join(f"{dev}: {'yes' if why is None else why}" for dev, why in b["here"].items())
             print(f"  {op:<16}{name:<8}{'/'.join(b['devices']):<10}{','.join(b['dtypes']):<34}"
                   f"{str(b['max_k'] or '-'):<7}{b['min_capability'] or '-':<7}{','.join(b['needs']) or '-':<14}{here}")
-    print("auto order here:")
+    print("auto order here" + ("" if info["cuda_devices"] else " (no GPU: CPU tensors only)") + ":")
     for op, per_dev in info["auto"].items():
         cols = "   ".join(f"{dev}: {', '.join(b) or '-'}" for dev, b in per_dev.items())
         print(f"  {op:<16} {cols}")

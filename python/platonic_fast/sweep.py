@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ._io import write_atomic
 from .align import prepare_layers, prepare_states, resolve_options, score_states
+from .files import write_atomic
 from .metrics import metric_spec
 
 FEATURE_SUFFIXES = (".safetensors", ".pt")

@@ -8,30 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
+from platonic_fast.files import write_atomic
+
 from .data import SENTENCES
-
-
-def _write_atomic(path: str | os.PathLike, write: Callable[[str], object]) -> Path:
-    """Call ``write(tmp_path)``, flush it to disk, then move it onto ``path`` in one step."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 def record(reps: dict, names: list[str], *, quick: bool, seed: int, topk: int, vision_info: dict,
@@ -71,7 +54,7 @@ def record(reps: dict, names: list[str], *, quick: bool, seed: int, topk: int, v
 
 def write_json(path: str | os.PathLike, rec: dict) -> Path:
     """Write ``rec`` as indented JSON to ``path`` (atomically); returns the path."""
-    return _write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(rec, indent=1)))
+    return write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(rec, indent=1)))
 
 
 LABELS = {
@@ -193,6 +176,6 @@ def figure(reps: dict, rgb: np.ndarray, path: str | os.PathLike, *, topk: int) -
     fig.suptitle(f"{len(rgb)} XKCD colour names: language (MiniLM) and vision (pixel co-occurrence) vs "
                  f"perception (CIELAB); 3-D metric MDS aligned to CIELAB, a*b* plane shown", fontsize=13)
     try:
-        return _write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+        return write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     finally:
         plt.close(fig)

@@ -10,12 +10,11 @@ from typing import Any, Iterator
 
 import torch
 
-_DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float64": torch.float64, "fp64": torch.float64, "double": torch.float64,
-}
+from .._checks import DTYPE_NAMES
+
+# The library's dtype table, plus the short names people type on a command line.
+_DTYPES = {**DTYPE_NAMES, "fp32": torch.float32, "float": torch.float32, "fp16": torch.float16,
+           "half": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64, "double": torch.float64}
 
 
 def check_batch_size(batch_size: Any) -> int:

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from .._io import write_atomic
+from ..files import write_atomic
 from ._common import layer_widths
 
 FORMAT = "platonic_fast.features"

@@ -1,4 +1,5 @@
-"""Writing result files so that nothing is ever left half-written."""
+"""Writing result files so that nothing is ever left half-written (public: the demo and user
+scripts use it too)."""
 
 from __future__ import annotations
 
