@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 import _anchors  # noqa: E402
-from _timing import add_peak, bench_main, dtype_name, import_faiss, import_pf, pf_backend, run_case, set_ratios  # noqa: E402
+from _timing import add_peak, bench_main, dtype_name, import_faiss, import_pf, pf_backend, run_case, set_ratios, target  # noqa: E402
 
 K = 10
 FULL = [  # (N, D, is_target, run dense)
@@ -63,13 +63,13 @@ def collect(quick: bool = False, peak: float | None = None, max_seconds: float =
     faiss, faiss_err = import_faiss()
 
     rows: list[dict] = []
-    for n, d, target, with_dense in (QUICK if quick else FULL):
+    for n, d, is_target, with_dense in (QUICK if quick else FULL):
         case = f"N={n} D={d} k={K}" + ((" (target-size stand-in)" if quick else " (target)")
-                                        if target else "")
+                                        if is_target else "")
         x = _anchors.features(n, d, seed=n)
         flops = 2.0 * n * n * d
         timed = {"est_seconds": flops / (peak * 1e9) if peak else None, "max_seconds": max_seconds}
-        common = {"bench": "knn", "case": case, "shape": f"{n}x{d}", "k": K, "target": target}
+        common = {"bench": "knn", "case": case, "shape": f"{n}x{d}", "k": K, "target": is_target}
 
         # faiss first: it is the anchor of the target ratio
         fields = {"method": FAISS, "impl": "faiss-cpu search(x, k+1), self dropped", "dtype": "float32"}

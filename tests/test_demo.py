@@ -319,7 +319,7 @@ def test_demo_imports_only_public_names():
 
 def test_import_checker_catches_private_uses():
     src = ("from platonic_fast.metrics import _masked_sums\n"
-           "from ..ops import neighbor_lists\n"
+           "from ..ops import neighbour_lists\n"
            "from .. import _io\n"
            "from ..features import _common\n"
            "import platonic_fast.align\n"
