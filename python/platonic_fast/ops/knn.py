@@ -8,6 +8,16 @@ Backends:
   N x N score matrix exists at a time.
 - ``torch``: chunked matmul + ``torch.topk`` with an exact tie fix-up. Runs on any device; it is
   the reference the other backends are tested against.
+
+Whatever the backend, two steps make the answer exact (:func:`search`):
+- magnitudes: features whose largest entry is far from 1 are scaled by a power of two first
+  (exact, and it changes no ranking), so products neither overflow nor underflow float32;
+- ties: a backend's scores are rounded differently in different GEMM tiles, so two candidates
+  with equal exact scores (duplicated rows) could come out in either order. Every row whose
+  order is not certain within the GEMM's rounding bound (|fl(x·y) − x·y| ≤ γ_D ‖x‖‖y‖,
+  γ_D = D·u/(1 − D·u)) is rescored in float64 with one summation order for every candidate,
+  and sorted by (score, index). A few extra candidates per row (``RESCORE_EXTRA``) cover the
+  boundary; a row whose contenders reach past them is rescored against every key.
 """
 
 from __future__ import annotations
@@ -38,6 +48,15 @@ def cpu_tile_rows(n: int) -> int:
 PROGRESS_MIN_FLOPS = 2e12
 # Elements of one score chunk in the torch backend (64 MiB of float32).
 TORCH_CHUNK_ELEMENTS = 1 << 24
+
+
+# Extra candidates each backend returns beyond k, for the exact-ordering pass.
+RESCORE_EXTRA = 4
+# Largest entries in [2**-SAFE_EXPONENT, 2**SAFE_EXPONENT] are used as they are (no copy); float32
+# products and sums of such features neither overflow nor lose the ranking to underflow.
+SAFE_EXPONENT = 32
+# float64 elements per block of the rescoring pass (64 MiB).
+RESCORE_BLOCK_ELEMENTS = 1 << 23
 
 
 def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -101,14 +120,135 @@ def knn(x, k, exclude_self=_UNSET, *, backend: str = "auto"):
         if queries.device != keys.device:
             raise ValueError(f"queries are on {queries.device} but keys on {keys.device}")
         k = check_int(exclude_self, "k", low=1, high=keys.shape[0], hint=f" (there are {keys.shape[0]} keys)")
-        _, impl = resolve("knn", backend, queries.device, dtypes=(queries.dtype, keys.dtype), k=k)
-        return impl(queries, keys, k, exclude_self=False)
+        return search(queries, keys, k, exclude_self=False, backend=backend)
     x = check_features(x, "x")
     exclude = True if exclude_self is _UNSET else exclude_self
     if not isinstance(exclude, bool):
         raise TypeError(f"exclude_self must be True or False, got {exclude!r}")
     k = check_topk(k, x.shape[0], name="k", self_excluded=exclude)
     return neighbours(x, k, exclude_self=exclude, backend=backend)
+
+
+def _scale_exponent(t: torch.Tensor) -> int:
+    """e such that t · 2**-e has its largest magnitude near 1; 0 when t is already in the safe range."""
+    top = float(t.detach().abs().max())
+    if top == 0.0:
+        return 0
+    e = int(np.frexp(top)[1])
+    return 0 if -SAFE_EXPONENT <= e <= SAFE_EXPONENT else e
+
+
+def _scaled(t: torch.Tensor, e: int) -> torch.Tensor:
+    return t if e == 0 else t * (2.0 ** -e)  # a power of two: exact in every float dtype
+
+
+def search(queries: torch.Tensor, keys: torch.Tensor | None, k: int, *, exclude_self: bool,
+           backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact kNN of validated features (``keys=None``: the self form), values unscaled.
+
+    Raises
+    ------
+    ValueError
+        A returned score does not fit the output dtype (float32 for float32/half inputs).
+    """
+    symmetric = keys is None
+    eq = _scale_exponent(queries)
+    q = _scaled(queries, eq)
+    ek = eq if symmetric else _scale_exponent(keys)
+    kt = None if symmetric else _scaled(keys, ek)
+    keys_ = q if symmetric else kt
+    n_cand = keys_.shape[0] - (1 if symmetric and exclude_self else 0)
+    name, impl = resolve("knn", backend, q.device, dtypes=(q.dtype, keys_.dtype), k=k)
+    from .._backends import backends_of
+
+    limit = backends_of("knn")[name].limit_k()
+    kk = min(k + RESCORE_EXTRA, n_cand, limit if limit is not None else n_cand)
+    vals, idx = impl(q, kt, kk, exclude_self=exclude_self)
+    vals, idx = _settle(q, keys_, vals, idx, k, exclude_self=symmetric and exclude_self, n_cand=n_cand)
+    if eq + ek:
+        out = vals.to(torch.float64) * 2.0 ** (eq + ek)
+        if vals.dtype != torch.float64 and bool((out.abs() > torch.finfo(vals.dtype).max).any()):
+            raise ValueError(
+                f"kNN scores reach {float(out.abs().max()):.3g}, beyond {vals.dtype}; pass float64 features "
+                "(the neighbour lists are exact either way: metrics are unaffected)")
+        vals = out.to(vals.dtype)
+    return vals, idx
+
+
+def _unit_roundoff(dtype: torch.dtype) -> float:
+    if dtype == torch.float64:
+        return 2.0 ** -53
+    # tf32 keeps 10 mantissa bits of each input when the caller opted into it (CUDA only)
+    tf32 = torch.get_float32_matmul_precision() != "highest" and torch.cuda.is_available()
+    return 2.0 ** -11 if tf32 else 2.0 ** -24
+
+
+def _settle(q: torch.Tensor, keys: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor, k: int, *,
+            exclude_self: bool, n_cand: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k by exact score, ties to the smaller index, from a backend's top-kk (kk >= k)."""
+    n, kk = idx.shape
+    d = q.shape[1]
+    u = _unit_roundoff(compute_dtype(q, keys))
+    gamma = d * u / (1.0 - d * u) if d * u < 0.5 else float("inf")
+    with torch.no_grad():
+        q_norm = _row_norms(q)
+        k_norm = q_norm if keys is q else _row_norms(keys)
+        # two computed scores can be out of order only when they are within 2γ‖x‖max‖y‖
+        delta = 2.0 * gamma * q_norm * k_norm.max()
+        v = vals.to(torch.float64)
+        m = min(k + 1, kk)
+        unsure = ((v[:, : m - 1] - v[:, 1:m]) <= delta[:, None]).any(dim=1) if m > 1 else \
+            torch.zeros(n, dtype=torch.bool, device=q.device)
+        # contenders may lie beyond the returned candidates: rescore against every key
+        beyond = (v[:, kk - 1] >= v[:, k - 1] - delta) if kk < n_cand else torch.zeros_like(unsure)
+        some = (unsure & ~beyond).nonzero().squeeze(1)
+        every = beyond.nonzero().squeeze(1)
+        out_v, out_i = vals[:, :k].clone(), idx[:, :k].clone()
+        if some.numel():
+            s64 = _rescore(q, keys, some, idx[some])
+            out_v[some], out_i[some] = _by_score_then_index(s64, idx[some], k, out_v.dtype)
+        for i in every.tolist():  # rare: a row whose near-ties reach past the extra candidates
+            cand = torch.arange(keys.shape[0], device=q.device)
+            if exclude_self:
+                cand = cand[cand != i]
+            s64 = _rescore(q, keys, torch.tensor([i], device=q.device), cand[None, :])
+            out_v[i], out_i[i] = (t[0] for t in _by_score_then_index(s64, cand[None, :], k, out_v.dtype))
+    return out_v, out_i
+
+
+def _row_norms(t: torch.Tensor) -> torch.Tensor:
+    """‖t_i‖ in float64, a block of rows at a time (no float64 copy of the whole matrix)."""
+    step = max(1, RESCORE_BLOCK_ELEMENTS // max(1, t.shape[1]))
+    return torch.cat([torch.linalg.vector_norm(t[i: i + step].to(torch.float64), dim=1)
+                      for i in range(0, t.shape[0], step)])
+
+
+def _rescore(q: torch.Tensor, keys: torch.Tensor, rows: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+    """float64 scores of query ``rows`` against their candidate keys ``cand`` (len(rows) x c).
+
+    Every score is summed in the same order: the width is padded to a multiple of 16 with zeros
+    so that each candidate's row starts equally aligned, and ``sum`` reduces every row alike;
+    duplicated keys therefore get identical scores.
+    """
+    d = q.shape[1]
+    pad = (-d) % 16
+    out = torch.empty(cand.shape, dtype=torch.float64, device=q.device)
+    per_block = max(1, RESCORE_BLOCK_ELEMENTS // ((d + pad) * cand.shape[1]))
+    for r0 in range(0, rows.numel(), per_block):
+        r = rows[r0: r0 + per_block]
+        c = cand[r0: r0 + per_block]
+        qs = torch.nn.functional.pad(q[r].to(torch.float64), (0, pad))
+        ks = torch.nn.functional.pad(keys[c.reshape(-1)].to(torch.float64), (0, pad)).reshape(*c.shape, d + pad)
+        out[r0: r0 + per_block] = (ks * qs[:, None, :]).sum(dim=2)
+    return out
+
+
+def _by_score_then_index(s64: torch.Tensor, cand: torch.Tensor, k: int, dtype: torch.dtype):
+    """The first k candidates by (score descending, index ascending)."""
+    order = cand.argsort(dim=1, stable=True)
+    s64, cand = s64.gather(1, order), cand.gather(1, order)
+    order = s64.argsort(dim=1, descending=True, stable=True)[:, :k]
+    return s64.gather(1, order).to(dtype), cand.gather(1, order)
 
 
 def _blocks(n: int, size: int):
@@ -219,8 +359,7 @@ def _exact_topk(s: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def neighbours(x: torch.Tensor, k: int, *, exclude_self: bool = True, backend: str = "auto"):
     """knn of already-validated features (internal: metrics validate once, then call this)."""
-    _, impl = resolve("knn", backend, x.device, dtypes=(x.dtype,), k=k)
-    return impl(x, None, k, exclude_self=exclude_self)
+    return search(x, None, k, exclude_self=exclude_self, backend=backend)
 
 
 __all__ = ["knn", "neighbours", "compute_dtype"]
