@@ -571,6 +571,165 @@ def test_bad_pt_files_are_rejected(tmp_path):
             features.load(tmp_path / name)
 
 
+def _flip(path, offset):
+    """Flip one bit of the byte at ``offset`` (negative: from the end), in place."""
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def _header(path):
+    n = int.from_bytes(path.read_bytes()[:8], "little")
+    return json.loads(path.read_bytes()[8:8 + n])
+
+
+def test_save_stores_a_checksum_that_verifies(tmp_path):
+    from platonic_fast.features import storage
+
+    f = _toy()
+    p = f.save(tmp_path / "toy.safetensors")
+    stored = _header(p)["__metadata__"]["checksum"]
+    assert stored.startswith("sha256:") and len(stored) == len("sha256:") + 64
+    assert features.verify(p) == stored == storage.stored_checksum(p)
+    for mmap in (True, False):
+        g = features.load(p, mmap=mmap, verify=True)
+        assert torch.equal(g.layers, f.layers) and g.meta == f.meta
+    # Half types and lists of layers hash too; a different content gives a different checksum.
+    h = Features([torch.randn(12, 4).bfloat16(), torch.randn(12, 6).half()], None, {"model": "mixed"})
+    q = h.save(tmp_path / "mixed.safetensors")
+    assert features.verify(q) != stored
+    assert features.verify(_toy(seed=1).save(tmp_path / "other.safetensors")) != stored
+
+
+def test_bit_flip_fails_verification(tmp_path):
+    p = _toy().save(tmp_path / "toy.safetensors")
+    clean = p.read_bytes()
+    _flip(p, -3)  # inside the last tensor's data
+    for mmap in (True, False):
+        with pytest.raises(ValueError, match=r"toy\.safetensors.*fails verification"):
+            features.load(p, mmap=mmap, verify=True)
+    with pytest.raises(ValueError, match="fails verification"):
+        features.verify(p)
+    # Without verify=True the flip goes unnoticed: that is what the checksum is for.
+    g = features.load(p)
+    assert not (torch.equal(g.layers, _toy().layers) and torch.equal(g.bpb, _toy().bpb))
+
+    # A changed character in the metadata (same length, still valid JSON) is caught too.
+    p.write_bytes(clean.replace(b"toy/model", b"toy/modeX"))
+    assert features.load(p).meta["model"] == "toy/modeX"
+    with pytest.raises(ValueError, match="fails verification"):
+        features.verify(p)
+
+
+def test_files_without_a_checksum_cannot_be_verified(tmp_path):
+    meta = {"model": "m", "N": 6, "num_layers": 2, "layer_widths": [3, 3], "has_bpb": False}
+    old = _write_raw(tmp_path / "old.safetensors", {"layers": torch.randn(6, 2, 3)}, meta)  # as before checksums
+    assert features.load(old, verify=False).n == 6
+    for mmap in (True, False):
+        with pytest.raises(ValueError, match=r"old\.safetensors' has no checksum.*nothing to verify"):
+            features.load(old, mmap=mmap, verify=True)
+    torch.save({"feats": torch.randn(6, 2, 3)}, tmp_path / "ref.pt")
+    with pytest.raises(ValueError, match=r"ref\.pt.*nothing to verify"):
+        features.verify(tmp_path / "ref.pt")
+    from safetensors.torch import save_file
+
+    save_file({"layers": torch.randn(6, 2, 3)}, str(tmp_path / "badsum.safetensors"),
+              metadata={"format": "platonic_fast.features", "format_version": "1", "meta": json.dumps(meta),
+                        "checksum": "md5:1234"})
+    with pytest.raises(ValueError, match=r"badsum\.safetensors' has a malformed checksum"):
+        features.load(tmp_path / "badsum.safetensors")
+    with pytest.raises(TypeError, match="verify"):
+        features.load(old, verify="yes")
+
+
+def test_crafted_metadata_is_a_value_error(tmp_path):
+    from safetensors.torch import save_file
+
+    layers = torch.randn(6, 2, 3)
+    good = {"model": "m", "N": 6, "num_layers": 2, "layer_widths": [3, 3], "has_bpb": False}
+    nested = good.copy()
+    deep = nested
+    for _ in range(100):  # parseable, but deeper than any file we write
+        deep["x"] = {}
+        deep = deep["x"]
+    cases = {
+        "deep_list.safetensors": ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        "deep_object.safetensors": ('{"a":' * 50_000 + "1" + "}" * 50_000, "nested too deeply"),
+        "deep_ok_json.safetensors": (json.dumps(nested), "nested deeper than"),
+        "huge_int.safetensors": ('{"N": 1' + "0" * 5000 + "}", "metadata"),
+        "huge_float.safetensors": (json.dumps(dict(good, N=1e308 * 10)), "N=inf"),
+        "n_string.safetensors": (json.dumps(dict(good, N="6")), "N='6'"),
+        "n_float.safetensors": (json.dumps(dict(good, N=6.0)), "N=6.0"),
+        "flag_int.safetensors": (json.dumps(dict(good, has_bpb=0)), "has_bpb=0"),
+        "widths_type.safetensors": (json.dumps(dict(good, layer_widths="abc")), "layer_widths"),
+        "widths_bool.safetensors": (json.dumps(dict(good, layer_widths=[3, True])), "layer_widths"),
+        "meta_list.safetensors": ("[1, 2]", "not a JSON object"),
+        "meta_null.safetensors": ("null", "not a JSON object"),
+    }
+    for name, (meta_json, message) in cases.items():
+        save_file({"layers": layers}, str(tmp_path / name),
+                  metadata={"format": "platonic_fast.features", "format_version": "1", "meta": meta_json})
+        for mmap in (True, False):
+            with pytest.raises(ValueError, match=message) as info:
+                features.load(tmp_path / name, mmap=mmap)
+            assert name in str(info.value)
+
+
+def test_crafted_pt_files_are_a_value_error(tmp_path):
+    feats = torch.randn(4, 2, 3)
+    cases = {
+        "inf_params.pt": {"feats": feats, "num_params": float("inf")},
+        "str_params.pt": {"feats": feats, "num_params": "many"},
+        "list_params.pt": {"feats": feats, "num_params": [1]},
+        "neg_params.pt": {"feats": feats, "num_params": -3},
+        "complex_bpb.pt": {"feats": feats, "bpb": torch.tensor(1 + 1j)},
+        "huge_bpb.pt": {"feats": feats, "bpb": 10**400},
+        "int_feats.pt": {"feats": torch.ones(4, 2, 3, dtype=torch.int32)},
+    }
+    for name, obj in cases.items():
+        torch.save(obj, tmp_path / name)
+        with pytest.raises(ValueError, match=name.replace(".", r"\.")):
+            features.load(tmp_path / name)
+    torch.save({"feats": feats, "num_params": torch.tensor(12), "bpb": 0.5}, tmp_path / "fine.pt")
+    f = features.load(tmp_path / "fine.pt")
+    assert f.meta["num_params"] == 12 and f.meta["bpb_mean"] == 0.5
+
+
+def test_directories_and_special_files_are_not_features(tmp_path):
+    (tmp_path / "x.safetensors").mkdir()
+    with pytest.raises(ValueError, match=r"x\.safetensors' is a directory"):
+        features.load(tmp_path / "x.safetensors")
+    with pytest.raises(ValueError, match="is a directory"):
+        features.verify(tmp_path / "x.safetensors")
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "pipe.safetensors")  # reading it would block forever
+        with pytest.raises(ValueError, match="not a regular file"):
+            features.load(tmp_path / "pipe.safetensors")
+
+
+def test_every_truncation_is_a_value_error_before_mapping(tmp_path):
+    # Any cut: the header promises more bytes than the file has. Caught when the header is
+    # read, before a tensor is mapped (a mapped page past the end would be a SIGBUS).
+    good = _toy(n=4, layers=2, d=3).save(tmp_path / "good.safetensors").read_bytes()
+    cut = tmp_path / "cut.safetensors"
+    for size in range(len(good)):
+        cut.write_bytes(good[:size])
+        for mmap in (True, False):
+            with pytest.raises(ValueError, match=r"cut\.safetensors"):
+                features.load(cut, mmap=mmap)
+
+
+def test_a_copy_survives_truncation_of_its_file(tmp_path):
+    # mmap=False reads with plain reads into memory this process owns: the documented choice
+    # for files other processes may rewrite in place (a mapped view would SIGBUS here).
+    f = _toy()
+    p = f.save(tmp_path / "toy.safetensors")
+    g = features.load(p, mmap=False, verify=True)
+    with open(p, "r+b") as fh:
+        fh.truncate(0)
+    assert torch.equal(g.layers, f.layers) and torch.equal(g.bpb, f.bpb)
+
+
 def test_features_container_checks():
     with pytest.raises(ValueError, match="N x L x D"):
         Features(torch.randn(3, 4))
@@ -588,6 +747,11 @@ def test_features_container_checks():
     assert f.widths == [4, 6] and f.num_layers == 2 and f.layer(1).shape == (3, 6) and "3x[4, 6]" in repr(f)
     with pytest.raises(ValueError, match="JSON"):
         features.save(Features(torch.randn(3, 1, 2), meta={"x": object()}), "unused.safetensors")
+    deep: dict = {}
+    for _ in range(70):
+        deep = {"x": deep}
+    with pytest.raises(ValueError, match="nested deeper"):  # load would refuse it
+        features.save(Features(torch.randn(3, 1, 2), meta=deep), "unused.safetensors")
 
 
 # --- datasets --------------------------------------------------------------------------------------

@@ -84,14 +84,28 @@ def test_interrupted_sweep_resumes_to_the_same_result(model_files, tmp_path, mon
     np.testing.assert_array_equal(resumed.best_layers, full.best_layers)
 
 
+def _record_of(out, x, y, topk):
+    """The record file of pair (x, y) at this topk (records are named by a hash of their key)."""
+    found = [p for p in (out / "pairs").glob("*.json")
+             if (k := json.loads(p.read_text())["key"])["x"]["name"] == x and k["y"]["name"] == y
+             and k["settings"]["topk"] == topk]
+    assert len(found) == 1
+    return found[0]
+
+
 def test_changed_settings_or_corrupt_records_are_recomputed(model_files, tmp_path):
     folder, models = model_files
     out = tmp_path / "out"
     sweep.measure_sets(folder, metric="mutual_knn", topk=5, out_dir=out, progress=False)
-    record = out / "pairs" / "alpha__beta.json"
+    record = _record_of(out, "alpha", "beta", 5)
     record.write_text("{ truncated")
+    res = sweep.measure_sets(folder, metric="mutual_knn", topk=5, out_dir=out, progress=False)
+    assert json.loads(record.read_text())["key"]["settings"]["topk"] == 5  # rewritten whole
+    ref = pf.align(models["alpha"], models["beta"], "mutual_knn", topk=5)
+    assert res.scores[0, 1] == pytest.approx(ref.best, abs=1e-12)
+    # Other settings are another key, hence another record; the first one stays valid.
     res = sweep.measure_sets(folder, metric="mutual_knn", topk=3, out_dir=out, progress=False)
-    assert json.loads(record.read_text())["settings"]["topk"] == 3
+    assert json.loads(_record_of(out, "alpha", "beta", 3).read_text())["key"]["settings"]["topk"] == 3
     ref = pf.align(models["alpha"], models["beta"], "mutual_knn", topk=3)
     assert res.scores[0, 1] == pytest.approx(ref.best, abs=1e-12)
 

@@ -53,8 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         "measure",
         help="align a model set with a model set (feature files) -> scores JSON/NPZ + heat map",
         description="Every model of X against every model of Y (or X with itself): the best "
-        "layer pair and its score. Finished pairs are saved as they complete; running the same "
-        "command again resumes an interrupted sweep.",
+        "layer pair and its score. Finished pairs are saved as they complete, keyed by both "
+        "files' content fingerprints and every setting; running the same command again resumes "
+        "an interrupted sweep. One run at a time per output folder (a POSIX flock on <out>/.lock): "
+        "a second one stops at once, or waits with --wait.",
     )
     meas.add_argument("x", nargs="+", help="feature files (.safetensors/.pt) or folders of them")
     meas.add_argument("--against", nargs="+", default=None, metavar="Y",
@@ -65,7 +67,19 @@ def main(argv: list[str] | None = None) -> int:
     meas.add_argument("--exact", action="store_true", help="exact whole-tensor quantile for the clamp")
     meas.add_argument("--concat", action="store_true", help="also score the concatenation of all layers")
     meas.add_argument("--out", default="alignment", help="output folder (default ./alignment)")
+    meas.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                      help="when another run holds the output folder, wait up to SECONDS for it "
+                      "(default 0: stop at once; inf: no limit)")
     meas.add_argument("--no-progress", action="store_true")
+
+    ver = sub.add_parser(
+        "verify",
+        help="check feature files against the checksum stored in them",
+        description="Recompute each features file's checksum (written by features.save / extract) "
+        "and compare it with the stored one. One line per file; exit 0 when all match, 1 when any "
+        "differs, has no checksum or cannot be read.",
+    )
+    ver.add_argument("files", nargs="+", metavar="FILE", help=".safetensors feature files")
 
     args = parser.parse_args(argv)
     if args.command == "demo":
@@ -81,14 +95,17 @@ def main(argv: list[str] | None = None) -> int:
             _extract(args)
         except (ValueError, TypeError, ImportError, RuntimeError, OSError) as exc:
             parser.exit(2, f"platonic-fast extract: error: {exc}\n")
+    elif args.command == "verify":
+        return _verify(args.files)
     elif args.command == "measure":
-        from .sweep import measure_sets
+        from .sweep import OutputFolderLocked, measure_sets
 
         try:
             res = measure_sets(args.x, args.against, metric=args.metric, topk=args.topk, out_dir=args.out,
-                               q=args.q, exact=args.exact, concat=args.concat, progress=not args.no_progress)
-        except (ValueError, TypeError) as exc:
-            parser.exit(2, f"platonic-fast measure: error: {exc}\n")
+                               q=args.q, exact=args.exact, concat=args.concat, progress=not args.no_progress,
+                               wait=args.wait)
+        except (ValueError, TypeError, OSError, OutputFolderLocked) as exc:
+            parser.exit(2, f"platonic-fast measure: error: {_one_line(exc)}\n")
         width = max(len(n) for n in res.names_x)
         print(f"{res.metric} (best layer pair per model pair)")
         print(" " * width + "  " + "  ".join(f"{n[:10]:>10}" for n in res.names_y))
@@ -96,6 +113,29 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:<{width}}  " + "  ".join(f"{v:>10.4f}" for v in row))
         print("wrote " + ", ".join(str(p) for p in res.files.values()))
     return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _verify(files: list[str]) -> int:
+    """``platonic-fast verify``: one line per file, exit 1 when any file is not verified."""
+    from pathlib import Path
+
+    from .features import verify
+
+    failed = 0
+    for name in files:
+        try:
+            print(f"OK    {name}  {verify(name)}")
+        except (ValueError, TypeError, OSError) as exc:
+            failed += 1
+            reason = _one_line(exc)
+            named = repr(str(Path(name)))  # the messages start with the file's name: say it once
+            reason = reason[len(named):].lstrip(" :") if reason.startswith(named) else reason
+            print(f"FAIL  {name}  {reason}")
+    return 1 if failed else 0
 
 
 def _samples(args):

@@ -9,11 +9,12 @@ download only when a hub id is named.
 >>> f.layers.shape, f.bpb.shape, f.meta["num_params"]                       # doctest: +SKIP
 >>> f.save("feats/bloomz-560m.safetensors")                                # doctest: +SKIP
 >>> f = features.load("feats/bloomz-560m.safetensors", mmap=True)          # doctest: +SKIP
+>>> features.verify("feats/bloomz-560m.safetensors")                       # doctest: +SKIP
 """
 
 from . import datasets
 from .language import language
-from .storage import Features, load, save
+from .storage import Features, load, save, verify
 from .vision import default_transform, vision
 
-__all__ = ["Features", "datasets", "default_transform", "language", "load", "save", "vision"]
+__all__ = ["Features", "datasets", "default_transform", "language", "load", "save", "verify", "vision"]
