@@ -38,13 +38,18 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SHAPES = [(5, 1, 3), (37, 20, 33), (130, 40, 17)]
 
 
-def _dense_sums(a, b, kernel, sigma):
+def _dense_sums(a, b, kernel, rbf):
+    """The kernel's tiles as the fused kernel forms them: linear, or (expm1(γ(m - d²)) + b) / h."""
     a, b = a.double(), b.double()
+
+    def held(x, form):
+        gamma, m, off, inv_h = form
+        return (torch.expm1(gamma * (m - torch.cdist(x, x).square())) + off) * inv_h
+
     if kernel == "ip":
         K, L = a @ a.T, b @ b.T
     else:
-        K = torch.exp(-torch.cdist(a, a).square() / (2 * sigma**2))
-        L = torch.exp(-torch.cdist(b, b).square() / (2 * sigma**2))
+        K, L = held(a, rbf[0]), held(b, rbf[1])
     return {"cross": (K * L).sum(), "self_k": (K * K).sum(), "self_l": (L * L).sum(),
             "rows_k": K.sum(1), "rows_l": L.sum(1), "abs_rows_k": K.abs().sum(1), "abs_rows_l": L.abs().sum(1)}
 
@@ -58,9 +63,10 @@ def test_sums_match_dense(n, da, db, kernel, dtype):
     g = torch.Generator().manual_seed(n + da)
     a = torch.randn(n, da, generator=g).to(dtype)
     b = torch.randn(n, db, generator=g).to(dtype)
-    got = hsic_sums(a.to(DEVICE), b.to(DEVICE), kernel, 2.0)
+    rbf = ((1 / 8, 0.0, 1.0, 1.0),) * 2  # exp(-d²/(2σ²)), σ = 2
+    got = hsic_sums(a.to(DEVICE), b.to(DEVICE), kernel, rbf=rbf)
     # The reference sees the same (rounded) input values; accumulation is float32 in tiles.
-    want = _dense_sums(a.float(), b.float(), kernel, 2.0)
+    want = _dense_sums(a.float(), b.float(), kernel, rbf)
     for key in ("cross", "self_k", "self_l"):
         assert got[key] == pytest.approx(float(want[key]), rel=2e-6, abs=1e-6)
     for key in ("rows_k", "rows_l"):
@@ -76,12 +82,15 @@ def test_every_tile_pair_counted_once(n):
     # 16-row tiles: 2, 4, 5 and 6 row blocks (an even count has pairs half-way round the circle).
     g = torch.Generator().manual_seed(n)
     a, b = torch.randn(n, 5, generator=g), torch.randn(n, 3, generator=g)
-    got = hsic_sums(a.to(DEVICE), b.to(DEVICE), "rbf", 1.5, block=16, block_d=16)
-    want = _dense_sums(a, b, "rbf", 1.5)
+    gamma = 1 / (2 * 1.5**2)
+    rbf = ((gamma, 3.0, 0.0, 2.0), (gamma, 0.0, 1.0, 0.5))  # a shifted and a plain form
+    got = hsic_sums(a.to(DEVICE), b.to(DEVICE), "rbf", rbf=rbf, block=16, block_d=16)
+    want = _dense_sums(a, b, "rbf", rbf)
     for key in ("cross", "self_k", "self_l"):
         assert got[key] == pytest.approx(float(want[key]), rel=2e-6)
     for key in ("rows_k", "rows_l"):
-        torch.testing.assert_close(got[key].cpu(), want[key], rtol=2e-6, atol=0)
+        scale = float(want["abs_" + key].max())  # shifted RBF rows mix signs: bound by Σ|terms|
+        torch.testing.assert_close(got[key].cpu(), want[key], rtol=0, atol=2e-6 * scale)
 
 
 @needs_triton
@@ -91,7 +100,7 @@ def test_non_contiguous_inputs():
     a = torch.randn(40, 70, generator=g)[:, ::2]  # stride 2 along features
     b = torch.randn(30, 40, generator=g).T  # transposed view
     got = hsic_sums(a.to(DEVICE), b.to(DEVICE), "ip")
-    want = _dense_sums(a, b, "ip", 1.0)
+    want = _dense_sums(a, b, "ip", None)
     assert got["cross"] == pytest.approx(float(want["cross"]), rel=2e-6)
 
 

@@ -33,7 +33,8 @@ _KNN_SIG = {"q_ptr": "*{dt}", "k_ptr": "*{dt}", "out_val_ptr": "*fp32", "out_idx
             "size_class": "i32"}
 _KNN_DIV = ("q_ptr", "k_ptr", "out_val_ptr", "out_idx_ptr", "d", "stride_q", "stride_k")
 _HSIC_SIG = {"a_ptr": "*{dt}", "b_ptr": "*{dt}", "sq_a_ptr": "*fp32", "sq_b_ptr": "*fp32", "n": "i32",
-             "da": "i32", "db": "i32", "stride_a": "i32", "stride_b": "i32", "inv_two_sigma2": "fp32",
+             "da": "i32", "db": "i32", "stride_a": "i32", "stride_b": "i32",
+             **{f"{p}_{s}": "fp32" for s in "ab" for p in ("gamma", "shift", "offset", "inv_h")},
              "partial_ptr": "*fp64", "rows_k_ptr": "*fp64", "rows_l_ptr": "*fp64", "size_class": "i32"}
 _HSIC_DIV = ("a_ptr", "b_ptr", "sq_a_ptr", "sq_b_ptr", "da", "db", "stride_a", "stride_b",
              "partial_ptr", "rows_k_ptr", "rows_l_ptr")

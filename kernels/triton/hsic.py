@@ -1,8 +1,9 @@
 """Fused centred-kernel sums for two feature sets in one pass over N x N tiles (Triton).
 
-For kernels K (from A) and L (from B) of the same N samples — linear (⟨x, y⟩) or RBF
-(exp(-‖x - y‖² / (2σ²))) — one pass over the BLOCK x BLOCK tiles of one triangle accumulates
-everything biased and unbiased HSIC need (SPEC §1):
+For kernels K (from A) and L (from B) of the same N samples — linear (⟨x, y⟩) or the RBF in
+the held form of ops/hsic.py, K̂ = (expm1(γ(m - ‖x - y‖²)) + b) / h (γ, m, b, 1/h per side;
+γ = 1/(2σ²), m = 0, b = 1, h = 1 is exp(-‖x - y‖²/(2σ²)) itself) — one pass over the
+BLOCK x BLOCK tiles of one triangle accumulates everything biased and unbiased HSIC need (SPEC §1):
 
     Σ K∘L, Σ K∘K, Σ L∘L   and the row sums K1, L1
 
@@ -11,7 +12,8 @@ written to global memory; off-diagonal tiles count twice (the transpose) and add
 of both of their row blocks. Tile sums are reduced in float32 inside the tile, then accumulated
 in float64 (per row block, and per row for the row sums). Memory: O(N) beyond the inputs.
 
-The diagonal is known without the pass (linear: ‖x_i‖², RBF: 1), so it is not returned.
+The diagonal is known without the pass (linear: ‖x_i‖², RBF: (expm1(γm) + b) / h), so it is
+not returned.
 """
 
 from __future__ import annotations
@@ -52,7 +54,15 @@ def _gram_tile(x_ptr, n, d, stride, row0, col0, BLOCK: tl.constexpr, BLOCK_D: tl
 
 
 @triton.jit
-def _kernel_tile(x_ptr, sq_ptr, n, d, stride, row0, col0, inv_two_sigma2,
+def _expm1(x):
+    """exp(x) - 1 without cancellation near 0 (Kahan's identity)."""
+    u = tl.exp(x)
+    safe = tl.where((u == 1.0) | (u == 0.0), 0.5, u)  # keeps log() finite on the masked lanes
+    return tl.where(u == 1.0, x, tl.where(u == 0.0, -1.0, (safe - 1.0) * x / tl.log(safe)))
+
+
+@triton.jit
+def _kernel_tile(x_ptr, sq_ptr, n, d, stride, row0, col0, gamma, shift, offset, inv_h,
                  RBF: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr):
     g = _gram_tile(x_ptr, n, d, stride, row0, col0, BLOCK, BLOCK_D, UPCAST)
     if RBF:
@@ -62,13 +72,14 @@ def _kernel_tile(x_ptr, sq_ptr, n, d, stride, row0, col0, inv_two_sigma2,
         sq_c = tl.load(sq_ptr + cols, mask=cols < n, other=0.0)
         dist = tl.maximum(sq_r[:, None] + sq_c[None, :] - 2.0 * g, 0.0)
         dist = tl.where(rows[:, None] == cols[None, :], 0.0, dist)  # exact zero distance to self
-        g = tl.exp(-dist * inv_two_sigma2)
+        g = (_expm1((shift - dist) * gamma) + offset) * inv_h
     return g
 
 
 @triton.jit
 def _hsic_sums_kernel(a_ptr, b_ptr, sq_a_ptr, sq_b_ptr, n, da, db, stride_a, stride_b,
-                      inv_two_sigma2, partial_ptr, rows_k_ptr, rows_l_ptr, size_class,
+                      gamma_a, shift_a, offset_a, inv_h_a, gamma_b, shift_b, offset_b, inv_h_b,
+                      partial_ptr, rows_k_ptr, rows_l_ptr, size_class,
                       RBF: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
                       UPCAST: tl.constexpr):
     # Program (bi, t) handles tile (bi, (bi + t) mod nb) for t = 0 .. nb // 2: every unordered
@@ -84,8 +95,10 @@ def _hsic_sums_kernel(a_ptr, b_ptr, sq_a_ptr, sq_b_ptr, n, da, db, stride_a, str
     bj = (bi + t) % n_blocks
     row0 = bi * BLOCK
     col0 = bj * BLOCK
-    k = _kernel_tile(a_ptr, sq_a_ptr, n, da, stride_a, row0, col0, inv_two_sigma2, RBF, BLOCK, BLOCK_D, UPCAST)
-    l = _kernel_tile(b_ptr, sq_b_ptr, n, db, stride_b, row0, col0, inv_two_sigma2, RBF, BLOCK, BLOCK_D, UPCAST)
+    k = _kernel_tile(a_ptr, sq_a_ptr, n, da, stride_a, row0, col0, gamma_a, shift_a, offset_a, inv_h_a,
+                     RBF, BLOCK, BLOCK_D, UPCAST)
+    l = _kernel_tile(b_ptr, sq_b_ptr, n, db, stride_b, row0, col0, gamma_b, shift_b, offset_b, inv_h_b,
+                     RBF, BLOCK, BLOCK_D, UPCAST)
     rows = row0 + tl.arange(0, BLOCK)
     cols = col0 + tl.arange(0, BLOCK)
     valid = (rows[:, None] < n) & (cols[None, :] < n)
@@ -124,7 +137,7 @@ PROXY_ROWS = 32_768
 _tuned_keys: set = set()
 
 
-def hsic_sums(a: torch.Tensor, b: torch.Tensor, kernel: str = "ip", sigma: float = 1.0, *,
+def hsic_sums(a: torch.Tensor, b: torch.Tensor, kernel: str = "ip", rbf=None, *,
               block: int | None = None, block_d: int = 32) -> dict:
     """Σ K∘L, Σ K∘K, Σ L∘L (floats) and row sums K1, L1 (float64 tensors) in one fused pass.
 
@@ -135,8 +148,9 @@ def hsic_sums(a: torch.Tensor, b: torch.Tensor, kernel: str = "ip", sigma: float
         For the linear kernel pass column-centred features: HSIC is invariant to the shift and
         centring avoids cancellation in the sums.
     kernel : "ip" or "rbf"
-    sigma : float
-        RBF bandwidth.
+    rbf : pair of (γ, m, b, 1/h) tuples (for a, for b)
+        RBF only: the tiles are (expm1(γ(m - d²)) + b) / h (``ops.hsic.rbf_form``); (γ, 0, 1, 1) is
+        exp(-γ d²). γ is clamped to the float32 range (an overflow to inf gives the exact limit).
     block, block_d : int
         Tile rows and the feature-dimension step (powers of two, >= 16 for tl.dot). Default:
         autotuned on a GPU, 64 x 32 in the interpreter.
@@ -148,34 +162,41 @@ def hsic_sums(a: torch.Tensor, b: torch.Tensor, kernel: str = "ip", sigma: float
     a = a.contiguous()
     b = b.to(a.device).contiguous()
     with torch.cuda.device(a.device) if a.is_cuda else contextlib.nullcontext():
-        return _hsic_sums(a, b, kernel, sigma, block, block_d)
+        if kernel == "rbf" and rbf is None:
+            raise ValueError("the RBF kernel needs rbf=((γ, m, b, 1/h) for a, (γ, m, b, 1/h) for b)")
+        params = tuple(float(v) for side in (rbf or ((0.0, 0.0, 0.0, 1.0),) * 2) for v in side)
+        params = tuple(min(v, _F32_MAX) for v in params)  # γ past float32: the exact limit
+        return _hsic_sums(a, b, kernel, params, block, block_d)
 
 
-def _hsic_sums(a, b, kernel, sigma, block, block_d) -> dict:
+_F32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def _hsic_sums(a, b, kernel, rbf, block, block_d) -> dict:
     if not interpreted() and block is None:
         tune_key = (a.device, a.shape[1], b.shape[1], kernel, a.dtype, b.dtype)
         if tune_key not in _tuned_keys and a.shape[0] > PROXY_ROWS:
-            _hsic_sums_launch(a[:PROXY_ROWS], b[:PROXY_ROWS], kernel, sigma, None, block_d)
+            _hsic_sums_launch(a[:PROXY_ROWS], b[:PROXY_ROWS], kernel, rbf, None, block_d)
         _tuned_keys.add(tune_key)
-    return _hsic_sums_launch(a, b, kernel, sigma, block, block_d)
+    return _hsic_sums_launch(a, b, kernel, rbf, block, block_d)
 
 
-def _hsic_sums_launch(a, b, kernel, sigma, block, block_d) -> dict:
+def _hsic_sums_launch(a, b, kernel, rbf, block, block_d) -> dict:
     n = a.shape[0]
-    rbf = kernel == "rbf"
-    sq_a = a.float().square().sum(dim=1) if rbf else a.new_zeros(1, dtype=torch.float32)
-    sq_b = b.float().square().sum(dim=1) if rbf else b.new_zeros(1, dtype=torch.float32)
+    sq_a = a.float().square().sum(dim=1) if kernel == "rbf" else a.new_zeros(1, dtype=torch.float32)
+    sq_b = b.float().square().sum(dim=1) if kernel == "rbf" else b.new_zeros(1, dtype=torch.float32)
     # Sized for the smallest tile any configuration may pick.
     partial = torch.zeros(triton.cdiv(n, _MIN_BLOCK), 3, dtype=torch.float64, device=a.device)
     rows_k = torch.zeros(n, dtype=torch.float64, device=a.device)
     rows_l = torch.zeros(n, dtype=torch.float64, device=a.device)
-    args = (a, b, sq_a, sq_b, n, a.shape[1], b.shape[1], a.stride(0), b.stride(0),
-            1.0 / (2.0 * sigma * sigma), partial, rows_k, rows_l, min(triton.next_power_of_2(n), PROXY_ROWS))
+    args = (a, b, sq_a, sq_b, n, a.shape[1], b.shape[1], a.stride(0), b.stride(0), *rbf,
+            partial, rows_k, rows_l, min(triton.next_power_of_2(n), PROXY_ROWS))
+    is_rbf = kernel == "rbf"
     if interpreted() or block is not None:
         block = block or 64
-        _hsic_sums_kernel[_grid(n, block)](*args, RBF=rbf, BLOCK=block, BLOCK_D=block_d, UPCAST=interpreted())
+        _hsic_sums_kernel[_grid(n, block)](*args, RBF=is_rbf, BLOCK=block, BLOCK_D=block_d, UPCAST=interpreted())
     else:
-        _hsic_sums_tuned[lambda meta: _grid(n, meta["BLOCK"])](*args, RBF=rbf, UPCAST=False)
+        _hsic_sums_tuned[lambda meta: _grid(n, meta["BLOCK"])](*args, RBF=is_rbf, UPCAST=False)
     totals = partial.sum(dim=0)
     return {"cross": float(totals[0]), "self_k": float(totals[1]), "self_l": float(totals[2]),
             "rows_k": rows_k, "rows_l": rows_l}

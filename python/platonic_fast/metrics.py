@@ -33,8 +33,9 @@ class Neighbours:
     """kNN lists of one feature set (self excluded unless a metric says otherwise)."""
 
     indices: torch.Tensor  # N x k int64
-    values: torch.Tensor | None = None  # N x k kernel values, when a metric needs them
+    values: torch.Tensor | None = None  # N x k kernel values (times 2**-scale_exp), when a metric needs them
     self_sums: dict | None = None  # CKNNA: masked sums of the set with itself
+    scale_exp: int = 0  # the true kernel values are values · 2**scale_exp
 
 
 # --- the spec ---------------------------------------------------------------------------------
@@ -108,7 +109,7 @@ def _list_metric(name: str, kind: str, reduce: Callable[[torch.Tensor, int], flo
     ops = ("knn", "neighbour_lists")
 
     def prepare(x, *, topk, backend="auto"):
-        _, idx = neighbours(x, topk, exclude_self=True, backend=for_op("knn", backend, ops))
+        _, idx, _ = neighbours(x, topk, exclude_self=True, backend=for_op("knn", backend, ops))
         return Neighbours(idx)
 
     def pair(sa: Neighbours, sb: Neighbours, *, topk=None, backend="auto"):
@@ -151,15 +152,16 @@ def _cknna_similarity(s: dict, n: int, *, unbiased: bool, distance_agnostic: boo
     return s["trace_kl"] - s["k_then_l"] / n - s["l_then_k"] / n + s["sum_k"] * s["sum_l"] / n**2
 
 
-def _cknna_state(idx: torch.Tensor, vals: torch.Tensor, unbiased: bool, backend: str) -> Neighbours:
-    st = Neighbours(idx, vals)
+def _cknna_state(idx: torch.Tensor, vals: torch.Tensor, unbiased: bool, backend: str,
+                 scale_exp: int = 0) -> Neighbours:
+    st = Neighbours(idx, vals, scale_exp=scale_exp)
     st.self_sums = _masked_sums(st, st, zero_diagonal=unbiased, backend=backend)
     return st
 
 
 def _cknna_prepare(x, *, topk, unbiased=True, distance_agnostic=False, backend="auto"):
-    vals, idx = neighbours(x, topk, exclude_self=unbiased, backend=for_op("knn", backend, _CKNNA_OPS))
-    return _cknna_state(idx, vals, unbiased, backend)
+    vals, idx, e = neighbours(x, topk, exclude_self=unbiased, backend=for_op("knn", backend, _CKNNA_OPS))
+    return _cknna_state(idx, vals, unbiased, backend, scale_exp=e)
 
 
 def _cknna_pair(sa: Neighbours, sb: Neighbours, *, topk=None, unbiased=True, distance_agnostic=False,
@@ -171,7 +173,10 @@ def _cknna_pair(sa: Neighbours, sb: Neighbours, *, topk=None, unbiased=True, dis
     ll = _cknna_similarity(sb.self_sums, n, **opts)
     if distance_agnostic:
         return kl / max(kk * ll, 1e-300) ** 0.5
-    return kl / (max(kk * ll, 0.0) ** 0.5 + 1e-6)
+    # The sums are in scaled units (values · 2**-e): move the SPEC's 1e-6 guard there too.
+    exponent = -(sa.scale_exp + sb.scale_exp)
+    guard = 1e-6 * 2.0 ** exponent if exponent < 1000 else float("inf")
+    return kl / (max(kk * ll, 0.0) ** 0.5 + guard)
 
 
 def _cknna_validate(opts: dict, n: int, widths) -> dict:

@@ -10,14 +10,31 @@ Biased and unbiased HSIC of kernels K (from A) and L (from B) need only
 - tiles: one pass over the upper-triangular b x b tiles of K and L (linear or RBF), each tile
   built by a GEMM, used for both itself and its transpose, and dropped. O(N) extra memory.
 
-All sums are accumulated in float64; tiles are computed in float32 (float64 for float64 input).
+All sums are accumulated in float64; tiles are computed in float32, or in float64 for float64
+input and for problems small enough that float64 costs nothing (few samples and wide features
+is where float32 Grams lose the unbiased estimator to cancellation).
+
+Exact at any scale. Each kernel is held as ``scale · K̂`` with K̂ of order one:
+- linear: centred features times a power of two (exact), so squares of Gram entries neither
+  overflow nor underflow float32; ``scale`` = 4^e.
+- RBF: features centred (the kernel is translation invariant). When σ is large against the
+  typical squared distance m (γ·m <= 1, γ = 1/(2σ²)), every entry of K is close to 1 and the
+  HSIC sums would cancel; the kernel is then shifted by its value at the typical distance,
+  K̃ = K − c·11ᵀ = c·expm1(γ(m − d²)), c = exp(−γm), and held as K̂ = expm1(γ(m − d²)) / h with
+  h = −expm1(−γm): entries of order one on both sides of zero, computed without cancellation.
+  Biased HSIC is invariant to adding a constant to every entry of K (the unbiased one zeroes
+  the diagonal and is invariant to adding it off the diagonal), so HSIC(K̃, ·) = HSIC(K, ·)
+  exactly. Otherwise K̂ = K.
+CKA then applies the SPEC's 1e-6 guard in true units: HSIC(K,L) / (√(HSIC(K,K)·HSIC(L,L)) + 1e-6).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .._backends import MIN_CUDA_CAPABILITY, register
@@ -26,20 +43,30 @@ from .knn import compute_dtype
 KERNELS = ("ip", "rbf")
 # Rows per tile: a 2048 x 2048 float32 tile is 16 MiB.
 TILE_ROWS = 2048
+# Multiply-adds below which the sums are computed in float64 whatever the input dtype (~10 ms).
+FLOAT64_WORK = 1 << 28
+_F32_MAX = float(torch.finfo(torch.float32).max)
 
 
 @dataclass
 class KernelStats:
-    """One feature set's kernel, summarised for HSIC: everything but the cross term."""
+    """One feature set's kernel, summarised for HSIC: everything but the cross term.
+
+    The kernel is ``2**scale_exp · scale · K̂``; every tensor and sum here is in K̂ units.
+    """
 
     kernel: str
-    sigma: float
-    features: torch.Tensor  # centred (linear) or as given (rbf), in the compute dtype
+    sigma: float  # as given
+    rbf: tuple  # RBF: (γ, m, b, 1/h): K̂ = (expm1(γ(m − d²)) + b) / h, in the units of ``features``
+    features: torch.Tensor  # centred (and scaled) features in the compute dtype
     sq_norms: torch.Tensor | None  # ‖x_i‖² for RBF tiles
-    self_sum: float | None  # Σ K∘K (None: filled by the first fused pass, Triton backend)
-    row_sums: torch.Tensor | None  # K1, float64
-    diag: torch.Tensor  # diag(K), float64
+    self_sum: float | None  # Σ K̂∘K̂ (None: filled by the first fused pass, Triton backend)
+    row_sums: torch.Tensor | None  # K̂1, float64
+    diag: torch.Tensor  # diag(K̂), float64
     fused: bool = False  # sums come from the Triton kernel's one pass over a pair
+    scale: float = 1.0  # RBF: c·h (K̃ = scale · K̂)
+    scale_exp: int = 0  # linear: the power of two the features were divided by, twice
+    source: torch.Tensor | None = None  # the features as given (Triton stats, to re-derive)
 
     @property
     def n(self) -> int:
@@ -50,6 +77,14 @@ def _blocks(n: int, size: int):
     return [(s, min(n, s + size)) for s in range(0, n, size)]
 
 
+def _shifted_rbf(sq: torch.Tensor, rbf: tuple) -> torch.Tensor:
+    """K̂ = (expm1(γ(m − d²)) + b) / h in place on squared distances ``sq`` (γ clamped to float32)."""
+    gamma, m, b, inv_h = rbf
+    # γ·d² overflowing to inf gives exp(−inf) = 0, the exact limit; 0·γ stays 0 (duplicates).
+    out = torch.expm1_(sq.sub_(m).mul_(-min(gamma, _F32_MAX)))
+    return (out.add_(b) if b else out).mul_(inv_h)
+
+
 def _kernel_tile(st: KernelStats, i0: int, i1: int, j0: int, j1: int) -> torch.Tensor:
     x = st.features
     g = x[i0:i1] @ x[j0:j1].T
@@ -58,7 +93,41 @@ def _kernel_tile(st: KernelStats, i0: int, i1: int, j0: int, j1: int) -> torch.T
     sq = (st.sq_norms[i0:i1, None] + st.sq_norms[None, j0:j1] - 2 * g).clamp_min_(0)
     if i0 == j0:
         sq.fill_diagonal_(0)  # exact zero distance to self
-    return torch.exp_(sq.mul_(-1.0 / (2 * st.sigma**2)))
+    return _shifted_rbf(sq, st.rbf)
+
+
+def _power_of_two_exponent(top: float) -> int:
+    """e with 2**e near ``top`` (0 for 0): dividing by 2**e is exact and brings ``top`` near 1."""
+    return int(np.frexp(top)[1]) if top > 0 else 0
+
+
+def _centred(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Column-centred features in ``dtype`` (the mean taken in float64)."""
+    return x.to(dtype) - x.mean(dim=0, dtype=torch.float64).to(dtype)
+
+
+def rbf_form(sigma: float, typical_sq: float) -> tuple[tuple, float, float]:
+    """The RBF kernel's held form for bandwidth σ and a typical squared distance m.
+
+    Returns ``((γ, m, b, 1/h), scale, diag)``: K̂ = (expm1(γ(m − d²)) + b) / h, the true kernel
+    (up to an HSIC-invariant constant) is ``scale · K̂``, and ``diag`` is K̂'s diagonal.
+
+    Raises
+    ------
+    ValueError
+        σ so small that 1/(2σ²) overflows float64, or so large that the kernel is constant.
+    """
+    gamma = 1.0 / (2.0 * sigma * sigma) if sigma < 1e150 else 0.0
+    if not math.isfinite(gamma):
+        raise ValueError(f"rbf_sigma={sigma!r} is too small: 1/(2σ²) overflows float64")
+    if typical_sq == 0.0 or gamma * typical_sq > 1.0:
+        return (gamma, 0.0, 1.0, 1.0), 1.0, 1.0  # K itself: entries decay, nothing cancels
+    h = -math.expm1(-gamma * typical_sq)
+    if h == 0.0:
+        raise ValueError(f"rbf_sigma={sigma!r} is too large for these features (typical squared distance "
+                         f"{typical_sq:.3g}): exp(-d²/(2σ²)) is 1 to float64 precision for every pair")
+    c = math.exp(-gamma * typical_sq)
+    return (gamma, typical_sq, 0.0, 1.0 / h), c * h, 1.0 / c
 
 
 def _tile_pairs(n: int):
@@ -86,33 +155,51 @@ def _use_feature_space(n: int, da: int, db: int) -> bool:
     return 2 * n * da * db <= n * n * (da + db)
 
 
+def _compute_dtype(x: torch.Tensor, feature_space: bool) -> torch.dtype:
+    n, d = x.shape
+    work = n * d * d if feature_space else n * n * d
+    return torch.float64 if work <= FLOAT64_WORK else compute_dtype(x)
+
+
+def _prepared_features(x: torch.Tensor, kernel: str, sigma: float, dtype: torch.dtype):
+    """Centred, scaled features and the kernel's form: (features, rbf, scale, scale_exp, rbf_diag)."""
+    centred = _centred(x, dtype)
+    e = _power_of_two_exponent(float(centred.abs().max()))
+    if e:
+        centred = centred * (2.0 ** -e)
+    if kernel == "ip":
+        return centred, (), 1.0, 2 * e, None
+    # For centred rows the mean squared distance between samples is 2·mean‖c_i‖².
+    typical = 2.0 * float(centred.to(torch.float64).square().sum(dim=1).mean())
+    rbf, scale, diag = rbf_form(sigma * 2.0 ** -e, typical)
+    return centred, rbf, scale, 0, diag
+
+
 # One implementation on torch GEMM tiles serves both names: on the CPU it is the CPU path
 # (MKL/oneDNN GEMMs), and it runs unchanged on CUDA tensors.
 @register("hsic", "cpu", devices=("cpu",))
 @register("hsic", "torch", devices=("cpu", "cuda"))
 def kernel_stats(x: torch.Tensor, kernel: str = "ip", sigma: float = 1.0) -> KernelStats:
     """Summarise the kernel of features ``x`` (N x D, validated) for HSIC."""
-    dtype = compute_dtype(x)
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel_metric must be one of {KERNELS}, got {kernel!r}")
     n, d = x.shape
+    space = kernel == "ip" and _use_feature_space(n, d, d)
     with torch.no_grad():
+        feats, rbf, scale, scale_exp, rbf_diag = _prepared_features(x, kernel, sigma, _compute_dtype(x, space))
+        zeros = torch.zeros(n, dtype=torch.float64, device=x.device)
         if kernel == "ip":
-            # Both HSIC estimators are exactly invariant to shifting a linear kernel's features,
-            # so the centring need not be exact: it only tames cancellation.
-            xd = x.to(dtype)
-            centred = xd - xd.mean(dim=0, keepdim=True)
-            diag = centred.square().sum(dim=1).to(torch.float64)
-            zeros = torch.zeros(n, dtype=torch.float64, device=x.device)
-            if _use_feature_space(n, d, d):
-                self_sum = _gram_frob2(centred if d <= n else centred.T)
-                return KernelStats(kernel, sigma, centred, None, self_sum, zeros, diag)
-            st = KernelStats(kernel, sigma, centred, None, 0.0, zeros, diag)
-        elif kernel == "rbf":
-            xf = x.to(dtype)
-            sq = xf.to(torch.float64).square().sum(dim=1).to(dtype)
-            ones = torch.ones(n, dtype=torch.float64, device=x.device)
-            st = KernelStats(kernel, sigma, xf, sq, 0.0, torch.zeros_like(ones), ones)
+            # Both HSIC estimators are exactly invariant to shifting a linear kernel's features:
+            # for centred features the exact row sums are zero (the float rounding is not kept).
+            diag = feats.to(torch.float64).square().sum(dim=1)
+            st = KernelStats(kernel, sigma, rbf, feats, None, None, zeros, diag, scale=scale, scale_exp=scale_exp)
+            if space:
+                st.self_sum = _gram_frob2(feats if d <= n else feats.T)
+                return st
         else:
-            raise ValueError(f"kernel_metric must be one of {KERNELS}, got {kernel!r}")
+            sq = feats.to(torch.float64).square().sum(dim=1).to(feats.dtype)
+            st = KernelStats(kernel, sigma, rbf, feats, sq, None, zeros, torch.full_like(zeros, rbf_diag),
+                             scale=scale)
         self_sum = 0.0
         rows = torch.zeros(n, dtype=torch.float64, device=x.device)
         for i0, i1, j0, j1, w in _tile_pairs(n):
@@ -124,7 +211,6 @@ def kernel_stats(x: torch.Tensor, kernel: str = "ip", sigma: float = 1.0) -> Ker
         st.self_sum = self_sum
         if kernel == "rbf":
             st.row_sums = rows
-        # For centred linear features the exact row sums are zero; the float rounding is not kept.
         return st
 
 
@@ -132,23 +218,25 @@ def kernel_stats(x: torch.Tensor, kernel: str = "ip", sigma: float = 1.0) -> Ker
 @register("hsic", "triton", devices=("cuda",), dtypes=(torch.float32, torch.float16, torch.bfloat16),
           min_capability=MIN_CUDA_CAPABILITY, needs=("triton",))
 def kernel_stats_fused(x: torch.Tensor, kernel: str = "ip", sigma: float = 1.0) -> KernelStats:
-    """Triton backend: the features only; every sum comes from the fused pass over a pair."""
+    """Triton backend: the prepared features only; every sum comes from the fused pass over a pair."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel_metric must be one of {KERNELS}, got {kernel!r}")
     with torch.no_grad():
+        # Half types stay half (the kernel's tensor-core dots); centring and a power-of-two
+        # scale are exact enough there and keep the tiles in range.
+        feats, rbf, scale, scale_exp, rbf_diag = _prepared_features(x, kernel, sigma, x.dtype)
         if kernel == "ip":
-            feats = x - x.float().mean(dim=0, keepdim=True).to(x.dtype)
             diag = feats.float().square().sum(dim=1).to(torch.float64)
         else:
-            feats = x
-            diag = torch.ones(x.shape[0], dtype=torch.float64, device=x.device)
-    return KernelStats(kernel, sigma, feats, None, None, None, diag, fused=True)
+            diag = torch.full((x.shape[0],), rbf_diag, dtype=torch.float64, device=x.device)
+    return KernelStats(kernel, sigma, rbf, feats, None, None, None, diag, fused=True, scale=scale,
+                       scale_exp=scale_exp, source=x)
 
 
 def _fused_cross_sum(ka: KernelStats, kb: KernelStats) -> float:
     from ..triton.hsic import hsic_sums
 
-    sums = hsic_sums(ka.features, kb.features, ka.kernel, ka.sigma)
+    sums = hsic_sums(ka.features, kb.features, ka.kernel, rbf=(ka.rbf, kb.rbf) if ka.kernel == "rbf" else None)
     # One pass gives both kernels' own sums too: fill whatever the stats still miss.
     if ka.self_sum is None:
         ka.self_sum, ka.row_sums = sums["self_k"], sums["rows_k"]
@@ -158,9 +246,8 @@ def _fused_cross_sum(ka: KernelStats, kb: KernelStats) -> float:
 
 
 def _unfuse(st: KernelStats) -> None:
-    """Turn Triton-backend stats into torch-backend stats in place (their features suffice:
-    re-centring centred features changes nothing)."""
-    full = kernel_stats(st.features, st.kernel, st.sigma)
+    """Turn Triton-backend stats into torch-backend stats in place, from the features as given."""
+    full = kernel_stats(st.source, st.kernel, st.sigma)
     for field in dataclasses.fields(KernelStats):
         setattr(st, field.name, getattr(full, field.name))
 
@@ -211,12 +298,23 @@ def hsic_from_sums(cross: float, ka: KernelStats, kb: KernelStats, *, unbiased: 
     return (cross_t + sum_a * sum_b / ((n - 1) * (n - 2)) - 2.0 * rows_t / (n - 2)) / (n * (n - 3))
 
 
+def _true_units(ka: KernelStats, kb: KernelStats) -> float:
+    """log2 of the factor that takes HSIC(K̂a, K̂b) to HSIC(Ka, Kb)."""
+    return ka.scale_exp + kb.scale_exp + math.log2(ka.scale) + math.log2(kb.scale)
+
+
 def cka_from_stats(ka: KernelStats, kb: KernelStats, *, unbiased: bool) -> float:
-    """HSIC(K,L) / (sqrt(HSIC(K,K)·HSIC(L,L)) + 1e-6), as the reference defines CKA."""
+    """HSIC(K,L) / (sqrt(HSIC(K,K)·HSIC(L,L)) + 1e-6), as the reference defines CKA.
+
+    The HSICs are taken of the scaled kernels K̂, L̂; the 1e-6 guard is moved into the same
+    units (1e-6 / (scale_K · scale_L)), so the result is the SPEC's in true units, at any scale.
+    """
     hkl = hsic_from_sums(cross_sum(ka, kb), ka, kb, unbiased=unbiased)
     hkk = hsic_from_sums(ka.self_sum, ka, ka, unbiased=unbiased)
     hll = hsic_from_sums(kb.self_sum, kb, kb, unbiased=unbiased)
     prod = hkk * hll
+    exponent = -_true_units(ka, kb)
+    guard = 1e-6 * 2.0 ** exponent if exponent < 1000 else math.inf
     # sqrt of a product that rounding made slightly negative: the reference gets NaN there;
     # clamp to zero so the 1e-6 guard applies.
-    return hkl / (max(prod, 0.0) ** 0.5 + 1e-6)
+    return hkl / (max(prod, 0.0) ** 0.5 + guard)

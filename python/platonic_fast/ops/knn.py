@@ -126,7 +126,7 @@ def knn(x, k, exclude_self=_UNSET, *, backend: str = "auto"):
     if not isinstance(exclude, bool):
         raise TypeError(f"exclude_self must be True or False, got {exclude!r}")
     k = check_topk(k, x.shape[0], name="k", self_excluded=exclude)
-    return neighbours(x, k, exclude_self=exclude, backend=backend)
+    return search(x, None, k, exclude_self=exclude, backend=backend)
 
 
 def _scale_exponent(t: torch.Tensor) -> int:
@@ -143,13 +143,16 @@ def _scaled(t: torch.Tensor, e: int) -> torch.Tensor:
 
 
 def search(queries: torch.Tensor, keys: torch.Tensor | None, k: int, *, exclude_self: bool,
-           backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact kNN of validated features (``keys=None``: the self form), values unscaled.
+           backend: str = "auto", unscale: bool = True):
+    """Exact kNN of validated features (``keys=None``: the self form).
+
+    Returns ``(values, indices)``; with ``unscale=False``, ``(values, indices, e)`` where the true
+    scores are ``values · 2**e`` (metrics that only scale-invariantly use the values take these).
 
     Raises
     ------
     ValueError
-        A returned score does not fit the output dtype (float32 for float32/half inputs).
+        ``unscale`` and a score does not fit the output dtype (float32 for float32/half inputs).
     """
     symmetric = keys is None
     eq = _scale_exponent(queries)
@@ -165,6 +168,8 @@ def search(queries: torch.Tensor, keys: torch.Tensor | None, k: int, *, exclude_
     kk = min(k + RESCORE_EXTRA, n_cand, limit if limit is not None else n_cand)
     vals, idx = impl(q, kt, kk, exclude_self=exclude_self)
     vals, idx = _settle(q, keys_, vals, idx, k, exclude_self=symmetric and exclude_self, n_cand=n_cand)
+    if not unscale:
+        return vals, idx, eq + ek
     if eq + ek:
         out = vals.to(torch.float64) * 2.0 ** (eq + ek)
         if vals.dtype != torch.float64 and bool((out.abs() > torch.finfo(vals.dtype).max).any()):
@@ -358,8 +363,11 @@ def _exact_topk(s: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def neighbours(x: torch.Tensor, k: int, *, exclude_self: bool = True, backend: str = "auto"):
-    """knn of already-validated features (internal: metrics validate once, then call this)."""
-    return search(x, None, k, exclude_self=exclude_self, backend=backend)
+    """knn of already-validated features (internal: metrics validate once, then call this).
+
+    Returns ``(values, indices, e)``: the true scores are ``values · 2**e`` (see :func:`search`).
+    """
+    return search(x, None, k, exclude_self=exclude_self, backend=backend, unscale=False)
 
 
 __all__ = ["knn", "neighbours", "compute_dtype"]
