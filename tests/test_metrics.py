@@ -1,6 +1,7 @@
 """Every metric against the dense float64 reference (SPEC §1), goldens, measure, prepare/score."""
 
 import functools
+import warnings
 
 import numpy as np
 import pytest
@@ -439,3 +440,130 @@ def test_metric_specs_declare_everything(pf):
     assert not pf.metric_spec("cycle_knn").symmetric and pf.metric_spec("cka").symmetric
     with pytest.raises(ValueError, match="unbiased=True"):
         pf.measure("unbiased_cka", *pair(37), unbiased=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# finite extremes: the right number, a clear error, or a documented warning — never a silent
+# wrong number (scales 1e-20..1e20, RBF σ far from the distances, offsets, few samples and
+# wide features, constant inputs)
+# ----------------------------------------------------------------------------------------------
+
+def _oracle_cka(a, b, kernel="ip", sigma=1.0, unbiased=False) -> float:
+    """float64 CKA of the SPEC, written to be well conditioned: centred features, and the RBF as
+    expm1(-d²/(2σ²)) = K - 11ᵀ (HSIC-equivalent to K, without the cancellation of exp ≈ 1)."""
+    a, b = a.double(), b.double()
+    a, b = a - a.mean(0), b - b.mean(0)
+
+    def kern(x):
+        return x @ x.T if kernel == "ip" else torch.expm1(-torch.cdist(x, x).square() / (2 * sigma**2))
+
+    K, L = kern(a), kern(b)
+    h = R.hsic_unbiased if unbiased else R.hsic_biased
+    return float(h(K, L) / (torch.sqrt((h(K, K) * h(L, L)).clamp_min(0)) + 1e-6))
+
+
+def _issue_pair(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(1000, 64, generator=g)
+    return a, a[:, :48] + 0.5 * torch.randn(1000, 48, generator=g)
+
+
+@pytest.mark.parametrize("scale", [1e-20, 1e-9, 1e-3, 1.0, 1e3, 1e9, 1e20])
+def test_scale_invariant_metrics_at_any_scale(pf, scale):
+    a, b = _issue_pair()
+    for metric in ("mutual_knn", "cycle_knn", "lcs_knn", "edit_distance_knn"):
+        assert getattr(pf, metric)(a * scale, b) == getattr(pf, metric)(a, b), metric
+    # svcca's +1e-8 in the standardisation (SPEC) is scale-dependent: check against float64
+    assert pf.svcca(a * scale, b) == pytest.approx(R.svcca((a * scale).double(), b.double()), abs=1e-5)
+    with warnings.catch_warnings():
+        # below ~1e-3 the SPEC's 1e-6 guard dominates CKA and CKNNA: a documented warning
+        warnings.simplefilter("ignore", pf.DegenerateInputWarning)
+        for unbiased in (False, True):
+            got = pf.cka(a * scale, b, unbiased=unbiased)
+            assert got == pytest.approx(_oracle_cka(a.double() * scale, b, unbiased=unbiased), abs=1e-5, rel=1e-6)
+            if scale >= 1.0:
+                assert got == pytest.approx(pf.cka(a, b, unbiased=unbiased), abs=1e-6)
+        got = pf.cknna(a * scale, b)
+    if scale >= 1.0:
+        assert got == pytest.approx(pf.cknna(a, b), abs=1e-6)
+
+
+def test_tiny_scale_warns_that_the_guard_dominates(pf):
+    a, b = _issue_pair()
+    with pytest.warns(pf.DegenerateInputWarning, match="1e-6"):
+        pf.cka(a * 1e-9, b)
+
+
+@pytest.mark.parametrize("sigma_factor", [1e-2, 1e-1, 1.0, 10.0, 1e2, 1e3])
+@pytest.mark.parametrize("offset", [0.0, 1e2, 1e4])
+@pytest.mark.parametrize("unbiased", [False, True], ids=["biased", "unbiased"])
+def test_rbf_cka_across_bandwidths_and_offsets(pf, sigma_factor, offset, unbiased):
+    g = torch.Generator().manual_seed(5)
+    a = F.normalize(torch.randn(600, 64, generator=g), dim=1)
+    b = F.normalize(a[:, :32] + 0.5 * torch.randn(600, 32, generator=g), dim=1)
+    a = (a + offset).float()  # the float32 features the oracle sees too
+    median = float(torch.pdist(a.double() - a.double().mean(0)).median())
+    sigma = sigma_factor * median
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pf.DegenerateInputWarning)  # σ = 0.01·median: near-identity
+        got = pf.cka(a, b, kernel_metric="rbf", rbf_sigma=sigma, unbiased=unbiased)
+    assert got == pytest.approx(_oracle_cka(a, b, "rbf", sigma, unbiased), abs=1e-5)
+
+
+@pytest.mark.parametrize("sigma", [1e-300, 1e155])
+def test_rbf_sigma_out_of_range_raises(pf, sigma):
+    a, b = _issue_pair()
+    with pytest.raises(ValueError, match="rbf_sigma"):
+        pf.cka(a, b, kernel_metric="rbf", rbf_sigma=sigma)
+
+
+def test_rbf_sigma_tiny_warns(pf):
+    a, b = _issue_pair()
+    with pytest.warns(pf.DegenerateInputWarning, match="identity"):
+        pf.cka(a, b, kernel_metric="rbf", rbf_sigma=1e-30)
+
+
+@pytest.mark.parametrize("n", [6, 20])
+def test_unbiased_cka_few_samples_wide_features(pf, n):
+    g = torch.Generator().manual_seed(n)
+    a = torch.randn(n, 200_000, generator=g)
+    b = a + torch.randn(n, 200_000, generator=g)
+    assert pf.unbiased_cka(a, b) == pytest.approx(_oracle_cka(a, b, unbiased=True), abs=1e-5)
+
+
+@pytest.mark.parametrize("metric", list(METRIC_KW))
+def test_constant_features_raise_instead_of_a_perfect_score(pf, metric):
+    const, other = torch.ones(20, 6), torch.randn(20, 4)
+    kw = {"cca_dim": 3} if metric == "svcca" else {}
+    for a, b, name in ((const, torch.ones(20, 4), "feats_A"), (other, const, "feats_B")):
+        with pytest.raises(pf.ConstantFeaturesError, match=name):
+            pf.measure(metric, a, b, **kw)
+    with pytest.raises(ValueError, match="constant"):
+        pf.prepare(metric, const, **kw)
+
+
+def test_constant_layer_in_a_layer_search_is_nan_with_a_warning(pf):
+    x = torch.randn(100, 5, 8)
+    x[:, 2] = 1.0
+    with pytest.warns(pf.DegenerateInputWarning, match="layer 2"):
+        res = pf.align(x, torch.randn(100, 3, 8), "mutual_knn")
+    assert bool(res.scores[2].isnan().all()) and not bool(res.scores[[0, 1, 3, 4]].isnan().any())
+    assert res.best_layers is not None and res.best_layers[0] != 2
+
+
+def test_svcca_constant_columns_are_zero_not_noise(pf):
+    g = torch.Generator().manual_seed(1)
+    r = torch.randn(50, 4, generator=g)
+    a = torch.cat([torch.full((50, 2), 3.7), r], dim=1)  # two constant columns
+    assert pf.svcca(a, r, cca_dim=4) == pytest.approx(1.0, abs=1e-9)
+    with pytest.warns(pf.DegenerateInputWarning, match="rank"):
+        pf.svcca(a, torch.cat([r, torch.randn(50, 2, generator=g)], dim=1), cca_dim=5)
+
+
+def test_numpy_negative_strides_and_big_endian(pf):
+    a, b = _issue_pair()
+    an, bn = a.numpy(), b.numpy()
+    want = pf.mutual_knn(a, b)
+    assert pf.mutual_knn(an.astype(">f4"), bn) == want
+    flipped = np.ascontiguousarray(an[::-1])[::-1]  # negative strides, same rows
+    assert pf.mutual_knn(flipped, bn) == want

@@ -9,6 +9,7 @@ numbers as the reference code, computed without N x N matrices.
 >>> score = pf.mutual_knn(a, b, topk=10)
 """
 
+from ._checks import ConstantFeaturesError, DegenerateInputWarning
 from .align import AlignResult, align
 from .metrics import (
     METRICS,
@@ -37,6 +38,8 @@ __version__ = "0.1.0"
 __all__ = [
     "AlignResult",
     "Alignment",
+    "ConstantFeaturesError",
+    "DegenerateInputWarning",
     "METRICS",
     "MetricSpec",
     "Prepared",

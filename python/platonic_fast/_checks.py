@@ -7,6 +7,7 @@ TypeError that names the argument and says what to do, never deep inside a kerne
 from __future__ import annotations
 
 import numbers
+import warnings
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,46 @@ import torch
 DTYPE_NAMES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
                "float64": torch.float64}
 FLOAT_DTYPES = tuple(DTYPE_NAMES.values())
+
+
+class ConstantFeaturesError(ValueError):
+    """Every sample has the same features: no metric can say anything about them."""
+
+
+class DegenerateInputWarning(UserWarning):
+    """Legal input on which a score carries little or no information (the message says why)."""
+
+
+def check_not_constant(t: torch.Tensor, name: str, metric: str) -> None:
+    """Raise :class:`ConstantFeaturesError` when all rows of ``t`` are identical.
+
+    Such a representation would otherwise score as perfectly aligned with another constant one
+    (every neighbour ties, so both lists are 0, 1, 2, ...) or as pure rounding noise.
+    """
+    if t.shape[0] < 2:
+        return
+    try:
+        lo, hi = torch.aminmax(t, dim=0)  # O(D) memory: no N x D comparison
+    except RuntimeError:  # dtypes/devices without aminmax
+        lo, hi = t.float().amin(dim=0), t.float().amax(dim=0)
+    if bool((lo == hi).all()):
+        raise ConstantFeaturesError(
+            f"{name} is constant: all {t.shape[0]} samples have the same features, so {metric} has "
+            "nothing to measure (check the layer or the extraction)")
+
+
+def warn_if_guard_dominates(metric: str, norm: float, guard: float) -> None:
+    """Warn when the SPEC's 1e-6 guard in the denominator moves the score by more than 10%.
+
+    ``norm`` is √(HSIC(K,K)·HSIC(L,L)) in units where the guard is ``guard`` (1e-6 in true units).
+    """
+    if not guard <= 0.1 * norm:
+        true_norm = norm * 1e-6 / guard if guard > 0 and guard != float("inf") else 0.0
+        warnings.warn(
+            f"{metric}: sqrt(HSIC(K,K)·HSIC(L,L)) = {true_norm:.3g} is not large against the formula's 1e-6 "
+            "guard, which pulls the score towards 0 (tiny features or a constant kernel; the reference's "
+            "formula does the same). L2-normalise the rows (align does) for a scale-free score.",
+            DegenerateInputWarning, stacklevel=5)
 
 
 def all_finite(t: torch.Tensor) -> bool:
@@ -38,8 +79,13 @@ def as_tensor(x: Any, name: str) -> torch.Tensor:
                 f"{name} must hold floating-point values (float16/32/64), got NumPy dtype {x.dtype}; "
                 f"convert it with {name}.astype(np.float32)"
             )
-        if not x.flags.writeable:  # torch.from_numpy warns on read-only arrays
-            x = x.copy()
+        if (not x.flags.writeable or any(st < 0 for st in x.strides)
+                or not x.dtype.isnative):
+            # torch.from_numpy takes neither negative strides nor other byte orders (and warns on
+            # read-only arrays): a native, contiguous copy then
+            x = np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("="))
+            if not x.flags.writeable:
+                x = x.copy()
         return torch.from_numpy(x)
     raise TypeError(f"{name} must be a torch.Tensor or a NumPy array, got {type(x).__name__}")
 

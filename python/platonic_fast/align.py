@@ -10,13 +10,14 @@ and each pair then costs O(N·k) for the kNN metrics.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ._checks import as_tensor, check_features
+from ._checks import ConstantFeaturesError, DegenerateInputWarning, as_tensor, check_features
 from .metrics import Prepared, metric_spec, prepare, score
 from .ops.outliers import remove_outliers
 
@@ -150,8 +151,14 @@ def resolve_options(metric: str, n: int, widths: list[int], *, topk: int = 10, b
 def prepare_states(layers: list[torch.Tensor], metric: str, opts: dict, *, bar=None) -> list[Prepared]:
     """Every layer of one model prepared for ``metric`` with validated options ``opts``."""
     states = []
-    for layer in layers:
-        states.append(prepare(metric, layer, **opts))
+    for i, layer in enumerate(layers):
+        try:
+            states.append(prepare(metric, layer, **opts))
+        except ConstantFeaturesError:
+            # One dead layer (e.g. a padding position) must not stop a whole layer search.
+            warnings.warn(f"layer {i} is constant (all samples equal): its scores are NaN",
+                          DegenerateInputWarning, stacklevel=2)
+            states.append(None)
         if bar is not None:
             bar.update()
     return states
@@ -163,7 +170,7 @@ def score_states(states_x: list[Prepared], states_y: list[Prepared], metric: str
     scores = torch.empty(len(states_x), len(states_y), dtype=torch.float64)
     for i, sx in enumerate(states_x):
         for j, sy in enumerate(states_y):
-            scores[i, j] = score(sx, sy)
+            scores[i, j] = float("nan") if sx is None or sy is None else score(sx, sy)
             if bar is not None:
                 bar.update()
     best, best_layers = 0.0, None

@@ -18,7 +18,15 @@ from typing import Any, Callable
 import torch
 
 from ._backends import check_backend_name, for_op, resolve
-from ._checks import check_features, check_int, check_pair, check_positive_float, check_topk
+from ._checks import (
+    check_features,
+    check_int,
+    check_not_constant,
+    check_pair,
+    check_positive_float,
+    check_topk,
+    warn_if_guard_dominates,
+)
 from .ops import hsic
 from .ops.cknna_sums import cknna_sums
 from .ops.knn import neighbours
@@ -176,7 +184,9 @@ def _cknna_pair(sa: Neighbours, sb: Neighbours, *, topk=None, unbiased=True, dis
     # The sums are in scaled units (values · 2**-e): move the SPEC's 1e-6 guard there too.
     exponent = -(sa.scale_exp + sb.scale_exp)
     guard = 1e-6 * 2.0 ** exponent if exponent < 1000 else float("inf")
-    return kl / (max(kk * ll, 0.0) ** 0.5 + guard)
+    norm = max(kk * ll, 0.0) ** 0.5
+    warn_if_guard_dominates("cknna", norm, guard)
+    return kl / (norm + guard)
 
 
 def _cknna_validate(opts: dict, n: int, widths) -> dict:
@@ -369,7 +379,9 @@ def prepare(metric: str, x, **options) -> Prepared:
     """
     spec = metric_spec(metric)
     x = check_features(x, "x")
-    return _prepare(spec, x, spec.check_options(x.shape[0], (x.shape[1], x.shape[1]), options))
+    opts = spec.check_options(x.shape[0], (x.shape[1], x.shape[1]), options)
+    check_not_constant(x, "x", metric)
+    return _prepare(spec, x, opts)
 
 
 def score(a: Prepared, b: Prepared) -> float:
@@ -379,6 +391,11 @@ def score(a: Prepared, b: Prepared) -> float:
     ------
     ValueError
         Different metrics, options, N or devices; svcca's ``cca_dim`` above the other width.
+
+    Warns
+    -----
+    DegenerateInputWarning
+        The score carries little information (CKA/CKNNA: the SPEC's 1e-6 guard dominates).
     """
     for name, p in (("a", a), ("b", b)):
         if not isinstance(p, Prepared):
@@ -423,6 +440,8 @@ def measure(metric: str, feats_A, feats_B, **options) -> float:
     spec = metric_spec(metric)
     a, b = check_pair(feats_A, feats_B)
     opts = spec.check_options(a.shape[0], (a.shape[1], b.shape[1]), options)
+    check_not_constant(a, "feats_A", metric)
+    check_not_constant(b, "feats_B", metric)
     return score(_prepare(spec, a, opts), _prepare(spec, b, opts))
 
 

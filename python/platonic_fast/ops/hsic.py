@@ -32,12 +32,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .._backends import MIN_CUDA_CAPABILITY, register
+from .._checks import DegenerateInputWarning, warn_if_guard_dominates
 from .knn import compute_dtype
 
 KERNELS = ("ip", "rbf")
@@ -106,8 +108,9 @@ def _centred(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return x.to(dtype) - x.mean(dim=0, dtype=torch.float64).to(dtype)
 
 
-def rbf_form(sigma: float, typical_sq: float) -> tuple[tuple, float, float]:
-    """The RBF kernel's held form for bandwidth σ and a typical squared distance m.
+def rbf_form(sigma: float, typical_sq: float, e: int = 0) -> tuple[tuple, float, float]:
+    """The RBF kernel's held form for bandwidth σ on features divided by 2**e, whose typical
+    squared distance (in those units) is m.
 
     Returns ``((γ, m, b, 1/h), scale, diag)``: K̂ = (expm1(γ(m − d²)) + b) / h, the true kernel
     (up to an HSIC-invariant constant) is ``scale · K̂``, and ``diag`` is K̂'s diagonal.
@@ -115,17 +118,30 @@ def rbf_form(sigma: float, typical_sq: float) -> tuple[tuple, float, float]:
     Raises
     ------
     ValueError
-        σ so small that 1/(2σ²) overflows float64, or so large that the kernel is constant.
+        σ so small that 1/(2σ²) leaves float64, or so large that the kernel is constant.
+
+    Warns
+    -----
+    DegenerateInputWarning
+        σ so small against the distances that the kernel is the identity.
     """
-    gamma = 1.0 / (2.0 * sigma * sigma) if sigma < 1e150 else 0.0
-    if not math.isfinite(gamma):
+    s = sigma * 2.0 ** -e
+    two_s2 = 2.0 * s * s
+    if two_s2 == 0.0 or not math.isfinite(1.0 / two_s2):
         raise ValueError(f"rbf_sigma={sigma!r} is too small: 1/(2σ²) overflows float64")
+    gamma = 1.0 / two_s2  # 0 when σ² overflows: caught below as a constant kernel
+    typical = math.sqrt(typical_sq) * 2.0 ** e  # in the features' own units, for messages
     if typical_sq == 0.0 or gamma * typical_sq > 1.0:
+        if gamma * typical_sq > 100.0:  # exp(-γm) < 4e-44: below float32 at a typical distance
+            warnings.warn(
+                f"rbf_sigma={sigma:.3g} is tiny against the features' typical distance {typical:.3g}: the RBF "
+                "kernel is ~the identity (every pair looks unrelated), so CKA says nothing about the data "
+                "(biased CKA tends to 1 for any inputs)", DegenerateInputWarning, stacklevel=6)
         return (gamma, 0.0, 1.0, 1.0), 1.0, 1.0  # K itself: entries decay, nothing cancels
     h = -math.expm1(-gamma * typical_sq)
     if h == 0.0:
-        raise ValueError(f"rbf_sigma={sigma!r} is too large for these features (typical squared distance "
-                         f"{typical_sq:.3g}): exp(-d²/(2σ²)) is 1 to float64 precision for every pair")
+        raise ValueError(f"rbf_sigma={sigma!r} is too large for these features (typical distance {typical:.3g}): "
+                         "exp(-d²/(2σ²)) is 1 to float64 precision for every pair")
     c = math.exp(-gamma * typical_sq)
     return (gamma, typical_sq, 0.0, 1.0 / h), c * h, 1.0 / c
 
@@ -171,7 +187,7 @@ def _prepared_features(x: torch.Tensor, kernel: str, sigma: float, dtype: torch.
         return centred, (), 1.0, 2 * e, None
     # For centred rows the mean squared distance between samples is 2·mean‖c_i‖².
     typical = 2.0 * float(centred.to(torch.float64).square().sum(dim=1).mean())
-    rbf, scale, diag = rbf_form(sigma * 2.0 ** -e, typical)
+    rbf, scale, diag = rbf_form(sigma, typical, e)
     return centred, rbf, scale, 0, diag
 
 
@@ -317,4 +333,6 @@ def cka_from_stats(ka: KernelStats, kb: KernelStats, *, unbiased: bool) -> float
     guard = 1e-6 * 2.0 ** exponent if exponent < 1000 else math.inf
     # sqrt of a product that rounding made slightly negative: the reference gets NaN there;
     # clamp to zero so the 1e-6 guard applies.
-    return hkl / (max(prod, 0.0) ** 0.5 + guard)
+    norm = max(prod, 0.0) ** 0.5
+    warn_if_guard_dominates("cka", norm, guard)
+    return hkl / (norm + guard)

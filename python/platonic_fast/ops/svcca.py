@@ -8,9 +8,12 @@ One implementation on torch (LAPACK on the CPU, cuSOLVER on CUDA), in float64.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from .._backends import register, resolve
+from .._checks import DegenerateInputWarning
 
 
 def svcca_basis(x: torch.Tensor, cca_dim: int, *, backend: str = "auto") -> torch.Tensor:
@@ -22,9 +25,19 @@ def svcca_basis(x: torch.Tensor, cca_dim: int, *, backend: str = "auto") -> torc
 @register("svcca", "torch", devices=("cpu", "cuda"))
 def svcca_basis_torch(x: torch.Tensor, cca_dim: int) -> torch.Tensor:
     x64 = x.to(torch.float64)
+    lo, hi = torch.aminmax(x64, dim=0)
     x64 = x64 - x64.mean(dim=0, keepdim=True)
     x64 = x64 / (x64.std(dim=0) + 1e-8)
-    u, _, _ = torch.linalg.svd(x64, full_matrices=False)
+    # A constant column is exactly zero after standardising (the rounding of its mean would
+    # otherwise be divided by 1e-8 into a column of noise).
+    x64[:, lo == hi] = 0.0
+    u, s, _ = torch.linalg.svd(x64, full_matrices=False)
+    rank = int((s > s[0] * max(x64.shape) * torch.finfo(torch.float64).eps).sum()) if s.numel() and s[0] > 0 else 0
+    if rank < cca_dim:
+        warnings.warn(
+            f"svcca: cca_dim={cca_dim} exceeds the rank {rank} of the standardised features (constant or "
+            "collinear columns); the extra singular directions are arbitrary and so is their part of the score",
+            DegenerateInputWarning, stacklevel=5)
     return u[:, :cca_dim]
 
 
