@@ -500,3 +500,9 @@ def test_property_remove_outliers(pf, x, q, exact):
         return
     out = pf.remove_outliers(x, q=q, exact=exact)
     assert out.shape == x.shape and out.dtype == x.dtype
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 4), (5, 0, 4), (5, 3, 0)])
+def test_align_empty_tensor(pf, shape):
+    with pytest.raises(ValueError, match="feats_x is empty"):
+        pf.align(torch.zeros(shape), torch.randn(5, 2, 4))

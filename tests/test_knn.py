@@ -512,3 +512,13 @@ def test_scores_beyond_float32_are_exact_or_refused(pf):
         pf.knn(a * 1e30, 5)
     vals, idx = pf.knn((a * 1e30).double(), 5)
     assert torch.equal(idx, pf.knn(a.double(), 5)[1]) and bool(torch.isfinite(vals).all())
+
+
+def test_k_near_n_warns_about_memory(pf, monkeypatch):
+    from platonic_fast import _checks
+
+    monkeypatch.setattr(_checks, "WARN_BYTES", 1 << 20)  # 1 MiB: the same rule at test size
+    x = randn(400, 8, seed=3)
+    with pytest.warns(pf.MemoryUseWarning, match="k=399"):
+        pf.knn(x, 399)
+    pf.knn(x, 10)  # below the threshold: silent (warnings are errors in this suite)

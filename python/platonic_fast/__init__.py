@@ -9,7 +9,7 @@ numbers as the reference code, computed without N x N matrices.
 >>> score = pf.mutual_knn(a, b, topk=10)
 """
 
-from ._checks import ConstantFeaturesError, DegenerateInputWarning
+from ._checks import ConstantFeaturesError, DegenerateInputWarning, MemoryUseWarning
 from .align import AlignResult, align
 from .metrics import (
     METRICS,
@@ -40,6 +40,7 @@ __all__ = [
     "Alignment",
     "ConstantFeaturesError",
     "DegenerateInputWarning",
+    "MemoryUseWarning",
     "METRICS",
     "MetricSpec",
     "Prepared",

@@ -27,6 +27,20 @@ class DegenerateInputWarning(UserWarning):
     """Legal input on which a score carries little or no information (the message says why)."""
 
 
+class MemoryUseWarning(UserWarning):
+    """A call will hold much more memory than its inputs (e.g. k close to N neighbours)."""
+
+
+# Extra memory above which a call warns before it starts.
+WARN_BYTES = 1 << 30
+
+
+def warn_memory(what: str, nbytes: float, hint: str) -> None:
+    if nbytes > WARN_BYTES:
+        warnings.warn(f"{what} will hold about {nbytes / 2**30:.1f} GiB beyond the inputs; {hint}",
+                      MemoryUseWarning, stacklevel=4)
+
+
 def check_not_constant(t: torch.Tensor, name: str, metric: str) -> None:
     """Raise :class:`ConstantFeaturesError` when all rows of ``t`` are identical.
 

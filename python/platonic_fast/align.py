@@ -73,6 +73,8 @@ def prepare_layers(feats, name: str, *, q: float = 0.95, exact: bool = False, no
                 f"{name} must be N x L x D (samples x layers x features) or a list of N x D_l matrices, "
                 f"got shape {tuple(t.shape)}"
             )
+        if t.numel() == 0:
+            raise ValueError(f"{name} is empty (shape {tuple(t.shape)}); it needs samples, layers and features")
         # Validated as a whole (one pass), not layer by layer.
         check_features(t.reshape(t.shape[0], -1), name)
         clamped = remove_outliers(t.float(), q=q, exact=exact)

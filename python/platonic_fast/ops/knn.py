@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._backends import MIN_CUDA_CAPABILITY, register, resolve
-from .._checks import check_features, check_int, check_topk
+from .._checks import check_features, check_int, check_topk, warn_memory
 
 _UNSET = object()
 
@@ -166,6 +166,9 @@ def search(queries: torch.Tensor, keys: torch.Tensor | None, k: int, *, exclude_
 
     limit = backends_of("knn")[name].limit_k()
     kk = min(k + RESCORE_EXTRA, n_cand, limit if limit is not None else n_cand)
+    # values and indices, held about three times over (the merger, the outputs, the ordering pass)
+    warn_memory(f"kNN with k={k} over N={q.shape[0]}", 3.0 * q.shape[0] * kk * (vals_bytes(q) + 8),
+                "neighbour metrics rarely need k near N (the paper uses k = 10)")
     vals, idx = impl(q, kt, kk, exclude_self=exclude_self)
     vals, idx = _settle(q, keys_, vals, idx, k, exclude_self=symmetric and exclude_self, n_cand=n_cand)
     if not unscale:
@@ -178,6 +181,10 @@ def search(queries: torch.Tensor, keys: torch.Tensor | None, k: int, *, exclude_
                 "(the neighbour lists are exact either way: metrics are unaffected)")
         vals = out.to(vals.dtype)
     return vals, idx
+
+
+def vals_bytes(x: torch.Tensor) -> int:
+    return 8 if x.dtype == torch.float64 else 4
 
 
 def _unit_roundoff(dtype: torch.dtype) -> float:
