@@ -13,15 +13,17 @@ Whatever the backend, two steps make the answer exact (:func:`search`):
 - magnitudes: features whose largest entry is far from 1 are scaled by a power of two first
   (exact, and it changes no ranking), so products neither overflow nor underflow float32;
 - ties: a backend's scores are rounded differently in different GEMM tiles, so two candidates
-  with equal exact scores (duplicated rows) could come out in either order. Every row whose
-  order is not certain within the GEMM's rounding bound (|fl(x·y) − x·y| ≤ γ_D ‖x‖‖y‖,
-  γ_D = D·u/(1 − D·u)) is rescored in float64 with one summation order for every candidate,
-  and sorted by (score, index). A few extra candidates per row (``RESCORE_EXTRA``) cover the
-  boundary; a row whose contenders reach past them is rescored against every key.
+  with the same exact score (duplicated rows) could come out in either order. Candidates whose
+  order is not certain within the GEMM's rounding bound (|fl(x·y) − x·y| ≤ γ̃‖x‖‖y‖, a
+  probabilistic bound that fails with probability ~1e-33, see ``_rounding_bound``) are rescored
+  in float64, identical keys getting the identical number, and sorted by (score, index). A few
+  extra candidates per row (``RESCORE_EXTRA``) cover the k-th place; a row whose near-ties reach
+  past them gets more candidates from the torch reference until they do not.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -195,37 +197,127 @@ def _unit_roundoff(dtype: torch.dtype) -> float:
     return 2.0 ** -11 if tf32 else 2.0 ** -24
 
 
+# λ of the probabilistic rounding-error bound below: it fails with probability below
+# 2·D·exp(-λ²/2) ≈ 1e-33 per score at D = 4096.
+BOUND_LAMBDA = 13.0
+
+
+def _rounding_bound(d: int, u: float) -> float:
+    """γ̃_D(λ) = exp(λ√D·u + D·u²/(1 − u)) − 1: |fl(x·y) − x·y| ≤ γ̃·‖x‖‖y‖ for a dot product of D
+    terms summed in any order, with probability at least 1 − 2D·exp(−λ²(1 − u)²/2) (Higham and
+    Mary 2019, rounding errors modelled as independent and mean-zero). The worst-case bound
+    γ_D = D·u/(1 − D·u) holds always but is √D/λ times larger: at D = 4096 it would send most
+    rows of any real data through the float64 pass."""
+    return math.expm1(BOUND_LAMBDA * math.sqrt(d) * u + d * u * u / (1.0 - u))
+
+
 def _settle(q: torch.Tensor, keys: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor, k: int, *,
             exclude_self: bool, n_cand: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k by exact score, ties to the smaller index, from a backend's top-kk (kk >= k)."""
-    n, kk = idx.shape
-    d = q.shape[1]
-    u = _unit_roundoff(compute_dtype(q, keys))
-    gamma = d * u / (1.0 - d * u) if d * u < 0.5 else float("inf")
+    """Top-k by exact score, ties to the smaller index, from a backend's top-kk (kk >= k).
+
+    Only the clusters of candidates whose computed scores lie within the rounding bound of a
+    neighbour (:func:`_rounding_bound`) are rescored in float64 and reordered; the rest of each
+    list is already certain.
+    """
+    gamma = _rounding_bound(q.shape[1], _unit_roundoff(compute_dtype(q, keys)))
     with torch.no_grad():
         q_norm = _row_norms(q)
         k_norm = q_norm if keys is q else _row_norms(keys)
-        # two computed scores can be out of order only when they are within 2γ‖x‖max‖y‖
+        # two computed scores can be out of order only when they are within 2γ̃‖x‖max‖y‖
         delta = 2.0 * gamma * q_norm * k_norm.max()
-        v = vals.to(torch.float64)
-        m = min(k + 1, kk)
-        unsure = ((v[:, : m - 1] - v[:, 1:m]) <= delta[:, None]).any(dim=1) if m > 1 else \
-            torch.zeros(n, dtype=torch.bool, device=q.device)
-        # contenders may lie beyond the returned candidates: rescore against every key
-        beyond = (v[:, kk - 1] >= v[:, k - 1] - delta) if kk < n_cand else torch.zeros_like(unsure)
-        some = (unsure & ~beyond).nonzero().squeeze(1)
-        every = beyond.nonzero().squeeze(1)
+        rep = None  # each key's first identical key, computed when first needed
         out_v, out_i = vals[:, :k].clone(), idx[:, :k].clone()
-        if some.numel():
-            s64 = _rescore(q, keys, some, idx[some])
-            out_v[some], out_i[some] = _by_score_then_index(s64, idx[some], k, out_v.dtype)
-        for i in every.tolist():  # rare: a row whose near-ties reach past the extra candidates
-            cand = torch.arange(keys.shape[0], device=q.device)
-            if exclude_self:
-                cand = cand[cand != i]
-            s64 = _rescore(q, keys, torch.tensor([i], device=q.device), cand[None, :])
-            out_v[i], out_i[i] = (t[0] for t in _by_score_then_index(s64, cand[None, :], k, out_v.dtype))
+        rows = torch.arange(q.shape[0], device=q.device)
+        while rows.numel():
+            kk = idx.shape[1]
+            v, dr = vals.to(torch.float64), delta[rows, None]
+            close = (v[:, :-1] - v[:, 1:]) <= dr  # positions p and p + 1 may be out of order
+            member = torch.zeros_like(v, dtype=torch.bool)
+            member[:, :-1] |= close
+            member[:, 1:] |= close
+            # past the k-th place only the cluster that reaches across the boundary matters
+            member[:, k:] &= close[:, k - 1:].cumprod(dim=1).bool()
+            # contenders may lie past the returned candidates: fetch more for those rows
+            if kk == n_cand:
+                beyond = torch.zeros(len(rows), dtype=torch.bool, device=q.device)
+            else:  # with no candidate past the k-th (a backend's k limit), the boundary is unknown
+                beyond = member[:, -1] if kk > k else torch.ones(len(rows), dtype=torch.bool, device=q.device)
+            busy = member.any(dim=1) & ~beyond
+            if bool(busy.any()):
+                if rep is None:
+                    rep = _first_duplicates(keys)
+                sv, si = _reorder_clusters(q, keys, rep, rows[busy], vals[busy], idx[busy], member[busy])
+                out_v[rows[busy]], out_i[rows[busy]] = sv[:, :k], si[:, :k]
+            calm = ~member.any(dim=1)  # the backend's order stands (a no-op on the first round)
+            out_v[rows[calm]], out_i[rows[calm]] = vals[calm, :k], idx[calm, :k]
+            rows = rows[beyond]
+            if rows.numel():
+                vals, idx = _more_candidates(q, keys, rows, min(2 * kk, n_cand), exclude_self)
     return out_v, out_i
+
+
+def _first_duplicates(keys: torch.Tensor) -> torch.Tensor:
+    """For each key row, the smallest index of a bitwise-identical row (itself when unique).
+
+    Rows are hashed by their bits with integer arithmetic (exact and independent of order);
+    equal hashes are confirmed by comparing the rows.
+    """
+    bits = keys.contiguous().view({2: torch.int16, 4: torch.int32, 8: torch.int64}[keys.element_size()])
+    g = torch.Generator(device="cpu").manual_seed(0x5EED)
+    weights = (torch.randint(1, 2**62, (keys.shape[1],), generator=g, dtype=torch.int64) | 1).to(keys.device)
+    step = max(1, RESCORE_BLOCK_ELEMENTS // max(1, keys.shape[1]))
+    h = torch.cat([(bits[i: i + step].to(torch.int64) * weights).sum(dim=1)  # wraps mod 2**64
+                   for i in range(0, keys.shape[0], step)])
+    order = torch.argsort(h, stable=True)
+    hs = h[order]
+    rep = torch.arange(keys.shape[0], device=keys.device)
+    for p in (hs[1:] == hs[:-1]).nonzero().squeeze(1).tolist():  # rare: confirm row by row
+        a, b = int(order[p]), int(order[p + 1])
+        if torch.equal(keys[a], keys[b]):
+            rep[b] = rep[a]  # the sort is stable, so a < b and a's representative is final
+    return rep
+
+
+def _reorder_clusters(q, keys, rep, rows, vals, idx, member):
+    """Rescore the cluster members of each row in float64 and sort the row by (score, index).
+
+    A member's score is computed once per (row, first identical key), so duplicated keys get the
+    very same number and fall back on the index rule.
+    """
+    r_pos, c_pos = member.nonzero(as_tuple=True)
+    n_keys = keys.shape[0]
+    pair = rows[r_pos] * n_keys + rep[idx[r_pos, c_pos]]
+    unique, back = torch.unique(pair, return_inverse=True)
+    s64 = _dot64(q, keys, unique // n_keys, unique % n_keys)[back]
+    key = vals.to(torch.float64)  # outside the clusters the computed order is certain
+    key[r_pos, c_pos] = s64
+    order = idx.argsort(dim=1, stable=True)
+    key, idx = key.gather(1, order), idx.gather(1, order)
+    order = key.argsort(dim=1, descending=True, stable=True)
+    return key.gather(1, order).to(vals.dtype), idx.gather(1, order)
+
+
+def _dot64(q: torch.Tensor, keys: torch.Tensor, qi: torch.Tensor, ki: torch.Tensor) -> torch.Tensor:
+    """float64 ⟨q[qi], keys[ki]⟩ for paired index vectors, a block of pairs at a time."""
+    out = torch.empty(qi.shape[0], dtype=torch.float64, device=q.device)
+    step = max(1, RESCORE_BLOCK_ELEMENTS // max(1, q.shape[1]))
+    for i in range(0, qi.shape[0], step):
+        a = q[qi[i: i + step]].to(torch.float64)
+        b = keys[ki[i: i + step]].to(torch.float64)
+        out[i: i + step] = (a * b).sum(dim=1)
+    return out
+
+
+def _more_candidates(q: torch.Tensor, keys: torch.Tensor, rows: torch.Tensor, kk: int, exclude_self: bool):
+    """The top-kk candidates of query ``rows`` by the torch reference (no k limit, any device)."""
+    vals, idx = knn_torch(q[rows], keys, min(kk + exclude_self, keys.shape[0]), exclude_self=False)
+    if not exclude_self:
+        return vals, idx
+    # drop each row's own index (or, where rounding left it out, the last candidate)
+    own = idx == rows[:, None]
+    drop = torch.where(own.any(dim=1), own.to(torch.int8).argmax(dim=1), idx.shape[1] - 1)
+    keep = torch.ones_like(own).scatter_(1, drop[:, None], False)
+    return vals[keep].view(len(rows), -1)[:, :kk], idx[keep].view(len(rows), -1)[:, :kk]
 
 
 def _row_norms(t: torch.Tensor) -> torch.Tensor:
@@ -233,34 +325,6 @@ def _row_norms(t: torch.Tensor) -> torch.Tensor:
     step = max(1, RESCORE_BLOCK_ELEMENTS // max(1, t.shape[1]))
     return torch.cat([torch.linalg.vector_norm(t[i: i + step].to(torch.float64), dim=1)
                       for i in range(0, t.shape[0], step)])
-
-
-def _rescore(q: torch.Tensor, keys: torch.Tensor, rows: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
-    """float64 scores of query ``rows`` against their candidate keys ``cand`` (len(rows) x c).
-
-    Every score is summed in the same order: the width is padded to a multiple of 16 with zeros
-    so that each candidate's row starts equally aligned, and ``sum`` reduces every row alike;
-    duplicated keys therefore get identical scores.
-    """
-    d = q.shape[1]
-    pad = (-d) % 16
-    out = torch.empty(cand.shape, dtype=torch.float64, device=q.device)
-    per_block = max(1, RESCORE_BLOCK_ELEMENTS // ((d + pad) * cand.shape[1]))
-    for r0 in range(0, rows.numel(), per_block):
-        r = rows[r0: r0 + per_block]
-        c = cand[r0: r0 + per_block]
-        qs = torch.nn.functional.pad(q[r].to(torch.float64), (0, pad))
-        ks = torch.nn.functional.pad(keys[c.reshape(-1)].to(torch.float64), (0, pad)).reshape(*c.shape, d + pad)
-        out[r0: r0 + per_block] = (ks * qs[:, None, :]).sum(dim=2)
-    return out
-
-
-def _by_score_then_index(s64: torch.Tensor, cand: torch.Tensor, k: int, dtype: torch.dtype):
-    """The first k candidates by (score descending, index ascending)."""
-    order = cand.argsort(dim=1, stable=True)
-    s64, cand = s64.gather(1, order), cand.gather(1, order)
-    order = s64.argsort(dim=1, descending=True, stable=True)[:, :k]
-    return s64.gather(1, order).to(dtype), cand.gather(1, order)
 
 
 def _blocks(n: int, size: int):
