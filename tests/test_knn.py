@@ -522,3 +522,21 @@ def test_k_near_n_warns_about_memory(pf, monkeypatch):
     with pytest.warns(pf.MemoryUseWarning, match="k=399"):
         pf.knn(x, 399)
     pf.knn(x, 10)  # below the threshold: silent (warnings are errors in this suite)
+
+
+def test_same_lists_whatever_threads_and_tile_size(pf, monkeypatch):
+    from platonic_fast.ops import knn as knn_module
+
+    x = _duplicated_at_tile_edges(1500, 48, seed=7)
+    want = pf.knn(x, 10, backend="cpu")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one_thread = pf.knn(x, 10, backend="cpu")
+    finally:
+        torch.set_num_threads(threads)
+    monkeypatch.setattr(knn_module, "SMALL_N_TILE_ROWS", 128)
+    small_tiles = pf.knn(x, 10, backend="cpu")
+    for got in (one_thread, small_tiles):
+        assert torch.equal(got[1], want[1])
+        torch.testing.assert_close(got[0], want[0], rtol=1e-6, atol=1e-6)
