@@ -362,8 +362,13 @@ def cknna(a, b, topk: int = 10, distance_agnostic: bool = False, unbiased: bool 
 # ----------------------------------------------------------------------------------------------
 
 def _standardise(x: torch.Tensor) -> torch.Tensor:
-    x = x - x.mean(dim=0)
-    return x / (x.std(dim=0, unbiased=True) + 1e-8)
+    """Columns minus their mean, over their unbiased std + 1e-8 (SPEC §1). An exactly constant
+    column is exactly 0 (0 / 1e-8), not the rounding of its mean divided by 1e-8."""
+    const = (x == x[:1]).all(dim=0)
+    x = x - x.mean(dim=0, keepdim=True)
+    x = x / (x.std(dim=0, keepdim=True) + 1e-8)
+    x[:, const] = 0.0
+    return x
 
 
 def svcca(a, b, cca_dim: int = 10, *, dtype: torch.dtype = DEFAULT_DTYPE) -> float:

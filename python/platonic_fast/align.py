@@ -13,6 +13,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -46,6 +47,17 @@ class AlignResult:
     options: dict = field(default_factory=dict)
 
 
+def _unit_exponent(t: torch.Tensor) -> int:
+    """e such that ``t · 2**-e`` has its largest entry near 1; 0 when it is not far from 1.
+
+    Clamping is scale-equivariant and L2 normalisation scale-free, so dividing by 2**e (exact)
+    before either changes nothing but the float32 range: squares of entries near 1e20 would
+    overflow, and rows near 1e-20 would fall under normalize's 1e-12 floor.
+    """
+    top = float(t.detach().abs().max())
+    return 0 if top == 0.0 or 2.0 ** -20 <= top <= 2.0 ** 20 else int(np.frexp(top)[1])
+
+
 def prepare_layers(feats, name: str, *, q: float = 0.95, exact: bool = False, normalize: bool = True,
                    concat: bool = False) -> list[torch.Tensor]:
     """Clamp outliers, then L2-normalise each layer's rows.
@@ -62,8 +74,10 @@ def prepare_layers(feats, name: str, *, q: float = 0.95, exact: bool = False, no
         for i, l in enumerate(layers):
             if l.shape[0] != n:
                 raise ValueError(f"every layer of {name} needs the same N; layer 0 has {n}, layer {i} has {l.shape[0]}")
-        layers = [remove_outliers(l.float(), q=q, exact=exact) for l in layers]
-        joined = torch.cat(layers, dim=1) if concat else None
+        exps = [_unit_exponent(l) if normalize else 0 for l in layers]
+        layers = [remove_outliers((l * 2.0 ** -e if e else l).float(), q=q, exact=exact) for l, e in zip(layers, exps)]
+        # the concatenation keeps the layers' true relative scale
+        joined = torch.cat([l * 2.0 ** (e - max(exps)) for l, e in zip(layers, exps)], dim=1) if concat else None
         if normalize:
             layers = [F.normalize(l, p=2, dim=-1) for l in layers]
     else:
@@ -77,7 +91,8 @@ def prepare_layers(feats, name: str, *, q: float = 0.95, exact: bool = False, no
             raise ValueError(f"{name} is empty (shape {tuple(t.shape)}); it needs samples, layers and features")
         # Validated as a whole (one pass), not layer by layer.
         check_features(t.reshape(t.shape[0], -1), name)
-        clamped = remove_outliers(t.float(), q=q, exact=exact)
+        e = _unit_exponent(t) if normalize else 0
+        clamped = remove_outliers((t * 2.0 ** -e if e else t).float(), q=q, exact=exact)
         joined = clamped.reshape(clamped.shape[0], -1) if concat else None
         if normalize:  # one call over N x L x D: far faster than per strided layer view
             clamped = F.normalize(clamped, p=2, dim=-1)

@@ -69,6 +69,7 @@ class KernelStats:
     scale: float = 1.0  # RBF: c·h (K̃ = scale · K̂)
     scale_exp: int = 0  # linear: the power of two the features were divided by, twice
     source: torch.Tensor | None = None  # the features as given (Triton stats, to re-derive)
+    exact_close: bool = False  # RBF narrow enough that d²'s rounding matters near 0
 
     @property
     def n(self) -> int:
@@ -92,10 +93,27 @@ def _kernel_tile(st: KernelStats, i0: int, i1: int, j0: int, j1: int) -> torch.T
     g = x[i0:i1] @ x[j0:j1].T
     if st.kernel == "ip":
         return g
-    sq = (st.sq_norms[i0:i1, None] + st.sq_norms[None, j0:j1] - 2 * g).clamp_min_(0)
+    ni, nj = st.sq_norms[i0:i1, None], st.sq_norms[None, j0:j1]
+    sq = (ni + nj - 2 * g).clamp_min_(0)
+    if st.exact_close:
+        _exact_close_distances(sq, ni, nj, x, i0, j0)
     if i0 == j0:
         sq.fill_diagonal_(0)  # exact zero distance to self
     return _shifted_rbf(sq, st.rbf)
+
+
+def _exact_close_distances(sq, ni, nj, x, i0: int, j0: int) -> None:
+    """Recompute, from explicit differences, the squared distances within rounding error of 0.
+
+    ‖x‖² + ‖y‖² − 2x·y cancels for (near-)duplicate rows; with a narrow kernel (γ·error ≫ 0)
+    that error alone would turn exp(−γd²) = 1 into anything in [0, 1].
+    """
+    u = float(torch.finfo(x.dtype).eps)
+    bound = 3.0 * u * (ni + nj) + 2.0 * x.shape[1] * u * (ni * nj).sqrt()
+    rows, cols = (sq <= bound).nonzero(as_tuple=True)
+    if rows.numel():
+        diff = x[rows + i0].to(torch.float64) - x[cols + j0].to(torch.float64)
+        sq[rows, cols] = diff.square().sum(dim=1).to(sq.dtype)
 
 
 def _power_of_two_exponent(top: float) -> int:
@@ -216,6 +234,9 @@ def kernel_stats(x: torch.Tensor, kernel: str = "ip", sigma: float = 1.0) -> Ker
             sq = feats.to(torch.float64).square().sum(dim=1).to(feats.dtype)
             st = KernelStats(kernel, sigma, rbf, feats, sq, None, zeros, torch.full_like(zeros, rbf_diag),
                              scale=scale)
+            # the no-shift form (b = 1) with γ times d²'s rounding error past float32 precision
+            u = float(torch.finfo(feats.dtype).eps)
+            st.exact_close = rbf[2] == 1.0 and rbf[0] * (6 * u + 2 * d * u) * float(sq.max()) > 1e-7
         self_sum = 0.0
         rows = torch.zeros(n, dtype=torch.float64, device=x.device)
         for i0, i1, j0, j1, w in _tile_pairs(n):

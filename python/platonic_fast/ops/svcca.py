@@ -32,13 +32,22 @@ def svcca_basis_torch(x: torch.Tensor, cca_dim: int) -> torch.Tensor:
     # otherwise be divided by 1e-8 into a column of noise).
     x64[:, lo == hi] = 0.0
     u, s, _ = torch.linalg.svd(x64, full_matrices=False)
-    rank = int((s > s[0] * max(x64.shape) * torch.finfo(torch.float64).eps).sum()) if s.numel() and s[0] > 0 else 0
+    top = float(s[0]) if s.numel() else 0.0
+    rank = int((s > top * max(x64.shape) * torch.finfo(torch.float64).eps).sum()) if top > 0 else 0
     if rank < cca_dim:
-        warnings.warn(
-            f"svcca: cca_dim={cca_dim} exceeds the rank {rank} of the standardised features (constant or "
-            "collinear columns); the extra singular directions are arbitrary and so is their part of the score",
-            DegenerateInputWarning, stacklevel=5)
+        _warn(f"cca_dim={cca_dim} exceeds the rank {rank} of the standardised features (constant or collinear "
+              "columns); the extra singular directions are arbitrary and so is their part of the score")
+    elif cca_dim >= x64.shape[0] - 1:
+        _warn(f"cca_dim={cca_dim} >= N - 1 = {x64.shape[0] - 1}: centred features span at most N - 1 "
+              "directions, so both bases span the same space and svcca is 1 for any inputs")
+    elif cca_dim < s.numel() and float(s[cca_dim - 1] - s[cca_dim]) <= 1e-10 * top:
+        _warn(f"the {cca_dim}-th and next singular values are equal: the top-{cca_dim} directions are not "
+              "unique, so the score depends on an arbitrary choice (pick another cca_dim)")
     return u[:, :cca_dim]
+
+
+def _warn(message: str) -> None:
+    warnings.warn(f"svcca: {message}", DegenerateInputWarning, stacklevel=6)
 
 
 def canonical_correlations(ua: torch.Tensor, ub: torch.Tensor) -> torch.Tensor:
