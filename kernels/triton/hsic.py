@@ -24,6 +24,7 @@ import torch
 
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 from . import interpreted
 
@@ -54,11 +55,15 @@ def _gram_tile(x_ptr, n, d, stride, row0, col0, BLOCK: tl.constexpr, BLOCK_D: tl
 
 
 @triton.jit
-def _expm1(x):
-    """exp(x) - 1 without cancellation near 0 (Kahan's identity)."""
-    u = tl.exp(x)
-    safe = tl.where((u == 1.0) | (u == 0.0), 0.5, u)  # keeps log() finite on the masked lanes
-    return tl.where(u == 1.0, x, tl.where(u == 0.0, -1.0, (safe - 1.0) * x / tl.log(safe)))
+def _expm1(x, INTERPRETED: tl.constexpr):
+    """exp(x) - 1 without the cancellation near 0: libdevice's on a GPU; the CPU interpreter has
+    no libdevice, so there Kahan's identity (exp(x) - 1) · x / log(exp(x))."""
+    if INTERPRETED:
+        u = tl.exp(x)
+        safe = tl.where((u == 1.0) | (u == 0.0), 0.5, u)  # keeps log() finite on the masked lanes
+        return tl.where(u == 1.0, x, tl.where(u == 0.0, -1.0, (safe - 1.0) * x / tl.log(safe)))
+    else:
+        return libdevice.expm1(x)
 
 
 @triton.jit
@@ -72,7 +77,7 @@ def _kernel_tile(x_ptr, sq_ptr, n, d, stride, row0, col0, gamma, shift, offset, 
         sq_c = tl.load(sq_ptr + cols, mask=cols < n, other=0.0)
         dist = tl.maximum(sq_r[:, None] + sq_c[None, :] - 2.0 * g, 0.0)
         dist = tl.where(rows[:, None] == cols[None, :], 0.0, dist)  # exact zero distance to self
-        g = (_expm1((shift - dist) * gamma) + offset) * inv_h
+        g = (_expm1((shift - dist) * gamma, UPCAST) + offset) * inv_h  # UPCAST: the interpreter
     return g
 
 
