@@ -41,7 +41,14 @@ def warn_memory(what: str, nbytes: float, hint: str) -> None:
                       MemoryUseWarning, stacklevel=4)
 
 
-def check_not_constant(t: torch.Tensor, name: str, metric: str) -> None:
+def _column_range(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    try:
+        return torch.aminmax(t, dim=0)  # O(D) memory: no N x D temporary
+    except RuntimeError:  # dtypes/devices without aminmax
+        return t.float().amin(dim=0), t.float().amax(dim=0)
+
+
+def check_not_constant(t: torch.Tensor, name: str, metric: str, column_range=None) -> None:
     """Raise :class:`ConstantFeaturesError` when all rows of ``t`` are identical.
 
     Such a representation would otherwise score as perfectly aligned with another constant one
@@ -49,10 +56,7 @@ def check_not_constant(t: torch.Tensor, name: str, metric: str) -> None:
     """
     if t.shape[0] < 2:
         return
-    try:
-        lo, hi = torch.aminmax(t, dim=0)  # O(D) memory: no N x D comparison
-    except RuntimeError:  # dtypes/devices without aminmax
-        lo, hi = t.float().amin(dim=0), t.float().amax(dim=0)
+    lo, hi = column_range if column_range is not None else _column_range(t)
     if bool((lo == hi).all()):
         raise ConstantFeaturesError(
             f"{name} is constant: all {t.shape[0]} samples have the same features, so {metric} has "
@@ -104,8 +108,12 @@ def as_tensor(x: Any, name: str) -> torch.Tensor:
     raise TypeError(f"{name} must be a torch.Tensor or a NumPy array, got {type(x).__name__}")
 
 
-def check_features(x: Any, name: str, *, check_finite: bool = True) -> torch.Tensor:
-    """Validate an N x D feature matrix and return it as a tensor (dtype and device unchanged)."""
+def check_features(x: Any, name: str, *, check_finite: bool = True, metric: str | None = None) -> torch.Tensor:
+    """Validate an N x D feature matrix and return it as a tensor (dtype and device unchanged).
+
+    With ``metric``, constant features (all rows equal) raise :class:`ConstantFeaturesError` too,
+    from the same pass over the data as the finiteness check.
+    """
     t = as_tensor(x, name)
     if t.dtype not in FLOAT_DTYPES:
         raise TypeError(
@@ -116,21 +124,38 @@ def check_features(x: Any, name: str, *, check_finite: bool = True) -> torch.Ten
         raise ValueError(f"{name} must be 2-D (N samples x D features), got shape {tuple(t.shape)}")
     if t.shape[0] == 0 or t.shape[1] == 0:
         raise ValueError(f"{name} is empty (shape {tuple(t.shape)}); it needs at least one sample and one feature")
-    if check_finite and not all_finite(t):
-        raise ValueError(f"{name} contains NaN or Inf; clean or drop those samples first")
+    if check_finite:
+        check_values(t, name, metric)
     return t
 
 
-def check_pair(a: Any, b: Any, names: tuple[str, str] = ("feats_A", "feats_B")) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate two feature matrices describing the same N samples."""
-    ta = check_features(a, names[0])
-    tb = check_features(b, names[1])
+def check_values(t: torch.Tensor, name: str, metric: str | None = None) -> None:
+    """NaN/Inf raise a ValueError; with ``metric``, constant features raise
+    :class:`ConstantFeaturesError`, from the same pass over the data."""
+    if metric is None:
+        if not all_finite(t):
+            raise ValueError(f"{name} contains NaN or Inf; clean or drop those samples first")
+        return
+    lo, hi = _column_range(t)  # NaN and ±Inf propagate into the column extremes
+    if not bool(torch.isfinite(lo).all() & torch.isfinite(hi).all()):
+        raise ValueError(f"{name} contains NaN or Inf; clean or drop those samples first")
+    check_not_constant(t, name, metric, (lo, hi))
+
+
+def check_pair(a: Any, b: Any, names: tuple[str, str] = ("feats_A", "feats_B"), *,
+               metric: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate two feature matrices describing the same N samples (see :func:`check_features`)."""
+    # types and shapes of both first, then the values (one pass each)
+    ta = check_features(a, names[0], check_finite=False)
+    tb = check_features(b, names[1], check_finite=False)
     if ta.shape[0] != tb.shape[0]:
         raise ValueError(
             f"{names[0]} and {names[1]} must describe the same samples: got N={ta.shape[0]} and N={tb.shape[0]} rows"
         )
     if ta.device != tb.device:
         raise ValueError(f"{names[0]} is on {ta.device} but {names[1]} is on {tb.device}; move both to one device")
+    check_values(ta, names[0], metric)
+    check_values(tb, names[1], metric)
     return ta, tb
 
 

@@ -21,7 +21,6 @@ from ._backends import check_backend_name, for_op, resolve
 from ._checks import (
     check_features,
     check_int,
-    check_not_constant,
     check_pair,
     check_positive_float,
     check_topk,
@@ -378,10 +377,8 @@ def prepare(metric: str, x, **options) -> Prepared:
     True
     """
     spec = metric_spec(metric)
-    x = check_features(x, "x")
-    opts = spec.check_options(x.shape[0], (x.shape[1], x.shape[1]), options)
-    check_not_constant(x, "x", metric)
-    return _prepare(spec, x, opts)
+    x = check_features(x, "x", metric=metric)
+    return _prepare(spec, x, spec.check_options(x.shape[0], (x.shape[1], x.shape[1]), options))
 
 
 def score(a: Prepared, b: Prepared) -> float:
@@ -438,10 +435,8 @@ def measure(metric: str, feats_A, feats_B, **options) -> float:
     True
     """
     spec = metric_spec(metric)
-    a, b = check_pair(feats_A, feats_B)
+    a, b = check_pair(feats_A, feats_B, metric=metric)
     opts = spec.check_options(a.shape[0], (a.shape[1], b.shape[1]), options)
-    check_not_constant(a, "feats_A", metric)
-    check_not_constant(b, "feats_B", metric)
     return score(_prepare(spec, a, opts), _prepare(spec, b, opts))
 
 

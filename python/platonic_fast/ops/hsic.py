@@ -198,13 +198,16 @@ def _compute_dtype(x: torch.Tensor, feature_space: bool) -> torch.dtype:
 def _prepared_features(x: torch.Tensor, kernel: str, sigma: float, dtype: torch.dtype):
     """Centred, scaled features and the kernel's form: (features, rbf, scale, scale_exp, rbf_diag)."""
     centred = _centred(x, dtype)
-    e = _power_of_two_exponent(float(centred.abs().max()))
+    top = float(centred.abs().max())
+    # Squares of Gram entries stay inside float32 for entries in [2**-16, 2**16] (D < 2**24):
+    # only features outside that range pay for the (exact, power-of-two) rescaling pass.
+    e = 0 if top == 0.0 or 2.0 ** -16 <= top <= 2.0 ** 16 else _power_of_two_exponent(top)
     if e:
         centred = centred * (2.0 ** -e)
     if kernel == "ip":
         return centred, (), 1.0, 2 * e, None
     # For centred rows the mean squared distance between samples is 2·mean‖c_i‖².
-    typical = 2.0 * float(centred.to(torch.float64).square().sum(dim=1).mean())
+    typical = 2.0 * float(centred.square().sum(dim=1, dtype=torch.float64).mean())
     rbf, scale, diag = rbf_form(sigma, typical, e)
     return centred, rbf, scale, 0, diag
 
@@ -225,7 +228,7 @@ def kernel_stats(x: torch.Tensor, kernel: str = "ip", sigma: float = 1.0) -> Ker
         if kernel == "ip":
             # Both HSIC estimators are exactly invariant to shifting a linear kernel's features:
             # for centred features the exact row sums are zero (the float rounding is not kept).
-            diag = feats.to(torch.float64).square().sum(dim=1)
+            diag = feats.square().sum(dim=1, dtype=torch.float64)
             st = KernelStats(kernel, sigma, rbf, feats, None, None, zeros, diag, scale=scale, scale_exp=scale_exp)
             if space:
                 st.self_sum = _gram_frob2(feats if d <= n else feats.T)

@@ -57,8 +57,8 @@ RESCORE_EXTRA = 4
 # Largest entries in [2**-SAFE_EXPONENT, 2**SAFE_EXPONENT] are used as they are (no copy); float32
 # products and sums of such features neither overflow nor lose the ranking to underflow.
 SAFE_EXPONENT = 32
-# float64 elements per block of the rescoring pass (64 MiB).
-RESCORE_BLOCK_ELEMENTS = 1 << 23
+# Elements per block of the ordering pass's temporaries (16 MiB of float64).
+RESCORE_BLOCK_ELEMENTS = 1 << 21
 
 
 def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -133,7 +133,8 @@ def knn(x, k, exclude_self=_UNSET, *, backend: str = "auto"):
 
 def _scale_exponent(t: torch.Tensor) -> int:
     """e such that t · 2**-e has its largest magnitude near 1; 0 when t is already in the safe range."""
-    top = float(t.detach().abs().max())
+    lo, hi = torch.aminmax(t.detach())  # no |t| copy
+    top = max(-float(lo), float(hi))
     if top == 0.0:
         return 0
     e = int(np.frexp(top)[1])
@@ -226,7 +227,6 @@ def _settle(q: torch.Tensor, keys: torch.Tensor, vals: torch.Tensor, idx: torch.
         k_norm = q_norm if keys is q else _row_norms(keys)
         # two computed scores can be out of order only when they are within 2γ̃‖x‖max‖y‖
         delta = 2.0 * gamma * q_norm * k_norm.max()
-        rep = None  # each key's first identical key, computed when first needed
         out_v, out_i = vals[:, :k].clone(), idx[:, :k].clone()
         rows = torch.arange(q.shape[0], device=q.device)
         while rows.numel():
@@ -245,9 +245,7 @@ def _settle(q: torch.Tensor, keys: torch.Tensor, vals: torch.Tensor, idx: torch.
                 beyond = member[:, -1] if kk > k else torch.ones(len(rows), dtype=torch.bool, device=q.device)
             busy = member.any(dim=1) & ~beyond
             if bool(busy.any()):
-                if rep is None:
-                    rep = _first_duplicates(keys)
-                sv, si = _reorder_clusters(q, keys, rep, rows[busy], vals[busy], idx[busy], member[busy])
+                sv, si = _reorder_clusters(q, keys, rows[busy], vals[busy], idx[busy], member[busy])
                 out_v[rows[busy]], out_i[rows[busy]] = sv[:, :k], si[:, :k]
             calm = ~member.any(dim=1)  # the backend's order stands (a no-op on the first round)
             out_v[rows[calm]], out_i[rows[calm]] = vals[calm, :k], idx[calm, :k]
@@ -257,29 +255,34 @@ def _settle(q: torch.Tensor, keys: torch.Tensor, vals: torch.Tensor, idx: torch.
     return out_v, out_i
 
 
-def _first_duplicates(keys: torch.Tensor) -> torch.Tensor:
-    """For each key row, the smallest index of a bitwise-identical row (itself when unique).
+def _first_duplicates(keys: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
+    """For the key rows ``which`` (unique, ascending), the smallest of them that is
+    bitwise-identical to each (itself when unique): only keys that share a row's cluster need
+    to get the identical number.
 
     Rows are hashed by their bits with integer arithmetic (exact and independent of order);
     equal hashes are confirmed by comparing the rows.
     """
-    bits = keys.contiguous().view({2: torch.int16, 4: torch.int32, 8: torch.int64}[keys.element_size()])
+    sub = keys[which].contiguous()
+    bits = sub.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[sub.element_size()])
     g = torch.Generator(device="cpu").manual_seed(0x5EED)
-    weights = (torch.randint(1, 2**62, (keys.shape[1],), generator=g, dtype=torch.int64) | 1).to(keys.device)
-    step = max(1, RESCORE_BLOCK_ELEMENTS // max(1, keys.shape[1]))
-    h = torch.cat([(bits[i: i + step].to(torch.int64) * weights).sum(dim=1)  # wraps mod 2**64
-                   for i in range(0, keys.shape[0], step)])
+    weights = torch.randint(-2**31, 2**31, (sub.shape[1],), generator=g, dtype=torch.int64)
+    weights = weights.to(device=keys.device, dtype=bits.dtype if bits.dtype != torch.int16 else torch.int32)
+    step = max(1, RESCORE_BLOCK_ELEMENTS // max(1, sub.shape[1]))
+    # products wrap in their integer type, sums in int64: exact, deterministic, no int64 copy
+    h = torch.cat([(bits[i: i + step] * weights).sum(dim=1, dtype=torch.int64)
+                   for i in range(0, sub.shape[0], step)])
     order = torch.argsort(h, stable=True)
     hs = h[order]
-    rep = torch.arange(keys.shape[0], device=keys.device)
+    rep = which.clone()
     for p in (hs[1:] == hs[:-1]).nonzero().squeeze(1).tolist():  # rare: confirm row by row
         a, b = int(order[p]), int(order[p + 1])
-        if torch.equal(keys[a], keys[b]):
+        if torch.equal(sub[a], sub[b]):
             rep[b] = rep[a]  # the sort is stable, so a < b and a's representative is final
     return rep
 
 
-def _reorder_clusters(q, keys, rep, rows, vals, idx, member):
+def _reorder_clusters(q, keys, rows, vals, idx, member):
     """Rescore the cluster members of each row in float64 and sort the row by (score, index).
 
     A member's score is computed once per (row, first identical key), so duplicated keys get the
@@ -287,7 +290,9 @@ def _reorder_clusters(q, keys, rep, rows, vals, idx, member):
     """
     r_pos, c_pos = member.nonzero(as_tuple=True)
     n_keys = keys.shape[0]
-    pair = rows[r_pos] * n_keys + rep[idx[r_pos, c_pos]]
+    cand = idx[r_pos, c_pos]
+    which, slot = torch.unique(cand, return_inverse=True)
+    pair = rows[r_pos] * n_keys + _first_duplicates(keys, which)[slot]
     unique, back = torch.unique(pair, return_inverse=True)
     s64 = _dot64(q, keys, unique // n_keys, unique % n_keys)[back]
     key = vals.to(torch.float64)  # outside the clusters the computed order is certain
