@@ -210,6 +210,7 @@ def _capability(device: torch.device) -> tuple[int, int]:
     return torch.cuda.get_device_capability(index)
 
 
+@functools.lru_cache(maxsize=None)
 def cuda_kernels_built() -> bool:
     """True when the compiled core has CUDA kernels and the CUDA runtime sees a device."""
     if not core_available() or not torch.cuda.is_available():
@@ -219,6 +220,7 @@ def cuda_kernels_built() -> bool:
     return bool(_core.build_info()["cuda"]) and _core.cuda_status()[1] > 0
 
 
+@functools.lru_cache(maxsize=None)
 def triton_importable() -> bool:
     """True when Triton imports and a GPU is present (its kernels need one)."""
     if not torch.cuda.is_available():

@@ -6,6 +6,7 @@ TypeError that names the argument and says what to do, never deep inside a kerne
 
 from __future__ import annotations
 
+import math
 import numbers
 import warnings
 from typing import Any
@@ -63,18 +64,33 @@ def check_not_constant(t: torch.Tensor, name: str, metric: str, column_range=Non
             "nothing to measure (check the layer or the extraction)")
 
 
-def warn_if_guard_dominates(metric: str, norm: float, guard: float) -> None:
-    """Warn when the SPEC's 1e-6 guard in the denominator moves the score by more than 10%.
-
-    ``norm`` is √(HSIC(K,K)·HSIC(L,L)) in units where the guard is ``guard`` (1e-6 in true units).
-    """
+def guarded_ratio(metric: str, num: float, norm: float, exponent: float) -> float:
+    """num / (norm + 1e-6), the SPEC's CKA/CKNNA ratio, with num and norm in scaled units where
+    the guard 1e-6 reads 1e-6 · 2**exponent; warns when the guard moves the score by over 10%."""
+    guard = math.ldexp(1e-6, int(exponent)) * 2.0 ** (exponent - int(exponent)) if exponent < 1000 else math.inf
+    guard = max(guard, 5e-324)  # an underflow to 0 would turn 0 / 0 into an exception
     if not guard <= 0.1 * norm:
-        true_norm = norm * 1e-6 / guard if guard > 0 and guard != float("inf") else 0.0
+        # One message per metric (no values in it), so a layer search warns once, not L² times.
         warnings.warn(
-            f"{metric}: sqrt(HSIC(K,K)·HSIC(L,L)) = {true_norm:.3g} is not large against the formula's 1e-6 "
-            "guard, which pulls the score towards 0 (tiny features or a constant kernel; the reference's "
-            "formula does the same). L2-normalise the rows (align does) for a scale-free score.",
+            f"{metric}: sqrt(HSIC(K,K)·HSIC(L,L)) is not large against the formula's 1e-6 guard, which "
+            "pulls the score towards 0 (tiny features or a constant kernel; the reference's formula does "
+            "the same). L2-normalise the rows (align does) for a scale-free score.",
             DegenerateInputWarning, stacklevel=5)
+    return num / (norm + guard)
+
+
+def unit_exponent(top: float, safe: int) -> int:
+    """e such that dividing by 2**e (exact) brings a largest magnitude ``top`` near 1, or 0 when
+    ``top`` is 0 or already within [2**-safe, 2**safe] (then nothing needs rescaling)."""
+    if top == 0.0 or 2.0 ** -safe <= top <= 2.0 ** safe:
+        return 0
+    return int(np.frexp(top)[1])
+
+
+def max_abs(t: torch.Tensor) -> float:
+    """max |t| without materialising |t|."""
+    lo, hi = torch.aminmax(t.detach())
+    return max(-float(lo), float(hi))
 
 
 def all_finite(t: torch.Tensor) -> bool:

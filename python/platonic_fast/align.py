@@ -13,12 +13,11 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ._checks import ConstantFeaturesError, DegenerateInputWarning, as_tensor, check_features
+from ._checks import ConstantFeaturesError, DegenerateInputWarning, as_tensor, check_features, max_abs, unit_exponent
 from .metrics import Prepared, metric_spec, prepare, score
 from .ops.outliers import remove_outliers
 
@@ -54,8 +53,7 @@ def _unit_exponent(t: torch.Tensor) -> int:
     before either changes nothing but the float32 range: squares of entries near 1e20 would
     overflow, and rows near 1e-20 would fall under normalize's 1e-12 floor.
     """
-    top = float(t.detach().abs().max())
-    return 0 if top == 0.0 or 2.0 ** -20 <= top <= 2.0 ** 20 else int(np.frexp(top)[1])
+    return unit_exponent(max_abs(t), 20)
 
 
 def prepare_layers(feats, name: str, *, q: float = 0.95, exact: bool = False, normalize: bool = True,

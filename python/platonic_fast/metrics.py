@@ -24,7 +24,7 @@ from ._checks import (
     check_pair,
     check_positive_float,
     check_topk,
-    warn_if_guard_dominates,
+    guarded_ratio,
 )
 from .ops import hsic
 from .ops.cknna_sums import cknna_sums
@@ -180,12 +180,8 @@ def _cknna_pair(sa: Neighbours, sb: Neighbours, *, topk=None, unbiased=True, dis
     ll = _cknna_similarity(sb.self_sums, n, **opts)
     if distance_agnostic:
         return kl / max(kk * ll, 1e-300) ** 0.5
-    # The sums are in scaled units (values · 2**-e): move the SPEC's 1e-6 guard there too.
-    exponent = -(sa.scale_exp + sb.scale_exp)
-    guard = 1e-6 * 2.0 ** exponent if exponent < 1000 else float("inf")
-    norm = max(kk * ll, 0.0) ** 0.5
-    warn_if_guard_dominates("cknna", norm, guard)
-    return kl / (norm + guard)
+    # The sums are in scaled units (values · 2**-e): the SPEC's 1e-6 guard moves there too.
+    return guarded_ratio("cknna", kl, max(kk * ll, 0.0) ** 0.5, -(sa.scale_exp + sb.scale_exp))
 
 
 def _cknna_validate(opts: dict, n: int, widths) -> dict:

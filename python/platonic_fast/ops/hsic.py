@@ -35,11 +35,10 @@ import math
 import warnings
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from .._backends import MIN_CUDA_CAPABILITY, register
-from .._checks import DegenerateInputWarning, warn_if_guard_dominates
+from .._checks import DegenerateInputWarning, guarded_ratio, max_abs, unit_exponent
 from .knn import compute_dtype
 
 KERNELS = ("ip", "rbf")
@@ -111,14 +110,14 @@ def _exact_close_distances(sq, ni, nj, x, i0: int, j0: int) -> None:
     u = float(torch.finfo(x.dtype).eps)
     bound = 3.0 * u * (ni + nj) + 2.0 * x.shape[1] * u * (ni * nj).sqrt()
     rows, cols = (sq <= bound).nonzero(as_tuple=True)
-    if rows.numel():
-        diff = x[rows + i0].to(torch.float64) - x[cols + j0].to(torch.float64)
-        sq[rows, cols] = diff.square().sum(dim=1).to(sq.dtype)
-
-
-def _power_of_two_exponent(top: float) -> int:
-    """e with 2**e near ``top`` (0 for 0): dividing by 2**e is exact and brings ``top`` near 1."""
-    return int(np.frexp(top)[1]) if top > 0 else 0
+    if i0 == j0:  # the diagonal is set to 0 by the caller
+        off = rows != cols
+        rows, cols = rows[off], cols[off]
+    step = max(1, (1 << 21) // max(1, x.shape[1]))  # 16 MiB blocks: duplicates can be many
+    for s0 in range(0, rows.numel(), step):
+        r, c = rows[s0: s0 + step], cols[s0: s0 + step]
+        diff = x[r + i0].to(torch.float64) - x[c + j0].to(torch.float64)
+        sq[r, c] = diff.square().sum(dim=1).to(sq.dtype)
 
 
 def _centred(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -198,16 +197,16 @@ def _compute_dtype(x: torch.Tensor, feature_space: bool) -> torch.dtype:
 def _prepared_features(x: torch.Tensor, kernel: str, sigma: float, dtype: torch.dtype):
     """Centred, scaled features and the kernel's form: (features, rbf, scale, scale_exp, rbf_diag)."""
     centred = _centred(x, dtype)
-    top = float(centred.abs().max())
     # Squares of Gram entries stay inside float32 for entries in [2**-16, 2**16] (D < 2**24):
     # only features outside that range pay for the (exact, power-of-two) rescaling pass.
-    e = 0 if top == 0.0 or 2.0 ** -16 <= top <= 2.0 ** 16 else _power_of_two_exponent(top)
+    e = unit_exponent(max_abs(centred), 16)
     if e:
         centred = centred * (2.0 ** -e)
     if kernel == "ip":
         return centred, (), 1.0, 2 * e, None
     # For centred rows the mean squared distance between samples is 2·mean‖c_i‖².
-    typical = 2.0 * float(centred.square().sum(dim=1, dtype=torch.float64).mean())
+    # squares in float64: a float16 entry of 256 would square to inf in its own dtype
+    typical = 2.0 * float(torch.linalg.vector_norm(centred, dim=1, dtype=torch.float64).square().mean())
     rbf, scale, diag = rbf_form(sigma, typical, e)
     return centred, rbf, scale, 0, diag
 
@@ -266,7 +265,7 @@ def kernel_stats_fused(x: torch.Tensor, kernel: str = "ip", sigma: float = 1.0) 
         # scale are exact enough there and keep the tiles in range.
         feats, rbf, scale, scale_exp, rbf_diag = _prepared_features(x, kernel, sigma, x.dtype)
         if kernel == "ip":
-            diag = feats.float().square().sum(dim=1).to(torch.float64)
+            diag = feats.float().square().sum(dim=1, dtype=torch.float64)
         else:
             diag = torch.full((x.shape[0],), rbf_diag, dtype=torch.float64, device=x.device)
     return KernelStats(kernel, sigma, rbf, feats, None, None, None, diag, fused=True, scale=scale,
@@ -352,11 +351,6 @@ def cka_from_stats(ka: KernelStats, kb: KernelStats, *, unbiased: bool) -> float
     hkl = hsic_from_sums(cross_sum(ka, kb), ka, kb, unbiased=unbiased)
     hkk = hsic_from_sums(ka.self_sum, ka, ka, unbiased=unbiased)
     hll = hsic_from_sums(kb.self_sum, kb, kb, unbiased=unbiased)
-    prod = hkk * hll
-    exponent = -_true_units(ka, kb)
-    guard = 1e-6 * 2.0 ** exponent if exponent < 1000 else math.inf
     # sqrt of a product that rounding made slightly negative: the reference gets NaN there;
     # clamp to zero so the 1e-6 guard applies.
-    norm = max(prod, 0.0) ** 0.5
-    warn_if_guard_dominates("cka", norm, guard)
-    return hkl / (norm + guard)
+    return guarded_ratio("cka", hkl, max(hkk * hll, 0.0) ** 0.5, -_true_units(ka, kb))

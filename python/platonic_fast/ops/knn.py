@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._backends import MIN_CUDA_CAPABILITY, register, resolve
-from .._checks import check_features, check_int, check_topk, warn_memory
+from .._checks import check_features, check_int, check_topk, max_abs, unit_exponent, warn_memory
 
 _UNSET = object()
 
@@ -133,12 +133,7 @@ def knn(x, k, exclude_self=_UNSET, *, backend: str = "auto"):
 
 def _scale_exponent(t: torch.Tensor) -> int:
     """e such that t · 2**-e has its largest magnitude near 1; 0 when t is already in the safe range."""
-    lo, hi = torch.aminmax(t.detach())  # no |t| copy
-    top = max(-float(lo), float(hi))
-    if top == 0.0:
-        return 0
-    e = int(np.frexp(top)[1])
-    return 0 if -SAFE_EXPONENT <= e <= SAFE_EXPONENT else e
+    return unit_exponent(max_abs(t), SAFE_EXPONENT)
 
 
 def _scaled(t: torch.Tensor, e: int) -> torch.Tensor:
@@ -194,9 +189,9 @@ def vals_bytes(x: torch.Tensor) -> int:
 def _unit_roundoff(dtype: torch.dtype) -> float:
     if dtype == torch.float64:
         return 2.0 ** -53
-    # tf32 keeps 10 mantissa bits of each input when the caller opted into it (CUDA only)
-    tf32 = torch.get_float32_matmul_precision() != "highest" and torch.cuda.is_available()
-    return 2.0 ** -11 if tf32 else 2.0 ** -24
+    # A float32 GEMM may round its inputs when the caller allowed it the torch way: to tf32
+    # ("high": 10 mantissa bits) or bfloat16 ("medium": 7), on a GPU or through oneDNN.
+    return {"highest": 2.0 ** -24, "high": 2.0 ** -11}.get(torch.get_float32_matmul_precision(), 2.0 ** -8)
 
 
 # λ of the probabilistic rounding-error bound below: it fails with probability below
@@ -229,6 +224,7 @@ def _settle(q: torch.Tensor, keys: torch.Tensor, vals: torch.Tensor, idx: torch.
         delta = 2.0 * gamma * q_norm * k_norm.max()
         out_v, out_i = vals[:, :k].clone(), idx[:, :k].clone()
         rows = torch.arange(q.shape[0], device=q.device)
+        first_round = True
         while rows.numel():
             kk = idx.shape[1]
             v, dr = vals.to(torch.float64), delta[rows, None]
@@ -247,8 +243,11 @@ def _settle(q: torch.Tensor, keys: torch.Tensor, vals: torch.Tensor, idx: torch.
             if bool(busy.any()):
                 sv, si = _reorder_clusters(q, keys, rows[busy], vals[busy], idx[busy], member[busy])
                 out_v[rows[busy]], out_i[rows[busy]] = sv[:, :k], si[:, :k]
-            calm = ~member.any(dim=1)  # the backend's order stands (a no-op on the first round)
-            out_v[rows[calm]], out_i[rows[calm]] = vals[calm, :k], idx[calm, :k]
+            if first_round:
+                first_round = False  # out_v, out_i already hold the backend's order
+            else:
+                calm = ~member.any(dim=1)
+                out_v[rows[calm]], out_i[rows[calm]] = vals[calm, :k], idx[calm, :k]
             rows = rows[beyond]
             if rows.numel():
                 vals, idx = _more_candidates(q, keys, rows, min(2 * kk, n_cand), exclude_self)

@@ -22,6 +22,8 @@ def svcca_basis(x: torch.Tensor, cca_dim: int, *, backend: str = "auto") -> torc
     return impl(x, cca_dim)
 
 
+# One implementation serves both names, as for hsic: on the CPU it is the CPU path (LAPACK).
+@register("svcca", "cpu", devices=("cpu",))
 @register("svcca", "torch", devices=("cpu", "cuda"))
 def svcca_basis_torch(x: torch.Tensor, cca_dim: int) -> torch.Tensor:
     x64 = x.to(torch.float64)
