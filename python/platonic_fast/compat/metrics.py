@@ -3,10 +3,13 @@
 Return types follow the reference: Python floats, except ``lcs_knn`` (0-d float32 tensor),
 ``edit_distance_knn`` (0-d float64 tensor) and ``svcca`` (NumPy float64).
 
+``svcca`` is the reference's own estimator (``torch.svd_lowrank``, scikit-learn's CCA, 1e-10
+noise; see ``_svcca_reference``), not the exact :func:`platonic_fast.svcca`: moved code keeps
+its numbers, run-to-run spread included, and ``seed=`` makes a value repeatable. It needs
+scikit-learn (the ``compat`` extra).
+
 Deliberate differences, all documented in the README:
 - neighbour ties are broken by the smaller index (the reference's argsort leaves them arbitrary);
-- ``svcca`` is exact and deterministic (the reference uses a randomised SVD, iterative CCA and
-  added noise); it lands inside the reference's run-to-run spread;
 - ``cknna(topk=None)`` means N - 1 neighbours (the reference raises a TypeError there), and
   ``distance_agnostic=True`` returns a score instead of the reference's matrix;
 - ``cka`` clamps a rounding-negative HSIC(K,K)·HSIC(L,L) to 0 instead of returning NaN.
@@ -14,11 +17,11 @@ Deliberate differences, all documented in the README:
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from .. import metrics as _m
 from ..ops.outliers import remove_outliers as _remove_outliers
+from ._svcca_reference import reference_svcca
 
 
 class AlignmentMetrics:
@@ -54,8 +57,10 @@ class AlignmentMetrics:
         return AlignmentMetrics.cka(*args, **kwargs)
 
     @staticmethod
-    def svcca(feats_A, feats_B, cca_dim=10):
-        return np.float64(_m.svcca(feats_A, feats_B, cca_dim=cca_dim))
+    def svcca(feats_A, feats_B, cca_dim=10, *, seed=None):
+        """The reference's randomised SVCCA (see ``_svcca_reference``); ``seed=None`` draws from
+        the global torch and NumPy generators as the reference does, an int makes it repeatable."""
+        return reference_svcca(feats_A, feats_B, cca_dim=cca_dim, seed=seed)
 
     @staticmethod
     def edit_distance_knn(feats_A, feats_B, topk):
