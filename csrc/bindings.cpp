@@ -17,11 +17,13 @@
 #include "cpu/knn.h"
 #include "cpu/neighbour_lists.h"
 #include "cpu/outliers.h"
+#include "cpu/permute_lists.h"
 #ifdef PLATONIC_FAST_WITH_CUDA
 #include <cuda_runtime.h>
 
 #include "../kernels/cuda/cknna_sums.cuh"
 #include "../kernels/cuda/neighbour_lists.cuh"
+#include "../kernels/cuda/permute_lists.cuh"
 #include "../kernels/cuda/topk_merge.cuh"
 #endif
 
@@ -237,6 +239,28 @@ PYBIND11_MODULE(_core, m) {
         "Per row of a float32 matrix: entries lo and hi (= lo or lo + 1) of the ascending sort "
         "of |x|.");
 
+  // permute_lists
+  m.def("permute_lists",
+        [](const IndexArray& lists, const IndexArray& perm, const IndexArray& inverse) {
+          PF_CHECK(lists.ndim() == 2 && lists.shape(1) >= 1, "lists must be N x k with k >= 1");
+          const int64_t n = lists.shape(0), k = lists.shape(1);
+          PF_CHECK(perm.ndim() == 1 && perm.shape(0) == n && inverse.ndim() == 1 && inverse.shape(0) == n,
+                   "perm and inverse must both hold N = " << n << " entries");
+          pf::check_indices(lists.data(), n * k, n, "lists");
+          pf::check_indices(perm.data(), n, n, "perm");
+          pf::check_indices(inverse.data(), n, n, "inverse");
+          py::array_t<int64_t> out({n, k});
+          int64_t* dst = out.mutable_data();
+          {
+            py::gil_scoped_release release;
+            pf::permute_lists(lists.data(), n, k, perm.data(), inverse.data(), dst);
+          }
+          return out;
+        },
+        py::arg("lists"), py::arg("perm"), py::arg("inverse"),
+        "Lists of a row-permuted set: out[i] = inverse[lists[perm[i]]] (int64 N x k; perm a "
+        "permutation of 0..N-1 and inverse its inverse).");
+
 #ifdef PLATONIC_FAST_WITH_CUDA
   // CUDA: raw device pointers (C-contiguous buffers) and a cudaStream_t as integers.
   m.def("cuda_status", &cuda_status,
@@ -311,6 +335,21 @@ PYBIND11_MODULE(_core, m) {
         py::arg("values_ptr"), py::arg("indices_ptr"), py::arg("n"), py::arg("m"), py::arg("k"),
         py::arg("out_values_ptr"), py::arg("out_indices_ptr"), py::arg("is_double"), py::arg("stream"),
         "k-selection merge of m candidates per row into the best k (device pointers).");
+  m.def("permute_lists_cuda",
+        [](uintptr_t lists, int64_t n, int64_t k, uintptr_t perm, uintptr_t inverse, uintptr_t out,
+           uintptr_t stream) {
+          PF_CHECK(n >= 0 && k >= 1, "permute_lists_cuda: need n >= 0 and k >= 1");
+          PF_CHECK(lists && perm && inverse && out, "permute_lists_cuda: null device pointer");
+          py::gil_scoped_release release;
+          cuda_check(pf::cuda::launch_permute_lists(device_ptr<const int64_t>(lists), n, k,
+                                                    device_ptr<const int64_t>(perm),
+                                                    device_ptr<const int64_t>(inverse),
+                                                    device_ptr<int64_t>(out), as_stream(stream)),
+                     "permute_lists_cuda");
+        },
+        py::arg("lists_ptr"), py::arg("n"), py::arg("k"), py::arg("perm_ptr"), py::arg("inverse_ptr"),
+        py::arg("out_ptr"), py::arg("stream"),
+        "permute_lists on device: out[i] = inverse[lists[perm[i]]] (int64, C-contiguous, checked by the caller).");
   m.attr("CUDA_MAX_LIST_K") = pf::cuda::kMaxListK;
 #endif
 }

@@ -11,6 +11,7 @@ numbers as the reference code, computed without N x N matrices.
 
 from ._checks import ConstantFeaturesError, DegenerateInputWarning, MemoryUseWarning
 from .align import AlignResult, align
+from .calibration import Calibration, LayerCalibration, calibrate, null_calibration
 from .metrics import (
     METRICS,
     SUPPORTED_METRICS,
@@ -38,14 +39,17 @@ __version__ = "0.1.0"
 __all__ = [
     "AlignResult",
     "Alignment",
+    "Calibration",
     "ConstantFeaturesError",
     "DegenerateInputWarning",
+    "LayerCalibration",
     "MemoryUseWarning",
     "METRICS",
     "MetricSpec",
     "Prepared",
     "SUPPORTED_METRICS",
     "align",
+    "calibrate",
     "cka",
     "cknna",
     "cycle_knn",
@@ -55,6 +59,7 @@ __all__ = [
     "measure",
     "metric_spec",
     "mutual_knn",
+    "null_calibration",
     "prepare",
     "remove_outliers",
     "score",

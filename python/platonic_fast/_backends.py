@@ -93,7 +93,7 @@ def register(op: str, backend: str, *, devices: tuple[str, ...], dtypes: tuple[t
 
 def _load_ops() -> None:
     """Import every op module so that the registry is complete."""
-    from .ops import cknna_sums, hsic, knn, neighbour_lists, outliers, svcca, topk_merge  # noqa: F401
+    from .ops import cknna_sums, hsic, knn, neighbour_lists, outliers, permute_lists, svcca, topk_merge  # noqa: F401
 
 
 def ops() -> list[str]:

@@ -64,12 +64,13 @@ def check_not_constant(t: torch.Tensor, name: str, metric: str, column_range=Non
             "nothing to measure (check the layer or the extraction)")
 
 
-def guarded_ratio(metric: str, num: float, norm: float, exponent: float) -> float:
+def guarded_ratio(metric: str, num: float, norm: float, exponent: float, *, warn: bool = True) -> float:
     """num / (norm + 1e-6), the SPEC's CKA/CKNNA ratio, with num and norm in scaled units where
-    the guard 1e-6 reads 1e-6 · 2**exponent; warns when the guard moves the score by over 10%."""
+    the guard 1e-6 reads 1e-6 · 2**exponent; warns (unless ``warn`` is False) when the guard
+    moves the score by over 10%."""
     guard = math.ldexp(1e-6, int(exponent)) * 2.0 ** (exponent - int(exponent)) if exponent < 1000 else math.inf
     guard = max(guard, 5e-324)  # an underflow to 0 would turn 0 / 0 into an exception
-    if not guard <= 0.1 * norm:
+    if warn and not guard <= 0.1 * norm:
         # One message per metric (no values in it), so a layer search warns once, not L² times.
         warnings.warn(
             f"{metric}: sqrt(HSIC(K,K)·HSIC(L,L)) is not large against the formula's 1e-6 guard, which "

@@ -52,6 +52,11 @@ def outliers_abs_order_stats(
     x: npt.NDArray[np.float32], lo: int, hi: int
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
 
+# permute_lists
+def permute_lists(
+    lists: npt.NDArray[np.int64], perm: npt.NDArray[np.int64], inverse: npt.NDArray[np.int64]
+) -> npt.NDArray[np.int64]: ...
+
 # --- CUDA-only: present only in builds with CUDA kernels (build_info()["cuda"]) ---
 # Pointers are device addresses of C-contiguous buffers (int), stream a cudaStream_t (int).
 CUDA_MAX_LIST_K: int
@@ -67,4 +72,7 @@ def cknna_sums_cuda(
 def topk_merge_cuda(
     values_ptr: int, indices_ptr: int, n: int, m: int, k: int, out_values_ptr: int,
     out_indices_ptr: int, is_double: bool, stream: int,
+) -> None: ...
+def permute_lists_cuda(
+    lists_ptr: int, n: int, k: int, perm_ptr: int, inverse_ptr: int, out_ptr: int, stream: int,
 ) -> None: ...

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ._checks import ConstantFeaturesError, DegenerateInputWarning, as_tensor, check_features, max_abs, unit_exponent
+from .calibration import LayerCalibration, calibrate_states, check_alpha, permutation_source
 from .metrics import Prepared, metric_spec, prepare, score
 from .ops.outliers import remove_outliers
 
@@ -37,6 +38,10 @@ class AlignResult:
         The best pair; -1 stands for the concatenation. None when no pair scores above 0.
     metric : str
     options : dict
+    calibration : LayerCalibration or None
+        With ``permutations=K``: the permutation null of the whole search (its max and mean
+        aggregates with p-values, thresholds and calibrated values, each pair's p-value and
+        chance level).
     """
 
     scores: torch.Tensor
@@ -44,6 +49,7 @@ class AlignResult:
     best_layers: tuple[int, int] | None
     metric: str
     options: dict = field(default_factory=dict)
+    calibration: LayerCalibration | None = None
 
 
 def _unit_exponent(t: torch.Tensor) -> int:
@@ -103,7 +109,8 @@ def prepare_layers(feats, name: str, *, q: float = 0.95, exact: bool = False, no
 
 def align(feats_x, feats_y, metric: str = "mutual_knn", topk: int = 10, *, q: float = 0.95,
           exact: bool = False, normalize: bool = True, concat: bool = False, backend: str = "auto",
-          progress: bool = False, **metric_options) -> AlignResult:
+          progress: bool = False, permutations: int | None = None, alpha: float = 0.05, generator=None,
+          perm=None, **metric_options) -> AlignResult:
     """Score every layer pair of two models and find the best one.
 
     Parameters
@@ -120,7 +127,13 @@ def align(feats_x, feats_y, metric: str = "mutual_knn", topk: int = 10, *, q: fl
     concat : bool
         Also score the concatenation of all layers as one more layer (index -1).
     progress : bool
-        Show a progress bar over layers and pairs.
+        Show a progress bar over layers, pairs and permutations.
+    permutations : int, optional
+        K: calibrate the search as a whole against K row permutations of y, the same one for
+        every layer of y (see :mod:`platonic_fast.calibration`); the result's ``calibration``.
+    alpha, generator, perm
+        The null's level, seed (torch.Generator or int) and explicit permutations (K x N tensor
+        or callable), as :func:`platonic_fast.calibrate`.
     **metric_options
         Passed to the metric (``kernel_metric``, ``unbiased``, ``cca_dim``, ...).
 
@@ -141,10 +154,21 @@ def align(feats_x, feats_y, metric: str = "mutual_knn", topk: int = 10, *, q: fl
     if ys[0].shape[0] != n:
         raise ValueError(f"feats_x and feats_y must describe the same samples: got N={n} and N={ys[0].shape[0]}")
     opts = resolve_options(metric, n, [t.shape[1] for t in xs + ys], topk=topk, backend=backend, **metric_options)
-    bar = tqdm(total=len(xs) + len(ys) + len(xs) * len(ys), desc=f"align {metric}", disable=not progress)
+    if permutations is not None or perm is not None:  # bad K, alpha or perm fail before the work
+        check_alpha(alpha)
+        permutation_source(n, permutations, perm, generator, xs[0].device)
+    calibrated = permutations is not None or perm is not None
+    k = (permutations if permutations is not None else len(perm) if isinstance(perm, torch.Tensor) else 200) \
+        if calibrated else 0
+    bar = tqdm(total=len(xs) + len(ys) + len(xs) * len(ys) + (k if isinstance(k, int) else 0),
+               desc=f"align {metric}", disable=not progress)
     states_x = prepare_states(xs, metric, opts, bar=bar)
     states_y = prepare_states(ys, metric, opts, bar=bar)
     result = score_states(states_x, states_y, metric, opts, concat=concat, bar=bar)
+    if calibrated:
+        result.calibration = calibrate_states(states_x, states_y, result.scores, metric, opts,
+                                              permutations=permutations, alpha=alpha, generator=generator,
+                                              perm=perm, bar=bar)
     bar.close()
     return result
 

@@ -12,6 +12,7 @@ against any other set prepared the same way. A single :func:`measure` call does 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -30,6 +31,7 @@ from .ops import hsic
 from .ops.cknna_sums import cknna_sums
 from .ops.knn import neighbours
 from .ops.neighbour_lists import run as neighbour_lists
+from .ops.permute_lists import check_permutation, inverse_permutation, relabel
 from .ops.svcca import canonical_correlations, svcca_basis
 
 # --- prepared states --------------------------------------------------------------------------
@@ -75,6 +77,12 @@ class MetricSpec:
         Uses neighbour lists of ``topk`` neighbours.
     max_score : callable (options) -> float
         The largest value the metric takes (k for lcs_knn, else 1).
+    permute : callable (state, perm, inverse, **options) -> state
+        The state of the row-permuted set x[perm], from x's state without recomputing it
+        (relabelled neighbour lists, permuted kernel rows or basis rows): permutation nulls.
+    null_mean : callable (state_a, state_b, n, **options) -> float or None
+        The exact expectation of the metric over uniformly random row permutations of b, where
+        it has a closed form (mutual_knn, cka, unbiased_cka), else None.
     fixed : dict
         Options the metric pins (``unbiased_cka`` is ``cka`` with ``unbiased=True``).
     """
@@ -88,6 +96,8 @@ class MetricSpec:
     symmetric: bool
     takes_topk: bool
     max_score: Callable[[dict], float] = lambda opts: 1.0
+    permute: Callable[..., Any] = None
+    null_mean: Callable[..., float | None] = lambda sa, sb, n, **opts: None
     fixed: dict = field(default_factory=dict)
 
     def check_options(self, n: int, widths: tuple[int, int], options: dict) -> dict:
@@ -111,9 +121,19 @@ def _validate_topk(opts: dict, n: int, widths) -> dict:
     return {"topk": check_topk(opts["topk"], n)}
 
 
+def _relabelled(st: Neighbours, perm: torch.Tensor, inverse: torch.Tensor, backend: str,
+                ops: tuple[str, ...]) -> Neighbours:
+    """The lists of x[perm] from x's lists: π⁻¹(L[π(i)]), the values moved with their rows."""
+    idx = relabel(st.indices, perm, inverse, backend=for_op("permute_lists", backend, ops))
+    vals = None if st.values is None else st.values[perm.to(st.values.device)]
+    # CKNNA's self sums are sums over a set's own (i, j) pairs: relabelling both ends keeps them.
+    return Neighbours(idx, vals, st.self_sums, st.scale_exp)
+
+
 def _list_metric(name: str, kind: str, reduce: Callable[[torch.Tensor, int], float], *,
-                 symmetric: bool, max_score=lambda opts: 1.0) -> MetricSpec:
-    ops = ("knn", "neighbour_lists")
+                 symmetric: bool, max_score=lambda opts: 1.0, null_mean=lambda sa, sb, n, **opts: None
+                 ) -> MetricSpec:
+    ops = ("knn", "neighbour_lists", "permute_lists")
 
     def prepare(x, *, topk, backend="auto"):
         _, idx, _ = neighbours(x, topk, exclude_self=True, backend=for_op("knn", backend, ops))
@@ -123,15 +143,21 @@ def _list_metric(name: str, kind: str, reduce: Callable[[torch.Tensor, int], flo
         per_row = neighbour_lists(kind, sa.indices, sb.indices, backend=for_op("neighbour_lists", backend, ops))
         return reduce(per_row, sa.indices.shape[1])
 
+    def permute(st: Neighbours, perm, inverse, *, topk=None, backend="auto"):
+        return _relabelled(st, perm, inverse, backend, ops)
+
     return MetricSpec(name, ops, {"topk": 10}, _validate_topk, prepare, pair, symmetric=symmetric,
-                      takes_topk=True, max_score=max_score)
+                      takes_topk=True, max_score=max_score, permute=permute, null_mean=null_mean)
 
 
 def _mean(r: torch.Tensor) -> float:
     return float(r.sum(dtype=torch.float64)) / r.numel()
 
 
-_MUTUAL = _list_metric("mutual_knn", "mutual_overlap", lambda r, k: _mean(r) / k, symmetric=True)
+# A random relabelling makes π⁻¹(kNN_B(π(i))) a uniform k-subset of the N - 1 other samples,
+# so E|kNN_A(i) ∩ it| = k²/(N - 1) for every i (SPEC §1b).
+_MUTUAL = _list_metric("mutual_knn", "mutual_overlap", lambda r, k: _mean(r) / k, symmetric=True,
+                       null_mean=lambda sa, sb, n, *, topk, **opts: topk / (n - 1))
 _CYCLE = _list_metric("cycle_knn", "cycle_hits", lambda r, k: _mean(r), symmetric=False)
 _LCS = _list_metric("lcs_knn", "lcs_lengths", lambda r, k: _mean(r), symmetric=True,
                     max_score=lambda opts: float(opts["topk"]))
@@ -140,7 +166,7 @@ _EDIT = _list_metric("edit_distance_knn", "edit_distances", lambda r, k: 1.0 - _
 
 # --- CKNNA ------------------------------------------------------------------------------------
 
-_CKNNA_OPS = ("knn", "cknna_sums")
+_CKNNA_OPS = ("knn", "cknna_sums", "permute_lists")
 
 
 def _masked_sums(a: Neighbours, b: Neighbours, zero_diagonal: bool, backend: str) -> dict:
@@ -194,8 +220,13 @@ def _cknna_validate(opts: dict, n: int, widths) -> dict:
     return {"topk": topk, "unbiased": unbiased, "distance_agnostic": distance_agnostic}
 
 
+def _cknna_permute(st: Neighbours, perm, inverse, *, backend="auto", **opts):
+    return _relabelled(st, perm, inverse, backend, _CKNNA_OPS)
+
+
 _CKNNA = MetricSpec("cknna", _CKNNA_OPS, {"topk": 10, "distance_agnostic": False, "unbiased": True},
-                    _cknna_validate, _cknna_prepare, _cknna_pair, symmetric=False, takes_topk=True)
+                    _cknna_validate, _cknna_prepare, _cknna_pair, symmetric=False, takes_topk=True,
+                    permute=_cknna_permute)
 
 
 # --- CKA --------------------------------------------------------------------------------------
@@ -210,6 +241,14 @@ def _cka_pair(sa, sb, *, kernel_metric="ip", rbf_sigma=1.0, unbiased=False, back
     return hsic.cka_from_stats(sa, sb, unbiased=unbiased)
 
 
+def _cka_permute(st, perm, inverse, **opts):
+    return hsic.permute_stats(st, perm)
+
+
+def _cka_null_mean(sa, sb, n, *, unbiased=False, **opts):
+    return hsic.cka_null_mean(sa, sb, unbiased=unbiased)
+
+
 def _cka_validate(opts: dict, n: int, widths) -> dict:
     if opts["kernel_metric"] not in hsic.KERNELS:
         raise ValueError(f"kernel_metric must be one of {hsic.KERNELS}, got {opts['kernel_metric']!r}")
@@ -222,7 +261,8 @@ def _cka_validate(opts: dict, n: int, widths) -> dict:
 
 def _cka_spec(name: str, fixed: dict) -> MetricSpec:
     return MetricSpec(name, ("hsic",), {"kernel_metric": "ip", "rbf_sigma": 1.0, "unbiased": False},
-                      _cka_validate, _cka_prepare, _cka_pair, symmetric=True, takes_topk=False, fixed=fixed)
+                      _cka_validate, _cka_prepare, _cka_pair, symmetric=True, takes_topk=False,
+                      permute=_cka_permute, null_mean=_cka_null_mean, fixed=fixed)
 
 
 # --- SVCCA ------------------------------------------------------------------------------------
@@ -245,7 +285,8 @@ def _svcca_validate(opts: dict, n: int, widths) -> dict:
 
 
 _SVCCA = MetricSpec("svcca", ("svcca",), {"cca_dim": 10}, _svcca_validate, _svcca_prepare, _svcca_pair,
-                    symmetric=True, takes_topk=False)
+                    symmetric=True, takes_topk=False,
+                    permute=lambda u, perm, inverse, **opts: u[perm.to(u.device)])
 
 # In the reference's order (its SUPPORTED_METRICS).
 METRICS: dict[str, MetricSpec] = {s.name: s for s in (
@@ -294,6 +335,35 @@ class Prepared:
     def values(self) -> torch.Tensor | None:
         """The N x k kernel values of the lists, where the metric keeps them (else None)."""
         return getattr(self.state, "values", None)
+
+    def permute(self, perm) -> "Prepared":
+        """This set with its rows permuted (row i becomes row ``perm[i]``), without recomputing it.
+
+        The state of ``x[perm]`` from the state of ``x``: neighbour lists relabelled
+        (π⁻¹(kNN(π(i))), O(N·k)), kernel statistics and singular vectors with their rows
+        permuted. Scores against it equal scores against ``prepare(metric, x[perm])``, except
+        that equal-score neighbours keep x's order (ties by the smaller original index).
+
+        Parameters
+        ----------
+        perm : torch.Tensor, N integers
+            A permutation of 0..N-1.
+
+        Examples
+        --------
+        >>> a, b = torch.randn(200, 16), torch.randn(200, 8)
+        >>> pa, pb = prepare("mutual_knn", a, topk=5), prepare("mutual_knn", b, topk=5)
+        >>> perm = torch.randperm(200)
+        >>> score(pa, pb.permute(perm)) == measure("mutual_knn", a, b[perm], topk=5)
+        True
+        """
+        perm = check_permutation(perm, self.n)
+        return self._permuted(perm, inverse_permutation(perm))
+
+    def _permuted(self, perm: torch.Tensor, inverse: torch.Tensor) -> "Prepared":
+        # perm and inverse already checked (the null loops check each permutation once)
+        state = METRICS[self.metric].permute(self.state, perm, inverse, **self.options)
+        return dataclasses.replace(self, state=state)
 
     @classmethod
     def from_neighbours(cls, metric: str, indices, values=None, **options) -> "Prepared":

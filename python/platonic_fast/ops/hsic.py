@@ -354,3 +354,43 @@ def cka_from_stats(ka: KernelStats, kb: KernelStats, *, unbiased: bool) -> float
     # sqrt of a product that rounding made slightly negative: the reference gets NaN there;
     # clamp to zero so the 1e-6 guard applies.
     return guarded_ratio("cka", hkl, max(hkk * hll, 0.0) ** 0.5, -_true_units(ka, kb))
+
+
+def permute_stats(st: KernelStats, perm: torch.Tensor) -> KernelStats:
+    """The stats of the row-permuted features x[perm]: every per-row tensor permuted.
+
+    The kernel of x[perm] is K[perm][:, perm]: its own sums (Σ K̂∘K̂) are unchanged, its row
+    sums and diagonal are permuted, and the cross term with another set is recomputed from the
+    permuted features (linear: ‖ĀᵀB̄_π‖², O(N·Da·Db); RBF: tiles).
+    """
+
+    def rows(t):
+        return None if t is None else t[perm.to(t.device)]
+
+    return dataclasses.replace(st, features=rows(st.features), sq_norms=rows(st.sq_norms),
+                               row_sums=rows(st.row_sums), diag=rows(st.diag), source=rows(st.source))
+
+
+def _centred_trace(st: KernelStats) -> float:
+    """tr(HK̂H) = tr(K̂) − 1ᵀK̂1/N, in K̂ units (the features of a linear kernel are centred)."""
+    rows = 0.0 if st.row_sums is None else float(st.row_sums.sum())
+    return float(st.diag.sum()) - rows / st.n
+
+
+def cka_null_mean(ka: KernelStats, kb: KernelStats, *, unbiased: bool) -> float:
+    """The exact mean of CKA(K, L_π) over all row permutations π of the second set.
+
+    The denominator √(HSIC(K,K)·HSIC(L,L)) does not change under π, so the mean is the mean
+    HSIC over its guard. For biased HSIC, E_π tr(K̄ L̄_π) = tr(K̄)·tr(L̄)/(N − 1) (K̄ = HKH: the
+    diagonal of L̄_π is a random diagonal entry, the off-diagonal sum is −tr(L̄)); the unbiased
+    estimator's permutation mean is exactly 0. This is why biased CKA of independent features
+    grows with their width: tr(K̄)² / ‖K̄‖²_F grows with the kernel's effective rank.
+    """
+    if unbiased:
+        return 0.0
+    if ka.fused or kb.fused:  # the Triton stats hold no row sums yet: take them from a pass
+        cka_from_stats(ka, kb, unbiased=False)
+    hkk = hsic_from_sums(ka.self_sum, ka, ka, unbiased=False)
+    hll = hsic_from_sums(kb.self_sum, kb, kb, unbiased=False)
+    mean = _centred_trace(ka) * _centred_trace(kb) / (ka.n - 1)
+    return guarded_ratio("cka", mean, max(hkk * hll, 0.0) ** 0.5, -_true_units(ka, kb), warn=False)
