@@ -8,6 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import platonic_fast as pf
+
 import dense_reference as R
 from conftest import (
     DEVICES,
@@ -567,3 +569,17 @@ def test_numpy_negative_strides_and_big_endian(pf):
     assert pf.mutual_knn(an.astype(">f4"), bn) == want
     flipped = np.ascontiguousarray(an[::-1])[::-1]  # negative strides, same rows
     assert pf.mutual_knn(flipped, bn) == want
+
+
+@pytest.mark.parametrize("metric", ["mutual_knn", "cycle_knn", "lcs_knn", "edit_distance_knn", "cknna"])
+def test_truncated_lists_equal_a_fresh_prepare(metric):
+    """One kNN pass at the largest k serves every smaller k (several --topk in one sweep)."""
+    g = torch.Generator().manual_seed(11)
+    x, y = torch.randn(150, 9, generator=g), torch.randn(150, 6, generator=g)
+    px, py = pf.prepare(metric, x, topk=12), pf.prepare(metric, y, topk=12)
+    for k in (2, 5, 12):
+        assert pf.score(px.truncated(k), py.truncated(k)) == pytest.approx(pf.measure(metric, x, y, topk=k), abs=1e-12)
+    with pytest.raises(ValueError, match="topk must be an integer in \\[1, 12\\]"):
+        px.truncated(13)
+    with pytest.raises(ValueError, match="no topk"):
+        pf.prepare("cka", x).truncated(3)

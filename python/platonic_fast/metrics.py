@@ -360,6 +360,34 @@ class Prepared:
         perm = check_permutation(perm, self.n)
         return self._permuted(perm, inverse_permutation(perm))
 
+    def truncated(self, topk: int) -> "Prepared":
+        """This set prepared for a smaller ``topk``, from its lists (kNN metrics and cknna).
+
+        The first k entries of a top-K list are the top-k list (the order is total: larger
+        similarity first, ties to the smaller index), so one kNN pass serves several k.
+
+        Examples
+        --------
+        >>> x, y = torch.randn(300, 16), torch.randn(300, 8)
+        >>> px, py = prepare("mutual_knn", x, topk=20), prepare("mutual_knn", y, topk=20)
+        >>> score(px.truncated(5), py.truncated(5)) == measure("mutual_knn", x, y, topk=5)
+        True
+        """
+        spec = METRICS[self.metric]
+        if not spec.takes_topk:
+            raise ValueError(f"{self.metric} does not use neighbour lists (no topk)")
+        have = self.options["topk"]
+        if isinstance(topk, bool) or not isinstance(topk, int) or not 1 <= topk <= have:
+            raise ValueError(f"topk must be an integer in [1, {have}] (the lists hold {have}), got {topk!r}")
+        opts = spec.check_options(self.n, (self.width, self.width), {**self.options, "topk": topk})
+        st = self.state
+        if self.metric == "cknna":
+            state = _cknna_state(st.indices[:, :topk].contiguous(), st.values[:, :topk].contiguous(),
+                                 opts["unbiased"], opts["backend"], scale_exp=st.scale_exp)
+        else:
+            state = Neighbours(st.indices[:, :topk].contiguous())
+        return dataclasses.replace(self, options=opts, state=state)
+
     def _permuted(self, perm: torch.Tensor, inverse: torch.Tensor) -> "Prepared":
         # perm and inverse already checked (the null loops check each permutation once)
         state = METRICS[self.metric].permute(self.state, perm, inverse, **self.options)
