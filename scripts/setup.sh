@@ -18,4 +18,6 @@ fi
 
 # Build requirements in the environment itself, so the editable install can rebuild in place.
 $PIP install "scikit-build-core>=0.10" "pybind11>=2.12" cmake ninja
+# (features includes accelerate, for extract --device-map; the 'large' extra adds bitsandbytes for
+# --load-in 8bit/4bit, which needs a CUDA GPU and is not installed here.)
 $PIP install --no-build-isolation -e ".[test,bench,plot,features,demo]"

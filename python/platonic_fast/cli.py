@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    # --debug is accepted before or after the command (SUPPRESS: the command's parser must not
+    # reset a value given before it).
+    debug_parent = argparse.ArgumentParser(add_help=False)
+    debug_parent.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                              help="show the full traceback of an error (also PLATONIC_FAST_DEBUG=1)")
     parser = argparse.ArgumentParser(prog="platonic-fast", description="Fast, exact representational alignment.")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error "
+                        "(also PLATONIC_FAST_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser(
-        "demo",
+        "demo", parents=[debug_parent],
         help="the built-in offline demo: the paper's colour case study on real, shipped data",
         description="949 XKCD colour names: MiniLM's every layer (language) and pixel "
         "co-occurrence in scikit-image's photographs (vision) against CIELAB (perception), with "
@@ -21,36 +29,14 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--quick", action="store_true", help="fewer pixel pairs and MDS iterations (seconds)")
     demo.add_argument("--seed", type=int, default=0)
 
-    sub.add_parser("env", help="print what was built and which backends are usable here")
+    sub.add_parser("env", parents=[debug_parent], help="print what was built and which backends are usable here")
 
-    ext = sub.add_parser(
-        "extract",
-        help="layer-wise features of models on a dataset -> one safetensors file per model",
-        description="Extract pooled features of every layer. Language models read texts, vision "
-        "models read images. A model whose file already exists is skipped (use --force).",
-    )
-    ext.add_argument("models", nargs="+", help="hub ids or local folders (transformers / timm)")
-    data = ext.add_mutually_exclusive_group(required=True)
-    data.add_argument("--texts", help="a text file, one sample per line")
-    data.add_argument("--images", help="a folder of images (sorted by file name)")
-    data.add_argument("--hf-dataset", help="a HuggingFace dataset folder (save_to_disk) or cached name")
-    data.add_argument("--colours", action="store_true",
-                      help="the built-in colour set: the 949 XKCD colour names as texts "
-                      "('The color <name>.') and plain swatches of them as images")
-    ext.add_argument("--column", help="with --hf-dataset: the column to read (text or image)")
-    ext.add_argument("--split", help="with --hf-dataset: the split (default: the only one)")
-    ext.add_argument("--modality", choices=["language", "vision"],
-                     help="default: language for texts, vision for images")
-    ext.add_argument("--pool", help="language: avg (default) or last; vision: cls (default) or mean")
-    ext.add_argument("--batch-size", type=int, default=None)
-    ext.add_argument("--device", default=None)
-    ext.add_argument("--dtype", default=None, help="float32, bfloat16 or float16")
-    ext.add_argument("--limit", type=int, default=None, help="use the first N samples only")
-    ext.add_argument("--out", default="features", help="output folder (default ./features)")
-    ext.add_argument("--force", action="store_true", help="re-extract models whose file exists")
+    from .features._cli import add_parsers as add_feature_parsers
+
+    add_feature_parsers(sub, debug_parent)  # extract, models
 
     meas = sub.add_parser(
-        "measure",
+        "measure", parents=[debug_parent],
         help="align a model set with a model set (feature files) -> scores JSON/NPZ + heat map",
         description="Every model of X against every model of Y (or X with itself): the best "
         "layer pair and its score. Finished pairs are saved as they complete, keyed by both "
@@ -71,9 +57,12 @@ def main(argv: list[str] | None = None) -> int:
                       help="when another run holds the output folder, wait up to SECONDS for it "
                       "(default 0: stop at once; inf: no limit)")
     meas.add_argument("--no-progress", action="store_true")
+    meas.add_argument("--allow-mismatched-samples", action="store_true",
+                      help="pair feature files whose sample fingerprints differ (extracted from other samples or "
+                      "in another order); recorded in the results")
 
     ver = sub.add_parser(
-        "verify",
+        "verify", parents=[debug_parent],
         help="check feature files against the checksum stored in them",
         description="Recompute each features file's checksum (written by features.save / extract) "
         "and compare it with the stored one. One line per file; exit 0 when all match, 1 when any "
@@ -82,6 +71,42 @@ def main(argv: list[str] | None = None) -> int:
     ver.add_argument("files", nargs="+", metavar="FILE", help=".safetensors feature files")
 
     args = parser.parse_args(argv)
+    debug = bool(getattr(args, "debug", False)) or os.environ.get("PLATONIC_FAST_DEBUG", "") not in ("", "0")
+    args.debug = debug
+    from .features._cli import UsageError
+
+    # One line per error, never a traceback (unless --debug): exit 2 for a bad option or input,
+    # 1 for a failure while running, 130 for Ctrl-C (finished work is kept; rerun to resume).
+    try:
+        return _dispatch(parser, args) or 0
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"\nplatonic-fast {args.command}: interrupted; what finished is saved, run the same command "
+              "again to resume", file=sys.stderr)
+        return 130
+    except UsageError as exc:
+        if debug:
+            raise
+        print(f"platonic-fast {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - the CLI's last resort: one line, not a traceback
+        if debug:
+            raise
+        print(f"platonic-fast {args.command}: error: {_described(exc)} (--debug shows the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+def _described(exc: BaseException) -> str:
+    """One line: the message, with the exception's type when the message alone says too little."""
+    text = _one_line(exc)
+    if isinstance(exc, (ValueError, RuntimeError, OSError, ImportError)) and len(text) > 20:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _dispatch(parser, args) -> int:
     if args.command == "demo":
         from .demo import run
 
@@ -91,10 +116,13 @@ def main(argv: list[str] | None = None) -> int:
 
         env_main()
     elif args.command == "extract":
-        try:
-            _extract(args)
-        except (ValueError, TypeError, ImportError, RuntimeError, OSError) as exc:
-            parser.exit(2, f"platonic-fast extract: error: {exc}\n")
+        from .features._cli import run_extract
+
+        return run_extract(args)
+    elif args.command == "models":
+        from .features._cli import run_models
+
+        return run_models(args)
     elif args.command == "verify":
         return _verify(args.files)
     elif args.command == "measure":
@@ -103,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             res = measure_sets(args.x, args.against, metric=args.metric, topk=args.topk, out_dir=args.out,
                                q=args.q, exact=args.exact, concat=args.concat, progress=not args.no_progress,
-                               wait=args.wait)
+                               wait=args.wait, allow_mismatched_samples=args.allow_mismatched_samples)
         except (ValueError, TypeError, OSError, OutputFolderLocked) as exc:
             parser.exit(2, f"platonic-fast measure: error: {_one_line(exc)}\n")
         width = max(len(n) for n in res.names_x)
@@ -136,58 +164,6 @@ def _verify(files: list[str]) -> int:
             reason = reason[len(named):].lstrip(" :") if reason.startswith(named) else reason
             print(f"FAIL  {name}  {reason}")
     return 1 if failed else 0
-
-
-def _samples(args):
-    """(samples, modality, dataset name) for the extract command's data options."""
-    from .features import datasets
-
-    if args.texts:
-        return datasets.text_file(args.texts), "language", args.texts
-    if args.images:
-        return datasets.image_folder(args.images), "vision", args.images
-    if args.colours:
-        if args.modality == "vision":
-            return datasets.colour_swatches(32), "vision", "xkcd-colours"
-        return datasets.colour_texts(), "language", "xkcd-colours"
-    if not args.column:
-        raise ValueError("--hf-dataset needs --column (the text or image column to read)")
-    ds = datasets.hf_dataset(args.hf_dataset, split=args.split)
-    col = datasets.column(ds, args.column)
-    kind = "vision" if args.column.lower() in ("image", "img", "images", "pixel_values") else "language"
-    return col, kind, f"{args.hf_dataset}:{args.column}"
-
-
-def _extract(args) -> None:
-    from pathlib import Path
-
-    from . import features
-
-    samples, kind, dataset = _samples(args)
-    kind = args.modality or kind
-    if args.limit is not None:
-        if args.limit < 1:
-            raise ValueError(f"--limit must be >= 1, got {args.limit}")
-        samples = [samples[i] for i in range(min(args.limit, len(samples)))]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    pool = args.pool or ("avg" if kind == "language" else "cls")
-    for model in args.models:
-        # A local folder is named by its last component; a hub id "org/name" becomes "org_name".
-        stem = Path(model).name if Path(model).exists() else str(model).strip("/").replace("/", "_")
-        path = out / f"{stem}_pool-{pool}.safetensors"
-        if path.exists() and not args.force:
-            print(f"{path} exists, skipped (use --force to redo)")
-            continue
-        kwargs = {"pool": pool, "device": args.device, "dtype": args.dtype, "dataset": dataset}
-        if args.batch_size is not None:
-            kwargs["batch_size"] = args.batch_size
-        extract = features.language if kind == "language" else features.vision
-        feats = extract(model, samples, **kwargs)
-        feats.save(path)
-        layers = feats.layers
-        shape = tuple(layers.shape) if hasattr(layers, "shape") else f"{len(layers)} layers"
-        print(f"{model}: {shape} -> {path}")
 
 
 if __name__ == "__main__":

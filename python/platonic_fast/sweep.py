@@ -136,6 +136,14 @@ def file_fingerprint(path: str | os.PathLike) -> str:
     return "file-sha256:" + h.hexdigest()
 
 
+def check_samples(files, allow_mismatched: bool = False) -> dict:
+    """Refuse to pair feature files extracted from different samples (their sample fingerprints,
+    which extract records, differ); see :func:`platonic_fast.features.check_same_samples`."""
+    from .features.provenance import check_same_samples
+
+    return check_same_samples(dict.fromkeys(files), allow_mismatched)
+
+
 def _load_layers(path: Path, fingerprint: str):
     from .features import load
 
@@ -223,7 +231,8 @@ def _check_out_dir(out) -> Path:
 
 def measure_sets(x, y=None, *, metric: str = "mutual_knn", topk: int = 10, out_dir="alignment",
                  q: float = 0.95, exact: bool = False, concat: bool = False, backend: str = "auto",
-                 progress: bool = True, wait: float = 0, **metric_options) -> SweepResult:
+                 progress: bool = True, wait: float = 0, allow_mismatched_samples: bool = False,
+                 **metric_options) -> SweepResult:
     """Align every model of ``x`` with every model of ``y`` (``y=None``: ``x`` with itself).
 
     Parameters
@@ -241,6 +250,9 @@ def measure_sets(x, y=None, *, metric: str = "mutual_knn", topk: int = 10, out_d
     wait : float, default 0
         When another sweep holds ``out_dir``, wait up to this many seconds for it
         (``math.inf``: no limit); 0 stops at once.
+    allow_mismatched_samples : bool, default False
+        Pair files whose sample fingerprints differ (:func:`check_samples`); recorded in
+        ``settings["allow_mismatched_samples"]``.
 
     Returns
     -------
@@ -251,6 +263,9 @@ def measure_sets(x, y=None, *, metric: str = "mutual_knn", topk: int = 10, out_d
     ValueError
         Missing or unreadable feature files (a features file whose data does not match its
         stored checksum included), mismatched N, bad metric options, ``out_dir`` is a file.
+        :class:`~platonic_fast.features.SampleMismatchError` (a ValueError): files extracted from
+        different samples or orders (their sample fingerprints differ), unless
+        ``allow_mismatched_samples``.
     OutputFolderLocked
         Another sweep is writing to ``out_dir`` (and did not finish within ``wait`` seconds).
 
@@ -266,8 +281,10 @@ def measure_sets(x, y=None, *, metric: str = "mutual_knn", topk: int = 10, out_d
     # A symmetric metric scores each unordered pair of a set against itself once.
     symmetric = same_set and metric_spec(metric).symmetric
     out = _check_out_dir(out_dir)
+    check_samples([*files_x, *files_y], allow_mismatched_samples)
     settings = {"metric": metric, "topk": topk, "q": q, "exact": exact, "concat": concat,
-                "options": {k: metric_options[k] for k in sorted(metric_options)}}
+                "options": {k: metric_options[k] for k in sorted(metric_options)},
+                "allow_mismatched_samples": bool(allow_mismatched_samples)}
     with lock_folder(out, wait):
         return _sweep(files_x, files_y, symmetric, out, settings, backend, progress)
 

@@ -10,11 +10,17 @@ download only when a hub id is named.
 >>> f.save("feats/bloomz-560m.safetensors")                                # doctest: +SKIP
 >>> f = features.load("feats/bloomz-560m.safetensors", mmap=True)          # doctest: +SKIP
 >>> features.verify("feats/bloomz-560m.safetensors")                       # doctest: +SKIP
+>>> features.sample_fingerprint("feats/bloomz-560m.safetensors")           # doctest: +SKIP
+>>> s = features.load_samples(texts="captions.txt", images="photos/")      # doctest: +SKIP
 """
 
-from . import datasets
+from . import datasets, model_sets
 from .language import language
+from .provenance import SampleMismatchError, check_same_samples, provenance, sample_fingerprint
+from .samples import SampleSet, load_samples
 from .storage import Features, load, save, verify
 from .vision import default_transform, vision
 
-__all__ = ["Features", "datasets", "default_transform", "language", "load", "save", "verify", "vision"]
+__all__ = ["Features", "SampleMismatchError", "SampleSet", "check_same_samples", "datasets", "default_transform",
+           "language", "load", "load_samples", "model_sets", "provenance", "sample_fingerprint", "save", "verify",
+           "vision"]

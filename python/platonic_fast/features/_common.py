@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
+import json
 import os
 from pathlib import Path
 from typing import Any, Iterator
@@ -73,14 +75,44 @@ def model_source(model: Any) -> str | None:
     return None
 
 
-def check_local_path(source: str) -> bool:
-    """True when ``source`` names an existing local path; raise when it looks like a missing one."""
-    if Path(source).expanduser().exists():
+def check_local_path(source: str, what: str = "model") -> bool:
+    """True when ``source`` names an existing local path; raise at once when it looks like a
+    missing one (no hub look-up, which would retry for many seconds before failing).
+
+    Spelled like a path: starts with ``/ ./ ../ ~``, has a backslash or more than one ``/``, or
+    is ``dir/name`` where the folder ``dir`` exists here (a hub id is ``name`` or ``org/name``,
+    and a local folder named like the org is a typo'd path far more often than a coincidence).
+    The message offers the closest names in the nearest existing folder.
+    """
+    path = Path(source).expanduser()
+    if path.exists():
         return True
-    # A hub id is "name" or "org/name"; anything spelled like a path is a missing local folder.
-    if source.startswith(("/", "./", "../", "~")) or source.count("/") > 1 or "\\" in source:
-        raise FileNotFoundError(f"model {source!r} looks like a local path but does not exist")
+    looks_local = source.startswith(("/", "./", "../", "~", ".\\")) or source.count("/") > 1 or "\\" in source
+    if not looks_local and source.count("/") == 1 and source.split("/")[0] not in ("", ".", ".."):
+        looks_local = path.parent.is_dir()
+    if looks_local:
+        raise FileNotFoundError(f"{what} {source!r} looks like a local path but does not exist"
+                                + _closest_in_folder(path))
     return False
+
+
+def _closest_in_folder(path: Path) -> str:
+    """", did you mean ...?" naming the nearest existing folder's closest entries, or where the path breaks."""
+    import difflib
+
+    parent = path.parent
+    while not parent.is_dir() and parent != parent.parent:
+        path, parent = parent, parent.parent
+    if not parent.is_dir():
+        return ""
+    try:
+        names = [p.name for p in parent.iterdir()]
+    except OSError:
+        return ""
+    close = difflib.get_close_matches(path.name, names, n=3, cutoff=0.6)
+    if close:
+        return "; did you mean " + " or ".join(repr(str(parent / c)) for c in close) + "?"
+    return f" ({str(parent)!r} has no {path.name!r})"
 
 
 def hub_offline() -> bool:
@@ -136,14 +168,35 @@ def hub_loading(source: str, library: str) -> Iterator[None]:
         with patch:
             yield
     except Exception as e:
+        if _is_not_found(e):
+            from .model_sets import known_names
+
+            raise RuntimeError(
+                f"{library} model {source!r} was not found on the hub (no such repository or revision, "
+                "or it is private)"
+                + suggestion(source, cached_hub_models() + known_names())
+            ) from e
         if _is_offline_error(e):
+            from .model_sets import known_names
+
             raise RuntimeError(
                 f"{library} model {source!r} is not cached locally and no network is reachable "
-                f"(or offline mode is on: HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '')!r}). "
-                "Download it once on a machine with network access (it lands in the HuggingFace cache, "
+                f"(or offline mode is on: HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '')!r})"
+                + (suggestion(source, cached_hub_models() + known_names()) or ".")
+                + " Download it once on a machine with network access (it lands in the HuggingFace cache, "
                 "HF_HOME), or pass a local folder or an already-built model."
             ) from e
         raise
+
+
+def _is_not_found(err: BaseException) -> bool:
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if any(c.__name__ in ("RepositoryNotFoundError", "RevisionNotFoundError") for c in type(err).__mro__):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def release_memory() -> None:
@@ -232,3 +285,129 @@ def layer_widths(layers: torch.Tensor | list[torch.Tensor]) -> list[int]:
     if isinstance(layers, torch.Tensor):
         return [int(layers.shape[2])] * int(layers.shape[1])
     return [int(t.shape[1]) for t in layers]
+
+
+# --- loading options, model kinds, suggestions -----------------------------------------------------
+
+LOAD_IN = ("8bit", "4bit")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadOptions:
+    """How a model named by hub id or path is loaded (passed through to transformers / timm)."""
+
+    revision: str | None = None
+    trust_remote_code: bool = False
+    device_map: Any = None
+    load_in: str | None = None
+    random_init: bool = False
+    seed: int = 0
+
+    def check(self, device: Any = None) -> LoadOptions:
+        if self.revision is not None and (not isinstance(self.revision, str) or not self.revision.strip()):
+            raise ValueError(f"revision must be a branch, tag or commit (a non-empty string), got {self.revision!r}")
+        if self.load_in is not None and self.load_in not in LOAD_IN:
+            raise ValueError(f"load_in must be one of {LOAD_IN} or None, got {self.load_in!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an int, got {self.seed!r}")
+        if self.random_init and (self.device_map is not None or self.load_in is not None):
+            raise ValueError("random_init builds the model from its config: it cannot be combined with "
+                             "device_map or load_in (those apply to loading pretrained weights)")
+        if self.device_map is not None and device is not None:
+            raise ValueError("give device or device_map, not both (device_map places the model itself)")
+        return self
+
+    @property
+    def placed(self) -> bool:
+        """The model is placed by transformers/accelerate (device_map, quantization): never moved here."""
+        return self.device_map is not None or self.load_in is not None
+
+
+def local_config(source: str) -> dict | None:
+    """The config.json of a local model folder, or None."""
+    path = Path(source).expanduser() / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return cfg if isinstance(cfg, dict) else None
+
+
+def folder_kind(source: str) -> str | None:
+    """"vision" for a timm folder (config.json names an ``architecture``), "language" for a
+    transformers one (``model_type``), None when it cannot tell."""
+    cfg = local_config(source)
+    if cfg is None:
+        return None
+    if "model_type" in cfg:
+        return "language"
+    if "architecture" in cfg:
+        return "vision"
+    return None
+
+
+def check_kind(source: str, want: str) -> None:
+    """Refuse, with the fix, a local model folder of the other kind (timm vs transformers)."""
+    kind = folder_kind(source)
+    if kind is None or kind == want:
+        return
+    cfg = local_config(source) or {}
+    if kind == "vision":
+        raise ValueError(f"model {source!r} is a timm vision model (its config.json names architecture "
+                         f"{cfg.get('architecture')!r}): it reads images, not texts; give it images "
+                         "(--images, --image-column) or use features.vision")
+    raise ValueError(f"model {source!r} is a transformers model (model_type {cfg.get('model_type')!r}), not a "
+                     "timm vision model: it reads texts, not images; give it texts (--texts, --text-column) or "
+                     "use features.language")
+
+
+def cached_hub_models() -> list[str]:
+    """Model repo ids in the local HuggingFace cache (folder names only: nothing is read)."""
+    try:
+        from huggingface_hub import constants
+
+        root = Path(constants.HF_HUB_CACHE)
+        return sorted(p.name[len("models--"):].replace("--", "/") for p in root.iterdir()
+                      if p.name.startswith("models--"))
+    except (ImportError, OSError, AttributeError):
+        return []
+
+
+def suggestion(name: str, candidates: list[str]) -> str:
+    """"; did you mean 'a' or 'b'?" for the closest candidates, or ""."""
+    from .model_sets import closest
+
+    close = closest(name, candidates)
+    return f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+
+
+def quantization_config(load_in: str, dtype: torch.dtype):
+    """transformers' BitsAndBytesConfig for 8-bit or 4-bit (NF4) loading; needs bitsandbytes."""
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ImportError(f"{load_in} loading needs bitsandbytes (and, for most of its kernels, a CUDA GPU): "
+                          "pip install 'platonic_fast[large]'")
+    from transformers import BitsAndBytesConfig
+
+    if load_in == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+
+
+def input_device(model: torch.nn.Module) -> torch.device:
+    """Where a placed model (device_map) takes its inputs: its input embeddings' device."""
+    get = getattr(model, "get_input_embeddings", None)
+    emb = get() if callable(get) else None
+    p = next(emb.parameters(), None) if emb is not None else None
+    if p is None:
+        p = next(model.parameters())
+    return p.device
+
+
+def model_identity(source: str) -> str:
+    """The identity recorded for a model: an absolute path for a local folder, else the id itself."""
+    path = Path(source).expanduser()
+    return str(path.resolve()) if path.exists() else source

@@ -13,6 +13,7 @@ large folder or dataset never sits in memory whole.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -52,21 +53,56 @@ def text_file(path: str | os.PathLike, *, skip_blank: bool = False) -> list[str]
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as e:
         raise ValueError(f"{str(path)!r} is not UTF-8 text: {e}") from e
-    texts = []
+    texts, numbers = TextLines(), []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             if skip_blank:
                 continue
             raise ValueError(f"{str(path)!r} line {number} is blank; every line is one sample "
-                             "(remove it or pass skip_blank=True)")
+                             "(remove it, or skip blank lines: --skip-blank, skip_blank=True)")
         texts.append(line)
+        numbers.append(number)
     if not texts:
         raise ValueError(f"{str(path)!r} holds no samples")
+    texts.line_numbers = numbers
+    texts.source = path
+    texts.skip_blank = skip_blank
     return texts
 
 
+class TextLines(list):
+    """The lines of a text file (a plain ``list`` of str) that also know where they came from:
+    ``provenance()`` fingerprints them by line number and text (see :mod:`.provenance`)."""
+
+    line_numbers: list[int]
+    source: Path
+    skip_blank: bool = False
+
+    def provenance(self) -> dict:
+        from .provenance import RowHasher
+
+        numbers = getattr(self, "line_numbers", None)
+        if numbers is None or len(numbers) != len(self):  # edited since it was read: positions only
+            from .provenance import content_provenance
+
+            return content_provenance(self)
+        h = RowHasher()
+        for number, text in zip(numbers, self):
+            h.add(number, text)
+        return {"fingerprint": h.fingerprint(), "n": h.n, "id_format": "line",
+                "spec": {"source": "text-file", "path": str(self.source), "skip_blank": self.skip_blank}}
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key for file names in natural order: ``im2`` before ``im10`` (digit runs compare as
+    numbers, the rest case-insensitively; the name itself breaks ties)."""
+    parts = re.split(r"(\d+)", name)
+    return (tuple((0, int(p), "") if p.isdigit() else (1, 0, p.casefold()) for p in parts if p != ""), name)
+
+
 class ImageFolder(Sequence):
-    """The images of one folder, sorted by file name, opened as RGB PIL images on access.
+    """The images of one folder in natural file-name order (``im2`` before ``im10``), opened as
+    RGB PIL images on access.
 
     Parameters
     ----------
@@ -92,9 +128,25 @@ class ImageFolder(Sequence):
         self.path = Path(path)
         if not self.path.is_dir():
             raise FileNotFoundError(f"no image folder at {str(self.path)!r}")
-        self.files = sorted(p for p in self.path.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+        self.files = sorted((p for p in self.path.iterdir() if p.is_file() and p.suffix.lower() in suffixes),
+                            key=lambda p: natural_key(p.name))
         if not self.files:
             raise ValueError(f"{str(self.path)!r} holds no image files (looked for {', '.join(suffixes)})")
+
+    @property
+    def names(self) -> list[str]:
+        """The file names, in the order the images are read."""
+        return [p.name for p in self.files]
+
+    def provenance(self) -> dict:
+        """Fingerprint by file name and file bytes, in reading order (see :mod:`.provenance`)."""
+        from .provenance import FileContent, RowHasher
+
+        h = RowHasher()
+        for p in self.files:
+            h.add(p.name, FileContent(p))
+        return {"fingerprint": h.fingerprint(), "n": h.n, "id_format": "file",
+                "spec": {"source": "image-folder", "path": str(self.path)}}
 
     def __len__(self) -> int:
         return len(self.files)
@@ -116,7 +168,7 @@ class ImageFolder(Sequence):
 
 
 def image_folder(path: str | os.PathLike) -> ImageFolder:
-    """The images of a folder, sorted by file name (see :class:`ImageFolder`)."""
+    """The images of a folder, in natural file-name order (see :class:`ImageFolder`)."""
     return ImageFolder(path)
 
 
@@ -128,19 +180,27 @@ def _datasets():
     return datasets
 
 
-def hf_dataset(name_or_path: str | os.PathLike, split: str | None = None, **load_kwargs: Any):
-    """A HuggingFace dataset: one saved with ``save_to_disk``, or one in the local cache.
+def hf_dataset(name_or_path: str | os.PathLike, split: str | None = None, *, subset: str | None = None,
+               revision: str | None = None, **load_kwargs: Any):
+    """A HuggingFace dataset: one saved with ``save_to_disk``, a local folder of data files, or
+    one on the hub (read from the local cache when offline).
 
     Parameters
     ----------
     name_or_path : str or os.PathLike
         A folder written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk`` (read with
-        ``datasets.load_from_disk``), else a dataset name for ``datasets.load_dataset``
-        (which reads the local cache; set ``HF_DATASETS_OFFLINE=1`` without network).
+        ``datasets.load_from_disk``), a folder of data files (parquet, json, csv, ... read by
+        ``datasets.load_dataset``), or a hub id such as ``"minhuh/prh"`` (``load_dataset``,
+        which reads the local cache; set ``HF_DATASETS_OFFLINE=1`` without network).
     split : str, optional
         The split to take from a dataset dictionary. Default: its only split, or "train".
+    subset : str, optional
+        The configuration (``name=`` of ``load_dataset``), e.g. a language of a multilingual set.
+    revision : str, optional
+        A hub branch, tag or commit (``revision=``); the paper's WIT set is
+        ``hf_dataset("minhuh/prh", revision="wit_1024")``.
     **load_kwargs
-        Passed to ``datasets.load_dataset`` (``name=``, ``revision=``, ...).
+        Passed to ``datasets.load_dataset``.
 
     Returns
     -------
@@ -150,25 +210,39 @@ def hf_dataset(name_or_path: str | os.PathLike, split: str | None = None, **load
     ------
     ImportError
         ``datasets`` is not installed.
+    FileNotFoundError
+        ``name_or_path`` is spelled like a local path (``./x``, ``/x``, ``a/b/c``, or its parent
+        folder exists) but does not exist: no hub look-up is made.
     ValueError
-        ``split`` is not in the dataset.
+        ``split`` is not in the dataset; ``subset``/``revision`` given for a ``save_to_disk`` folder.
 
     Examples
     --------
     >>> ds = hf_dataset("minhuh/prh", split="train", revision="wit_1024")   # doctest: +SKIP
     >>> texts = column(ds, "text")                                         # doctest: +SKIP
     """
+    from ._common import check_local_path
+
     datasets = _datasets()
-    path = Path(name_or_path).expanduser()
-    if path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file()):
+    source = os.fspath(name_or_path)
+    local = check_local_path(source, what="dataset")
+    path = Path(source).expanduser()
+    if local and path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file()):
+        if subset is not None or revision is not None:
+            raise ValueError(f"{source!r} is a folder written by save_to_disk: it has no subsets or revisions "
+                             "(drop --subset/--revision, which apply to hub datasets and data-file folders)")
         ds = datasets.load_from_disk(str(path))
     else:
-        ds = datasets.load_dataset(os.fspath(name_or_path), split=split, **load_kwargs)
+        if subset is not None:
+            load_kwargs["name"] = subset
+        if revision is not None:
+            load_kwargs["revision"] = revision
+        ds = datasets.load_dataset(str(path) if local else source, split=split, **load_kwargs)
     if isinstance(ds, dict):  # DatasetDict
         if split is None:
             split = next(iter(ds)) if len(ds) == 1 else "train"
         if split not in ds:
-            raise ValueError(f"split {split!r} is not in {str(name_or_path)!r}; it has {sorted(ds)}")
+            raise ValueError(f"split {split!r} is not in {source!r}; it has {sorted(ds)} (choose one with --split)")
         ds = ds[split]
     return ds
 

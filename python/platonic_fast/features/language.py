@@ -15,6 +15,7 @@ processed longest first to keep padding small, and returned in the input order.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import warnings
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import _common as C
+from .provenance import content_provenance, describe_spec, provenance_of
 from .storage import Features
 
 POOLS = ("avg", "last")
@@ -45,22 +47,39 @@ def _check_texts(texts: Any) -> list[str]:
     return texts
 
 
-def _load(source: str, tokenizer, dtype: torch.dtype):
+def _load(source: str, tokenizer, dtype: torch.dtype, opts: C.LoadOptions):
     """Load model (and tokenizer) by hub id or local path; causal LMs with their LM head."""
     try:
         import transformers
     except ImportError as e:  # pragma: no cover - transformers is a declared extra
         raise ImportError("features.language needs transformers: pip install 'platonic_fast[features]'") from e
-    C.check_local_path(source)  # a missing local folder fails here, not as a hub look-up
-    kwargs = {"local_files_only": True} if C.hub_offline() else {}
+    if C.check_local_path(source):  # a missing local folder fails here, not as a hub look-up
+        C.check_kind(source, "language")
+    common: dict[str, Any] = {"local_files_only": True} if C.hub_offline() else {}
+    if opts.revision is not None:
+        common["revision"] = opts.revision
+    if opts.trust_remote_code:
+        common["trust_remote_code"] = True
     with C.hub_loading(source, "transformers"):
-        config = transformers.AutoConfig.from_pretrained(source, **kwargs)
+        config = transformers.AutoConfig.from_pretrained(source, **common)
         archs = getattr(config, "architectures", None) or []
         causal = any(a.endswith(_CAUSAL_SUFFIXES) for a in archs)
         cls = transformers.AutoModelForCausalLM if causal else transformers.AutoModel
-        model = cls.from_pretrained(source, config=config, dtype=dtype, **kwargs)
+        if opts.random_init:
+            # Same architecture, fresh weights from the model's own initialisation, seeded; the
+            # caller's global RNG state is left as it was.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(opts.seed)
+                model = cls.from_config(config, dtype=dtype, trust_remote_code=opts.trust_remote_code)
+        else:
+            load: dict[str, Any] = dict(common, config=config, dtype=dtype)
+            if opts.device_map is not None:
+                load["device_map"] = opts.device_map
+            if opts.load_in is not None:
+                load["quantization_config"] = C.quantization_config(opts.load_in, dtype)
+            model = cls.from_pretrained(source, **load)
         if tokenizer is None:
-            tokenizer = transformers.AutoTokenizer.from_pretrained(source, **kwargs)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(source, **common)
     return model, tokenizer
 
 
@@ -154,21 +173,22 @@ def _run(model, ids: list[list[int]], texts: list[str], pool: str, batch_size: i
         if hidden is None:
             raise ValueError(f"{type(model).__name__} returned no hidden_states; it cannot be used for features")
         m = mask.to(device)
+        # (A model placed across devices by device_map returns each layer on its own device.)
         if pool == "avg":
             w = m.unsqueeze(-1).float()
             denom = lengths.to(device).float().unsqueeze(-1)
-            pooled = [(h.float() * w).sum(dim=1) / denom for h in hidden]
+            pooled = [(h.float() * w.to(h.device)).sum(dim=1) / denom.to(h.device) for h in hidden]
         else:
-            last = (lengths - 1).to(device)
-            ar = torch.arange(len(rows), device=device)
-            pooled = [h[ar, last].float() for h in hidden]
+            last = lengths - 1
+            ar = torch.arange(len(rows))
+            pooled = [h[ar.to(h.device), last.to(h.device)].float() for h in hidden]
         buffer.write(torch.tensor(rows), pooled)
         if causal:
             logits = getattr(out, "logits", None)
             if logits is None:
                 raise ValueError(f"{type(model).__name__} returned no logits; load it with its LM head "
                                  "(AutoModelForCausalLM) to get bits-per-byte")
-            targets = input_ids.to(device)
+            targets = input_ids.to(logits.device)
             nlls, scored = [], []
             for r, i in enumerate(rows):
                 L = len(ids[i])
@@ -191,7 +211,8 @@ def _run(model, ids: list[list[int]], texts: list[str], pool: str, batch_size: i
 
 def language(model, texts: Sequence[str], tokenizer=None, pool: str = "avg", batch_size: int = 8, device=None,
              dtype=None, *, max_length: int | None = None, dataset: str | None = None,
-             progress: bool = True) -> Features:
+             progress: bool = True, revision: str | None = None, trust_remote_code: bool = False,
+             device_map=None, load_in: str | None = None, random_init: bool = False, seed: int = 0) -> Features:
     """Pooled hidden states of every layer of a transformers language model, and bits-per-byte.
 
     Parameters
@@ -218,17 +239,35 @@ def language(model, texts: Sequence[str], tokenizer=None, pool: str = "avg", bat
         Truncate samples to this many tokens. Default: the model's position limit (and the
         tokenizer's ``model_max_length``); a warning says how many samples were truncated.
     dataset : str, optional
-        Recorded in ``meta["dataset"]``.
+        Recorded in ``meta["dataset"]`` (default: the label of ``texts``' sample set, if any).
     progress : bool, default True
         Show a tqdm progress bar.
+    revision : str, optional
+        Hub branch, tag or commit of the model (``from_pretrained(revision=)``).
+    trust_remote_code : bool, default False
+        Allow the model's own code from the hub (``trust_remote_code=True``): only for models
+        you trust.
+    device_map : str or dict, optional
+        Passed to ``from_pretrained`` (``"auto"``, ``"cpu"``, ``{"": 0}``, ...; needs
+        ``accelerate``): the model is placed by transformers and never moved here; inputs go to
+        its input embeddings' device. Not together with ``device``.
+    load_in : {"8bit", "4bit"}, optional
+        Quantized loading through bitsandbytes (``pip install 'platonic_fast[large]'``; its
+        kernels need a CUDA GPU). 4-bit is NF4 with ``dtype`` as the compute dtype.
+    random_init : bool, default False
+        The same architecture with random weights (the model's own initialisation, seeded by
+        ``seed``): the untrained-model baseline. Only the config and tokenizer are read.
+    seed : int, default 0
+        Seed of the random initialisation.
 
     Returns
     -------
     Features
         ``layers``: float32 N x L x D on CPU, L = number of hidden states (layers + 1).
         ``bpb``: float32 (N,) bits-per-byte for causal LMs, else None.
-        ``meta``: model, modality, pooling, dataset, N, num_layers, layer_widths, num_params,
-        dtype, causal, max_length, padding.
+        ``meta``: model, model_id, modality, pooling, dataset, samples (the sample fingerprint
+        and dataset spec, see :mod:`.provenance`), N, num_layers, layer_widths, num_params,
+        dtype, causal, max_length, padding, revision, random_init.
 
     Raises
     ------
@@ -248,41 +287,65 @@ def language(model, texts: Sequence[str], tokenizer=None, pool: str = "avg", bat
     """
     pool = C.check_pool(pool, POOLS)
     batch_size = C.check_batch_size(batch_size)
+    opts = C.LoadOptions(revision, bool(trust_remote_code), device_map, load_in, bool(random_init), seed).check(device)
+    samples = provenance_of(texts)
     texts = _check_texts(texts)
+    if samples is None:
+        samples = content_provenance(texts, {"source": "in-memory", "label": dataset} if dataset else None)
+    if dataset is None:
+        dataset = samples["spec"].get("label") or describe_spec(samples["spec"])
     source = C.model_source(model)
     if source is None:
         if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
             raise TypeError(f"model must be a hub id, a local path or a transformers model, got {type(model).__name__}")
         if tokenizer is None:
             raise TypeError("tokenizer is required when model is an already-built transformers model")
+        if opts != C.LoadOptions():
+            raise ValueError("revision, trust_remote_code, device_map, load_in and random_init apply to models "
+                             "loaded here (a hub id or a local path), not to an already-built model")
         dev = C.resolve_device(device, model)
         dt = C.resolve_dtype(dtype, dev, model)
-        return _extract(model, tokenizer, texts, pool, batch_size, dev, dt, max_length, dataset, progress,
-                        name=getattr(model.config, "_name_or_path", "") or type(model).__name__, restore=True)
+        name = getattr(model.config, "_name_or_path", "") or type(model).__name__
+        return _extract(model, tokenizer, texts, pool, batch_size, dev, dt, max_length, progress,
+                        meta={"model": name, "model_id": name, "dataset": dataset, "samples": samples},
+                        restore=True)
     dev = C.resolve_device(device)
     dt = C.resolve_dtype(dtype, dev)
-    loaded, tokenizer = _load(source, tokenizer, dt)
+    loaded, tokenizer = _load(source, tokenizer, dt, opts)
+    if opts.placed:
+        dev = C.input_device(loaded)
+    meta = {"model": source, "model_id": C.model_identity(source), "dataset": dataset, "samples": samples,
+            "revision": opts.revision, "random_init": opts.random_init}
+    if opts.random_init:
+        meta["seed"] = opts.seed
+    if opts.device_map is not None:
+        meta["device_map"] = opts.device_map if isinstance(opts.device_map, str) else "custom"
+    if opts.load_in is not None:
+        meta["load_in"] = opts.load_in
     try:
-        return _extract(loaded, tokenizer, texts, pool, batch_size, dev, dt, max_length, dataset, progress,
-                        name=source, restore=False)
+        return _extract(loaded, tokenizer, texts, pool, batch_size, dev, dt, max_length, progress, meta=meta,
+                        restore=False, placed=opts.placed)
     finally:
         del loaded  # the only reference: the model goes with it
         C.release_memory()
 
 
-def _extract(model, tokenizer, texts, pool, batch_size, device, dtype, max_length, dataset, progress, name,
-             restore):
+def _extract(model, tokenizer, texts, pool, batch_size, device, dtype, max_length, progress, meta, restore,
+             placed=False):
     causal = _is_causal(model)
     max_length = _max_length(model, tokenizer, max_length)
     ids = _tokenize(tokenizer, texts, max_length)
     pad_id = next((v for v in (getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None))
                    if isinstance(v, int)), 0)  # any valid id: padded positions are masked out
-    with C.borrowed(model, device, dtype, restore=restore) as work:
+    # A model placed by device_map / quantization stays exactly where transformers put it.
+    work_ctx = contextlib.nullcontext(model.eval()) if placed else C.borrowed(model, device, dtype, restore=restore)
+    with work_ctx as work:
         layers, bpb = _run(work, ids, texts, pool, batch_size, device, causal, pad_id, progress,
-                           desc=f"features {name}")
+                           desc=f"features {meta['model']}")
     meta = {
-        "model": str(name), "modality": "language", "model_class": type(model).__name__, "pooling": pool,
-        "dataset": dataset, "num_params": C.count_parameters(model), "dtype": str(dtype).removeprefix("torch."),
+        "model": str(meta["model"]), "modality": "language", "model_class": type(model).__name__, "pooling": pool,
+        **{k: v for k, v in meta.items() if k != "model"},
+        "num_params": C.count_parameters(model), "dtype": str(dtype).removeprefix("torch."),
         "causal": causal, "max_length": max_length, "padding": "right",
     }
     return Features(layers, bpb, meta)

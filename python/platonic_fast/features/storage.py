@@ -353,6 +353,32 @@ def stored_checksum(path: str | os.PathLike) -> str | None:
     return _checked_checksum(header.get("checksum"), path)
 
 
+def read_meta(path: str | os.PathLike) -> dict:
+    """A features file's ``meta`` dict, read from its header only (no tensor data is read).
+
+    For a reference ``.pt`` file (which has no header) only ``{"model": <file stem>,
+    "source_format": "platonic-rep .pt"}`` is returned, without reading the file.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        As :func:`load`: missing, not a regular file, unreadable, of another format, malformed metadata.
+    """
+    path = _check_path(path)
+    if not _is_safetensors(path):
+        return {"model": path.stem, "source_format": "platonic-rep .pt"}
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            header = f.metadata() or {}
+    except SafetensorError as e:
+        raise ValueError(f"{str(path)!r} is not a readable safetensors file (corrupt, truncated or "
+                         f"another format): {e}") from e
+    _check_format(header, path)
+    return _parse_meta(header.get("meta", ""), path)
+
+
 def _check_path(path) -> Path:
     path = Path(path)
     if path.is_dir():

@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import _common as C
+from .provenance import content_provenance, describe_spec, provenance_of
 from .storage import Features
 
 POOLS = ("cls", "mean")
@@ -58,14 +59,56 @@ def default_transform(model):
     return timm.data.create_transform(**config, is_training=False)
 
 
-def _load(source: str, dtype: torch.dtype):
+def timm_name(source: str, revision: str | None = None) -> str:
+    """The name timm.create_model gets for ``source``: ``local-dir:`` for a folder, ``hf-hub:`` for a
+    hub id ``org/name`` (with ``@revision``), else the timm registry name, checked.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``source`` is spelled like a local path that does not exist.
+    ValueError
+        A local folder of a transformers model; an unknown timm name (the message offers the
+        closest known names); ``revision`` for a registry name.
+    """
+    import timm
+
+    if C.check_local_path(source):
+        C.check_kind(source, "vision")
+        if revision is not None:
+            raise ValueError(f"revision applies to hub models; {source!r} is a local folder (drop --revision)")
+        return f"local-dir:{source}"
+    name = source
+    if name.startswith("timm/") or ("/" in name and ":" not in name):
+        name = f"hf-hub:{name}"
+    if name.startswith(("hf-hub:", "hf_hub:")):
+        return f"{name}@{revision}" if revision is not None and "@" not in name else name
+    if revision is not None:
+        raise ValueError(f"revision applies to timm hub ids ('hf-hub:org/name' or 'org/name'); {source!r} is a timm "
+                         "registry name, whose pretrained tag (e.g. '.augreg_in21k') already fixes the weights")
+    if not timm.is_model(name):
+        from .model_sets import known_names
+
+        pool = sorted(set(timm.list_models()) | set(timm.list_pretrained()) | set(known_names()))
+        raise ValueError(f"{source!r} is not a timm model name" + (C.suggestion(source, pool) or
+                         " (timm.list_models() lists them; a hub model is 'hf-hub:org/name')"))
+    return name
+
+
+def _load(source: str, dtype: torch.dtype, opts: C.LoadOptions):
     try:
         import timm
     except ImportError as e:  # pragma: no cover - timm is a declared extra
         raise ImportError("features.vision needs timm: pip install 'platonic_fast[features]'") from e
-    name = f"local-dir:{source}" if C.check_local_path(source) else source
+    name = timm_name(source, opts.revision)
     with C.hub_loading(source, "timm"):
-        model = timm.create_model(name, pretrained=True)
+        if opts.random_init:
+            # Same architecture, timm's own initialisation, seeded; the global RNG is left as it was.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(opts.seed)
+                model = timm.create_model(name, pretrained=False)
+        else:
+            model = timm.create_model(name, pretrained=True)
     return model.to(dtype=dtype)
 
 
@@ -143,7 +186,8 @@ def _run(model, images, transform, pool, batch_size, device, dtype, progress, de
 
 
 def vision(model, images: Sequence[Any], transform=None, pool: str = "cls", batch_size: int = 32, device=None,
-           dtype=None, *, dataset: str | None = None, progress: bool = True) -> Features:
+           dtype=None, *, dataset: str | None = None, progress: bool = True, revision: str | None = None,
+           random_init: bool = False, seed: int = 0) -> Features:
     """Pooled outputs of every block of a timm vision model.
 
     Parameters
@@ -167,9 +211,15 @@ def vision(model, images: Sequence[Any], transform=None, pool: str = "cls", batc
         Default: a built model's dtype, else float32 on CPU and bfloat16/float16 on GPU.
         Pooling is done in float32.
     dataset : str, optional
-        Recorded in ``meta["dataset"]``.
+        Recorded in ``meta["dataset"]`` (default: the label of ``images``' sample set, if any).
     progress : bool, default True
         Show a tqdm progress bar.
+    revision : str, optional
+        Hub branch, tag or commit, for hub ids (``hf-hub:org/name`` or ``org/name``).
+    random_init : bool, default False
+        The same architecture with timm's random initialisation (seeded by ``seed``), no
+        weights loaded: the untrained-model baseline.
+    seed : int, default 0
 
     Returns
     -------
@@ -201,21 +251,35 @@ def vision(model, images: Sequence[Any], transform=None, pool: str = "cls", batc
         raise ValueError("images is empty; pass at least one image")
     if transform is not None and not callable(transform):
         raise TypeError(f"transform must be callable (PIL image -> tensor), got {type(transform).__name__}")
+    opts = C.LoadOptions(revision=revision, random_init=bool(random_init), seed=seed).check()
+    samples = provenance_of(images)
+    if samples is None:
+        samples = content_provenance((_to_pil(images[i], i) for i in range(len(images))),
+                                     {"source": "in-memory", "label": dataset} if dataset else None)
+    if dataset is None:
+        dataset = samples["spec"].get("label") or describe_spec(samples["spec"])
     source = C.model_source(model)
     if source is None:
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a timm model name, a local path or a timm model, "
                             f"got {type(model).__name__}")
+        if opts != C.LoadOptions():
+            raise ValueError("revision and random_init apply to models loaded here (a timm name, hub id or local "
+                             "path), not to an already-built model")
         dev = C.resolve_device(device, model)
         dt = C.resolve_dtype(dtype, dev, model)
         name = (getattr(model, "pretrained_cfg", None) or {}).get("architecture") or type(model).__name__
-        return _extract(model, images, transform, pool, batch_size, dev, dt, dataset, progress, name, restore=True)
+        return _extract(model, images, transform, pool, batch_size, dev, dt, progress,
+                        {"model": name, "model_id": name, "dataset": dataset, "samples": samples}, restore=True)
     dev = C.resolve_device(device)
     dt = C.resolve_dtype(dtype, dev)
-    loaded = _load(source, dt)
+    loaded = _load(source, dt, opts)
+    meta = {"model": source, "model_id": C.model_identity(source), "dataset": dataset, "samples": samples,
+            "revision": opts.revision, "random_init": opts.random_init}
+    if opts.random_init:
+        meta["seed"] = opts.seed
     try:
-        return _extract(loaded, images, transform, pool, batch_size, dev, dt, dataset, progress, source,
-                        restore=False)
+        return _extract(loaded, images, transform, pool, batch_size, dev, dt, progress, meta, restore=False)
     finally:
         del loaded  # the only reference: the model goes with it
         C.release_memory()
@@ -226,14 +290,16 @@ def _has_blocks(model) -> bool:
     return isinstance(blocks, (torch.nn.Sequential, torch.nn.ModuleList)) and len(blocks) > 0
 
 
-def _extract(model, images, transform, pool, batch_size, device, dtype, dataset, progress, name, restore):
+def _extract(model, images, transform, pool, batch_size, device, dtype, progress, meta, restore):
     if transform is None:
         transform = default_transform(model)
     with C.borrowed(model, device, dtype, restore=restore) as work:
-        layers = _run(work, images, transform, pool, batch_size, device, dtype, progress, f"features {name}")
+        layers = _run(work, images, transform, pool, batch_size, device, dtype, progress,
+                      f"features {meta['model']}")
     meta = {
-        "model": str(name), "modality": "vision", "model_class": type(model).__name__, "pooling": pool,
-        "dataset": dataset, "num_params": C.count_parameters(model), "dtype": str(dtype).removeprefix("torch."),
+        "model": str(meta["model"]), "modality": "vision", "model_class": type(model).__name__, "pooling": pool,
+        **{k: v for k, v in meta.items() if k != "model"},
+        "num_params": C.count_parameters(model), "dtype": str(dtype).removeprefix("torch."),
         "layer_source": "blocks (forward hooks)" if _has_blocks(model) else "forward_intermediates",
     }
     return Features(layers, None, meta)
