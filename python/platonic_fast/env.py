@@ -20,7 +20,7 @@ def _cpu_name() -> str:
 def _why_not_here(backend, device: str) -> str | None:
     import torch
 
-    if device == "cuda" and not torch.cuda.is_available():
+    if device == "cuda" and not _gpu_check()[0]:
         return "no GPU"
     return backend.why_not(torch.device(device))
 
@@ -33,12 +33,35 @@ def _max_k(backend):
         return "not built"
 
 
+def _gpu_check() -> tuple[bool, str | None]:
+    """(whether torch can use a GPU, why not in plain words). torch warns with driver jargon
+    ("CUDA driver version is insufficient", "driver too old") when its CUDA cannot start; that
+    is a machine without a usable GPU, and is reported as such."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            ok = bool(torch.cuda.is_available())
+        except Exception:  # noqa: BLE001 - any failure to start CUDA means no GPU here
+            ok = False
+    if ok:
+        return True, None
+    said = " ".join(str(w.message) for w in caught).lower()
+    if "driver" in said:
+        return False, "no GPU (torch's CUDA build cannot start here: no NVIDIA driver, or one too old)"
+    return False, "no GPU"
+
+
 def report() -> dict:
     """Build options, devices and the usable backend of every op, as a dict."""
     import torch
 
     from . import __version__, _backends
 
+    gpu, why_not = _gpu_check()
     info: dict = {
         "platonic_fast": __version__,
         "python": platform.python_version(),
@@ -48,14 +71,18 @@ def report() -> dict:
         "cuda_devices": [
             "{} (sm_{}{})".format(torch.cuda.get_device_name(i), *torch.cuda.get_device_capability(i))
             for i in range(torch.cuda.device_count())
-        ] if torch.cuda.is_available() else [],
+        ] if gpu else [],
+        "gpu": why_not or "yes",
     }
     try:
         from . import _core
 
         info["core"] = _core.build_info()
         if info["core"]["cuda"]:
-            status, count = _core.cuda_status()
+            if gpu:
+                status, count = _core.cuda_status()
+            else:  # the runtime's own words would be driver jargon for "no GPU"
+                status, count = why_not, 0
             info["core"]["cuda_runtime"] = status
             info["core"]["cuda_device_count"] = count
     except ImportError as exc:
@@ -81,7 +108,7 @@ def report() -> dict:
                 "here": {dev: _why_not_here(b, dev) for dev in b.devices},
             }
         info["backends"][op] = rows
-    devices = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
+    devices = ("cpu", "cuda") if gpu else ("cpu",)
     info["auto"] = {op: {dev: _backends.available(op, dev) for dev in devices} for op in _backends.ops()}
     return info
 
@@ -105,7 +132,7 @@ def main() -> None:
     else:
         print(f"compiled core: {core}")
     print(f"CPU: {info['cpu']}, torch threads: {info['cpu_threads']}")
-    print(f"GPUs: {', '.join(info['cuda_devices']) or 'no GPU'}"
+    print(f"GPUs: {', '.join(info['cuda_devices']) or info['gpu']}"
           + ("  (the CUDA and Triton kernels need sm_80 or newer)" if info["cuda_devices"] else ""))
     if info["backend_override"]:
         print(f"PLATONIC_FAST_BACKEND={info['backend_override']} overrides 'auto'")

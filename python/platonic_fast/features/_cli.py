@@ -440,6 +440,8 @@ def _plan(jobs: list[Job], samples, out: Path, args) -> list[tuple[Job, Path, bo
             else:
                 print(f"{path} exists for the same model, pooling and samples, skipped (use --force to redo)")
                 todo = False
+                if not _manifest_path(path).exists():  # an interrupted run wrote the features only
+                    samples.write_manifest(_manifest_path(path), job.kind)
         plan.append((job, path, todo))
     return plan
 
@@ -458,10 +460,15 @@ def _extract_one(job: Job, path: Path, samples, args, opts: dict) -> None:
     else:
         feats = vision(job.source, samples.images, **kwargs)
     feats.save(path)
-    samples.write_manifest(path.with_name(path.name.removesuffix(".safetensors") + ".samples.json"), job.kind)
+    samples.write_manifest(_manifest_path(path), job.kind)
     layers = feats.layers
     shape = " x ".join(map(str, layers.shape)) if hasattr(layers, "shape") else f"{feats.n} x {len(layers)} layers"
     print(f"{job.label}: {shape} -> {path}")
+
+
+def _manifest_path(path: Path) -> Path:
+    """``<stem>.samples.json`` beside ``<stem>.safetensors``: the rows, in order."""
+    return path.with_name(path.name.removesuffix(".safetensors") + ".samples.json")
 
 
 def _quiet_progress() -> None:
