@@ -1,6 +1,7 @@
 """Model-set sweeps (platonic_fast.sweep, `platonic-fast measure`): scores equal pf.align per
 pair, symmetric pairs are scored once, and an interrupted sweep resumes to the same result."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -156,3 +157,102 @@ def test_corrupt_feature_file_leaves_results_untouched(model_files, tmp_path):
         sweep.measure_sets(folder, metric="mutual_knn", topk=5, out_dir=out, progress=False)
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     assert after == before
+
+
+# --- permutation nulls --------------------------------------------------------------------------
+
+
+def test_permutations_match_align_and_are_stored(model_files, tmp_path):
+    folder, models = model_files
+    res = sweep.measure_sets(folder, metric="mutual_knn", topk=5, out_dir=tmp_path / "out", progress=False,
+                             permutations=19, alpha=0.1, seed=3)
+    saved = json.loads((tmp_path / "out" / "scores.json").read_text())
+    npz = np.load(tmp_path / "out" / "scores.npz")
+    for i, a in enumerate(res.names_x):
+        for j, b in enumerate(res.names_y):
+            # A symmetric metric scores (b, a) as (a, b): m(b, a[π]) = m(a, b[π⁻¹]), the same null
+            # distribution from the inverse permutations; matrices transposed.
+            first, second = (a, b) if i <= j else (b, a)
+            ref = pf.align(models[first], models[second], "mutual_knn", topk=5, permutations=19, alpha=0.1,
+                           generator=3)
+            if i > j:
+                ref.calibration = dataclasses.replace(ref.calibration, pair_p=ref.calibration.pair_p.T)
+            cal = res.records[(i, j)]["calibration"]
+            for how in ("max", "mean"):
+                want = getattr(ref.calibration, how)
+                np.testing.assert_allclose(cal[how]["null"], want.null.numpy(), rtol=0, atol=1e-12)
+                for f in ("observed", "p_value", "tau", "calibrated"):
+                    assert cal[how][f] == pytest.approx(getattr(want, f), abs=1e-12), (a, b, how, f)
+            assert res.calibration_matrix("chance")[i, j] == pytest.approx(ref.calibration.max.chance, abs=1e-12)
+            # each layer pair's p-value, oriented as (layers of x, layers of y), mirrored pairs too
+            np.testing.assert_allclose(np.array(cal["pair_p"]), ref.calibration.pair_p.numpy(), atol=1e-12)
+            np.testing.assert_allclose(npz[f"pair_p_{i}_{j}"], ref.calibration.pair_p.numpy(), atol=1e-12)
+            np.testing.assert_allclose(npz["null_max"][i, j], ref.calibration.max.null.numpy(), atol=1e-12)
+            assert saved["calibration"]["max"]["p_value"][i][j] == pytest.approx(ref.calibration.max.p_value)
+            assert saved["calibration"]["max"]["calibrated"][i][j] == pytest.approx(ref.calibration.max.calibrated)
+            assert saved["chance"][i][j] == pytest.approx(ref.calibration.max.chance)
+    assert saved["settings"]["permutations"] == 19 and saved["settings"]["seed"] == 3
+    pairs = {(p["x"], p["y"]): p for p in saved["pairs"]}
+    assert len(pairs) == 9 and len(pairs[("alpha", "beta")]["calibration"]["max"]["null"]) == 19
+
+
+def test_permutations_do_not_depend_on_pair_order_or_resuming(model_files, tmp_path, monkeypatch):
+    folder, _ = model_files
+    kw = dict(metric="cknna", topk=4, progress=False, permutations=9, seed=11)
+    full = sweep.measure_sets(folder, out_dir=tmp_path / "full", **kw)
+    again = sweep.measure_sets(folder, out_dir=tmp_path / "again", **kw)
+    # Another order of models (and hence of pairs): the same numbers for the same pairs.
+    order = [folder / "gamma.pt", folder / "alpha.pt", folder / "beta.pt"]
+    shuffled = sweep.measure_sets(order, out_dir=tmp_path / "shuffled", **kw)
+    perm = [shuffled.names_x.index(n) for n in full.names_x]
+    for what in ("p_value", "calibrated", "tau", "observed"):
+        np.testing.assert_array_equal(full.calibration_matrix(what), again.calibration_matrix(what))
+        np.testing.assert_array_equal(full.calibration_matrix(what),
+                                      shuffled.calibration_matrix(what)[np.ix_(perm, perm)])
+
+    real = sweep.score_states
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sweep, "score_states", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.measure_sets(folder, out_dir=tmp_path / "resumed", **kw)
+    resumed = sweep.measure_sets(folder, out_dir=tmp_path / "resumed", **kw)
+    for what in ("p_value", "calibrated", "tau", "chance"):
+        np.testing.assert_array_equal(full.calibration_matrix(what), resumed.calibration_matrix(what))
+    # Another seed is another key: new records, other nulls.
+    other = sweep.measure_sets(folder, out_dir=tmp_path / "full", **{**kw, "seed": 12})
+    assert len(list((tmp_path / "full" / "pairs").glob("*.json"))) == 18
+    assert not np.array_equal(other.records[(0, 1)]["calibration"]["max"]["null"],
+                              full.records[(0, 1)]["calibration"]["max"]["null"])
+
+
+def test_bad_calibration_options_fail_before_loading(model_files, tmp_path, monkeypatch):
+    folder, _ = model_files
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a feature file was loaded")
+
+    monkeypatch.setattr(sweep, "_load_layers", no_loading)
+    for kw, match in (({"permutations": 0}, "permutations"), ({"permutations": 10, "alpha": 1.5}, "alpha"),
+                      ({"permutations": 10, "seed": -1}, "seed"), ({"permutations": 2.5}, "permutations")):
+        with pytest.raises(ValueError, match=match):
+            sweep.measure_sets(folder, out_dir=tmp_path / "o", progress=False, **kw)
+
+
+def test_cli_measure_with_permutations(model_files, tmp_path, capsys):
+    folder, _ = model_files
+    out = tmp_path / "cli"
+    assert cli_main(["measure", str(folder / "alpha.pt"), str(folder / "beta.pt"), "--against", str(folder),
+                     "--metric", "mutual_knn", "--topk", "5", "--permutations", "9", "--seed", "1",
+                     "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "raw score" in printed and "calibrated" in printed and "p-value" in printed
+    assert "chance level" in printed and "0.0526" in printed  # k/(N-1) = 5/95 under each null... of one pair
+    saved = json.loads((out / "scores.json").read_text())
+    assert np.array(saved["calibration"]["max"]["p_value"]).shape == (2, 3)

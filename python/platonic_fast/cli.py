@@ -47,7 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     meas.add_argument("x", nargs="+", help="feature files (.safetensors/.pt) or folders of them")
     meas.add_argument("--against", nargs="+", default=None, metavar="Y",
                       help="the second model set (default: X against itself)")
-    meas.add_argument("--metric", default="mutual_knn", help="one of the SUPPORTED_METRICS (default mutual_knn)")
+    from .metrics import SUPPORTED_METRICS
+
+    meas.add_argument("--metric", default="mutual_knn", choices=SUPPORTED_METRICS, metavar="METRIC",
+                      help=f"one of {', '.join(SUPPORTED_METRICS)} (default mutual_knn)")
     meas.add_argument("--topk", type=int, default=10)
     meas.add_argument("--q", type=float, default=0.95, help="outlier clamping quantile (1 disables it)")
     meas.add_argument("--exact", action="store_true", help="exact whole-tensor quantile for the clamp")
@@ -56,6 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     meas.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                       help="when another run holds the output folder, wait up to SECONDS for it "
                       "(default 0: stop at once; inf: no limit)")
+    meas.add_argument("--permutations", type=int, default=None, metavar="K",
+                      help="calibrate each model pair's layer search against K row permutations (p-values, "
+                      "calibrated scores, chance levels; e.g. 200). Default: no null")
+    meas.add_argument("--alpha", type=float, default=0.05,
+                      help="with --permutations: the level of the threshold and of 'significant' (default 0.05)")
+    meas.add_argument("--seed", type=int, default=0,
+                      help="with --permutations: seeds them; every model pair gets the same ones (default 0)")
     meas.add_argument("--no-progress", action="store_true")
     meas.add_argument("--allow-mismatched-samples", action="store_true",
                       help="pair feature files whose sample fingerprints differ (extracted from other samples or "
@@ -131,14 +141,13 @@ def _dispatch(parser, args) -> int:
         try:
             res = measure_sets(args.x, args.against, metric=args.metric, topk=args.topk, out_dir=args.out,
                                q=args.q, exact=args.exact, concat=args.concat, progress=not args.no_progress,
-                               wait=args.wait, allow_mismatched_samples=args.allow_mismatched_samples)
+                               wait=args.wait, allow_mismatched_samples=args.allow_mismatched_samples,
+                               permutations=args.permutations, alpha=args.alpha, seed=args.seed)
         except (ValueError, TypeError, OSError, OutputFolderLocked) as exc:
             parser.exit(2, f"platonic-fast measure: error: {_one_line(exc)}\n")
-        width = max(len(n) for n in res.names_x)
-        print(f"{res.metric} (best layer pair per model pair)")
-        print(" " * width + "  " + "  ".join(f"{n[:10]:>10}" for n in res.names_y))
-        for name, row in zip(res.names_x, res.scores):
-            print(f"{name:<{width}}  " + "  ".join(f"{v:>10.4f}" for v in row))
+        from .sweep import format_table
+
+        print(format_table(res))
         print("wrote " + ", ".join(str(p) for p in res.files.values()))
     return 0
 

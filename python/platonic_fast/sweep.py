@@ -33,9 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from .align import prepare_layers, prepare_states, resolve_options, score_states
+from .calibration import calibrate_states, check_alpha, check_permutation_count
 from .files import write_atomic
 from .metrics import metric_spec
 
@@ -63,6 +65,10 @@ class SweepResult:
         Each model file's content fingerprint (:func:`file_fingerprint`), as the records key them.
     files : dict[str, Path]
         The written ``scores.json``, ``scores.npz`` and (with matplotlib) ``heatmap.png``.
+    records : dict[(i, j), dict]
+        Every model pair's record (mirrored pairs of a symmetric sweep included): ``score``,
+        ``best_layers``, ``layer_scores`` (Lx x Ly), ``chance`` and, with permutations,
+        ``calibration`` (see :func:`measure_sets`).
     """
 
     names_x: list[str]
@@ -74,6 +80,39 @@ class SweepResult:
     fingerprints_x: list = field(default_factory=list)
     fingerprints_y: list = field(default_factory=list)
     files: dict = field(default_factory=dict)
+    records: dict = field(default_factory=dict)
+
+    def calibration_matrix(self, field: str, statistic: str = "max") -> np.ndarray:
+        """An (Mx, My) matrix of one calibration value of every model pair: ``field`` one of
+        ``observed``, ``p_value``, ``tau``, ``calibrated``, ``chance``; ``statistic`` "max" (the
+        best layer pair) or "mean" (all layer pairs). NaN everywhere without permutations."""
+        out = np.full(self.scores.shape, np.nan)
+        for (i, j), r in self.records.items():
+            cal = r.get("calibration")
+            if cal is not None and cal[statistic][field] is not None:
+                out[i, j] = cal[statistic][field]
+        return out
+
+    @property
+    def chance(self) -> np.ndarray:
+        """(Mx, My): each model pair's chance level. With permutations, the null mean of its best
+        score (the max over layer pairs); without, the exact null expectation at its best layer
+        pair where the metric has one (mutual_knn k/(N-1), cka, unbiased_cka); else NaN."""
+        out = np.full(self.scores.shape, np.nan)
+        for (i, j), r in self.records.items():
+            out[i, j] = _best_chance(r)
+        return out
+
+
+def _best_chance(record: dict) -> float:
+    cal = record.get("calibration")
+    if cal is not None:
+        return np.nan if cal["max"]["chance"] is None else cal["max"]["chance"]
+    chance, best = record.get("chance"), record.get("best_layers")
+    if chance is None or best is None:
+        return np.nan
+    v = chance[best[0]][best[1]]
+    return np.nan if v is None else float(v)
 
 
 def feature_files(paths) -> list[Path]:
@@ -232,6 +271,7 @@ def _check_out_dir(out) -> Path:
 def measure_sets(x, y=None, *, metric: str = "mutual_knn", topk: int = 10, out_dir="alignment",
                  q: float = 0.95, exact: bool = False, concat: bool = False, backend: str = "auto",
                  progress: bool = True, wait: float = 0, allow_mismatched_samples: bool = False,
+                 permutations: int | None = None, alpha: float = 0.05, seed: int = 0,
                  **metric_options) -> SweepResult:
     """Align every model of ``x`` with every model of ``y`` (``y=None``: ``x`` with itself).
 
@@ -253,6 +293,18 @@ def measure_sets(x, y=None, *, metric: str = "mutual_knn", topk: int = 10, out_d
     allow_mismatched_samples : bool, default False
         Pair files whose sample fingerprints differ (:func:`check_samples`); recorded in
         ``settings["allow_mismatched_samples"]``.
+    permutations : int, optional
+        K: calibrate each model pair's layer search as a whole against K row permutations of
+        the y model (the same permutation for all its layers; see
+        :func:`platonic_fast.calibration.calibrate_states`): the max (best pair) and mean over
+        layer pairs get their null values, p-value, threshold τ, calibrated score and chance
+        level, and every layer pair its own p-value. Every model pair gets the same K
+        permutations, drawn from ``torch.Generator().manual_seed(seed)`` afresh for each pair,
+        so the results depend neither on the order of pairs nor on resuming.
+    alpha : float, default 0.05
+        The level of τ and of "significant" (p ≤ alpha).
+    seed : int, default 0
+        Seeds the permutations; part of each pair record's key.
 
     Returns
     -------
@@ -284,7 +336,11 @@ def measure_sets(x, y=None, *, metric: str = "mutual_knn", topk: int = 10, out_d
     check_samples([*files_x, *files_y], allow_mismatched_samples)
     settings = {"metric": metric, "topk": topk, "q": q, "exact": exact, "concat": concat,
                 "options": {k: metric_options[k] for k in sorted(metric_options)},
-                "allow_mismatched_samples": bool(allow_mismatched_samples)}
+                "allow_mismatched_samples": bool(allow_mismatched_samples),
+                "permutations": None, "alpha": None, "seed": None}
+    if permutations is not None:  # alpha and seed matter (and key the records) only with a null
+        settings.update(permutations=check_permutation_count(permutations), alpha=check_alpha(alpha),
+                        seed=_check_seed(seed))
     with lock_folder(out, wait):
         return _sweep(files_x, files_y, symmetric, out, settings, backend, progress)
 
@@ -323,13 +379,12 @@ def _sweep(files_x, files_y, symmetric, out, settings, backend, progress) -> Swe
         record_path = out / "pairs" / f"{record_name(key)}.json"
         record = _read_record(record_path, key)
         if record is None:
-            sx, sy = states_of(fx), states_of(fy)
-            res = score_states(sx, sy, metric, resolved["opts"], concat=concat)
-            record = {"key": key, "score": res.best,
-                      "best_layers": list(res.best_layers) if res.best_layers else None,
-                      "layer_scores": res.scores.tolist()}
-            write_atomic(record_path, lambda tmp, r=record: Path(tmp).write_text(json.dumps(r)))
+            record = _compute_record(key, states_of(fx), states_of(fy), metric, resolved["opts"], resolved["n"],
+                                     settings)
+            write_atomic(record_path, lambda tmp, r=record: Path(tmp).write_text(_dumps(r)))
         records[(i, j)] = record
+        if symmetric and i != j:
+            records[(j, i)] = _mirrored(record)
         bar.update()
     bar.close()
 
@@ -339,15 +394,86 @@ def _sweep(files_x, files_y, symmetric, out, settings, backend, progress) -> Swe
         scores[i, j] = r["score"]
         if r["best_layers"] is not None:
             best[i, j] = r["best_layers"]
-        if symmetric and i != j:  # the mirrored pair: same score, layers swapped
-            scores[j, i] = r["score"]
-            if r["best_layers"] is not None:
-                best[j, i] = r["best_layers"][::-1]
     result = SweepResult([f.stem for f in files_x], [f.stem for f in files_y], scores, best, metric, settings,
                          fingerprints_x=[fingerprints[f] for f in files_x],
-                         fingerprints_y=[fingerprints[f] for f in files_y])
+                         fingerprints_y=[fingerprints[f] for f in files_y], records=records)
     result.files = _write_summary(result, out)
     return result
+
+
+def _check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an integer in [0, 2**63) (it seeds the permutations), got {seed!r}")
+    return seed
+
+
+def _compute_record(key: dict, sx: list, sy: list, metric: str, opts: dict, n: int, settings: dict) -> dict:
+    """Score one model pair's layer grid (and, with permutations, calibrate it): its record."""
+    res = score_states(sx, sy, metric, opts, concat=settings["concat"])
+    record = {"key": key, "score": res.best, "best_layers": list(res.best_layers) if res.best_layers else None,
+              "layer_scores": _matrix(res.scores), "n": n, "chance": None, "calibration": None}
+    if settings["permutations"] is not None:
+        # The same permutations for every pair: a fresh generator per pair, not one shared stream.
+        generator = torch.Generator().manual_seed(settings["seed"])
+        cal = calibrate_states(sx, sy, res.scores, metric, opts, permutations=settings["permutations"],
+                               alpha=settings["alpha"], generator=generator)
+        record["chance"] = _matrix(cal.chance)
+        record["calibration"] = _jsonable(cal.as_dict())
+        del record["calibration"]["chance"]  # the record's "chance": stored once
+    else:
+        record["chance"] = _exact_chance(sx, sy, metric, opts, n)
+    return record
+
+
+def _exact_chance(sx: list, sy: list, metric: str, opts: dict, n: int) -> list | None:
+    """Each layer pair's exact null expectation, or None when the metric has no closed form."""
+    spec = metric_spec(metric)
+    out = [[None] * len(sy) for _ in sx]
+    for i, a in enumerate(sx):
+        for j, b in enumerate(sy):
+            if a is None or b is None:
+                continue
+            v = spec.null_mean(a.state, b.state, n, **opts)
+            if v is None:
+                return None
+            out[i][j] = float(v) if math.isfinite(v) else None
+    return out
+
+
+def _matrix(t) -> list:
+    """A float matrix as nested lists, NaN (a constant layer's score) as None (strict JSON)."""
+    return _jsonable(np.asarray(t, dtype=np.float64).tolist())
+
+
+def _jsonable(value):
+    """Plain JSON values: non-finite floats become None (the files are strict JSON)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _dumps(value, **kwargs) -> str:
+    return json.dumps(value, allow_nan=False, **kwargs)
+
+
+def _transposed(m: list | None) -> list | None:
+    return None if m is None else [list(row) for row in zip(*m)] if m else []
+
+
+def _mirrored(record: dict) -> dict:
+    """The record of (y, x) from that of (x, y) for a symmetric metric: m(A, B[π]) = m(A[π⁻¹], B),
+    so the null of the aggregates is the same; matrices are transposed, layers swapped."""
+    out = dict(record, mirrored=True, layer_scores=_transposed(record["layer_scores"]),
+               chance=_transposed(record.get("chance")))
+    if record["best_layers"] is not None:
+        out["best_layers"] = record["best_layers"][::-1]
+    if record.get("calibration") is not None:
+        out["calibration"] = dict(record["calibration"], pair_p=_transposed(record["calibration"]["pair_p"]))
+    return out
 
 
 def record_name(key: dict) -> str:
@@ -370,20 +496,84 @@ def _read_record(path: Path, key: dict) -> dict | None:
     if layers is not None and not (isinstance(layers, list) and len(layers) == 2
                                    and all(type(v) is int for v in layers)):
         return None
+    try:  # the matrices must be whole and agree in shape
+        grid = np.array(record["layer_scores"], dtype=np.float64)
+        if grid.ndim != 2 or 0 in grid.shape:
+            return None
+        if record.get("chance") is not None and np.array(record["chance"], dtype=np.float64).shape != grid.shape:
+            return None
+        k = key["settings"].get("permutations")
+        cal = record.get("calibration")
+        if k is not None:
+            if np.array(cal["pair_p"], dtype=np.float64).shape != grid.shape:
+                return None
+            for how in ("max", "mean"):
+                if np.array(cal[how]["null"], dtype=np.float64).shape != (k,):
+                    return None
+                for name in ("observed", "p_value", "tau", "calibrated", "chance"):
+                    v = cal[how][name]
+                    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                        return None
+        elif cal is not None:
+            return None
+    except (KeyError, TypeError, ValueError, IndexError):
+        return None
     return record
 
 
+CALIBRATION_FIELDS = ("observed", "p_value", "tau", "calibrated", "chance")
+
+
+def _summary_of(res: SweepResult) -> dict:
+    """The scores.json content of one result: matrices over model pairs, then every pair whole."""
+    out = {"scores": _matrix(res.scores), "best_layers": res.best_layers.tolist(), "chance": _matrix(res.chance),
+           "calibration": None}
+    if res.settings.get("permutations") is not None:
+        out["calibration"] = {
+            "permutations": res.settings["permutations"], "alpha": res.settings["alpha"],
+            "seed": res.settings["seed"],
+            **{how: {f: _matrix(res.calibration_matrix(f, how)) for f in CALIBRATION_FIELDS}
+               for how in ("max", "mean")}}
+    out["pairs"] = [
+        {"x": res.names_x[i], "y": res.names_y[j], "i": i, "j": j,
+         **{k: r.get(k) for k in ("score", "best_layers", "layer_scores", "chance", "calibration")}}
+        for (i, j), r in sorted(res.records.items())]
+    return out
+
+
+def _npz_arrays(res: SweepResult, prefix: str = "") -> dict:
+    """scores.npz arrays of one result: the (Mx, My) matrices and ``layer_scores_<i>_<j>`` per pair;
+    with permutations ``p_value``, ``calibrated``, ``tau`` (of the max), ``mean_*`` (of the mean),
+    ``null_max`` / ``null_mean`` (Mx, My, K) and ``pair_p_<i>_<j>``."""
+    arrays = {"scores": res.scores, "best_layers": res.best_layers, "chance": res.chance}
+    for (i, j), r in sorted(res.records.items()):
+        arrays[f"layer_scores_{i}_{j}"] = np.array(r["layer_scores"], dtype=np.float64)
+    if res.settings.get("permutations") is not None:
+        for how, tag in (("max", ""), ("mean", "mean_")):
+            for f in CALIBRATION_FIELDS:
+                arrays[tag + f] = res.calibration_matrix(f, how)
+            null = np.full((*res.scores.shape, res.settings["permutations"]), np.nan)
+            for (i, j), r in res.records.items():
+                null[i, j] = np.array(r["calibration"][how]["null"], dtype=np.float64)
+            arrays[f"null_{how}"] = null
+        for (i, j), r in sorted(res.records.items()):
+            arrays[f"pair_p_{i}_{j}"] = np.array(r["calibration"]["pair_p"], dtype=np.float64)
+    return {prefix + k: v for k, v in arrays.items()}
+
+
 def _write_summary(res: SweepResult, out: Path) -> dict:
+    from . import __version__
+
     files = {"json": out / "scores.json", "npz": out / "scores.npz"}
-    summary = {"metric": res.metric, "settings": res.settings, "models_x": res.names_x,
+    summary = {"format": "platonic_fast.sweep", "format_version": 2, "version": __version__,
+               "metric": res.metric, "settings": res.settings, "models_x": res.names_x,
                "models_y": res.names_y, "fingerprints_x": res.fingerprints_x, "fingerprints_y": res.fingerprints_y,
-               "scores": res.scores.tolist(), "best_layers": res.best_layers.tolist()}
-    write_atomic(files["json"], lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=1)))
+               **_summary_of(res)}
+    write_atomic(files["json"], lambda tmp: Path(tmp).write_text(_dumps(_jsonable(summary), indent=1)))
 
     def save_npz(tmp):
         with open(tmp, "wb") as f:
-            np.savez(f, scores=res.scores, best_layers=res.best_layers,
-                     models_x=np.array(res.names_x), models_y=np.array(res.names_y))
+            np.savez(f, models_x=np.array(res.names_x), models_y=np.array(res.names_y), **_npz_arrays(res))
 
     write_atomic(files["npz"], save_npz)
     png = out / "heatmap.png"
@@ -415,3 +605,52 @@ def _heatmap(res: SweepResult, path: Path) -> bool:
     write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
     return True
+
+
+def format_table(res: SweepResult, *, digits: int = 4) -> str:
+    """The sweep's scores as text tables with full model names: raw best scores, and with
+    permutations the calibrated scores and p-values, then the chance level.
+
+    Column headers are the y models' names when they are short, else numbers with a legend
+    below the table (names are never cut).
+    """
+    width_x = max(len(n) for n in res.names_x)
+    cell = digits + 4
+    short = max(len(n) for n in res.names_y) <= cell
+    heads = res.names_y if short else [f"[{j + 1}]" for j in range(len(res.names_y))]
+    cell = max(cell, *(len(h) for h in heads))
+
+    def table(title: str, mat: np.ndarray, fmt: str) -> list[str]:
+        lines = [title, " " * width_x + "  " + "  ".join(f"{h:>{cell}}" for h in heads)]
+        for name, row in zip(res.names_x, mat):
+            lines.append(f"{name:<{width_x}}  " + "  ".join(
+                f"{'-':>{cell}}" if not np.isfinite(v) else f"{v:>{cell}{fmt}}" for v in row))
+        return lines
+
+    lines = table(f"{res.metric}: raw score of the best layer pair", res.scores, f".{digits}f")
+    k = res.settings.get("permutations")
+    if k is not None:
+        alpha = res.settings["alpha"]
+        if 1 / (k + 1) > alpha:
+            lines += ["", f"note: with K={k} permutations the smallest p-value is 1/(K+1) = {1 / (k + 1):.3g} > "
+                          f"alpha={alpha:g}: no pair can be significant; use K >= {math.ceil(1 / alpha) - 1}"]
+        lines += ["", *table(f"calibrated (permutation null, K={k}, alpha={alpha:g}; 0 = not above the null)",
+                             res.calibration_matrix("calibrated"), f".{digits}f")]
+        lines += ["", *table(f"p-value of the best layer pair (max over layer pairs, K={k})",
+                             res.calibration_matrix("p_value"), f".{digits}f")]
+    def span(values) -> str:
+        lo, hi = np.nanmin(values), np.nanmax(values)
+        return f"{lo:.{digits}f}" if abs(hi - lo) < 0.5 * 10**-digits else f"{lo:.{digits}f} to {hi:.{digits}f}"
+
+    pair_chance = np.array([v for r in res.records.values() for row in (r.get("chance") or []) for v in row
+                            if v is not None], dtype=np.float64)
+    if k is not None and np.isfinite(res.chance).any():
+        lines += ["", f"chance level of the best layer pair (null mean of the max over layer pairs): "
+                      f"{span(res.chance)}"]
+    if pair_chance.size:
+        exact = k is None or all(r["calibration"].get("chance_exact") for r in res.records.values())
+        what = "exact null expectation" if exact else "null mean"
+        lines += ([""] if k is None else []) + [f"chance level of one layer pair ({what}): {span(pair_chance)}"]
+    if not short:
+        lines += ["", "columns:"] + [f"  [{j + 1}] {n}" for j, n in enumerate(res.names_y)]
+    return "\n".join(lines)
