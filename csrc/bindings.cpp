@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "common/check.h"
 #include "common/list_metric.h"
@@ -144,6 +145,98 @@ py::dict cknna_sums(const IndexArray& idx_k, const py::array& val_k, const Index
   return d;
 }
 
+// The list sets of a null: every array int64 N x k (one N, one k), indices checked.
+std::vector<const int64_t*> list_set(const py::list& arrays, const char* name, int64_t& n, int64_t& k) {
+  std::vector<const int64_t*> out;
+  for (const auto& item : arrays) {
+    const auto arr = item.cast<IndexArray>();
+    PF_CHECK(arr.ndim() == 2 && arr.shape(1) >= 1, name << ": every list set must be N x k with k >= 1");
+    if (n < 0) {
+      n = arr.shape(0);
+      k = arr.shape(1);
+    }
+    PF_CHECK(arr.shape(0) == n && arr.shape(1) == k,
+             name << ": every list set must be " << n << " x " << k << ", got " << arr.shape(0) << " x "
+                  << arr.shape(1));
+    pf::check_indices(arr.data(), n * k, n, name);
+    out.push_back(arr.data());
+  }
+  return out;
+}
+
+IndexArray checked_perms(const IndexArray& perms, int64_t n) {
+  PF_CHECK(perms.ndim() == 2 && perms.shape(1) == n,
+           "perms must be count x N = " << n << " (one permutation per row)");
+  pf::check_permutations(perms.data(), perms.shape(0), n);
+  return perms;
+}
+
+// Keeps the casted arrays alive while the raw pointers are used.
+py::array_t<int64_t> permute_lists_scores(const std::string& name, const py::list& a, const py::list& b,
+                                          const IndexArray& perms) {
+  const pf::ListMetric metric = pf::list_metric(name);
+  PF_CHECK(a.size() >= 1 && b.size() >= 1, "a and b must each hold at least one list set");
+  int64_t n = -1, k = 0;
+  std::vector<IndexArray> keep;
+  for (const auto& item : a) keep.push_back(item.cast<IndexArray>());
+  for (const auto& item : b) keep.push_back(item.cast<IndexArray>());
+  py::list ka, kb;
+  for (size_t i = 0; i < keep.size(); ++i) (i < a.size() ? ka : kb).append(keep[i]);
+  const auto pa = list_set(ka, "a", n, k);
+  const auto pb = list_set(kb, "b", n, k);
+  checked_perms(perms, n);
+  const int64_t count = perms.shape(0);
+  py::array_t<int64_t> out({count, static_cast<int64_t>(pa.size()), static_cast<int64_t>(pb.size())});
+  int64_t* dst = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    pf::permute_lists_scores(metric, pa, pb, n, k, perms.data(), count, dst);
+  }
+  return out;
+}
+
+template <typename T>
+py::array_t<double> permute_lists_cknna_typed(const std::vector<IndexArray>& ai, const std::vector<py::array>& av,
+                                              const std::vector<IndexArray>& bi, const std::vector<py::array>& bv,
+                                              const IndexArray& perms, bool zero_diagonal) {
+  int64_t n = -1, k = 0;
+  py::list la, lb;
+  for (const auto& x : ai) la.append(x);
+  for (const auto& x : bi) lb.append(x);
+  const auto pa = list_set(la, "a_idx", n, k);
+  const auto pb = list_set(lb, "b_idx", n, k);
+  auto values = [&](const std::vector<py::array>& vs, const char* name) {
+    std::vector<const T*> out;
+    for (const auto& v : vs) {
+      const auto m = as_matrix<T>(v, name);
+      PF_CHECK(m.rows == n && m.cols == k && m.ld == k, name << ": values must be C-contiguous N x k like the lists");
+      out.push_back(m.data);
+    }
+    return out;
+  };
+  const auto va = values(av, "a_val");
+  const auto vb = values(bv, "b_val");
+  checked_perms(perms, n);
+  const int64_t count = perms.shape(0);
+  py::array_t<double> out({count, static_cast<int64_t>(pa.size()), static_cast<int64_t>(pb.size()), int64_t{6}});
+  double* dst = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    pf::permute_lists_cknna<T>(pa, va, pb, vb, n, k, zero_diagonal, perms.data(), count, dst);
+  }
+  return out;
+}
+
+py::array_t<double> permute_lists_cknna(const std::vector<IndexArray>& a_idx, const std::vector<py::array>& a_val,
+                                        const std::vector<IndexArray>& b_idx, const std::vector<py::array>& b_val,
+                                        const IndexArray& perms, bool zero_diagonal) {
+  PF_CHECK(!a_idx.empty() && !b_idx.empty() && a_idx.size() == a_val.size() && b_idx.size() == b_val.size(),
+           "a and b must each hold at least one set, with one value array per list array");
+  const bool dbl = py::isinstance<py::array_t<double>>(a_val[0]);
+  return dbl ? permute_lists_cknna_typed<double>(a_idx, a_val, b_idx, b_val, perms, zero_diagonal)
+             : permute_lists_cknna_typed<float>(a_idx, a_val, b_idx, b_val, perms, zero_diagonal);
+}
+
 py::dict build_info() {
   py::dict d;
   d["version"] = PLATONIC_FAST_VERSION;
@@ -260,6 +353,16 @@ PYBIND11_MODULE(_core, m) {
         py::arg("lists"), py::arg("perm"), py::arg("inverse"),
         "Lists of a row-permuted set: out[i] = inverse[lists[perm[i]]] (int64 N x k; perm a "
         "permutation of 0..N-1 and inverse its inverse).");
+
+  m.def("permute_lists_scores", &permute_lists_scores, py::arg("name"), py::arg("a"), py::arg("b"),
+        py::arg("perms"),
+        "A layer-search null for a neighbour-list metric: out[t, i, j] = Σ over rows of name(a[i], "
+        "b[j] relabelled by permutation t) (int64 count x len(a) x len(b)); a, b lists of int64 "
+        "N x k arrays, perms int64 count x N, each row a permutation.");
+  m.def("permute_lists_cknna", &permute_lists_cknna, py::arg("a_idx"), py::arg("a_val"), py::arg("b_idx"),
+        py::arg("b_val"), py::arg("perms"), py::arg("zero_diagonal"),
+        "CKNNA's sparse sums under every permutation: float64 count x len(a) x len(b) x 6 (trace_kl, "
+        "sum_k, sum_l, k_then_l, l_then_k, mask_count); values float32 or float64, all one dtype.");
 
 #ifdef PLATONIC_FAST_WITH_CUDA
   // CUDA: raw device pointers (C-contiguous buffers) and a cudaStream_t as integers.

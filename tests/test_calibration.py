@@ -291,3 +291,17 @@ def test_align_checks_before_the_work():
         pf.align(x, x, permutations=5, alpha=2.0, topk=3)
     with pytest.raises(ValueError, match="permutations"):
         pf.align(x, x, permutations=-1, topk=3)
+
+
+@pytest.mark.parametrize("metric", ["mutual_knn", "cycle_knn", "lcs_knn", "edit_distance_knn", "cknna"])
+def test_compiled_null_equals_the_per_pair_loop(metric):
+    """The one-call compiled null (CPU, auto) equals permuting each state and scoring each pair."""
+    x = randn(70, 12, seed=0).reshape(70, 3, 4)
+    y = torch.stack([randn(70, 5, seed=1), torch.ones(70, 5), randn(70, 5, seed=2)], dim=1)
+    perms = torch.stack([torch.randperm(70, generator=torch.Generator().manual_seed(s)) for s in range(6)])
+    with pytest.warns(pf.DegenerateInputWarning):
+        fast = pf.align(x, y, metric, topk=4, perm=perms).calibration
+    with pytest.warns(pf.DegenerateInputWarning):
+        loop = pf.align(x, y, metric, topk=4, perm=perms, backend="torch").calibration
+    torch.testing.assert_close(fast.null, loop.null, rtol=1e-12, atol=1e-12, equal_nan=True)
+    assert fast.max.p_value == loop.max.p_value and fast.mean.tau == pytest.approx(loop.mean.tau, abs=1e-12)

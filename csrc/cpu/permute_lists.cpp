@@ -1,6 +1,11 @@
 #include "permute_lists.h"
 
+#include <algorithm>
+
+#include "../common/check.h"
 #include "../common/parallel.h"
+#include "cknna_sums.h"
+#include "neighbour_lists.h"
 
 namespace pf {
 
@@ -14,5 +19,107 @@ void permute_lists(const int64_t* lists, int64_t n, int64_t k, const int64_t* pe
   }
 }
 
+void check_permutations(const int64_t* perms, int64_t count, int64_t n) {
+  // stamp[v] == t + 1 once value v was seen in permutation t: no clearing between rows.
+  std::vector<int64_t> stamp(static_cast<size_t>(n), 0);
+  for (int64_t t = 0; t < count; ++t) {
+    const int64_t* p = perms + t * n;
+    for (int64_t i = 0; i < n; ++i) {
+      PF_CHECK(p[i] >= 0 && p[i] < n && stamp[p[i]] != t + 1,
+               "permutation " << t << " is not a permutation of 0.." << n - 1 << " (entry " << i
+                              << " is " << p[i] << ")");
+      stamp[p[i]] = t + 1;
+    }
+  }
+}
+
+namespace {
+
+// Thread-local work space of one (permutation, b-set) task.
+struct Relabelled {
+  std::vector<int64_t> inverse, lists, per_row;
+
+  void resize(int64_t n, int64_t k) {
+    inverse.resize(static_cast<size_t>(n));
+    lists.resize(static_cast<size_t>(n * k));
+    per_row.resize(static_cast<size_t>(n));
+  }
+
+  void build(const int64_t* src, const int64_t* perm, int64_t n, int64_t k) {
+    for (int64_t i = 0; i < n; ++i) inverse[perm[i]] = i;
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t* row = src + perm[i] * k;
+      int64_t* dst = lists.data() + i * k;
+      for (int64_t c = 0; c < k; ++c) dst[c] = inverse[row[c]];
+    }
+  }
+};
+
+}  // namespace
+
+void permute_lists_scores(ListMetric metric, const std::vector<const int64_t*>& a,
+                          const std::vector<const int64_t*>& b, int64_t n, int64_t k,
+                          const int64_t* perms, int64_t count, int64_t* out) {
+  const int64_t la = static_cast<int64_t>(a.size()), lb = static_cast<int64_t>(b.size());
+  const int64_t tasks = count * lb;
+#pragma omp parallel if (tasks > 1 && n * k * la > kParallelGrain)
+  {
+    Relabelled w;
+    w.resize(n, k);
+#pragma omp for schedule(dynamic)
+    for (int64_t task = 0; task < tasks; ++task) {
+      const int64_t t = task / lb, j = task % lb;
+      w.build(b[j], perms + t * n, n, k);
+      for (int64_t i = 0; i < la; ++i) {
+        // Nested inside this region, the op's own OpenMP loop runs on this thread alone.
+        neighbour_lists(metric, a[i], w.lists.data(), n, k, w.per_row.data());
+        int64_t total = 0;
+        for (int64_t r = 0; r < n; ++r) total += w.per_row[r];
+        out[(t * la + i) * lb + j] = total;
+      }
+    }
+  }
+}
+
+template <typename T>
+void permute_lists_cknna(const std::vector<const int64_t*>& a_idx, const std::vector<const T*>& a_val,
+                         const std::vector<const int64_t*>& b_idx, const std::vector<const T*>& b_val,
+                         int64_t n, int64_t k, bool zero_diagonal, const int64_t* perms,
+                         int64_t count, double* out) {
+  const int64_t la = static_cast<int64_t>(a_idx.size()), lb = static_cast<int64_t>(b_idx.size());
+  const int64_t tasks = count * lb;
+#pragma omp parallel if (tasks > 1 && n * k * la > kParallelGrain)
+  {
+    Relabelled w;
+    w.resize(n, k);
+    std::vector<T> values(static_cast<size_t>(n * k));
+#pragma omp for schedule(dynamic)
+    for (int64_t task = 0; task < tasks; ++task) {
+      const int64_t t = task / lb, j = task % lb;
+      const int64_t* perm = perms + t * n;
+      w.build(b_idx[j], perm, n, k);
+      for (int64_t i = 0; i < n; ++i)  // the values move with their rows
+        std::copy_n(b_val[j] + perm[i] * k, k, values.data() + i * k);
+      for (int64_t i = 0; i < la; ++i) {
+        const CknnaSums s = cknna_sums<T>(a_idx[i], a_val[i], w.lists.data(), values.data(), n, k,
+                                          zero_diagonal);
+        double* o = out + ((t * la + i) * lb + j) * 6;
+        o[0] = s.trace_kl;
+        o[1] = s.sum_k;
+        o[2] = s.sum_l;
+        o[3] = s.k_then_l;
+        o[4] = s.l_then_k;
+        o[5] = s.mask_count;
+      }
+    }
+  }
+}
+
+template void permute_lists_cknna<float>(const std::vector<const int64_t*>&, const std::vector<const float*>&,
+                                         const std::vector<const int64_t*>&, const std::vector<const float*>&,
+                                         int64_t, int64_t, bool, const int64_t*, int64_t, double*);
+template void permute_lists_cknna<double>(const std::vector<const int64_t*>&, const std::vector<const double*>&,
+                                          const std::vector<const int64_t*>&, const std::vector<const double*>&,
+                                          int64_t, int64_t, bool, const int64_t*, int64_t, double*);
 
 }  // namespace pf

@@ -27,13 +27,13 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
 from ._checks import DegenerateInputWarning, check_pair
-from .metrics import Prepared, metric_spec, score
+from .metrics import Prepared, batched_null, metric_spec, score
 from .ops.permute_lists import check_permutation, inverse_permutation
 
 PermutationSource = torch.Tensor | Callable[[int, torch.device], torch.Tensor]
@@ -236,10 +236,39 @@ def check_permutation_count(k) -> int:
     return k
 
 
-def _permutations(k: int, draw, progress: bool, desc: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    for i in tqdm(range(k), desc=desc, disable=not progress, leave=False):
-        perm = draw(i)
-        yield perm, inverse_permutation(perm)
+def null_scores(metric: str, states_x: list, states_y: list, opts: dict, k: int, draw, *, bar=None
+                ) -> torch.Tensor:
+    """K x Lx x Ly scores of every prepared pair under each of the K permutations of y's rows.
+
+    kNN-list metrics and cknna on CPU: permutations in chunks, each chunk one compiled call
+    (relabel every y-set once per permutation, score it against every x-set). Otherwise a loop:
+    each y-state permuted once per permutation (``Prepared.permute``), every pair re-scored.
+    """
+    null = torch.full((k, len(states_x), len(states_y)), math.nan, dtype=torch.float64)
+    engine = batched_null(metric, states_x, states_y, opts)
+    with warnings.catch_warnings():
+        # A degenerate set warned when its observed score was taken; its permutations are the same set.
+        warnings.simplefilter("ignore", DegenerateInputWarning)
+        if engine is not None:
+            n = next(s.n for s in states_x if s is not None)
+            chunk = max(1, min(64, (1 << 22) // max(n, 1)))
+            for t0 in range(0, k, chunk):
+                perms = torch.stack([draw(t) for t in range(t0, min(k, t0 + chunk))]).cpu()
+                null[t0: t0 + perms.shape[0]] = engine(perms)
+                if bar is not None:
+                    bar.update(perms.shape[0])
+            return null
+        for t in range(k):
+            perm = draw(t)
+            inv = inverse_permutation(perm)
+            permuted = [None if s is None else s._permuted(perm, inv) for s in states_y]
+            for i, sx in enumerate(states_x):
+                for j, sy in enumerate(permuted):
+                    if sx is not None and sy is not None:
+                        null[t, i, j] = score(sx, sy)
+            if bar is not None:
+                bar.update()
+    return null
 
 
 # --- one pair -----------------------------------------------------------------------------------
@@ -292,12 +321,8 @@ def calibrate(metric: str, feats_A, feats_B, permutations: int | None = None, al
     pa, pb = Prepared(metric, opts, spec.prepare(a, **opts), n, a.shape[1]), \
         Prepared(metric, opts, spec.prepare(b, **opts), n, b.shape[1])
     observed = score(pa, pb)
-    null = torch.empty(k, dtype=torch.float64)
-    with warnings.catch_warnings():
-        # A degenerate set warned for the observed score; its permutations are the same set.
-        warnings.simplefilter("ignore", DegenerateInputWarning)
-        for i, (p, inv) in enumerate(_permutations(k, draw, progress, f"null {metric}")):
-            null[i] = score(pa, pb._permuted(p, inv))
+    with tqdm(total=k, desc=f"null {metric}", disable=not progress, leave=False) as bar:
+        null = null_scores(metric, [pa], [pb], opts, k, draw, bar=bar)[:, 0, 0]
     exact = spec.null_mean(pa.state, pb.state, n, **opts)
     p, tau, calibrated = null_calibration(observed, null, alpha=alpha, s_max=s_max)
     chance = float(null.mean()) if exact is None else float(exact)
@@ -331,20 +356,7 @@ def calibrate_states(states_x: list, states_y: list, scores: torch.Tensor, metri
     n = (live_x or live_y)[0].n if (live_x or live_y) else 0
     device = _device_of(live_x + live_y)
     k, draw = permutation_source(n, permutations, perm, generator, device)
-    lx, ly = len(states_x), len(states_y)
-    null = torch.full((k, lx, ly), math.nan, dtype=torch.float64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DegenerateInputWarning)
-        for t, (p, inv) in enumerate(_permutations(k, draw, False, "")):
-            permuted = [None if s is None else s._permuted(p, inv) for s in states_y]
-            for i, sx in enumerate(states_x):
-                if sx is None:
-                    continue
-                for j, sy in enumerate(permuted):
-                    if sy is not None:
-                        null[t, i, j] = score(sx, sy)
-            if bar is not None:
-                bar.update()
+    null = null_scores(metric, states_x, states_y, opts, k, draw, bar=bar)
     aggregates = {}
     for how in ("max", "mean"):
         observed = _aggregate(scores, how)

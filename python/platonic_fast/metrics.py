@@ -130,7 +130,11 @@ def _relabelled(st: Neighbours, perm: torch.Tensor, inverse: torch.Tensor, backe
     return Neighbours(idx, vals, st.self_sums, st.scale_exp)
 
 
-def _list_metric(name: str, kind: str, reduce: Callable[[torch.Tensor, int], float], *,
+# name -> (neighbour_lists kind, score from the per-row total, N and k), filled by _list_metric
+_LIST_METRICS: dict[str, tuple[str, Callable[[int, int, int], float]]] = {}
+
+
+def _list_metric(name: str, kind: str, from_total: Callable[[int, int, int], float], *,
                  symmetric: bool, max_score=lambda opts: 1.0, null_mean=lambda sa, sb, n, **opts: None
                  ) -> MetricSpec:
     ops = ("knn", "neighbour_lists", "permute_lists")
@@ -141,27 +145,28 @@ def _list_metric(name: str, kind: str, reduce: Callable[[torch.Tensor, int], flo
 
     def pair(sa: Neighbours, sb: Neighbours, *, topk=None, backend="auto"):
         per_row = neighbour_lists(kind, sa.indices, sb.indices, backend=for_op("neighbour_lists", backend, ops))
-        return reduce(per_row, sa.indices.shape[1])
+        n, k = sa.indices.shape
+        return from_total(int(per_row.sum()), n, k)
 
     def permute(st: Neighbours, perm, inverse, *, topk=None, backend="auto"):
         return _relabelled(st, perm, inverse, backend, ops)
 
+    _LIST_METRICS[name] = (kind, from_total)
     return MetricSpec(name, ops, {"topk": 10}, _validate_topk, prepare, pair, symmetric=symmetric,
                       takes_topk=True, max_score=max_score, permute=permute, null_mean=null_mean)
 
 
-def _mean(r: torch.Tensor) -> float:
-    return float(r.sum(dtype=torch.float64)) / r.numel()
-
-
 # A random relabelling makes π⁻¹(kNN_B(π(i))) a uniform k-subset of the N - 1 other samples,
 # so E|kNN_A(i) ∩ it| = k²/(N - 1) for every i (SPEC §1b).
-_MUTUAL = _list_metric("mutual_knn", "mutual_overlap", lambda r, k: _mean(r) / k, symmetric=True,
+# Each list metric is a function of its per-row total (an exact integer), N and k.
+_MUTUAL = _list_metric("mutual_knn", "mutual_overlap", lambda total, n, k: total / n / k, symmetric=True,
                        null_mean=lambda sa, sb, n, *, topk, **opts: topk / (n - 1))
-_CYCLE = _list_metric("cycle_knn", "cycle_hits", lambda r, k: _mean(r), symmetric=False)
-_LCS = _list_metric("lcs_knn", "lcs_lengths", lambda r, k: _mean(r), symmetric=True,
+_CYCLE = _list_metric("cycle_knn", "cycle_hits", lambda total, n, k: total / n, symmetric=False)
+_LCS = _list_metric("lcs_knn", "lcs_lengths", lambda total, n, k: total / n, symmetric=True,
                     max_score=lambda opts: float(opts["topk"]))
-_EDIT = _list_metric("edit_distance_knn", "edit_distances", lambda r, k: 1.0 - _mean(r) / k, symmetric=True)
+_EDIT = _list_metric("edit_distance_knn", "edit_distances", lambda total, n, k: 1.0 - total / n / k,
+                     symmetric=True)
+
 
 
 # --- CKNNA ------------------------------------------------------------------------------------
@@ -199,15 +204,22 @@ def _cknna_prepare(x, *, topk, unbiased=True, distance_agnostic=False, backend="
 
 def _cknna_pair(sa: Neighbours, sb: Neighbours, *, topk=None, unbiased=True, distance_agnostic=False,
                 backend="auto"):
+    sums = _masked_sums(sa, sb, zero_diagonal=unbiased, backend=backend)
+    return _cknna_from_sums(sums, sa, sb, unbiased=unbiased, distance_agnostic=distance_agnostic)
+
+
+def _cknna_from_sums(sums: dict, sa: Neighbours, sb: Neighbours, *, unbiased: bool, distance_agnostic: bool,
+                     warn: bool = True) -> float:
+    """The score from the pair's masked sums and each set's own (SPEC §1, CKNNA)."""
     n = sa.indices.shape[0]
     opts = dict(unbiased=unbiased, distance_agnostic=distance_agnostic)
-    kl = _cknna_similarity(_masked_sums(sa, sb, zero_diagonal=unbiased, backend=backend), n, **opts)
+    kl = _cknna_similarity(sums, n, **opts)
     kk = _cknna_similarity(sa.self_sums, n, **opts)
     ll = _cknna_similarity(sb.self_sums, n, **opts)
     if distance_agnostic:
         return kl / max(kk * ll, 1e-300) ** 0.5
     # The sums are in scaled units (values · 2**-e): the SPEC's 1e-6 guard moves there too.
-    return guarded_ratio("cknna", kl, max(kk * ll, 0.0) ** 0.5, -(sa.scale_exp + sb.scale_exp))
+    return guarded_ratio("cknna", kl, max(kk * ll, 0.0) ** 0.5, -(sa.scale_exp + sb.scale_exp), warn=warn)
 
 
 def _cknna_validate(opts: dict, n: int, widths) -> dict:
@@ -300,6 +312,56 @@ def metric_spec(metric: Any) -> MetricSpec:
     if not isinstance(metric, str) or metric not in METRICS:
         raise ValueError(f"metric must be one of {SUPPORTED_METRICS}, got {metric!r}")
     return METRICS[metric]
+
+
+# --- permutation nulls in one call -------------------------------------------------------------
+
+_CKNNA_SUM_NAMES = ("trace_kl", "sum_k", "sum_l", "k_then_l", "l_then_k", "mask_count")
+
+
+def batched_null(metric: str, states_x: list, states_y: list, opts: dict):
+    """A function perms (count x N, checked) -> count x Lx x Ly float64 null scores computed in
+    one compiled call per chunk (kNN-list metrics and cknna on CPU), or None when the generic
+    per-pair loop must run (other metrics, CUDA tensors, an explicit non-CPU backend).
+    States may be None (constant layers): their scores are NaN."""
+    from .ops.permute_lists import null_cknna_sums, null_counts
+
+    if metric not in _LIST_METRICS and metric != "cknna":
+        return None
+    if opts.get("backend", "auto") not in ("auto", "cpu"):
+        return None
+    live_x = [i for i, s in enumerate(states_x) if s is not None]
+    live_y = [j for j, s in enumerate(states_y) if s is not None]
+    if not live_x or not live_y:
+        return None
+    sx = [states_x[i].state for i in live_x]
+    sy = [states_y[j].state for j in live_y]
+    if any(s.indices.device.type != "cpu" for s in sx + sy):
+        return None
+    n, k = sx[0].indices.shape
+
+    def run(perms: torch.Tensor) -> torch.Tensor:
+        out = torch.full((perms.shape[0], len(states_x), len(states_y)), float("nan"), dtype=torch.float64)
+        rows, cols = torch.tensor(live_x)[:, None], torch.tensor(live_y)[None, :]
+        if metric == "cknna":
+            sums = null_cknna_sums([s.indices for s in sx], [s.values for s in sx], [s.indices for s in sy],
+                                   [s.values for s in sy], perms, opts["unbiased"])
+            block = torch.empty(perms.shape[0], len(sx), len(sy), dtype=torch.float64)
+            for t in range(perms.shape[0]):
+                for i, a in enumerate(sx):
+                    for j, b in enumerate(sy):
+                        d = dict(zip(_CKNNA_SUM_NAMES, sums[t, i, j].tolist()))
+                        block[t, i, j] = _cknna_from_sums(d, a, b, unbiased=opts["unbiased"],
+                                                          distance_agnostic=opts["distance_agnostic"], warn=False)
+        else:
+            kind, from_total = _LIST_METRICS[metric]
+            totals = null_counts(kind, [s.indices for s in sx], [s.indices for s in sy], perms)
+            block = torch.tensor([from_total(int(v), n, k) for v in totals.flatten().tolist()],
+                                 dtype=torch.float64).reshape(totals.shape)
+        out[:, rows, cols] = block
+        return out
+
+    return run
 
 
 # --- the public prepared-state API ------------------------------------------------------------

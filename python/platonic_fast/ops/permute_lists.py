@@ -126,3 +126,70 @@ def permute_lists_cuda(lists: torch.Tensor, perm: torch.Tensor, inverse: torch.T
 def permute_lists_torch(lists: torch.Tensor, perm: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
     """Reference: gather the rows π(i), then map every index through π⁻¹."""
     return inverse[lists.to(torch.int64)[perm]]
+
+
+# --- whole nulls in one call (the compiled core) ------------------------------------------------
+
+
+def null_counts(kind: str, lists_a: list[torch.Tensor], lists_b: list[torch.Tensor], perms: torch.Tensor
+                ) -> torch.Tensor:
+    """Σ over rows of neighbour-list ``kind`` for every (permutation t, a-set i, b-set j).
+
+    ``perms`` (count x N, each row a checked permutation) relabels every b-set once; the result
+    is int64 count x len(a) x len(b). Compiled core when it imports (one call, parallel over
+    permutations and b-sets), else the plain loop over :func:`relabel` and the neighbour-list op.
+    """
+    from .._backends import core_available
+
+    if core_available() and all(t.device.type == "cpu" for t in [*lists_a, *lists_b, perms]):
+        from .. import _core
+
+        out = _core.permute_lists_scores(kind, [_host(t) for t in lists_a], [_host(t) for t in lists_b], _host(perms))
+        return torch.from_numpy(out)
+    from .neighbour_lists import run
+
+    out = torch.empty(perms.shape[0], len(lists_a), len(lists_b), dtype=torch.int64)
+    for t, perm in enumerate(perms):
+        inv = inverse_permutation(perm)
+        for j, lb in enumerate(lists_b):
+            rb = relabel(lb, perm, inv)
+            for i, la in enumerate(lists_a):
+                out[t, i, j] = int(run(kind, la, rb).sum())
+    return out
+
+
+def null_cknna_sums(idx_a, val_a, idx_b, val_b, perms: torch.Tensor, zero_diagonal: bool) -> torch.Tensor:
+    """CKNNA's six sparse sums (trace_kl, sum_k, sum_l, k_then_l, l_then_k, mask_count) for every
+    (permutation, a-set, b-set): float64 count x len(a) x len(b) x 6. Compiled core on CPU
+    tensors of one value dtype, else the loop over :func:`relabel` and the cknna_sums op."""
+    from .._backends import core_available
+
+    tensors = [*idx_a, *val_a, *idx_b, *val_b, perms]
+    dtypes = {v.dtype for v in (*val_a, *val_b)}
+    if core_available() and all(t.device.type == "cpu" for t in tensors) and len(dtypes) == 1 \
+            and dtypes <= {torch.float32, torch.float64}:
+        from .. import _core
+
+        def vals(v):
+            return v.detach().contiguous().numpy()
+
+        out = _core.permute_lists_cknna([_host(t) for t in idx_a], [vals(v) for v in val_a],
+                                        [_host(t) for t in idx_b], [vals(v) for v in val_b], _host(perms),
+                                        zero_diagonal)
+        return torch.from_numpy(out)
+    from .cknna_sums import cknna_sums
+
+    keys = ("trace_kl", "sum_k", "sum_l", "k_then_l", "l_then_k", "mask_count")
+    out = torch.empty(perms.shape[0], len(idx_a), len(idx_b), 6, dtype=torch.float64)
+    for t, perm in enumerate(perms):
+        inv = inverse_permutation(perm)
+        for j, (ib, vb) in enumerate(zip(idx_b, val_b)):
+            rb, rv = relabel(ib, perm, inv), vb[perm.to(vb.device)]
+            for i, (ia, va) in enumerate(zip(idx_a, val_a)):
+                s = cknna_sums(ia, va, rb, rv, zero_diagonal)
+                out[t, i, j] = torch.tensor([s[key] for key in keys], dtype=torch.float64)
+    return out
+
+
+def _host(t: torch.Tensor):
+    return t.detach().to("cpu", torch.int64).contiguous().numpy()
