@@ -482,6 +482,8 @@ def summarize(r: dict) -> str:
         parts.append(f"max |diff vs scratch| {r['max_abs_diff_vs_scratch']:.1e}")
     if r.get("extrapolated"):
         parts.append(f"extrapolated from {r.get('measured_pairs')} measured pairs")
+    if r.get("projected"):
+        parts.append("PROJECTION, not measured")
     if r.get("note") and "unavailable" in str(r.get("note")):
         parts.append(str(r["note"])[:60])
     return "; ".join(parts)
@@ -511,8 +513,8 @@ def format_table(rows: list[dict]) -> str:
         out.append("  ".join(c.ljust(w) for c, w in zip(t, widths)).rstrip())
         if j == 0:
             out.append("  ".join("-" * w for w in widths))
-    if any(r.get("ratio_note") for r in rows):
-        out.append("* anchor time extrapolated from a measured subsample of pairs")
+    for note in dict.fromkeys(r["ratio_note"] for r in rows if r.get("ratio_note")):
+        out.append(f"* {note}")
     return "\n".join(out)
 
 

@@ -19,12 +19,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_align  # noqa: E402
+import bench_calibration  # noqa: E402
 import bench_cknna_sums  # noqa: E402
 import bench_hsic  # noqa: E402
 import bench_knn  # noqa: E402
 import bench_memory  # noqa: E402
 import bench_neighbour_lists  # noqa: E402
 import bench_outliers  # noqa: E402
+import bench_permute_lists  # noqa: E402
 import bench_topk_merge  # noqa: E402
 
 from _timing import (  # noqa: E402
@@ -52,6 +54,8 @@ DEFAULT = tuple(PARTS)  # the parts of cpu-20261123T071934Z.json, row for row
 PARTS.update({  # parts with no counterpart in earlier results files: on request (--only)
     "outliers": lambda quick, peak, a: bench_outliers.collect(quick=quick, peak=peak),
     "topk_merge": lambda quick, peak, a: bench_topk_merge.collect(quick=quick, peak=peak),
+    "permute_lists": lambda quick, peak, a: bench_permute_lists.collect(quick=quick, peak=peak),
+    "calibration": lambda quick, peak, a: bench_calibration.collect(quick=quick, peak=peak),
 })
 # the rows of these parts carry "bench": "metrics", as in earlier results files
 ALIASES = {"metrics": ("neighbour_lists", "hsic", "cknna_sums")}

@@ -57,6 +57,16 @@ def permute_lists(
     lists: npt.NDArray[np.int64], perm: npt.NDArray[np.int64], inverse: npt.NDArray[np.int64]
 ) -> npt.NDArray[np.int64]: ...
 
+def permute_lists_scores(
+    name: _ListMetric, a: list[npt.NDArray[np.int64]], b: list[npt.NDArray[np.int64]],
+    perms: npt.NDArray[np.int64],
+) -> npt.NDArray[np.int64]: ...
+def permute_lists_cknna(
+    a_idx: list[npt.NDArray[np.int64]], a_val: list[npt.NDArray[np.floating]],
+    b_idx: list[npt.NDArray[np.int64]], b_val: list[npt.NDArray[np.floating]],
+    perms: npt.NDArray[np.int64], zero_diagonal: bool,
+) -> npt.NDArray[np.float64]: ...
+
 # --- CUDA-only: present only in builds with CUDA kernels (build_info()["cuda"]) ---
 # Pointers are device addresses of C-contiguous buffers (int), stream a cudaStream_t (int).
 CUDA_MAX_LIST_K: int
