@@ -305,3 +305,14 @@ def test_compiled_null_equals_the_per_pair_loop(metric):
         loop = pf.align(x, y, metric, topk=4, perm=perms, backend="torch").calibration
     torch.testing.assert_close(fast.null, loop.null, rtol=1e-12, atol=1e-12, equal_nan=True)
     assert fast.max.p_value == loop.max.p_value and fast.mean.tau == pytest.approx(loop.mean.tau, abs=1e-12)
+
+
+def test_align_reports_exact_chance_without_permutations():
+    x, y = randn(90, 12, seed=0).reshape(90, 3, 4), randn(90, 10, seed=1).reshape(90, 2, 5)
+    res = pf.align(x, y, "mutual_knn", topk=6)
+    assert res.chance.shape == (3, 2) and torch.allclose(res.chance, torch.full((3, 2), 6 / 89, dtype=torch.float64))
+    assert (pf.align(x, y, "unbiased_cka").chance == 0).all()
+    cka = pf.align(x, y, "cka", permutations=300, generator=0)
+    # the exact mean against the mean of 300 permutations
+    torch.testing.assert_close(cka.chance, cka.calibration.null.mean(0), rtol=0.1, atol=0.01)
+    assert pf.align(x, y, "cknna", topk=6).chance is None

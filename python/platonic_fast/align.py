@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ._checks import ConstantFeaturesError, DegenerateInputWarning, as_tensor, check_features, max_abs, unit_exponent
-from .calibration import LayerCalibration, calibrate_states, check_alpha, permutation_source
+from .calibration import LayerCalibration, calibrate_states, check_alpha, exact_chance, permutation_source
 from .metrics import Prepared, metric_spec, prepare, score
 from .ops.outliers import remove_outliers
 
@@ -38,6 +38,10 @@ class AlignResult:
         The best pair; -1 stands for the concatenation. None when no pair scores above 0.
     metric : str
     options : dict
+    chance : torch.Tensor or None, float64, shape like ``scores``
+        Each pair's exact chance level (its mean over all row permutations of y) where the
+        metric has a closed form: mutual_knn k/(N − 1), cka (grows with width), unbiased_cka 0;
+        None for the others (run ``permutations=K`` for their null).
     calibration : LayerCalibration or None
         With ``permutations=K``: the permutation null of the whole search (its max and mean
         aggregates with p-values, thresholds and calibrated values, each pair's p-value and
@@ -49,6 +53,7 @@ class AlignResult:
     best_layers: tuple[int, int] | None
     metric: str
     options: dict = field(default_factory=dict)
+    chance: torch.Tensor | None = None
     calibration: LayerCalibration | None = None
 
 
@@ -165,6 +170,7 @@ def align(feats_x, feats_y, metric: str = "mutual_knn", topk: int = 10, *, q: fl
     states_x = prepare_states(xs, metric, opts, bar=bar)
     states_y = prepare_states(ys, metric, opts, bar=bar)
     result = score_states(states_x, states_y, metric, opts, concat=concat, bar=bar)
+    result.chance = exact_chance(states_x, states_y, metric, opts)
     if calibrated:
         result.calibration = calibrate_states(states_x, states_y, result.scores, metric, opts,
                                               permutations=permutations, alpha=alpha, generator=generator,

@@ -388,6 +388,23 @@ def calibrate_states(states_x: list, states_y: list, scores: torch.Tensor, metri
     return LayerCalibration(out["max"], out["mean"], null, pair_p, chance, exact)
 
 
+def exact_chance(states_x: list, states_y: list, metric: str, opts: dict) -> torch.Tensor | None:
+    """Lx x Ly exact null means (the expectation over all row permutations of y) where the
+    metric has a closed form (mutual_knn k/(N − 1), cka, unbiased_cka 0; NaN for constant
+    layers), else None: a chance level beside raw scores without running a null."""
+    spec = metric_spec(metric)
+    out = torch.full((len(states_x), len(states_y)), math.nan, dtype=torch.float64)
+    for i, sx in enumerate(states_x):
+        for j, sy in enumerate(states_y):
+            if sx is None or sy is None:
+                continue
+            e = spec.null_mean(sx.state, sy.state, sx.n, **opts)
+            if e is None:
+                return None
+            out[i, j] = e
+    return out
+
+
 def _device_of(states: list[Prepared]) -> torch.device:
     for s in states:
         for t in (getattr(s.state, "indices", None), getattr(s.state, "features", None), s.state):
