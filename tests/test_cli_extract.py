@@ -372,6 +372,28 @@ def test_uncached_hub_id_is_a_runtime_error_with_suggestions(root, capsys, monke
     assert code == 1 and "not cached locally" in err and "bigscience/bloomz-560m" in err and "Traceback" not in err
 
 
+def test_no_network_fails_at_once_for_hub_models_and_datasets(root, capsys, monkeypatch, tmp_path):
+    import socket
+    import time
+
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY",
+                "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    start = time.monotonic()
+    code, _, err = run(capsys, "extract", "made-up-org-x/a-model", "--texts", root / "caps.txt", "--out",
+                       tmp_path / "f", "--no-progress")
+    assert code == 1 and "not cached locally and no network" in err
+    code, _, err = run(capsys, "extract", root / "models/tiny-gpt2", "--hf-dataset", "made-up-org-x/a-set",
+                       "--text-column", "text", "--out", tmp_path / "f", "--no-progress")
+    assert code == 1 and "dataset 'made-up-org-x/a-set' is not cached locally" in err
+    assert time.monotonic() - start < 15  # no ~25 s of retries each
+
+
 def test_debug_shows_the_traceback(root, tmp_path):
     with pytest.raises(ValueError, match="batch-size"):
         main(["--debug", "extract", str(root / "models/tiny-gpt2"), "--texts", str(root / "caps.txt"),

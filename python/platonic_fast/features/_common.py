@@ -147,23 +147,61 @@ def _is_offline_error(err: BaseException) -> bool:
     return False
 
 
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def hub_unreachable() -> bool:
+    """True when the hub's host name does not even resolve (no network here): hub look-ups would
+    only retry for ~25 s before failing. Unknown (a proxy is set, another error) counts as reachable."""
+    import socket
+    from urllib.parse import urlparse
+
+    if any(os.environ.get(v) for v in _PROXY_VARS):
+        return False
+    try:
+        from huggingface_hub import constants
+
+        host = urlparse(constants.ENDPOINT).hostname
+    except (ImportError, AttributeError, ValueError):
+        return False
+    if not host:
+        return False
+    try:
+        socket.getaddrinfo(host, 443)
+    except socket.gaierror:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def offline_patch() -> contextlib.AbstractContextManager:
+    """Force huggingface_hub's (and datasets') import-time offline flags on for a ``with`` block."""
+    from unittest import mock
+
+    stack = contextlib.ExitStack()
+    for module in ("huggingface_hub.constants", "datasets.config"):
+        try:
+            import importlib
+
+            mod = importlib.import_module(module)
+        except ImportError:
+            continue
+        if hasattr(mod, "HF_HUB_OFFLINE"):
+            stack.enter_context(mock.patch.object(mod, "HF_HUB_OFFLINE", True))
+    return stack
+
+
 @contextlib.contextmanager
 def hub_loading(source: str, library: str) -> Iterator[None]:
     """Turn "not cached and no network" failures into one clear RuntimeError naming the model.
 
-    When the environment asks for offline mode, huggingface_hub's import-time flag is forced on
-    for the duration: otherwise a download would retry for ~25 s before failing.
+    When the environment asks for offline mode, or the hub's host does not resolve, huggingface_hub's
+    import-time offline flag is forced on for the duration: otherwise a download would retry for
+    ~25 s before failing.
     """
-    patch = contextlib.nullcontext()
-    if hub_offline():
-        try:
-            from unittest import mock
-
-            from huggingface_hub import constants
-
-            patch = mock.patch.object(constants, "HF_HUB_OFFLINE", True)
-        except ImportError:
-            pass
+    offline = hub_offline() or (not Path(source).expanduser().exists() and hub_unreachable())
+    patch = offline_patch() if offline else contextlib.nullcontext()
     try:
         with patch:
             yield
@@ -179,10 +217,13 @@ def hub_loading(source: str, library: str) -> Iterator[None]:
         if _is_offline_error(e):
             from .model_sets import known_names
 
+            # A typo gets the closest names; a correct name that is simply not downloaded, none.
+            names = cached_hub_models() + known_names()
+            others = [] if source in names else names
             raise RuntimeError(
                 f"{library} model {source!r} is not cached locally and no network is reachable "
                 f"(or offline mode is on: HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '')!r})"
-                + (suggestion(source, cached_hub_models() + known_names()) or ".")
+                + (suggestion(source, others) or ".")
                 + " Download it once on a machine with network access (it lands in the HuggingFace cache, "
                 "HF_HOME), or pass a local folder or an already-built model."
             ) from e

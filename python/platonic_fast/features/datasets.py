@@ -12,6 +12,7 @@ large folder or dataset never sits in memory whole.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Sequence
@@ -237,7 +238,23 @@ def hf_dataset(name_or_path: str | os.PathLike, split: str | None = None, *, sub
             load_kwargs["name"] = subset
         if revision is not None:
             load_kwargs["revision"] = revision
-        ds = datasets.load_dataset(str(path) if local else source, split=split, **load_kwargs)
+        from ._common import hub_offline, hub_unreachable, offline_patch
+
+        # Without network, a hub id fails at once (from the cache if it is there) instead of
+        # retrying for ~25 s.
+        offline = not local and (hub_offline() or hub_unreachable())
+        try:
+            with offline_patch() if offline else contextlib.nullcontext():
+                ds = datasets.load_dataset(str(path) if local else source, split=split, **load_kwargs)
+        except Exception as e:
+            from ._common import _is_offline_error
+
+            if local or not _is_offline_error(e):
+                raise
+            raise RuntimeError(f"dataset {source!r} is not cached locally and no network is reachable (or offline "
+                               "mode is on); load it once on a machine with network access (it lands in the "
+                               "HuggingFace cache, HF_HOME), or save it with save_to_disk and pass that folder"
+                               ) from e
     if isinstance(ds, dict):  # DatasetDict
         if split is None:
             split = next(iter(ds)) if len(ds) == 1 else "train"
