@@ -186,13 +186,13 @@ def test_permutations_match_align_and_are_stored(model_files, tmp_path):
             assert res.calibration_matrix("chance")[i, j] == pytest.approx(ref.calibration.max.chance, abs=1e-12)
             # each layer pair's p-value, oriented as (layers of x, layers of y), mirrored pairs too
             np.testing.assert_allclose(np.array(cal["pair_p"]), ref.calibration.pair_p.numpy(), atol=1e-12)
-            np.testing.assert_allclose(npz[f"pair_p_{i}_{j}"], ref.calibration.pair_p.numpy(), atol=1e-12)
+            np.testing.assert_allclose(npz[f"k5_pair_p_{i}_{j}"], ref.calibration.pair_p.numpy(), atol=1e-12)
             np.testing.assert_allclose(npz["null_max"][i, j], ref.calibration.max.null.numpy(), atol=1e-12)
             assert saved["calibration"]["max"]["p_value"][i][j] == pytest.approx(ref.calibration.max.p_value)
             assert saved["calibration"]["max"]["calibrated"][i][j] == pytest.approx(ref.calibration.max.calibrated)
             assert saved["chance"][i][j] == pytest.approx(ref.calibration.max.chance)
     assert saved["settings"]["permutations"] == 19 and saved["settings"]["seed"] == 3
-    pairs = {(p["x"], p["y"]): p for p in saved["pairs"]}
+    pairs = {(p["x"], p["y"]): p for p in saved["results"][0]["pairs"]}
     assert len(pairs) == 9 and len(pairs[("alpha", "beta")]["calibration"]["max"]["null"]) == 19
 
 
@@ -256,3 +256,146 @@ def test_cli_measure_with_permutations(model_files, tmp_path, capsys):
     assert "chance level" in printed and "0.0526" in printed  # k/(N-1) = 5/95 under each null... of one pair
     saved = json.loads((out / "scores.json").read_text())
     assert np.array(saved["calibration"]["max"]["p_value"]).shape == (2, 3)
+
+
+# --- several topk, metric options, validation -----------------------------------------------------
+
+
+@pytest.mark.parametrize("metric", ["mutual_knn", "cknna"])
+def test_several_topk_equal_separate_runs(model_files, tmp_path, monkeypatch, metric):
+    folder, _ = model_files
+    prepares = {"n": 0}
+    real = sweep.prepare_states
+
+    def counting(layers, *args, **kwargs):
+        prepares["n"] += 1
+        return real(layers, *args, **kwargs)
+
+    monkeypatch.setattr(sweep, "prepare_states", counting)
+    kw = dict(metric=metric, progress=False, permutations=9, seed=5)
+    multi = sweep.measure_sets(folder, topk=[8, 3, 5, 8], out_dir=tmp_path / "multi", **kw)
+    assert prepares["n"] == 3  # one preparation per model, at the largest k
+    assert multi.topks == [3, 5, 8] and multi.topk == 3
+    for k in (3, 5, 8):
+        single = sweep.measure_sets(folder, topk=k, out_dir=tmp_path / f"k{k}", **kw)
+        got = multi.by_topk[k]
+        np.testing.assert_array_equal(got.scores, single.scores)
+        np.testing.assert_array_equal(got.best_layers, single.best_layers)
+        for what in ("p_value", "calibrated", "chance"):
+            np.testing.assert_array_equal(got.calibration_matrix(what), single.calibration_matrix(what))
+        for ij, r in single.records.items():
+            assert got.records[ij]["layer_scores"] == r["layer_scores"]
+            assert got.records[ij]["calibration"] == r["calibration"]
+    # Each k is its own, unambiguous entry; records are keyed by it, so a single-k run reuses them.
+    saved = json.loads((tmp_path / "multi" / "scores.json").read_text())
+    assert saved["topk"] == [3, 5, 8] and "scores" not in saved
+    assert [r["topk"] for r in saved["results"]] == [3, 5, 8]
+    np.testing.assert_array_equal(np.array(saved["results"][1]["scores"]), multi.by_topk[5].scores)
+    npz = np.load(tmp_path / "multi" / "scores.npz")
+    np.testing.assert_array_equal(npz["k8_scores"], multi.by_topk[8].scores)
+    assert "scores" not in npz.files
+    for k in (3, 5, 8):
+        assert (tmp_path / "multi" / f"heatmap_k{k}.png").exists()
+    calls = {"n": 0}
+    real_score = sweep.score_states
+    monkeypatch.setattr(sweep, "score_states", lambda *a, **k: calls.__setitem__("n", calls["n"] + 1)
+                        or real_score(*a, **k))
+    sweep.measure_sets(folder, topk=5, out_dir=tmp_path / "multi", **kw)
+    assert calls["n"] == 0
+
+
+def test_metric_options_reach_the_metric(model_files, tmp_path):
+    folder, models = model_files
+    res = sweep.measure_sets([folder / "alpha.pt", folder / "beta.pt"], metric="cka", out_dir=tmp_path / "o",
+                             progress=False, kernel_metric="rbf", rbf_sigma=0.7, device="cpu", backend="auto")
+    ref = pf.align(models["alpha"], models["beta"], "cka", kernel_metric="rbf", rbf_sigma=0.7)
+    assert res.scores[0, 1] == pytest.approx(ref.best, abs=1e-12)
+    assert res.topk is None and res.settings["options"] == {"kernel_metric": "rbf", "rbf_sigma": 0.7}
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"metric": "nope"}, "metric must be one of"),
+    ({"topk": 0}, "topk"),
+    ({"topk": [5, "a"]}, "topk"),
+    ({"topk": []}, "topk"),
+    ({"metric": "cka", "topk": [5, 10]}, "uses no neighbour lists"),
+    ({"metric": "cka", "kernel_metric": "poly"}, "kernel_metric"),
+    ({"metric": "cka", "kernel_metric": "rbf", "rbf_sigma": -1.0}, "rbf_sigma"),
+    ({"metric": "mutual_knn", "unbiased": True}, "unexpected option"),
+    ({"metric": "unbiased_cka", "unbiased": False}, "always uses unbiased"),
+    ({"backend": "gpu"}, "backend"),
+    ({"device": "tpu"}, "device"),
+    ({"device": "banana"}, "device"),
+])
+def test_bad_options_fail_before_loading(model_files, tmp_path, monkeypatch, kw, match):
+    folder, _ = model_files
+    from platonic_fast import features
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a feature file was read")
+
+    monkeypatch.setattr(features, "load", no_loading)
+    monkeypatch.setattr(sweep, "_load_layers", no_loading)
+    monkeypatch.setattr(sweep, "feature_files", no_loading)
+    with pytest.raises((ValueError, TypeError), match=match):
+        sweep.measure_sets(folder, out_dir=tmp_path / "o", progress=False, **kw)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_device_without_cuda(model_files, tmp_path):
+    with pytest.raises(ValueError, match="no CUDA device"):
+        sweep.measure_sets(model_files[0], out_dir=tmp_path / "o", progress=False, device="cuda")
+
+
+def test_options_that_do_not_fit_the_data_fail_before_scoring(model_files, tmp_path, monkeypatch):
+    folder, _ = model_files
+    monkeypatch.setattr(sweep, "_load_layers", lambda *a, **k: pytest.fail("loaded for scoring"))
+    with pytest.raises(ValueError, match=r"topk.*N=96"):
+        sweep.measure_sets(folder, topk=[5, 96], out_dir=tmp_path / "o", progress=False)
+    with pytest.raises(ValueError, match="cca_dim"):  # gamma is 32 wide, beta 16
+        sweep.measure_sets(folder, metric="svcca", cca_dim=20, out_dir=tmp_path / "o", progress=False)
+
+
+def _cli_error(capsys, *argv) -> str:
+    with pytest.raises(SystemExit) as exc:
+        cli_main(list(argv))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+def test_cli_metric_options_and_errors(model_files, tmp_path, capsys):
+    folder, models = model_files
+    out = tmp_path / "o"
+    assert cli_main(["measure", str(folder), "--metric", "cknna", "--topk", "4", "6", "--no-unbiased",
+                     "--backend", "auto", "--device", "cpu", "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "=== topk=4 ===" in printed and "=== topk=6 ===" in printed
+    saved = json.loads((out / "scores.json").read_text())
+    assert saved["settings"]["options"] == {"unbiased": False} and saved["topk"] == [4, 6]
+    ref = pf.align(models["alpha"], models["gamma"], "cknna", topk=6, unbiased=False)
+    assert saved["results"][1]["scores"][0][2] == pytest.approx(ref.best, abs=1e-12)
+
+    err = _cli_error(capsys, "measure", str(folder), "--metric", "mutual_knn", "--kernel", "rbf", "--out", str(out))
+    assert err.count("\n") == 1 and "--kernel does not apply to --metric mutual_knn" in err and "cka" in err
+    err = _cli_error(capsys, "measure", str(folder), "--metric", "nope", "--out", str(out))
+    assert "invalid choice" in err
+    err = _cli_error(capsys, "measure", str(folder), "--topk", "0", "--out", str(out))
+    assert err.count("\n") == 1 and "topk" in err
+    err = _cli_error(capsys, "measure", str(folder), "--permutations", "0", "--out", str(out))
+    assert err.count("\n") == 1 and "permutations" in err
+    err = _cli_error(capsys, "measure", str(folder), "--metric", "svcca", "--cca-dim", "0", "--out", str(out))
+    assert err.count("\n") == 1 and "cca_dim" in err
+
+
+def test_cli_help_lists_the_metrics(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["measure", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for m in pf.SUPPORTED_METRICS:
+        assert m in text
+    for flag in ("--kernel", "--sigma", "--unbiased", "--cca-dim", "--distance-agnostic", "--backend", "--device",
+                 "--permutations", "--alpha", "--seed"):
+        assert flag in text

@@ -51,7 +51,22 @@ def main(argv: list[str] | None = None) -> int:
 
     meas.add_argument("--metric", default="mutual_knn", choices=SUPPORTED_METRICS, metavar="METRIC",
                       help=f"one of {', '.join(SUPPORTED_METRICS)} (default mutual_knn)")
-    meas.add_argument("--topk", type=int, default=10)
+    meas.add_argument("--topk", type=int, nargs="+", default=[10], metavar="K",
+                      help="neighbours for the kNN metrics and cknna (default 10); several values (--topk 5 10 20) "
+                      "give one result per value from one kNN pass at the largest")
+    opt = meas.add_argument_group("metric options (each only for the metrics that take it)")
+    opt.add_argument("--kernel", choices=["ip", "rbf"], default=None,
+                     help="cka, unbiased_cka: linear (ip, the default) or RBF kernel")
+    opt.add_argument("--sigma", type=float, default=None, help="cka, unbiased_cka with --kernel rbf: its width (1.0)")
+    opt.add_argument("--unbiased", action=argparse.BooleanOptionalAction, default=None,
+                     help="cka: unbiased HSIC (default off); cknna: --no-unbiased for the biased form (default on)")
+    opt.add_argument("--cca-dim", type=int, default=None, help="svcca: singular vectors kept (default 10)")
+    opt.add_argument("--distance-agnostic", action="store_true", default=None,
+                     help="cknna: score the mutual-neighbour masks alone")
+    meas.add_argument("--backend", default="auto", choices=["auto", "cpu", "triton", "cuda", "torch"],
+                      help="implementation (default auto: the fastest available for the device)")
+    meas.add_argument("--device", default=None,
+                      help="where layers are prepared and scored: cpu, cuda, cuda:1 (default: the CPU)")
     meas.add_argument("--q", type=float, default=0.95, help="outlier clamping quantile (1 disables it)")
     meas.add_argument("--exact", action="store_true", help="exact whole-tensor quantile for the clamp")
     meas.add_argument("--concat", action="store_true", help="also score the concatenation of all layers")
@@ -136,20 +151,47 @@ def _dispatch(parser, args) -> int:
     elif args.command == "verify":
         return _verify(args.files)
     elif args.command == "measure":
-        from .sweep import OutputFolderLocked, measure_sets
+        from .sweep import OutputFolderLocked, format_table, measure_sets
 
         try:
+            options = _metric_options(args)
             res = measure_sets(args.x, args.against, metric=args.metric, topk=args.topk, out_dir=args.out,
                                q=args.q, exact=args.exact, concat=args.concat, progress=not args.no_progress,
                                wait=args.wait, allow_mismatched_samples=args.allow_mismatched_samples,
-                               permutations=args.permutations, alpha=args.alpha, seed=args.seed)
+                               permutations=args.permutations, alpha=args.alpha, seed=args.seed,
+                               backend=args.backend, device=args.device, **options)
         except (ValueError, TypeError, OSError, OutputFolderLocked) as exc:
             parser.exit(2, f"platonic-fast measure: error: {_one_line(exc)}\n")
-        from .sweep import format_table
-
-        print(format_table(res))
+        for k, r in res.by_topk.items():
+            if len(res.by_topk) > 1:
+                print(f"=== topk={k} ===")
+            print(format_table(r))
+            print()
         print("wrote " + ", ".join(str(p) for p in res.files.values()))
     return 0
+
+
+# measure's metric-option flags and the metric option each sets
+_METRIC_FLAGS = {"kernel": ("--kernel", "kernel_metric"), "sigma": ("--sigma", "rbf_sigma"),
+                 "unbiased": ("--unbiased/--no-unbiased", "unbiased"), "cca_dim": ("--cca-dim", "cca_dim"),
+                 "distance_agnostic": ("--distance-agnostic", "distance_agnostic")}
+
+
+def _metric_options(args) -> dict:
+    """The metric options given on the command line; a flag the metric does not take is an error."""
+    from .metrics import METRICS
+
+    spec = METRICS[args.metric]
+    options = {}
+    for attr, (flag, name) in _METRIC_FLAGS.items():
+        value = getattr(args, attr)
+        if value is None:
+            continue
+        if name not in spec.defaults or (name in spec.fixed and value != spec.fixed[name]):
+            takers = [m for m, s in METRICS.items() if name in s.defaults and name not in s.fixed]
+            raise ValueError(f"{flag} does not apply to --metric {args.metric}; it is for {', '.join(takers)}")
+        options[name] = value
+    return options
 
 
 def _one_line(exc: BaseException) -> str:

@@ -31,6 +31,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -69,6 +70,11 @@ class SweepResult:
         Every model pair's record (mirrored pairs of a symmetric sweep included): ``score``,
         ``best_layers``, ``layer_scores`` (Lx x Ly), ``chance`` and, with permutations,
         ``calibration`` (see :func:`measure_sets`).
+    n : int
+        Samples.
+    by_topk : dict[int | None, SweepResult]
+        The result of every topk of the sweep (this one included): ``settings["topk"]`` is
+        this result's value; a sweep given several returns the smallest's.
     """
 
     names_x: list[str]
@@ -81,6 +87,18 @@ class SweepResult:
     fingerprints_y: list = field(default_factory=list)
     files: dict = field(default_factory=dict)
     records: dict = field(default_factory=dict)
+    n: int | None = None
+    by_topk: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def topk(self) -> int | None:
+        """This result's topk (None for the metrics without neighbour lists)."""
+        return self.settings.get("topk")
+
+    @property
+    def topks(self) -> list:
+        """Every topk of the sweep, smallest first."""
+        return list(self.by_topk) or [self.topk]
 
     def calibration_matrix(self, field: str, statistic: str = "max") -> np.ndarray:
         """An (Mx, My) matrix of one calibration value of every model pair: ``field`` one of
@@ -268,9 +286,9 @@ def _check_out_dir(out) -> Path:
     return out
 
 
-def measure_sets(x, y=None, *, metric: str = "mutual_knn", topk: int = 10, out_dir="alignment",
+def measure_sets(x, y=None, *, metric: str = "mutual_knn", topk: int | Sequence[int] = 10, out_dir="alignment",
                  q: float = 0.95, exact: bool = False, concat: bool = False, backend: str = "auto",
-                 progress: bool = True, wait: float = 0, allow_mismatched_samples: bool = False,
+                 device=None, progress: bool = True, wait: float = 0, allow_mismatched_samples: bool = False,
                  permutations: int | None = None, alpha: float = 0.05, seed: int = 0,
                  **metric_options) -> SweepResult:
     """Align every model of ``x`` with every model of ``y`` (``y=None``: ``x`` with itself).
@@ -280,13 +298,22 @@ def measure_sets(x, y=None, *, metric: str = "mutual_knn", topk: int = 10, out_d
     x, y : path or list of paths
         Feature files (.safetensors written by :mod:`platonic_fast.features`, or the reference
         pipeline's .pt files) or folders of them. All must describe the same N samples.
-    metric, topk, q, exact, concat, backend, **metric_options
+    metric, q, exact, concat, backend, **metric_options
         As :func:`platonic_fast.align`.
+    topk : int or sequence of int
+        Neighbours, for the metrics that use them. Several values (``[5, 10, 20]``) give one
+        result per value from one kNN pass per layer at the largest (the lists of a smaller k
+        are the first k of the largest's, :meth:`platonic_fast.Prepared.truncated`); each
+        value's pair records are keyed by it, so adding a value later reuses the others.
+        Ignored by the other metrics (which accept one value only).
+    device : str or torch.device, optional
+        Where layers are prepared and scored ("cpu", "cuda", "cuda:1"); default: where the
+        feature files load (the CPU).
     out_dir : path
         Receives ``pairs/<sha256 of the pair's key>.json`` (one per finished pair),
         ``scores.json``, ``scores.npz`` and ``heatmap.png``, and the lock file ``.lock``.
     progress : bool
-        Show a progress bar over model pairs.
+        Show a progress bar over model pairs (and topk values).
     wait : float, default 0
         When another sweep holds ``out_dir``, wait up to this many seconds for it
         (``math.inf``: no limit); 0 stops at once.
@@ -309,12 +336,15 @@ def measure_sets(x, y=None, *, metric: str = "mutual_knn", topk: int = 10, out_d
     Returns
     -------
     SweepResult
+        Of the smallest topk; ``by_topk[k]`` holds the result of each value.
 
     Raises
     ------
-    ValueError
-        Missing or unreadable feature files (a features file whose data does not match its
-        stored checksum included), mismatched N, bad metric options, ``out_dir`` is a file.
+    ValueError, TypeError
+        Bad options (metric, topk, metric options, backend, device, permutations, alpha, seed:
+        all checked before any file is read); missing or unreadable feature files (a features
+        file whose data does not match its stored checksum included), mismatched N, options
+        that do not fit the data (topk >= N, cca_dim above a width), ``out_dir`` is a file.
         :class:`~platonic_fast.features.SampleMismatchError` (a ValueError): files extracted from
         different samples or orders (their sample fingerprints differ), unless
         ``allow_mismatched_samples``.
@@ -327,6 +357,8 @@ def measure_sets(x, y=None, *, metric: str = "mutual_knn", topk: int = 10, out_d
     ...                    out_dir="scores")                               # doctest: +SKIP
     >>> res.scores.shape, res.names_x                                      # doctest: +SKIP
     """
+    topks, device = check_request(metric, topk, backend=backend, device=device, permutations=permutations,
+                                  alpha=alpha, seed=seed, **metric_options)
     files_x = feature_files(x)
     files_y = files_x if y is None else feature_files(y)
     same_set = y is None or [f.resolve() for f in files_x] == [f.resolve() for f in files_y]
@@ -334,71 +366,167 @@ def measure_sets(x, y=None, *, metric: str = "mutual_knn", topk: int = 10, out_d
     symmetric = same_set and metric_spec(metric).symmetric
     out = _check_out_dir(out_dir)
     check_samples([*files_x, *files_y], allow_mismatched_samples)
-    settings = {"metric": metric, "topk": topk, "q": q, "exact": exact, "concat": concat,
+    settings = {"metric": metric, "topk": None, "q": q, "exact": exact, "concat": concat,
                 "options": {k: metric_options[k] for k in sorted(metric_options)},
                 "allow_mismatched_samples": bool(allow_mismatched_samples),
                 "permutations": None, "alpha": None, "seed": None}
     if permutations is not None:  # alpha and seed matter (and key the records) only with a null
-        settings.update(permutations=check_permutation_count(permutations), alpha=check_alpha(alpha),
-                        seed=_check_seed(seed))
+        settings.update(permutations=permutations, alpha=float(alpha), seed=seed)
+    inputs = _read_inputs([*dict.fromkeys([*files_x, *files_y])])
+    # Options checked against the data (topk < N, cca_dim <= every width) before any scoring.
+    opts_by_k = {k: resolve_options(metric, inputs["n"], inputs["widths"], topk=k, backend=backend,
+                                    **metric_options) for k in topks}
     with lock_folder(out, wait):
-        return _sweep(files_x, files_y, symmetric, out, settings, backend, progress)
+        return _sweep(files_x, files_y, symmetric, out, settings, opts_by_k, inputs, device, progress)
 
 
-def _sweep(files_x, files_y, symmetric, out, settings, backend, progress) -> SweepResult:
+def check_request(metric: str, topk=10, *, backend: str = "auto", device=None, permutations=None,
+                  alpha: float = 0.05, seed: int = 0, **metric_options) -> tuple[tuple, torch.device | None]:
+    """Check a sweep's options before any file is read: ``(topk values, device)``.
+
+    ``topk`` values come back sorted and without repeats; ``(None,)`` for a metric that uses no
+    neighbour lists. Options that depend on the data (topk < N, cca_dim at most every width)
+    are checked again once the files' headers are read.
+
+    Raises
+    ------
+    ValueError, TypeError
+        Naming the option and what it accepts.
+    """
+    spec = metric_spec(metric)
+    topks = _check_topks(topk, spec)
+    probe = dict(metric_options, backend=backend)
+    if spec.takes_topk:
+        probe["topk"] = topks[-1]
+    big = 1 << 40  # any N and width: only the data-independent checks can fail here
+    spec.check_options(big, (big, big), probe)
+    if permutations is not None:
+        check_permutation_count(permutations)
+        check_alpha(alpha)
+        _check_seed(seed)
+    return topks, _check_device(device)
+
+
+def _check_topks(topk, spec) -> tuple:
+    if topk is None or isinstance(topk, (int, np.integer)):
+        values = [topk]
+    elif isinstance(topk, (list, tuple, range, np.ndarray)):
+        values = list(topk)
+        if not values:
+            raise ValueError("topk must hold at least one value")
+    else:
+        raise TypeError(f"topk must be an integer or a list of integers, got {type(topk).__name__}")
+    for v in values:
+        if v is None and len(values) == 1:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"topk must be integers >= 1 (neighbours per sample), got {v!r}")
+    if not spec.takes_topk:
+        if len(set(values)) > 1:
+            raise ValueError(f"{spec.name} uses no neighbour lists, so every topk gives the same scores; "
+                             f"give one value (or none), not {sorted(values)}")
+        return (None,)
+    return tuple(sorted({None if v is None else int(v) for v in values}, key=lambda v: -1 if v is None else v))
+
+
+def _check_device(device) -> torch.device | None:
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device must be a device name such as 'cpu', 'cuda' or 'cuda:1', got {device!r}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={str(device)!r}: no CUDA device is usable here; use 'cpu' (or leave it out)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device={str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type != "cpu":
+        raise ValueError(f"device must be 'cpu' or a CUDA device, got {str(device)!r}")
+    return dev
+
+
+def _read_inputs(files: list[Path]) -> dict:
+    """Each file's content fingerprint, N and layer widths, from its header (the data stays mapped,
+    unread); every file must have the same N."""
+    from .features import load
+
+    fingerprints, widths, n0 = {}, [], None
+    for path in files:
+        fingerprints[path] = file_fingerprint(path)
+        feats = load(path, mmap=True)
+        if n0 is None:
+            n0 = feats.n
+        elif feats.n != n0:
+            raise ValueError(f"{path} has N={feats.n} samples; the other feature files have N={n0}")
+        widths.extend(feats.widths)
+    return {"fingerprints": fingerprints, "n": n0, "widths": widths}
+
+
+def _to_device(layers, device: torch.device):
+    return [l.to(device) for l in layers] if isinstance(layers, list) else layers.to(device)
+
+
+def _sweep(files_x, files_y, symmetric, out, settings, opts_by_k, inputs, device, progress) -> SweepResult:
     """The body of :func:`measure_sets`, run while holding the output folder's lock."""
     from . import __version__
 
-    metric, topk, q, exact, concat = (settings[k] for k in ("metric", "topk", "q", "exact", "concat"))
-    fingerprints = {f: file_fingerprint(f) for f in {*files_x, *files_y}}
+    metric, q, exact, concat = (settings[k] for k in ("metric", "q", "exact", "concat"))
+    fingerprints, n = inputs["fingerprints"], inputs["n"]
+    topks = list(opts_by_k)
+    largest = topks[-1]
     pairs = [(i, j) for i in range(len(files_x)) for j in range(len(files_y)) if not (symmetric and j < i)]
-    cache: dict[Path, list] = {}  # prepared layer states per file, for this metric
-    resolved: dict = {}  # metric options, validated against the first file loaded
+    prepared: dict[Path, list] = {}  # layer states per file, for this metric at the largest topk
+    truncated: dict[tuple[Path, int], list] = {}  # ... and for each smaller one, from its lists
 
-    def states_of(path: Path) -> list:
-        if path not in cache:
-            layers = prepare_layers(_load_layers(path, fingerprints[path]), path.name, q=q, exact=exact,
-                                    concat=concat)
-            n = layers[0].shape[0]
-            if not resolved:
-                resolved["n"] = n
-                resolved["opts"] = resolve_options(metric, n, [l.shape[1] for l in layers], topk=topk,
-                                                   backend=backend, **settings["options"])
-            elif n != resolved["n"]:
-                raise ValueError(f"{path} has N={n} samples; the other feature files have N={resolved['n']}")
-            cache[path] = prepare_states(layers, metric, resolved["opts"])
-        return cache[path]
+    def states_of(path: Path, k) -> list:
+        if path not in prepared:
+            layers = _load_layers(path, fingerprints[path])
+            if device is not None:
+                layers = _to_device(layers, device)
+            layers = prepare_layers(layers, path.name, q=q, exact=exact, concat=concat)
+            prepared[path] = prepare_states(layers, metric, opts_by_k[largest])
+        if k == largest:
+            return prepared[path]
+        if (path, k) not in truncated:
+            truncated[(path, k)] = [None if s is None else s.truncated(k) for s in prepared[path]]
+        return truncated[(path, k)]
 
-    records: dict[tuple[int, int], dict] = {}
-    bar = tqdm(total=len(pairs), desc=f"measure {metric}", disable=not progress)
+    records: dict = {k: {} for k in topks}
+    bar = tqdm(total=len(pairs) * len(topks), desc=f"measure {metric}", disable=not progress)
     for i, j in pairs:
         fx, fy = files_x[i], files_y[j]
-        key = {"x": {"name": fx.stem, "fingerprint": fingerprints[fx]},
-               "y": {"name": fy.stem, "fingerprint": fingerprints[fy]},
-               "settings": settings, "version": __version__}
-        record_path = out / "pairs" / f"{record_name(key)}.json"
-        record = _read_record(record_path, key)
-        if record is None:
-            record = _compute_record(key, states_of(fx), states_of(fy), metric, resolved["opts"], resolved["n"],
-                                     settings)
-            write_atomic(record_path, lambda tmp, r=record: Path(tmp).write_text(_dumps(r)))
-        records[(i, j)] = record
-        if symmetric and i != j:
-            records[(j, i)] = _mirrored(record)
-        bar.update()
+        for k in topks:
+            key = {"x": {"name": fx.stem, "fingerprint": fingerprints[fx]},
+                   "y": {"name": fy.stem, "fingerprint": fingerprints[fy]},
+                   "settings": {**settings, "topk": k}, "version": __version__}
+            record_path = out / "pairs" / f"{record_name(key)}.json"
+            record = _read_record(record_path, key)
+            if record is None:
+                record = _compute_record(key, states_of(fx, k), states_of(fy, k), metric, opts_by_k[k], n,
+                                         key["settings"])
+                write_atomic(record_path, lambda tmp, r=record: Path(tmp).write_text(_dumps(r)))
+            records[k][(i, j)] = record
+            if symmetric and i != j:
+                records[k][(j, i)] = _mirrored(record)
+            bar.update()
     bar.close()
 
-    scores = np.zeros((len(files_x), len(files_y)))
-    best = np.full((len(files_x), len(files_y), 2), -2, dtype=np.int64)
-    for (i, j), r in records.items():
-        scores[i, j] = r["score"]
-        if r["best_layers"] is not None:
-            best[i, j] = r["best_layers"]
-    result = SweepResult([f.stem for f in files_x], [f.stem for f in files_y], scores, best, metric, settings,
-                         fingerprints_x=[fingerprints[f] for f in files_x],
-                         fingerprints_y=[fingerprints[f] for f in files_y], records=records)
-    result.files = _write_summary(result, out)
-    return result
+    by_topk = {}
+    for k in topks:
+        scores = np.zeros((len(files_x), len(files_y)))
+        best = np.full((len(files_x), len(files_y), 2), -2, dtype=np.int64)
+        for (i, j), r in records[k].items():
+            scores[i, j] = r["score"]
+            if r["best_layers"] is not None:
+                best[i, j] = r["best_layers"]
+        by_topk[k] = SweepResult([f.stem for f in files_x], [f.stem for f in files_y], scores, best, metric,
+                                 {**settings, "topk": k}, fingerprints_x=[fingerprints[f] for f in files_x],
+                                 fingerprints_y=[fingerprints[f] for f in files_y], records=records[k], n=n)
+    files = _write_summary(list(by_topk.values()), out)
+    for r in by_topk.values():
+        r.files, r.by_topk = files, by_topk
+    return by_topk[topks[0]]
 
 
 def _check_seed(seed) -> int:
@@ -561,24 +689,50 @@ def _npz_arrays(res: SweepResult, prefix: str = "") -> dict:
     return {prefix + k: v for k, v in arrays.items()}
 
 
-def _write_summary(res: SweepResult, out: Path) -> dict:
+def _topk_tag(k) -> str:
+    return "" if k is None else f"k{k}_"
+
+
+def _write_summary(results: list[SweepResult], out: Path) -> dict:
+    """scores.json, scores.npz and the heat maps of every topk, each written atomically.
+
+    scores.json holds ``results``, one entry per topk (``topk``, the matrices over model
+    pairs, ``pairs`` with every pair's layer matrix and calibration); with a single topk its
+    matrices (``scores``, ``best_layers``, ``chance``, ``calibration``) are also at the top
+    level. scores.npz holds each topk's arrays prefixed ``k<topk>_`` (no prefix for the
+    metrics without topk), and with a single topk also the matrices unprefixed.
+    """
     from . import __version__
 
+    first = results[0]
     files = {"json": out / "scores.json", "npz": out / "scores.npz"}
+    topks = [r.topk for r in results]
     summary = {"format": "platonic_fast.sweep", "format_version": 2, "version": __version__,
-               "metric": res.metric, "settings": res.settings, "models_x": res.names_x,
-               "models_y": res.names_y, "fingerprints_x": res.fingerprints_x, "fingerprints_y": res.fingerprints_y,
-               **_summary_of(res)}
+               "metric": first.metric, "settings": {**first.settings, "topk": topks}, "topk": topks, "n": first.n,
+               "models_x": first.names_x, "models_y": first.names_y,
+               "fingerprints_x": first.fingerprints_x, "fingerprints_y": first.fingerprints_y}
+    parts = [{"topk": r.topk, **_summary_of(r)} for r in results]
+    if len(parts) == 1:  # one topk: its matrices at the top level too, as before several existed
+        summary.update({k: v for k, v in parts[0].items() if k not in ("pairs", "topk")})
+    summary["results"] = parts
     write_atomic(files["json"], lambda tmp: Path(tmp).write_text(_dumps(_jsonable(summary), indent=1)))
+
+    arrays = {"models_x": np.array(first.names_x), "models_y": np.array(first.names_y),
+              "topk": np.array([-1 if k is None else k for k in topks])}
+    for r in results:
+        arrays.update(_npz_arrays(r, _topk_tag(r.topk)))
+    if len(results) == 1 and first.topk is not None:
+        arrays.update({k: v for k, v in _npz_arrays(first).items() if not k.startswith(("layer_scores_", "pair_p_"))})
 
     def save_npz(tmp):
         with open(tmp, "wb") as f:
-            np.savez(f, models_x=np.array(res.names_x), models_y=np.array(res.names_y), **_npz_arrays(res))
+            np.savez(f, **arrays)
 
     write_atomic(files["npz"], save_npz)
-    png = out / "heatmap.png"
-    if _heatmap(res, png):
-        files["png"] = png
+    for r in results:
+        png = out / ("heatmap.png" if len(results) == 1 else f"heatmap_k{r.topk}.png")
+        if _heatmap(r, png):
+            files["png" if len(results) == 1 else f"png_k{r.topk}"] = png
     return files
 
 
