@@ -316,3 +316,17 @@ def test_align_reports_exact_chance_without_permutations():
     # the exact mean against the mean of 300 permutations
     torch.testing.assert_close(cka.chance, cka.calibration.null.mean(0), rtol=0.1, atol=0.01)
     assert pf.align(x, y, "cknna", topk=6).chance is None
+
+
+def test_several_metrics_share_each_permutation():
+    a, b = _related()
+    both = pf.calibrate(["mutual_knn", "cka", "cknna"], a, b, permutations=12, generator=4, topk=5)
+    assert set(both) == {"mutual_knn", "cka", "cknna"}
+    for name, c in both.items():
+        alone = pf.calibrate(name, a, b, permutations=12, generator=4, **_opts(name))
+        torch.testing.assert_close(c.null, alone.null, rtol=0, atol=0)
+        assert c.p_value == alone.p_value
+    with pytest.raises(TypeError, match="none of"):
+        pf.calibrate(["mutual_knn", "cka"], a, b, permutations=3, cca_dm=3)
+    with pytest.raises(ValueError, match="distinct"):
+        pf.calibrate(["cka", "cka"], a, b, permutations=3)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -238,51 +238,57 @@ def check_permutation_count(k) -> int:
 
 def null_scores(metric: str, states_x: list, states_y: list, opts: dict, k: int, draw, *, bar=None
                 ) -> torch.Tensor:
-    """K x Lx x Ly scores of every prepared pair under each of the K permutations of y's rows.
+    """K x Lx x Ly scores of every prepared pair under each of the K permutations of y's rows
+    (see :func:`null_scores_many`)."""
+    return null_scores_many([(metric, states_x, states_y, opts)], k, draw, bar=bar)[0]
 
-    kNN-list metrics and cknna on CPU: permutations in chunks, each chunk one compiled call
-    (relabel every y-set once per permutation, score it against every x-set). Otherwise a loop:
-    each y-state permuted once per permutation (``Prepared.permute``), every pair re-scored.
+
+def null_scores_many(jobs: list[tuple], k: int, draw, *, bar=None) -> list[torch.Tensor]:
+    """The nulls of several (metric, states_x, states_y, options) jobs over the same samples,
+    each permutation drawn once and shared by every job and pair.
+
+    kNN-list metrics and cknna on CPU: each chunk of permutations is one compiled call (every
+    y-set relabelled once per permutation and scored against every x-set). Otherwise each
+    y-state is permuted once per permutation (``Prepared.permute``) and every pair re-scored.
     """
-    null = torch.full((k, len(states_x), len(states_y)), math.nan, dtype=torch.float64)
-    engine = batched_null(metric, states_x, states_y, opts)
+    nulls = [torch.full((k, len(sx), len(sy)), math.nan, dtype=torch.float64) for _, sx, sy, _ in jobs]
+    engines = [batched_null(metric, sx, sy, opts) for metric, sx, sy, opts in jobs]
+    n = next((s.n for _, sx, sy, _ in jobs for s in sx + sy if s is not None), 1)
+    chunk = max(1, min(64, (1 << 22) // max(n, 1)))  # chunk x N permutations: at most 32 MiB
     with warnings.catch_warnings():
         # A degenerate set warned when its observed score was taken; its permutations are the same set.
         warnings.simplefilter("ignore", DegenerateInputWarning)
-        if engine is not None:
-            n = next(s.n for s in states_x if s is not None)
-            chunk = max(1, min(64, (1 << 22) // max(n, 1)))
-            for t0 in range(0, k, chunk):
-                perms = torch.stack([draw(t) for t in range(t0, min(k, t0 + chunk))]).cpu()
-                null[t0: t0 + perms.shape[0]] = engine(perms)
-                if bar is not None:
-                    bar.update(perms.shape[0])
-            return null
-        for t in range(k):
-            perm = draw(t)
-            inv = inverse_permutation(perm)
-            permuted = [None if s is None else s._permuted(perm, inv) for s in states_y]
-            for i, sx in enumerate(states_x):
-                for j, sy in enumerate(permuted):
-                    if sx is not None and sy is not None:
-                        null[t, i, j] = score(sx, sy)
+        for t0 in range(0, k, chunk):
+            perms = torch.stack([draw(t) for t in range(t0, min(k, t0 + chunk))])
+            for (_, states_x, states_y, _), engine, null in zip(jobs, engines, nulls):
+                if engine is not None:
+                    null[t0: t0 + perms.shape[0]] = engine(perms.cpu())
+                    continue
+                for dt, perm in enumerate(perms):
+                    inv = inverse_permutation(perm)
+                    permuted = [None if s is None else s._permuted(perm, inv) for s in states_y]
+                    for i, sx in enumerate(states_x):
+                        for j, sy in enumerate(permuted):
+                            if sx is not None and sy is not None:
+                                null[t0 + dt, i, j] = score(sx, sy)
             if bar is not None:
-                bar.update()
-    return null
+                bar.update(perms.shape[0])
+    return nulls
 
 
 # --- one pair -----------------------------------------------------------------------------------
 
 
-def calibrate(metric: str, feats_A, feats_B, permutations: int | None = None, alpha: float = 0.05,
-              generator=None, perm: PermutationSource | None = None, *, s_max="auto", progress: bool = False,
-              **options) -> Calibration:
+def calibrate(metric: str | Sequence[str], feats_A, feats_B, permutations: int | None = None,
+              alpha: float = 0.05, generator=None, perm: PermutationSource | None = None, *, s_max="auto",
+              progress: bool = False, **options) -> Calibration | dict[str, Calibration]:
     """Score ``feats_A`` against ``feats_B`` and against K row permutations of ``feats_B``.
 
     Parameters
     ----------
-    metric : str
-        Any of :data:`platonic_fast.SUPPORTED_METRICS`.
+    metric : str, or a sequence of str
+        Any of :data:`platonic_fast.SUPPORTED_METRICS`. Several metrics share every permutation
+        (each drawn once) and give a dict name -> Calibration; each takes the options it knows.
     feats_A, feats_B : torch.Tensor or np.ndarray, (N, Da) and (N, Db)
     permutations : int, optional
         K, the number of permutations: 200 by default, or the row count of a ``perm`` tensor.
@@ -302,7 +308,7 @@ def calibrate(metric: str, feats_A, feats_B, permutations: int | None = None, al
 
     Returns
     -------
-    Calibration
+    Calibration, or dict[str, Calibration] for several metrics
 
     Examples
     --------
@@ -310,23 +316,46 @@ def calibrate(metric: str, feats_A, feats_B, permutations: int | None = None, al
     >>> c = calibrate("mutual_knn", a, b, permutations=99, generator=0, topk=10)
     >>> c.p_value
     0.01
+    >>> both = calibrate(["mutual_knn", "cka"], a, b, permutations=99, generator=0, topk=10)
+    >>> sorted(both)
+    ['cka', 'mutual_knn']
     """
-    spec = metric_spec(metric)
-    a, b = check_pair(feats_A, feats_B, metric=metric)
-    opts = spec.check_options(a.shape[0], (a.shape[1], b.shape[1]), options)
-    alpha = check_alpha(alpha)
-    s_max = spec.max_score(opts) if isinstance(s_max, str) and s_max == "auto" else check_s_max(s_max)
+    names = [metric] if isinstance(metric, str) else list(metric) if isinstance(metric, (list, tuple)) else None
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"metric must be a metric name or a sequence of distinct names, got {metric!r}")
+    specs = [metric_spec(m) for m in names]
+    a, b = check_pair(feats_A, feats_B, metric=names[0])
     n = a.shape[0]
+    if len(names) > 1:
+        known = {key for sp in specs for key in sp.defaults} | {"backend"}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise TypeError(f"calibrate() got option(s) {unknown} that none of {names} takes")
+    opts_list = [sp.check_options(n, (a.shape[1], b.shape[1]),
+                                  {key: v for key, v in options.items() if key in sp.defaults or key == "backend"})
+                 for sp in specs]
+    alpha = check_alpha(alpha)
+    auto = isinstance(s_max, str) and s_max == "auto"
+    if not auto:
+        s_max = check_s_max(s_max)
     k, draw = permutation_source(n, permutations, perm, generator, a.device)
-    pa, pb = Prepared(metric, opts, spec.prepare(a, **opts), n, a.shape[1]), \
-        Prepared(metric, opts, spec.prepare(b, **opts), n, b.shape[1])
-    observed = score(pa, pb)
-    with tqdm(total=k, desc=f"null {metric}", disable=not progress, leave=False) as bar:
-        null = null_scores(metric, [pa], [pb], opts, k, draw, bar=bar)[:, 0, 0]
-    exact = spec.null_mean(pa.state, pb.state, n, **opts)
-    p, tau, calibrated = null_calibration(observed, null, alpha=alpha, s_max=s_max)
-    chance = float(null.mean()) if exact is None else float(exact)
-    return Calibration(metric, "score", observed, null, p, tau, calibrated, alpha, s_max, chance, exact is not None)
+    jobs = []
+    for name, sp, opts in zip(names, specs, opts_list):
+        pa = Prepared(name, opts, sp.prepare(a, **opts), n, a.shape[1])
+        pb = Prepared(name, opts, sp.prepare(b, **opts), n, b.shape[1])
+        jobs.append((name, [pa], [pb], opts))
+    observed = [score(job[1][0], job[2][0]) for job in jobs]
+    with tqdm(total=k, desc=f"null {'+'.join(names)}", disable=not progress, leave=False) as bar:
+        nulls = null_scores_many(jobs, k, draw, bar=bar)
+    out = {}
+    for (name, (pa,), (pb,), opts), sp, obs, null in zip(jobs, specs, observed, nulls):
+        null = null[:, 0, 0]
+        top = sp.max_score(opts) if auto else s_max
+        exact = sp.null_mean(pa.state, pb.state, n, **opts)
+        p, tau, calibrated = null_calibration(obs, null, alpha=alpha, s_max=top)
+        chance = float(null.mean()) if exact is None else float(exact)
+        out[name] = Calibration(name, "score", obs, null, p, tau, calibrated, alpha, top, chance, exact is not None)
+    return out[names[0]] if isinstance(metric, str) else out
 
 
 # --- a layer search -----------------------------------------------------------------------------
