@@ -95,6 +95,29 @@ def test_image_folder_natural_order(tmp_path):
                                                               "im10.png"]
 
 
+def test_python_api_records_provenance(root, tmp_path):
+    pytest.importorskip("matplotlib")
+    colours = features.load_samples(colours=True, limit=5)
+    assert colours.texts[0].startswith("The color ") and colours.images[0].shape == (32, 32, 3)
+    assert colours.provenance("language")["fingerprint"] == colours.provenance("vision")["fingerprint"]
+    # A plain list: ids are positions, the content is the list's; a reordered list is other samples.
+    a = features.language(str(root / "models/tiny-gpt2"), CAPTIONS[:4], progress=False)
+    b = features.language(str(root / "models/tiny-gpt2"), CAPTIONS[:4][::-1], progress=False)
+    assert a.meta["samples"]["spec"] == {"source": "in-memory"} and a.meta["samples"]["id_format"] == "position"
+    assert a.meta["samples"]["fingerprint"] != b.meta["samples"]["fingerprint"]
+    # An image folder and a text file passed straight to the extractors carry their own provenance.
+    v = features.vision(str(root / "models/tiny-vit"), features.datasets.image_folder(root / "imgs"), progress=False)
+    assert v.meta["samples"]["spec"]["source"] == "image-folder" and v.meta["samples"]["id_format"] == "file"
+    assert v.meta["samples"]["fingerprint"] == features.load_samples(images=root / "imgs").fingerprint
+    t = features.language(str(root / "models/tiny-gpt2"), features.datasets.text_file(root / "caps.txt"),
+                          progress=False)
+    assert t.meta["samples"]["spec"]["source"] == "text-file"
+    assert t.meta["samples"]["fingerprint"] == features.load_samples(texts=root / "caps.txt").fingerprint
+    p = t.save(tmp_path / "t.safetensors")
+    assert features.sample_fingerprint(p) == t.meta["samples"]["fingerprint"]
+    assert features.provenance(p)["model_id"] == str((root / "models/tiny-gpt2").resolve())
+
+
 def test_paired_extraction_records_one_fingerprint_and_a_manifest(root, capsys):
     extract(capsys, root, root / "models/tiny-gpt2", root / "models/tiny-vit", "--texts", root / "caps.txt",
             "--images", root / "imgs")

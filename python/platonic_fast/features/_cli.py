@@ -13,6 +13,7 @@ import json
 import os
 import re
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,12 +28,13 @@ def add_parsers(sub, debug_parent) -> None:
     ext = sub.add_parser(
         "extract", parents=[debug_parent],
         help="layer-wise features of models on a dataset -> one safetensors file per model",
-        description="Extract pooled features of every layer: language models (transformers) read texts, vision "
-        "models (timm) read images. Texts and images of the same rows (--texts with --images, or --hf-dataset "
-        "with --text-column and --image-column, or --colours) give files that record the same sample "
-        "fingerprint, which `measure` requires to pair them. A model whose file exists for the same model, "
-        "pooling, dataset and samples is skipped (--force redoes it); one whose samples changed is extracted "
-        "again. Each file gets a manifest of its rows (<name>.samples.json).",
+        description=textwrap.fill(
+            "Extract pooled features of every layer: language models (transformers) read texts, vision "
+            "models (timm) read images. Texts and images of the same rows (--texts with --images, or --hf-dataset "
+            "with --text-column and --image-column, or --colours) give files that record the same sample "
+            "fingerprint, which `measure` requires to pair them. A model whose file exists for the same model, "
+            "pooling, dataset and samples is skipped (--force redoes it); one whose samples changed is extracted "
+            "again. Each file gets a manifest of its rows (<name>.samples.json).", 100),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="models: hub ids, timm names, local folders, aliases of the model sets (see `platonic-fast models`),"
         " or NAME=MODEL to choose the output name.\n"

@@ -89,9 +89,10 @@ class TextLines(list):
             return content_provenance(self)
         h = RowHasher()
         for number, text in zip(numbers, self):
-            h.add(number, text)
+            h.add(str(number), text)  # as samples.from_text_file: the same lines, the same fingerprint
         return {"fingerprint": h.fingerprint(), "n": h.n, "id_format": "line",
-                "spec": {"source": "text-file", "path": str(self.source), "skip_blank": self.skip_blank}}
+                "spec": {"source": "text-file", "path": str(self.source.expanduser().resolve()),
+                         "skip_blank": self.skip_blank}}
 
 
 def natural_key(name: str) -> tuple:
@@ -147,7 +148,7 @@ class ImageFolder(Sequence):
         for p in self.files:
             h.add(p.name, FileContent(p))
         return {"fingerprint": h.fingerprint(), "n": h.n, "id_format": "file",
-                "spec": {"source": "image-folder", "path": str(self.path)}}
+                "spec": {"source": "image-folder", "path": str(self.path.expanduser().resolve())}}
 
     def __len__(self) -> int:
         return len(self.files)
