@@ -399,3 +399,40 @@ def test_cli_help_lists_the_metrics(capsys):
     for flag in ("--kernel", "--sigma", "--unbiased", "--cca-dim", "--distance-agnostic", "--backend", "--device",
                  "--permutations", "--alpha", "--seed"):
         assert flag in text
+
+
+# --- what the summary keeps ---------------------------------------------------------------------
+
+
+def test_summary_keeps_model_metadata_and_every_layer_matrix(tmp_path):
+    pytest.importorskip("safetensors")
+    from platonic_fast.features import Features
+
+    folder = tmp_path / "lm"
+    folder.mkdir()
+    bpb = torch.linspace(0.5, 1.5, N)
+    bpb[:10] = float("nan")  # samples without a prediction are left out of the mean
+    Features(_model(1, 3, 24), bpb, {"model": "org/lm-small", "num_params": 1234}).save(folder / "small.safetensors")
+    Features(_model(2, 2, 16), None, {"model": "org/lm-big"}).save(folder / "big.safetensors")
+    res = sweep.measure_sets(folder, metric="mutual_knn", topk=[3, 4], out_dir=tmp_path / "out", progress=False)
+    saved = json.loads((tmp_path / "out" / "scores.json").read_text())
+    assert saved["n"] == N and saved["version"] == pf.__version__ and saved["topk"] == [3, 4]
+    assert saved["format"] == "platonic_fast.sweep"
+    info = {m["name"]: m for m in saved["models"]["x"]}
+    assert info["small"]["bpb"] == pytest.approx(float(bpb[10:].double().mean()))
+    assert info["small"]["bpb_samples"] == N - 10
+    assert info["small"]["num_params"] == 1234 and info["small"]["model"] == "org/lm-small"
+    assert info["small"]["num_layers"] == 3 and info["small"]["width"] == 24
+    assert info["big"]["bpb"] is None and info["big"]["num_params"] is None
+    assert saved["models"]["y"] == saved["models"]["x"] and res.models_x[0]["name"] == "big"
+    assert "fingerprints" in saved["samples"]
+    for part in saved["results"]:
+        pairs = {(p["x"], p["y"]): p for p in part["pairs"]}
+        assert len(pairs) == 4
+        grid = np.array(pairs[("big", "small")]["layer_scores"])
+        assert grid.shape == (2, 3)
+        ref = pf.align(_model(2, 2, 16), _model(1, 3, 24), "mutual_knn", topk=part["topk"])
+        np.testing.assert_allclose(grid, ref.scores.numpy(), atol=1e-12)
+        # without permutations: the exact chance of one layer pair, k / (N - 1)
+        assert pairs[("big", "small")]["chance"][0][0] == pytest.approx(part["topk"] / (N - 1))
+        assert part["chance"][0][1] == pytest.approx(part["topk"] / (N - 1))

@@ -18,6 +18,29 @@ One sweep at a time writes to an output folder: it holds an exclusive ``fcntl.fl
 lock support). A second run stops at once naming the folder and the holder's PID, or waits
 ``wait`` seconds for it. The kernel drops the lock when its holder exits, however it exits, so
 a lock left by a killed run is simply taken over; the ``.lock`` file itself stays.
+
+Results (``<out>/``), all written atomically:
+
+- ``pairs/<sha256>.json``: one model pair at one topk: ``key``, ``score`` (best), ``best_layers``,
+  ``layer_scores`` (Lx x Ly), ``n``, ``chance`` (Lx x Ly: each layer pair's null expectation,
+  exact where the metric has one, else the null mean with permutations; None otherwise) and
+  ``calibration`` (with permutations: ``max`` and ``mean``, each with ``observed``, ``null``
+  (K values), ``p_value``, ``tau``, ``calibrated``, ``chance``, ``alpha``, ``s_max``; and
+  ``pair_p``, Lx x Ly). NaN (a constant layer) is written as null: the files are strict JSON.
+- ``scores.json``: ``format``/``format_version`` (2), ``version``, ``metric``, ``settings``,
+  ``topk`` (list), ``n``, ``run`` (backend, device), ``models_x``/``models_y`` (names),
+  ``fingerprints_x``/``fingerprints_y``, ``samples`` (the sample-fingerprint check),
+  ``models`` (``x``/``y``: each model's metadata, :func:`model_info`), and ``results``: one
+  entry per topk with ``topk``, the (Mx, My) matrices ``scores``, ``best_layers``, ``chance``,
+  ``calibration`` (``max``/``mean`` x ``observed``, ``p_value``, ``tau``, ``calibrated``,
+  ``chance``) and ``pairs`` (every pair's record without its key). With a single topk its
+  matrices are repeated at the top level.
+- ``scores.npz``: ``models_x``, ``models_y``, ``topk`` and per topk (prefix ``k<topk>_``; none
+  for metrics without topk) ``scores``, ``best_layers``, ``chance``, ``layer_scores_<i>_<j>``
+  and with permutations ``p_value``, ``calibrated``, ``tau``, ``observed``, ``mean_*``,
+  ``null_max``/``null_mean`` (Mx, My, K), ``pair_p_<i>_<j>``; with one topk the (Mx, My)
+  matrices unprefixed too.
+- ``heatmap.png`` (``heatmap_k<topk>.png`` per topk when several), with matplotlib.
 """
 
 from __future__ import annotations
@@ -72,6 +95,13 @@ class SweepResult:
         ``calibration`` (see :func:`measure_sets`).
     n : int
         Samples.
+    models_x, models_y : list[dict]
+        Each model's metadata (:func:`model_info`: model id, sample fingerprint, parameter
+        count, layers, width, mean bits-per-byte, ...).
+    samples : dict
+        The sample-fingerprint check of the files (:func:`check_samples`).
+    run : dict
+        How the scores were computed (``backend``, ``device``); not part of the records' keys.
     by_topk : dict[int | None, SweepResult]
         The result of every topk of the sweep (this one included): ``settings["topk"]`` is
         this result's value; a sweep given several returns the smallest's.
@@ -89,6 +119,10 @@ class SweepResult:
     records: dict = field(default_factory=dict)
     n: int | None = None
     by_topk: dict = field(default_factory=dict, repr=False)
+    models_x: list = field(default_factory=list, repr=False)
+    models_y: list = field(default_factory=list, repr=False)
+    samples: dict = field(default_factory=dict, repr=False)
+    run: dict = field(default_factory=dict, repr=False)
 
     @property
     def topk(self) -> int | None:
@@ -365,7 +399,7 @@ def measure_sets(x, y=None, *, metric: str = "mutual_knn", topk: int | Sequence[
     # A symmetric metric scores each unordered pair of a set against itself once.
     symmetric = same_set and metric_spec(metric).symmetric
     out = _check_out_dir(out_dir)
-    check_samples([*files_x, *files_y], allow_mismatched_samples)
+    samples = check_samples([*files_x, *files_y], allow_mismatched_samples)
     settings = {"metric": metric, "topk": None, "q": q, "exact": exact, "concat": concat,
                 "options": {k: metric_options[k] for k in sorted(metric_options)},
                 "allow_mismatched_samples": bool(allow_mismatched_samples),
@@ -373,6 +407,7 @@ def measure_sets(x, y=None, *, metric: str = "mutual_knn", topk: int | Sequence[
     if permutations is not None:  # alpha and seed matter (and key the records) only with a null
         settings.update(permutations=permutations, alpha=float(alpha), seed=seed)
     inputs = _read_inputs([*dict.fromkeys([*files_x, *files_y])])
+    inputs["samples"] = samples
     # Options checked against the data (topk < N, cca_dim <= every width) before any scoring.
     opts_by_k = {k: resolve_options(metric, inputs["n"], inputs["widths"], topk=k, backend=backend,
                                     **metric_options) for k in topks}
@@ -447,11 +482,12 @@ def _check_device(device) -> torch.device | None:
 
 
 def _read_inputs(files: list[Path]) -> dict:
-    """Each file's content fingerprint, N and layer widths, from its header (the data stays mapped,
-    unread); every file must have the same N."""
+    """Each file's content fingerprint, N, layer widths and model metadata (:func:`model_info`),
+    reading headers and bits-per-byte only (the layers stay mapped, unread); every file must
+    have the same N."""
     from .features import load
 
-    fingerprints, widths, n0 = {}, [], None
+    fingerprints, info, widths, n0 = {}, {}, [], None
     for path in files:
         fingerprints[path] = file_fingerprint(path)
         feats = load(path, mmap=True)
@@ -460,7 +496,47 @@ def _read_inputs(files: list[Path]) -> dict:
         elif feats.n != n0:
             raise ValueError(f"{path} has N={feats.n} samples; the other feature files have N={n0}")
         widths.extend(feats.widths)
-    return {"fingerprints": fingerprints, "n": n0, "widths": widths}
+        info[path] = model_info(feats, path, fingerprints[path])
+    return {"fingerprints": fingerprints, "n": n0, "widths": widths, "info": info}
+
+
+def model_info(feats, path: str | os.PathLike, fingerprint: str | None = None) -> dict:
+    """What a sweep's summary keeps about one model, from its features file.
+
+    Parameters
+    ----------
+    feats : platonic_fast.features.Features
+        The loaded file (its ``meta`` and ``bpb``).
+    path : path
+    fingerprint : str, optional
+        The file's content fingerprint (:func:`file_fingerprint`).
+
+    Returns
+    -------
+    dict
+        ``name`` (file stem), ``file``, ``fingerprint``, ``model`` and ``model_id`` (as the file
+        records them), ``modality``, ``pooling``, ``dataset``, ``sample_fingerprint``, ``n``,
+        ``num_params``, ``num_layers``, ``width`` (the widest layer), ``layer_widths``, ``bpb``
+        (mean bits-per-byte over the samples that have a finite one; None without) and
+        ``bpb_samples`` (how many). Missing metadata is None.
+    """
+    meta = feats.meta if isinstance(feats.meta, dict) else {}
+    samples = meta.get("samples") if isinstance(meta.get("samples"), dict) else {}
+    bpb, counted = None, 0
+    if feats.bpb is not None:
+        values = feats.bpb.detach().to("cpu", torch.float64)
+        finite = values[torch.isfinite(values)]
+        counted = int(finite.numel())
+        bpb = float(finite.mean()) if counted else None
+    params = meta.get("num_params")
+    widths = [int(w) for w in feats.widths]
+    return {"name": Path(path).stem, "file": str(path), "fingerprint": fingerprint,
+            "model": meta.get("model"), "model_id": meta.get("model_id", meta.get("model")),
+            "modality": meta.get("modality"), "pooling": meta.get("pooling"), "dataset": meta.get("dataset"),
+            "sample_fingerprint": samples.get("fingerprint"), "n": int(feats.n),
+            "num_params": int(params) if isinstance(params, (int, float)) and not isinstance(params, bool) else None,
+            "num_layers": int(feats.num_layers), "width": max(widths), "layer_widths": widths,
+            "bpb": bpb, "bpb_samples": counted}
 
 
 def _to_device(layers, device: torch.device):
@@ -522,7 +598,11 @@ def _sweep(files_x, files_y, symmetric, out, settings, opts_by_k, inputs, device
                 best[i, j] = r["best_layers"]
         by_topk[k] = SweepResult([f.stem for f in files_x], [f.stem for f in files_y], scores, best, metric,
                                  {**settings, "topk": k}, fingerprints_x=[fingerprints[f] for f in files_x],
-                                 fingerprints_y=[fingerprints[f] for f in files_y], records=records[k], n=n)
+                                 fingerprints_y=[fingerprints[f] for f in files_y], records=records[k], n=n,
+                                 models_x=[inputs["info"][f] for f in files_x],
+                                 models_y=[inputs["info"][f] for f in files_y], samples=inputs["samples"],
+                                 run={"backend": opts_by_k[k]["backend"],
+                                      "device": None if device is None else str(device)})
     files = _write_summary(list(by_topk.values()), out)
     for r in by_topk.values():
         r.files, r.by_topk = files, by_topk
@@ -709,8 +789,9 @@ def _write_summary(results: list[SweepResult], out: Path) -> dict:
     topks = [r.topk for r in results]
     summary = {"format": "platonic_fast.sweep", "format_version": 2, "version": __version__,
                "metric": first.metric, "settings": {**first.settings, "topk": topks}, "topk": topks, "n": first.n,
-               "models_x": first.names_x, "models_y": first.names_y,
-               "fingerprints_x": first.fingerprints_x, "fingerprints_y": first.fingerprints_y}
+               "run": first.run, "models_x": first.names_x, "models_y": first.names_y,
+               "fingerprints_x": first.fingerprints_x, "fingerprints_y": first.fingerprints_y,
+               "samples": first.samples, "models": {"x": first.models_x, "y": first.models_y}}
     parts = [{"topk": r.topk, **_summary_of(r)} for r in results]
     if len(parts) == 1:  # one topk: its matrices at the top level too, as before several existed
         summary.update({k: v for k, v in parts[0].items() if k not in ("pairs", "topk")})
