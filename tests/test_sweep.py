@@ -436,3 +436,71 @@ def test_summary_keeps_model_metadata_and_every_layer_matrix(tmp_path):
         # without permutations: the exact chance of one layer pair, k / (N - 1)
         assert pairs[("big", "small")]["chance"][0][0] == pytest.approx(part["topk"] / (N - 1))
         assert part["chance"][0][1] == pytest.approx(part["topk"] / (N - 1))
+
+
+# --- the heat map ---------------------------------------------------------------------------------
+
+
+def test_heatmap_scale_names_chance_and_significance(model_files, tmp_path):
+    pytest.importorskip("matplotlib")
+    folder, _ = model_files
+    long_x = "vit_large_patch14_clip_224.openai_with_a_very_long_suffix"
+    files = []
+    for name, src in ((long_x, "alpha"), ("vit_large_patch14_dinov2.lvd142m", "beta")):
+        (tmp_path / "X").mkdir(exist_ok=True)
+        files.append(tmp_path / "X" / f"{name}.pt")
+        files[-1].write_bytes((folder / f"{src}.pt").read_bytes())
+    res = sweep.measure_sets(tmp_path / "X", folder / "gamma.pt", metric="mutual_knn", topk=5, progress=False,
+                             out_dir=tmp_path / "out", permutations=19, set_names=(None, "vision set"))
+    assert res.set_names == ("X", "vision set")
+    assert (tmp_path / "out" / "heatmap.png").stat().st_size > 0
+    fig = sweep.heatmap_figure(res)
+    raw, calibrated = fig.axes[0], fig.axes[1]  # the panels, then their colour bars
+    assert raw.images[0].get_clim() == (0.0, 1.0) and calibrated.images[0].get_clim() == (0.0, 1.0)
+    assert raw.get_ylabel() == "X" and raw.get_xlabel() == "vision set"
+    names = [t.get_text().replace("\n", "") for t in raw.get_yticklabels()]
+    assert names == res.names_x and long_x in names  # full names, wrapped, never cut
+    assert "chance" in fig.get_suptitle() and "not significant" in fig.get_suptitle()
+    hatched = sum(1 for p in raw.patches if p.get_hatch())
+    assert hatched == int((res.calibration_matrix("p_value") > 0.05).sum())
+    auto = sweep.heatmap_figure(res, auto_scale=True).axes[0].images[0].get_clim()
+    assert auto == (res.scores.min(), res.scores.max())
+
+    lcs = sweep.measure_sets(folder, metric="lcs_knn", topk=4, progress=False, out_dir=tmp_path / "lcs")
+    fig = sweep.heatmap_figure(lcs)
+    assert len(fig.axes) == 2 and fig.axes[0].images[0].get_clim() == (0.0, 4.0)
+    assert not any(p.get_hatch() for p in fig.axes[0].patches)  # no null: nothing marked
+    assert fig.axes[0].get_ylabel() == "feats"
+
+
+def test_wrap_name_keeps_every_character():
+    for name in ("a", "vit_large_patch14_clip_224.openai", "x" * 60, "org/model-name_v2:rev", "a b c"):
+        wrapped = sweep.wrap_name(name, width=12)
+        assert wrapped.replace("\n", "") == name
+        assert all(len(line) <= 12 for line in wrapped.split("\n"))
+
+
+def test_cli_heatmap_labels(model_files, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    folder, _ = model_files
+    out = tmp_path / "o"
+    assert cli_main(["measure", str(folder), "--metric", "mutual_knn", "--topk", "5", "--name-x", "language",
+                     "--name-y", "vision", "--auto-scale", "--out", str(out), "--no-progress"]) == 0
+    saved = json.loads((out / "scores.json").read_text())
+    assert saved["set_names"] == {"x": "language", "y": "vision"}
+    assert (out / "heatmap.png").exists()
+
+
+def test_without_matplotlib_the_sweep_still_writes_its_scores(model_files, tmp_path, monkeypatch, capsys):
+    folder, _ = model_files
+
+    def missing():
+        raise ImportError("plots need matplotlib: pip install 'platonic_fast[plot]' (or matplotlib)")
+
+    monkeypatch.setattr(sweep, "_figure_class", missing)
+    out = tmp_path / "o"
+    assert cli_main(["measure", str(folder), "--topk", "5", "--out", str(out), "--no-progress"]) == 0
+    assert "no heat map: matplotlib is not installed" in capsys.readouterr().out
+    assert (out / "scores.json").exists() and not (out / "heatmap.png").exists()
+    with pytest.raises(ImportError, match=r"platonic_fast\[plot\]"):
+        sweep.heatmap_figure(sweep.measure_sets(folder, topk=5, out_dir=out, progress=False))

@@ -81,6 +81,13 @@ def main(argv: list[str] | None = None) -> int:
                       help="with --permutations: the level of the threshold and of 'significant' (default 0.05)")
     meas.add_argument("--seed", type=int, default=0,
                       help="with --permutations: seeds them; every model pair gets the same ones (default 0)")
+    meas.add_argument("--name-x", default=None, metavar="LABEL",
+                      help="what the X set is called on the heat map (default: its folder's name)")
+    meas.add_argument("--name-y", default=None, metavar="LABEL",
+                      help="what the Y set is called on the heat map (default: its folder's name)")
+    meas.add_argument("--auto-scale", action="store_true",
+                      help="heat map colours span the scores' own range (default: the metric's fixed range, "
+                      "[0, 1]; [0, topk] for lcs_knn)")
     meas.add_argument("--no-progress", action="store_true")
     meas.add_argument("--allow-mismatched-samples", action="store_true",
                       help="pair feature files whose sample fingerprints differ (extracted from other samples or "
@@ -159,7 +166,8 @@ def _dispatch(parser, args) -> int:
                                q=args.q, exact=args.exact, concat=args.concat, progress=not args.no_progress,
                                wait=args.wait, allow_mismatched_samples=args.allow_mismatched_samples,
                                permutations=args.permutations, alpha=args.alpha, seed=args.seed,
-                               backend=args.backend, device=args.device, **options)
+                               backend=args.backend, device=args.device, set_names=(args.name_x, args.name_y),
+                               auto_scale=args.auto_scale, **options)
         except (ValueError, TypeError, OSError, OutputFolderLocked) as exc:
             parser.exit(2, f"platonic-fast measure: error: {_one_line(exc)}\n")
         for k, r in res.by_topk.items():
@@ -168,6 +176,8 @@ def _dispatch(parser, args) -> int:
             print(format_table(r))
             print()
         print("wrote " + ", ".join(str(p) for p in res.files.values()))
+        if not any(name.startswith("png") for name in res.files):
+            print("no heat map: matplotlib is not installed (pip install 'platonic_fast[plot]')")
     return 0
 
 

@@ -50,6 +50,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -102,6 +103,8 @@ class SweepResult:
         The sample-fingerprint check of the files (:func:`check_samples`).
     run : dict
         How the scores were computed (``backend``, ``device``); not part of the records' keys.
+    set_names : (str, str)
+        What the sets are called (axis titles).
     by_topk : dict[int | None, SweepResult]
         The result of every topk of the sweep (this one included): ``settings["topk"]`` is
         this result's value; a sweep given several returns the smallest's.
@@ -123,6 +126,7 @@ class SweepResult:
     models_y: list = field(default_factory=list, repr=False)
     samples: dict = field(default_factory=dict, repr=False)
     run: dict = field(default_factory=dict, repr=False)
+    set_names: tuple = ("X models", "Y models")
 
     @property
     def topk(self) -> int | None:
@@ -324,6 +328,7 @@ def measure_sets(x, y=None, *, metric: str = "mutual_knn", topk: int | Sequence[
                  q: float = 0.95, exact: bool = False, concat: bool = False, backend: str = "auto",
                  device=None, progress: bool = True, wait: float = 0, allow_mismatched_samples: bool = False,
                  permutations: int | None = None, alpha: float = 0.05, seed: int = 0,
+                 set_names: tuple[str, str] | None = None, auto_scale: bool = False,
                  **metric_options) -> SweepResult:
     """Align every model of ``x`` with every model of ``y`` (``y=None``: ``x`` with itself).
 
@@ -366,6 +371,12 @@ def measure_sets(x, y=None, *, metric: str = "mutual_knn", topk: int | Sequence[
         The level of τ and of "significant" (p ≤ alpha).
     seed : int, default 0
         Seeds the permutations; part of each pair record's key.
+    set_names : (str, str), optional
+        What the two sets are called on the heat map's axes and in the summary (default: the
+        folder's name when a set is one folder, else "X models" / "Y models").
+    auto_scale : bool, default False
+        Heat map colours span the scores' own range instead of the metric's ([0, 1]; [0, topk]
+        for lcs_knn), which makes small differences look large.
 
     Returns
     -------
@@ -393,6 +404,7 @@ def measure_sets(x, y=None, *, metric: str = "mutual_knn", topk: int | Sequence[
     """
     topks, device = check_request(metric, topk, backend=backend, device=device, permutations=permutations,
                                   alpha=alpha, seed=seed, **metric_options)
+    set_names = _check_set_names(set_names, x, y)
     files_x = feature_files(x)
     files_y = files_x if y is None else feature_files(y)
     same_set = y is None or [f.resolve() for f in files_x] == [f.resolve() for f in files_y]
@@ -408,6 +420,7 @@ def measure_sets(x, y=None, *, metric: str = "mutual_knn", topk: int | Sequence[
         settings.update(permutations=permutations, alpha=float(alpha), seed=seed)
     inputs = _read_inputs([*dict.fromkeys([*files_x, *files_y])])
     inputs["samples"] = samples
+    inputs["view"] = {"set_names": set_names, "auto_scale": bool(auto_scale)}
     # Options checked against the data (topk < N, cca_dim <= every width) before any scoring.
     opts_by_k = {k: resolve_options(metric, inputs["n"], inputs["widths"], topk=k, backend=backend,
                                     **metric_options) for k in topks}
@@ -440,6 +453,24 @@ def check_request(metric: str, topk=10, *, backend: str = "auto", device=None, p
         check_alpha(alpha)
         _check_seed(seed)
     return topks, _check_device(device)
+
+
+def _check_set_names(set_names, x, y) -> tuple[str, str]:
+    def label(paths, fallback: str) -> str:
+        if isinstance(paths, (str, os.PathLike)) or (isinstance(paths, (list, tuple)) and len(paths) == 1):
+            path = Path(paths if isinstance(paths, (str, os.PathLike)) else paths[0])
+            return path.resolve().name if path.is_dir() else fallback
+        return fallback
+
+    default = (label(x, "X models"), label(x, "X models") if y is None else label(y, "Y models"))
+    if set_names is None:
+        return default
+    if not (isinstance(set_names, (list, tuple)) and len(set_names) == 2):
+        raise ValueError(f"set_names must be two labels (x, y), got {set_names!r}")
+    names = tuple(default[i] if v is None else v for i, v in enumerate(set_names))
+    if not all(isinstance(v, str) and v.strip() for v in names):
+        raise ValueError(f"set_names must be non-empty strings, got {set_names!r}")
+    return names
 
 
 def _check_topks(topk, spec) -> tuple:
@@ -602,8 +633,9 @@ def _sweep(files_x, files_y, symmetric, out, settings, opts_by_k, inputs, device
                                  models_x=[inputs["info"][f] for f in files_x],
                                  models_y=[inputs["info"][f] for f in files_y], samples=inputs["samples"],
                                  run={"backend": opts_by_k[k]["backend"],
-                                      "device": None if device is None else str(device)})
-    files = _write_summary(list(by_topk.values()), out)
+                                      "device": None if device is None else str(device)},
+                                 set_names=inputs["view"]["set_names"])
+    files = _write_summary(list(by_topk.values()), out, auto_scale=inputs["view"]["auto_scale"])
     for r in by_topk.values():
         r.files, r.by_topk = files, by_topk
     return by_topk[topks[0]]
@@ -773,7 +805,7 @@ def _topk_tag(k) -> str:
     return "" if k is None else f"k{k}_"
 
 
-def _write_summary(results: list[SweepResult], out: Path) -> dict:
+def _write_summary(results: list[SweepResult], out: Path, auto_scale: bool = False) -> dict:
     """scores.json, scores.npz and the heat maps of every topk, each written atomically.
 
     scores.json holds ``results``, one entry per topk (``topk``, the matrices over model
@@ -789,7 +821,8 @@ def _write_summary(results: list[SweepResult], out: Path) -> dict:
     topks = [r.topk for r in results]
     summary = {"format": "platonic_fast.sweep", "format_version": 2, "version": __version__,
                "metric": first.metric, "settings": {**first.settings, "topk": topks}, "topk": topks, "n": first.n,
-               "run": first.run, "models_x": first.names_x, "models_y": first.names_y,
+               "run": first.run, "set_names": {"x": first.set_names[0], "y": first.set_names[1]},
+               "models_x": first.names_x, "models_y": first.names_y,
                "fingerprints_x": first.fingerprints_x, "fingerprints_y": first.fingerprints_y,
                "samples": first.samples, "models": {"x": first.models_x, "y": first.models_y}}
     parts = [{"topk": r.topk, **_summary_of(r)} for r in results]
@@ -812,34 +845,137 @@ def _write_summary(results: list[SweepResult], out: Path) -> dict:
     write_atomic(files["npz"], save_npz)
     for r in results:
         png = out / ("heatmap.png" if len(results) == 1 else f"heatmap_k{r.topk}.png")
-        if _heatmap(r, png):
+        if _heatmap(r, png, auto_scale):
             files["png" if len(results) == 1 else f"png_k{r.topk}"] = png
     return files
 
 
-def _heatmap(res: SweepResult, path: Path) -> bool:
+def _heatmap(res: SweepResult, path: Path, auto_scale: bool = False) -> bool:
+    """Write the heat map of ``res`` to ``path`` (atomically); False when matplotlib is missing."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        fig = heatmap_figure(res, auto_scale=auto_scale)
     except ImportError:
         return False
-    mx, my = res.scores.shape
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * my + 3), max(3.0, 0.5 * mx + 2)), constrained_layout=True)
-    im = ax.imshow(res.scores, cmap="viridis", aspect="auto")
-    ax.set_xticks(range(my), res.names_y, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(mx), res.names_x, fontsize=8)
-    if mx * my <= 400:
-        for i in range(mx):
-            for j in range(my):
-                ax.text(j, i, f"{res.scores[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if res.scores[i, j] < res.scores.mean() else "black")
-    ax.set_title(f"{res.metric} (best layer pair per model pair)")
-    fig.colorbar(im, ax=ax, shrink=0.8)
     write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    plt.close(fig)
     return True
+
+
+def _figure_class():
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as e:
+        raise ImportError("plots need matplotlib: pip install 'platonic_fast[plot]' (or matplotlib)") from e
+    return Figure
+
+
+def wrap_name(name: str, width: int = 22) -> str:
+    """A model name on lines of at most ``width`` characters, broken after ``_ - / . :`` where it
+    can be (model names rarely have spaces); never shortened."""
+    pieces = re.findall(r"[^_\-/.: ]*[_\-/.: ]?", name)
+    lines, line = [], ""
+    for piece in filter(None, pieces):
+        while len(piece) > width:  # one unbroken run longer than a line
+            if line:
+                lines.append(line)
+                line = ""
+            lines.append(piece[:width])
+            piece = piece[width:]
+        if line and len(line) + len(piece) > width:
+            lines.append(line)
+            line = ""
+        line += piece
+    lines.append(line)
+    return "\n".join(lines)
+
+
+def heatmap_figure(res: SweepResult, *, auto_scale: bool = False):
+    """The heat map of one sweep result, as a matplotlib Figure (not shown, not saved).
+
+    Raw best scores on a fixed colour scale (the metric's range: [0, 1], [0, topk] for lcs_knn)
+    unless ``auto_scale``; with permutations a second panel of calibrated scores ([0, 1]), and
+    pairs whose best score is not significant (p > alpha) hatched in both. Axis titles name the
+    two sets (``res.set_names``), ticks carry the full model names (wrapped), the title and the
+    colour bar (a red line) show the chance level.
+
+    Raises
+    ------
+    ImportError
+        matplotlib is not installed (the ``plot`` extra).
+    """
+    figure = _figure_class()
+    from matplotlib.patches import Rectangle
+
+    mx, my = res.scores.shape
+    k = res.settings.get("permutations")
+    alpha = res.settings.get("alpha")
+    panels = [("raw score of the best layer pair", res.scores)]
+    if k is not None:
+        panels.append(("calibrated score (0: not above the null)", res.calibration_matrix("calibrated")))
+    top = float(res.topk) if res.metric == "lcs_knn" and res.topk is not None else 1.0
+    x_labels = [wrap_name(n) for n in res.names_x]
+    y_labels = [wrap_name(n) for n in res.names_y]
+    x_lines = max(t.count("\n") + 1 for t in x_labels)
+    y_lines = max(t.count("\n") + 1 for t in y_labels)
+    # Inches: a column wide enough for its wrapped name (unless rotated), a row for its lines.
+    cell = 0.5 if mx * my <= 400 else 0.25
+    rotate = y_lines == 1 and max(map(len, y_labels)) > 6
+    width_y = max(len(line) for t in y_labels for line in t.split("\n"))
+    width_x = max(len(line) for t in x_labels for line in t.split("\n"))
+    col = cell if rotate else max(cell, 0.065 * width_y)
+    row = max(cell, 0.14 * x_lines)
+    label_h = 0.065 * width_y if rotate else 0.14 * y_lines
+    fig = figure(figsize=(len(panels) * (my * col + 0.065 * width_x + 1.4) + 0.3, mx * row + label_h + 1.5),
+                 layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    not_significant = res.calibration_matrix("p_value") > alpha if k is not None else np.zeros((mx, my), bool)
+    chance = res.chance
+    pair_chance = np.array([v for r in res.records.values() for row in (r.get("chance") or []) for v in row
+                            if v is not None], dtype=np.float64)
+    for ax, (title, mat) in zip(axes, panels):
+        raw = mat is res.scores
+        finite = mat[np.isfinite(mat)]
+        if auto_scale and finite.size:
+            lo, hi = float(finite.min()), float(finite.max())
+            lo, hi = (lo - 0.5, hi + 0.5) if lo == hi else (lo, hi)
+        else:
+            lo, hi = 0.0, (top if raw else 1.0)
+        im = ax.imshow(mat, cmap="viridis", vmin=lo, vmax=hi, aspect="auto", interpolation="nearest")
+        ax.set_xticks(range(my), y_labels, rotation=90 if rotate else 0, fontsize=7)
+        ax.set_yticks(range(mx), x_labels, fontsize=7)
+        ax.set_xlabel(res.set_names[1])
+        ax.set_ylabel(res.set_names[0])
+        ax.set_title(title, fontsize=9)
+        if mx * my <= 400:
+            for i in range(mx):
+                for j in range(my):
+                    if np.isfinite(mat[i, j]):
+                        bright = (mat[i, j] - lo) / (hi - lo) > 0.55
+                        ax.text(j, i, f"{mat[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                                color="black" if bright else "white")
+        for i, j in zip(*np.nonzero(not_significant)):
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="0.75",
+                                   linewidth=0))
+        bar = fig.colorbar(im, ax=ax, shrink=0.85)
+        level = np.nanmean(chance) if np.isfinite(chance).any() else (
+            float(pair_chance.mean()) if pair_chance.size else None)
+        if raw and level is not None and lo <= level <= hi:
+            bar.ax.axhline(level, color="red", linewidth=2)
+            bar.set_label("red line: chance level", fontsize=8)
+    lines = [f"{res.metric}" + (f", topk={res.topk}" if res.topk is not None else "")
+             + f", N={res.n}: best layer pair per model pair"]
+    notes = []
+    if pair_chance.size:
+        lo_c, hi_c = pair_chance.min(), pair_chance.max()
+        notes.append("chance of one layer pair " + (f"{lo_c:.3g}" if np.isclose(lo_c, hi_c) else
+                                                    f"{lo_c:.3g}-{hi_c:.3g}"))
+    if k is not None and np.isfinite(chance).any():
+        notes.append(f"of the best pair (null mean) {np.nanmin(chance):.3g}-{np.nanmax(chance):.3g}")
+    if k is not None:
+        notes.append(f"hatched: not significant (p > {alpha:g}, K={k})")
+    if notes:
+        lines.append("; ".join(notes))
+    fig.suptitle("\n".join(lines), fontsize=9)
+    return fig
 
 
 def format_table(res: SweepResult, *, digits: int = 4) -> str:
