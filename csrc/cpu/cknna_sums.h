@@ -2,6 +2,7 @@
 // K' = M∘K and L' = M∘L touch only N·k entries, whose kernel values are the kNN scores.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 namespace pf {
 
@@ -19,5 +20,23 @@ struct CknnaSums {
 template <typename T>
 CknnaSums cknna_sums(const int64_t* idx_k, const T* val_k, const int64_t* idx_l, const T* val_l,
                      int64_t n, int64_t k, bool zero_diagonal);
+
+// The two steps of cknna_sums, apart, so that a permutation null sorts each set's rows once
+// and reuses the work space.
+// 1. Every row's (index, value) entries sorted by index, into cols / vals (N x k).
+template <typename T>
+void cknna_sort_rows(const int64_t* idx, const T* val, int64_t n, int64_t k, int64_t* cols, T* vals);
+
+// Buffers of the sums step, sized once per thread.
+struct CknnaWork {
+  std::vector<int64_t> count, cols;
+  std::vector<double> kv, lv, row_k, row_l, col_k, col_l;
+  void resize(int64_t n, int64_t k);
+};
+
+// 2. The sums from rows sorted by cknna_sort_rows (parallel over rows when `parallel`).
+template <typename T>
+CknnaSums cknna_sums_sorted(const int64_t* cols_k, const T* vals_k, const int64_t* cols_l, const T* vals_l,
+                            int64_t n, int64_t k, bool zero_diagonal, CknnaWork& work, bool parallel);
 
 }  // namespace pf

@@ -87,12 +87,20 @@ void permute_lists_cknna(const std::vector<const int64_t*>& a_idx, const std::ve
                          int64_t n, int64_t k, bool zero_diagonal, const int64_t* perms,
                          int64_t count, double* out) {
   const int64_t la = static_cast<int64_t>(a_idx.size()), lb = static_cast<int64_t>(b_idx.size());
+  // Each a-set's rows sorted once for every permutation and b-set.
+  std::vector<int64_t> a_cols(static_cast<size_t>(la * n * k));
+  std::vector<T> a_vals(static_cast<size_t>(la * n * k));
+  for (int64_t i = 0; i < la; ++i)
+    cknna_sort_rows(a_idx[i], a_val[i], n, k, a_cols.data() + i * n * k, a_vals.data() + i * n * k);
   const int64_t tasks = count * lb;
 #pragma omp parallel if (tasks > 1 && n * k * la > kParallelGrain)
   {
     Relabelled w;
     w.resize(n, k);
-    std::vector<T> values(static_cast<size_t>(n * k));
+    std::vector<T> values(static_cast<size_t>(n * k)), b_vals(static_cast<size_t>(n * k));
+    std::vector<int64_t> b_cols(static_cast<size_t>(n * k));
+    CknnaWork work;
+    work.resize(n, k);
 #pragma omp for schedule(dynamic)
     for (int64_t task = 0; task < tasks; ++task) {
       const int64_t t = task / lb, j = task % lb;
@@ -100,9 +108,10 @@ void permute_lists_cknna(const std::vector<const int64_t*>& a_idx, const std::ve
       w.build(b_idx[j], perm, n, k);
       for (int64_t i = 0; i < n; ++i)  // the values move with their rows
         std::copy_n(b_val[j] + perm[i] * k, k, values.data() + i * k);
+      cknna_sort_rows(w.lists.data(), values.data(), n, k, b_cols.data(), b_vals.data());
       for (int64_t i = 0; i < la; ++i) {
-        const CknnaSums s = cknna_sums<T>(a_idx[i], a_val[i], w.lists.data(), values.data(), n, k,
-                                          zero_diagonal);
+        const CknnaSums s = cknna_sums_sorted(a_cols.data() + i * n * k, a_vals.data() + i * n * k,
+                                              b_cols.data(), b_vals.data(), n, k, zero_diagonal, work, false);
         double* o = out + ((t * la + i) * lb + j) * 6;
         o[0] = s.trace_kl;
         o[1] = s.sum_k;
