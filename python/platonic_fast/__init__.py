@@ -33,6 +33,7 @@ from .metrics import (
 from .ops.knn import knn
 from .ops.outliers import remove_outliers
 from .scorer import Alignment
+from .uncertainty import Interval, confidence_interval
 
 __version__ = "0.1.0"
 
@@ -42,6 +43,7 @@ __all__ = [
     "Calibration",
     "ConstantFeaturesError",
     "DegenerateInputWarning",
+    "Interval",
     "LayerCalibration",
     "MemoryUseWarning",
     "METRICS",
@@ -52,6 +54,7 @@ __all__ = [
     "calibrate",
     "cka",
     "cknna",
+    "confidence_interval",
     "cycle_knn",
     "edit_distance_knn",
     "knn",
