@@ -93,6 +93,24 @@ def main(argv: list[str] | None = None) -> int:
                       help="pair feature files whose sample fingerprints differ (extracted from other samples or "
                       "in another order); recorded in the results")
 
+    rep = sub.add_parser(
+        "report", parents=[debug_parent],
+        help="alignment versus capability from a measure folder -> report.json + report.png",
+        description="Each model's alignment to the reference set (its mean best-layer-pair score over that set's "
+        "models) against its capability: 1 - bits-per-byte and log10 parameters as the feature files record them, "
+        "and every numeric column of --capability TABLE.csv; Spearman rank correlations with p-values, for raw and "
+        "(after measure --permutations) calibrated scores. Needs scipy; the figure needs matplotlib.",
+    )
+    rep.add_argument("sweep_dir", metavar="SWEEP_DIR", help="the output folder of platonic-fast measure")
+    rep.add_argument("--capability", default=None, metavar="TABLE.csv",
+                     help="a CSV table: a model-name column (model, name, model_id or the first column) and "
+                     "numeric columns such as transfer accuracy; matched by file name or model id")
+    rep.add_argument("--reference-set", default=None, metavar="SET",
+                     help="the set aligned to: x, y (default: y, the --against set) or a set's name")
+    rep.add_argument("--topk", type=int, default=None, help="only this topk of a sweep with several")
+    rep.add_argument("--out", default=None, help="output folder (default: SWEEP_DIR)")
+    rep.add_argument("--no-plot", action="store_true", help="write report.json only")
+
     ver = sub.add_parser(
         "verify", parents=[debug_parent],
         help="check feature files against the checksum stored in them",
@@ -157,6 +175,8 @@ def _dispatch(parser, args) -> int:
         return run_models(args)
     elif args.command == "verify":
         return _verify(args.files)
+    elif args.command == "report":
+        return _report(parser, args)
     elif args.command == "measure":
         from .sweep import OutputFolderLocked, format_table, measure_sets
 
@@ -178,6 +198,31 @@ def _dispatch(parser, args) -> int:
         print("wrote " + ", ".join(str(p) for p in res.files.values()))
         if not any(name.startswith("png") for name in res.files):
             print("no heat map: matplotlib is not installed (pip install 'platonic_fast[plot]')")
+    return 0
+
+
+def _report(parser, args) -> int:
+    """``platonic-fast report``: the correlations as a table, then the files written."""
+    from .report import report
+
+    try:
+        out = report(args.sweep_dir, args.capability, reference_set=args.reference_set, topk=args.topk,
+                     out_dir=args.out, plot=not args.no_plot)
+    except (ValueError, OSError) as exc:
+        parser.exit(2, f"platonic-fast report: error: {_one_line(exc)}\n")
+    ref, subj = out["reference_set"], out["subject_set"]
+    print(f"{out['metric']}: alignment of {subj['name']} ({len(subj['models'])} models) to {ref['name']} "
+          f"({len(ref['models'])} models) against capability")
+    for entry in out["results"]:
+        if len(out["results"]) > 1:
+            print(f"=== topk={entry['topk']} ===")
+        width = max(len(c["capability"]) for c in entry["correlations"])
+        for c in entry["correlations"]:
+            stat = (f"rho = {c['rho']:+.3f}  p = {c['p_value']:.3g}" if c["rho"] is not None else c["note"])
+            print(f"  {c['capability']:<{width}}  {c['scores']:<10}  n = {c['n']:<3}  {stat}")
+    if out["unmatched"]:
+        print(f"table rows matching no model: {', '.join(out['unmatched'])}")
+    print("wrote " + ", ".join(out["files"].values()))
     return 0
 
 
