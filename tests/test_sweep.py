@@ -504,3 +504,47 @@ def test_without_matplotlib_the_sweep_still_writes_its_scores(model_files, tmp_p
     assert (out / "scores.json").exists() and not (out / "heatmap.png").exists()
     with pytest.raises(ImportError, match=r"platonic_fast\[plot\]"):
         sweep.heatmap_figure(sweep.measure_sets(folder, topk=5, out_dir=out, progress=False))
+
+
+# --- confidence intervals ---------------------------------------------------------------------------
+
+
+def test_confidence_intervals_of_the_best_pairs(model_files, tmp_path):
+    from platonic_fast.align import prepare_layers
+
+    folder, models = model_files
+    kw = dict(metric="mutual_knn", topk=[4, 6], progress=False, ci_repeats=12, seed=2)
+    res = sweep.measure_sets(folder, out_dir=tmp_path / "out", **kw)
+    for k in (4, 6):
+        r = res.by_topk[k]
+        for i, a in enumerate(r.names_x):
+            for j, b in enumerate(r.names_y):
+                li, lj = r.best_layers[i, j]
+                want = pf.confidence_interval("mutual_knn", prepare_layers(models[a], "x")[li],
+                                              prepare_layers(models[b], "y")[lj], repeats=12, generator=2, topk=k)
+                assert r.ci_matrix("low")[i, j] == pytest.approx(want.low, abs=1e-12)
+                assert r.ci_matrix("high")[i, j] == pytest.approx(want.high, abs=1e-12)
+                assert r.ci_matrix("estimate")[i, j] == pytest.approx(r.scores[i, j], abs=1e-12)
+    saved = json.loads((tmp_path / "out" / "scores.json").read_text())
+    part = saved["results"][1]
+    assert part["ci"]["repeats"] == 12 and part["ci"]["level"] == 0.95
+    np.testing.assert_allclose(np.array(part["ci"]["high"]), res.by_topk[6].ci_matrix("high"))
+    npz = np.load(tmp_path / "out" / "scores.npz")
+    np.testing.assert_allclose(npz["k4_ci_low"], res.ci_matrix("low"))
+    # read back from the records: the same; another level is another key
+    again = sweep.measure_sets(folder, out_dir=tmp_path / "out", **kw)
+    np.testing.assert_array_equal(again.ci_matrix("low"), res.ci_matrix("low"))
+    wider = sweep.measure_sets(folder, out_dir=tmp_path / "out", ci_level=0.99, **kw)
+    assert (wider.ci_matrix("high") - wider.ci_matrix("low") >= res.ci_matrix("high") - res.ci_matrix("low")).all()
+
+
+def test_bad_ci_options(model_files, tmp_path, capsys):
+    folder, _ = model_files
+    for kw, match in (({"ci_repeats": 1}, "ci_repeats"), ({"ci_repeats": 5, "ci_level": 1.0}, "ci_level"),
+                      ({"ci_repeats": 5, "ci_method": "bootstrap"}, "ci_method"),
+                      ({"ci_repeats": 5, "topk": 60}, "subsamples of m=48")):
+        with pytest.raises(ValueError, match=match):
+            sweep.measure_sets(folder, out_dir=tmp_path / "o", progress=False, **kw)
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["measure", str(folder), "--ci-repeats", "1", "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2 and "ci_repeats" in capsys.readouterr().err

@@ -80,7 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     meas.add_argument("--alpha", type=float, default=0.05,
                       help="with --permutations: the level of the threshold and of 'significant' (default 0.05)")
     meas.add_argument("--seed", type=int, default=0,
-                      help="with --permutations: seeds them; every model pair gets the same ones (default 0)")
+                      help="with --permutations / --ci-repeats: seeds the permutations and subsamples; every "
+                      "model pair gets the same ones (default 0)")
+    meas.add_argument("--ci-repeats", type=int, default=None, metavar="R",
+                      help="a confidence interval for each model pair's best layer pair from R subsamples of half "
+                      "the samples (e.g. 200). Default: none")
+    meas.add_argument("--ci-level", type=float, default=0.95, help="with --ci-repeats: the coverage (default 0.95)")
+    meas.add_argument("--ci-method", choices=["subsample", "jackknife"], default="subsample",
+                      help="with --ci-repeats: quantiles of the subsamples, or a normal jackknife interval")
     meas.add_argument("--name-x", default=None, metavar="LABEL",
                       help="what the X set is called on the heat map (default: its folder's name)")
     meas.add_argument("--name-y", default=None, metavar="LABEL",
@@ -186,6 +193,7 @@ def _dispatch(parser, args) -> int:
                                q=args.q, exact=args.exact, concat=args.concat, progress=not args.no_progress,
                                wait=args.wait, allow_mismatched_samples=args.allow_mismatched_samples,
                                permutations=args.permutations, alpha=args.alpha, seed=args.seed,
+                               ci_repeats=args.ci_repeats, ci_level=args.ci_level, ci_method=args.ci_method,
                                backend=args.backend, device=args.device, set_names=(args.name_x, args.name_y),
                                auto_scale=args.auto_scale, **options)
         except (ValueError, TypeError, OSError, OutputFolderLocked) as exc:

@@ -26,19 +26,23 @@ Results (``<out>/``), all written atomically:
   exact where the metric has one, else the null mean with permutations; None otherwise) and
   ``calibration`` (with permutations: ``max`` and ``mean``, each with ``observed``, ``null``
   (K values), ``p_value``, ``tau``, ``calibrated``, ``chance``, ``alpha``, ``s_max``; and
-  ``pair_p``, Lx x Ly). NaN (a constant layer) is written as null: the files are strict JSON.
+  ``pair_p``, Lx x Ly) and ``ci`` (with ``ci_repeats``: the best pair's ``estimate``, ``low``,
+  ``high``, ``std_error``, ``level``, ``method``, ``repeats``, ``m``). NaN (a constant layer)
+  is written as null: the files are strict JSON.
 - ``scores.json``: ``format``/``format_version`` (2), ``version``, ``metric``, ``settings``,
   ``topk`` (list), ``n``, ``run`` (backend, device), ``models_x``/``models_y`` (names),
   ``fingerprints_x``/``fingerprints_y``, ``samples`` (the sample-fingerprint check),
   ``models`` (``x``/``y``: each model's metadata, :func:`model_info`), and ``results``: one
   entry per topk with ``topk``, the (Mx, My) matrices ``scores``, ``best_layers``, ``chance``,
   ``calibration`` (``max``/``mean`` x ``observed``, ``p_value``, ``tau``, ``calibrated``,
-  ``chance``) and ``pairs`` (every pair's record without its key). With a single topk its
+  ``chance``), ``ci`` (settings and ``estimate``/``low``/``high``/``std_error`` matrices) and
+  ``pairs`` (every pair's record without its key). With a single topk its
   matrices are repeated at the top level.
 - ``scores.npz``: ``models_x``, ``models_y``, ``topk`` and per topk (prefix ``k<topk>_``; none
   for metrics without topk) ``scores``, ``best_layers``, ``chance``, ``layer_scores_<i>_<j>``
   and with permutations ``p_value``, ``calibrated``, ``tau``, ``observed``, ``mean_*``,
-  ``null_max``/``null_mean`` (Mx, My, K), ``pair_p_<i>_<j>``; with one topk the (Mx, My)
+  ``null_max``/``null_mean`` (Mx, My, K), ``pair_p_<i>_<j>``, with intervals ``ci_low``,
+  ``ci_high``, ``ci_estimate``, ``ci_std_error``; with one topk the (Mx, My)
   matrices unprefixed too.
 - ``heatmap.png`` (``heatmap_k<topk>.png`` per topk when several), with matplotlib.
 """
@@ -147,6 +151,16 @@ class SweepResult:
             cal = r.get("calibration")
             if cal is not None and cal[statistic][field] is not None:
                 out[i, j] = cal[statistic][field]
+        return out
+
+    def ci_matrix(self, field: str = "low") -> np.ndarray:
+        """(Mx, My): one value of each model pair's confidence interval (``low``, ``high``,
+        ``estimate``, ``std_error``); NaN without ``ci_repeats`` or without a best pair."""
+        out = np.full(self.scores.shape, np.nan)
+        for (i, j), r in self.records.items():
+            ci = r.get("ci")
+            if ci is not None and ci.get(field) is not None:
+                out[i, j] = ci[field]
         return out
 
     @property
@@ -328,6 +342,7 @@ def measure_sets(x, y=None, *, metric: str = "mutual_knn", topk: int | Sequence[
                  q: float = 0.95, exact: bool = False, concat: bool = False, backend: str = "auto",
                  device=None, progress: bool = True, wait: float = 0, allow_mismatched_samples: bool = False,
                  permutations: int | None = None, alpha: float = 0.05, seed: int = 0,
+                 ci_repeats: int | None = None, ci_level: float = 0.95, ci_method: str = "subsample",
                  set_names: tuple[str, str] | None = None, auto_scale: bool = False,
                  **metric_options) -> SweepResult:
     """Align every model of ``x`` with every model of ``y`` (``y=None``: ``x`` with itself).
@@ -370,7 +385,17 @@ def measure_sets(x, y=None, *, metric: str = "mutual_knn", topk: int | Sequence[
     alpha : float, default 0.05
         The level of τ and of "significant" (p ≤ alpha).
     seed : int, default 0
-        Seeds the permutations; part of each pair record's key.
+        Seeds the permutations and the confidence intervals' subsamples; part of each pair
+        record's key.
+    ci_repeats : int, optional
+        R: a confidence interval for each model pair's best layer pair, from R subsamples of
+        half the samples without replacement (:func:`platonic_fast.confidence_interval` on the
+        two layers as the search scored them, clamped and normalised; the same subsets for
+        every pair). It is the interval of that pair's score at N, not of the search: the pair
+        was chosen as the best on the same data. Default: none.
+    ci_level : float, default 0.95
+    ci_method : "subsample" or "jackknife"
+        As :func:`platonic_fast.confidence_interval`.
     set_names : (str, str), optional
         What the two sets are called on the heat map's axes and in the summary (default: the
         folder's name when a set is one folder, else "X models" / "Y models").
@@ -403,7 +428,8 @@ def measure_sets(x, y=None, *, metric: str = "mutual_knn", topk: int | Sequence[
     >>> res.scores.shape, res.names_x                                      # doctest: +SKIP
     """
     topks, device = check_request(metric, topk, backend=backend, device=device, permutations=permutations,
-                                  alpha=alpha, seed=seed, **metric_options)
+                                  alpha=alpha, seed=seed, ci_repeats=ci_repeats, ci_level=ci_level,
+                                  ci_method=ci_method, **metric_options)
     set_names = _check_set_names(set_names, x, y)
     files_x = feature_files(x)
     files_y = files_x if y is None else feature_files(y)
@@ -415,21 +441,27 @@ def measure_sets(x, y=None, *, metric: str = "mutual_knn", topk: int | Sequence[
     settings = {"metric": metric, "topk": None, "q": q, "exact": exact, "concat": concat,
                 "options": {k: metric_options[k] for k in sorted(metric_options)},
                 "allow_mismatched_samples": bool(allow_mismatched_samples),
-                "permutations": None, "alpha": None, "seed": None}
+                "permutations": None, "alpha": None, "seed": None, "ci": None}
     if permutations is not None:  # alpha and seed matter (and key the records) only with a null
         settings.update(permutations=permutations, alpha=float(alpha), seed=seed)
+    if ci_repeats is not None:
+        settings["ci"] = {"repeats": ci_repeats, "level": float(ci_level), "method": ci_method,
+                          "fraction": CI_FRACTION, "seed": seed}
     inputs = _read_inputs([*dict.fromkeys([*files_x, *files_y])])
     inputs["samples"] = samples
     inputs["view"] = {"set_names": set_names, "auto_scale": bool(auto_scale)}
     # Options checked against the data (topk < N, cca_dim <= every width) before any scoring.
     opts_by_k = {k: resolve_options(metric, inputs["n"], inputs["widths"], topk=k, backend=backend,
                                     **metric_options) for k in topks}
+    if ci_repeats is not None:
+        _check_ci_fits(metric, inputs, opts_by_k)
     with lock_folder(out, wait):
         return _sweep(files_x, files_y, symmetric, out, settings, opts_by_k, inputs, device, progress)
 
 
 def check_request(metric: str, topk=10, *, backend: str = "auto", device=None, permutations=None,
-                  alpha: float = 0.05, seed: int = 0, **metric_options) -> tuple[tuple, torch.device | None]:
+                  alpha: float = 0.05, seed: int = 0, ci_repeats=None, ci_level: float = 0.95,
+                  ci_method: str = "subsample", **metric_options) -> tuple[tuple, torch.device | None]:
     """Check a sweep's options before any file is read: ``(topk values, device)``.
 
     ``topk`` values come back sorted and without repeats; ``(None,)`` for a metric that uses no
@@ -451,8 +483,34 @@ def check_request(metric: str, topk=10, *, backend: str = "auto", device=None, p
     if permutations is not None:
         check_permutation_count(permutations)
         check_alpha(alpha)
+    if permutations is not None or ci_repeats is not None:
         _check_seed(seed)
+    if ci_repeats is not None:
+        if isinstance(ci_repeats, bool) or not isinstance(ci_repeats, int) or ci_repeats < 2:
+            raise ValueError(f"ci_repeats must be an integer >= 2 (subsamples per interval, e.g. 200), "
+                             f"got {ci_repeats!r}")
+        if isinstance(ci_level, bool) or not isinstance(ci_level, (int, float)) or not 0 < ci_level < 1:
+            raise ValueError(f"ci_level must be a number in (0, 1) (the coverage, e.g. 0.95), got {ci_level!r}")
+        if ci_method not in ("subsample", "jackknife"):
+            raise ValueError(f"ci_method must be 'subsample' or 'jackknife', got {ci_method!r}")
     return topks, _check_device(device)
+
+
+CI_FRACTION = 0.5  # subsamples of half the samples: the rescaling factor sqrt(m / (N - m)) is 1
+
+
+def _check_ci_fits(metric: str, inputs: dict, opts_by_k: dict) -> None:
+    """The options must hold on subsamples too (topk < m, cca_dim <= m, m >= 4 for unbiased HSIC)."""
+    from .uncertainty import subsample_size
+
+    n = inputs["n"]
+    m = subsample_size(n, CI_FRACTION)
+    for opts in opts_by_k.values():
+        try:
+            metric_spec(metric).check_options(m, (min(inputs["widths"]),) * 2, opts)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"confidence intervals score subsamples of m={m} of the N={n} samples, too few for "
+                             f"these options: {e}") from None
 
 
 def _check_set_names(set_names, x, y) -> tuple[str, str]:
@@ -585,6 +643,7 @@ def _sweep(files_x, files_y, symmetric, out, settings, opts_by_k, inputs, device
     pairs = [(i, j) for i in range(len(files_x)) for j in range(len(files_y)) if not (symmetric and j < i)]
     prepared: dict[Path, list] = {}  # layer states per file, for this metric at the largest topk
     truncated: dict[tuple[Path, int], list] = {}  # ... and for each smaller one, from its lists
+    kept: dict[Path, list] = {}  # the clamped, normalised layers themselves, for confidence intervals
 
     def states_of(path: Path, k) -> list:
         if path not in prepared:
@@ -592,6 +651,8 @@ def _sweep(files_x, files_y, symmetric, out, settings, opts_by_k, inputs, device
             if device is not None:
                 layers = _to_device(layers, device)
             layers = prepare_layers(layers, path.name, q=q, exact=exact, concat=concat)
+            if settings["ci"] is not None:
+                kept[path] = layers
             prepared[path] = prepare_states(layers, metric, opts_by_k[largest])
         if k == largest:
             return prepared[path]
@@ -610,8 +671,9 @@ def _sweep(files_x, files_y, symmetric, out, settings, opts_by_k, inputs, device
             record_path = out / "pairs" / f"{record_name(key)}.json"
             record = _read_record(record_path, key)
             if record is None:
-                record = _compute_record(key, states_of(fx, k), states_of(fy, k), metric, opts_by_k[k], n,
-                                         key["settings"])
+                sx, sy = states_of(fx, k), states_of(fy, k)
+                record = _compute_record(key, sx, sy, metric, opts_by_k[k], n, key["settings"],
+                                         (kept.get(fx), kept.get(fy)))
                 write_atomic(record_path, lambda tmp, r=record: Path(tmp).write_text(_dumps(r)))
             records[k][(i, j)] = record
             if symmetric and i != j:
@@ -647,11 +709,25 @@ def _check_seed(seed) -> int:
     return seed
 
 
-def _compute_record(key: dict, sx: list, sy: list, metric: str, opts: dict, n: int, settings: dict) -> dict:
-    """Score one model pair's layer grid (and, with permutations, calibrate it): its record."""
+def _compute_record(key: dict, sx: list, sy: list, metric: str, opts: dict, n: int, settings: dict,
+                    layers=None) -> dict:
+    """Score one model pair's layer grid (and, with permutations, calibrate it; with a CI
+    setting, an interval for its best pair from ``layers``, the two models' layers): its record."""
     res = score_states(sx, sy, metric, opts, concat=settings["concat"])
     record = {"key": key, "score": res.best, "best_layers": list(res.best_layers) if res.best_layers else None,
-              "layer_scores": _matrix(res.scores), "n": n, "chance": None, "calibration": None}
+              "layer_scores": _matrix(res.scores), "n": n, "chance": None, "calibration": None, "ci": None}
+    if settings.get("ci") is not None and res.best_layers is not None:
+        from .uncertainty import confidence_interval
+
+        ci = settings["ci"]
+        lx, ly = layers
+        i, j = res.best_layers
+        interval = confidence_interval(metric, lx[i], ly[j], level=ci["level"], method=ci["method"],
+                                       repeats=ci["repeats"], fraction=ci["fraction"], generator=ci["seed"],
+                                       **opts)
+        record["ci"] = _jsonable({"estimate": interval.estimate, "low": interval.low, "high": interval.high,
+                                  "std_error": interval.std_error, "level": interval.level,
+                                  "method": interval.method, "repeats": interval.repeats, "m": interval.m})
     if settings["permutations"] is not None:
         # The same permutations for every pair: a fresh generator per pair, not one shared stream.
         generator = torch.Generator().manual_seed(settings["seed"])
@@ -756,12 +832,22 @@ def _read_record(path: Path, key: dict) -> dict | None:
                         return None
         elif cal is not None:
             return None
+        ci = record.get("ci")
+        if key["settings"].get("ci") is None:
+            if ci is not None:
+                return None
+        elif ci is None:
+            if layers is not None:  # a best pair has its interval
+                return None
+        elif not all(isinstance(ci[f], (int, float)) and not isinstance(ci[f], bool) for f in ("low", "high")):
+            return None
     except (KeyError, TypeError, ValueError, IndexError):
         return None
     return record
 
 
 CALIBRATION_FIELDS = ("observed", "p_value", "tau", "calibrated", "chance")
+CI_FIELDS = ("estimate", "low", "high", "std_error")
 
 
 def _summary_of(res: SweepResult) -> dict:
@@ -774,9 +860,11 @@ def _summary_of(res: SweepResult) -> dict:
             "seed": res.settings["seed"],
             **{how: {f: _matrix(res.calibration_matrix(f, how)) for f in CALIBRATION_FIELDS}
                for how in ("max", "mean")}}
+    ci = res.settings.get("ci")
+    out["ci"] = None if ci is None else {**ci, **{f: _matrix(res.ci_matrix(f)) for f in CI_FIELDS}}
     out["pairs"] = [
         {"x": res.names_x[i], "y": res.names_y[j], "i": i, "j": j,
-         **{k: r.get(k) for k in ("score", "best_layers", "layer_scores", "chance", "calibration")}}
+         **{k: r.get(k) for k in ("score", "best_layers", "layer_scores", "chance", "calibration", "ci")}}
         for (i, j), r in sorted(res.records.items())]
     return out
 
@@ -784,7 +872,8 @@ def _summary_of(res: SweepResult) -> dict:
 def _npz_arrays(res: SweepResult, prefix: str = "") -> dict:
     """scores.npz arrays of one result: the (Mx, My) matrices and ``layer_scores_<i>_<j>`` per pair;
     with permutations ``p_value``, ``calibrated``, ``tau`` (of the max), ``mean_*`` (of the mean),
-    ``null_max`` / ``null_mean`` (Mx, My, K) and ``pair_p_<i>_<j>``."""
+    ``null_max`` / ``null_mean`` (Mx, My, K) and ``pair_p_<i>_<j>``; with intervals ``ci_low``,
+    ``ci_high``, ``ci_estimate``, ``ci_std_error``."""
     arrays = {"scores": res.scores, "best_layers": res.best_layers, "chance": res.chance}
     for (i, j), r in sorted(res.records.items()):
         arrays[f"layer_scores_{i}_{j}"] = np.array(r["layer_scores"], dtype=np.float64)
@@ -798,6 +887,9 @@ def _npz_arrays(res: SweepResult, prefix: str = "") -> dict:
             arrays[f"null_{how}"] = null
         for (i, j), r in sorted(res.records.items()):
             arrays[f"pair_p_{i}_{j}"] = np.array(r["calibration"]["pair_p"], dtype=np.float64)
+    if res.settings.get("ci") is not None:
+        for f in CI_FIELDS:
+            arrays[f"ci_{f}"] = res.ci_matrix(f)
     return {prefix + k: v for k, v in arrays.items()}
 
 
@@ -1009,6 +1101,20 @@ def format_table(res: SweepResult, *, digits: int = 4) -> str:
                              res.calibration_matrix("calibrated"), f".{digits}f")]
         lines += ["", *table(f"p-value of the best layer pair (max over layer pairs, K={k})",
                              res.calibration_matrix("p_value"), f".{digits}f")]
+    ci = res.settings.get("ci")
+    if ci is not None:
+        low, high = res.ci_matrix("low"), res.ci_matrix("high")
+        cell_ci = 2 * digits + 7
+        heads_ci = [f"{h:>{cell_ci}}" for h in heads]
+        lines += ["", f"{ci['level']:.0%} confidence interval of the best layer pair's score ({ci['method']}, "
+                      f"{ci['repeats']} subsamples of half the samples)",
+                  " " * width_x + "  " + "  ".join(heads_ci)]
+        for name, lo_row, hi_row in zip(res.names_x, low, high):
+            cells = ["-" if not np.isfinite(lo) else f"[{lo:.{digits}f}, {hi:.{digits}f}]"
+                     for lo, hi in zip(lo_row, hi_row)]
+            cells = [f"{c:>{cell_ci}}" for c in cells]
+            lines.append(f"{name:<{width_x}}  " + "  ".join(cells))
+
     def span(values) -> str:
         lo, hi = np.nanmin(values), np.nanmax(values)
         return f"{lo:.{digits}f}" if abs(hi - lo) < 0.5 * 10**-digits else f"{lo:.{digits}f} to {hi:.{digits}f}"
