@@ -514,7 +514,8 @@ def test_confidence_intervals_of_the_best_pairs(model_files, tmp_path):
 
     folder, models = model_files
     kw = dict(metric="mutual_knn", topk=[4, 6], progress=False, ci_repeats=12, seed=2)
-    res = sweep.measure_sets(folder, out_dir=tmp_path / "out", **kw)
+    x, y = [folder / "alpha.pt", folder / "gamma.pt"], folder / "beta.pt"
+    res = sweep.measure_sets(x, y, out_dir=tmp_path / "out", **kw)
     for k in (4, 6):
         r = res.by_topk[k]
         for i, a in enumerate(r.names_x):
@@ -532,9 +533,9 @@ def test_confidence_intervals_of_the_best_pairs(model_files, tmp_path):
     npz = np.load(tmp_path / "out" / "scores.npz")
     np.testing.assert_allclose(npz["k4_ci_low"], res.ci_matrix("low"))
     # read back from the records: the same; another level is another key
-    again = sweep.measure_sets(folder, out_dir=tmp_path / "out", **kw)
+    again = sweep.measure_sets(x, y, out_dir=tmp_path / "out", **kw)
     np.testing.assert_array_equal(again.ci_matrix("low"), res.ci_matrix("low"))
-    wider = sweep.measure_sets(folder, out_dir=tmp_path / "out", ci_level=0.99, **kw)
+    wider = sweep.measure_sets(x, y, out_dir=tmp_path / "out", ci_level=0.99, **kw)
     assert (wider.ci_matrix("high") - wider.ci_matrix("low") >= res.ci_matrix("high") - res.ci_matrix("low")).all()
 
 
