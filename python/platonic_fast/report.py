@@ -351,7 +351,7 @@ def _spearman():
         from scipy.stats import spearmanr
     except ImportError as e:
         raise ImportError("platonic-fast report needs scipy for Spearman's rank correlation: pip install scipy "
-                          "(it comes with the 'demo' extra: pip install 'platonic_fast[demo]')") from e
+                          "(it comes with the 'plot' extra: pip install 'platonic_fast[plot]')") from e
     return spearmanr
 
 
