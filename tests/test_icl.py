@@ -1,0 +1,214 @@
+"""platonic_fast.icl: samplers, the causal model, baselines, training and resume, bad settings."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from platonic_fast.icl import evaluate as ev
+from platonic_fast.icl.model import InContextModel, ModelConfig
+from platonic_fast.icl.tasks import parse_class, parse_mixture
+from platonic_fast.icl.train import TrainConfig, load_model, read_checkpoint, train
+
+TINY = ModelConfig(d=4, n_points=6, n_layer=2, n_embd=32, n_head=2)
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+# --- samplers -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("k", range(1, 9))
+def test_sparse_has_exactly_k_nonzeros(k):
+    cls = parse_class(f"sparse(k={k})")
+    w = cls.draw(500, 8, 8, gen(k))["w"]
+    assert ((w != 0).sum(1) == k).all()
+
+
+def test_sparse_under_curriculum_stays_in_active_coordinates():
+    w = parse_class("sparse(k=3)").draw(200, 8, 2, gen())["w"]
+    assert ((w != 0).sum(1) == 2).all() and (w[:, 2:] == 0).all()
+
+
+@pytest.mark.parametrize("spec", ["dense", "sparse(k=1)", "sparse(k=3)", "sine", "sine(lo=4,hi=4)",
+                                  "combo(alpha=0.3)", "combo(alpha=0.5)", "relu(h=50)"])
+def test_unit_output_variance(spec):
+    xs, ys, _ = parse_mixture(spec).sample(8000, 8, 6, gen(1))
+    assert abs(float(ys.var()) - 1) < 0.06, spec
+    assert abs(float(ys.mean())) < 0.05, spec
+
+
+def test_mixture_proportions_per_sequence():
+    mix = parse_mixture("0.2*dense + 0.8*sparse(k=2)")
+    xs, ys, which = mix.sample(20000, 8, 5, gen(2))
+    assert abs(float((which == 0).double().mean()) - 0.2) < 0.01
+    # the class holds for the whole sequence: 8 points of 5-d inputs recover each sequence's w
+    w_hat = torch.linalg.lstsq(xs[:200].double(), ys[:200, :, None].double()).solution[:, :, 0]
+    nonzero = (w_hat.abs() > 1e-6).sum(1)
+    assert torch.equal(nonzero, torch.where(which[:200] == 0, 5, 2))
+
+
+def test_specs_round_trip():
+    for text in ["dense", "sparse(k=2)", "sine(lo=0.25,hi=0.25)", "0.5*dense + 0.5*sparse(k=2)",
+                 "0.25*sine + 0.75*relu(h=10)"]:
+        spec = parse_mixture(text).spec
+        assert parse_mixture(spec).spec == spec
+
+
+@pytest.mark.parametrize("text, match", [
+    ("cosine", "unknown function class 'cosine'"),
+    ("0.5*dense + 0.4*sparse(k=2)", "must sum to 1"),
+    ("1.2*dense + -0.2*sine", "non-negative"),
+    ("dense + sine", "needs a weight"),
+    ("sparse", "needs k="),
+    ("sparse(q=2)", "takes the parameters k"),
+    ("combo(alpha=2)", "alpha must lie in"),
+])
+def test_bad_specs(text, match):
+    with pytest.raises(ValueError, match=match):
+        parse_mixture(text)
+
+
+def test_nonzeros_above_d():
+    with pytest.raises(ValueError, match="k=9 non-zero coefficients need 1 <= k <= d, and d=8"):
+        parse_mixture("sparse(k=9)").check(8)
+    with pytest.raises(ValueError, match="1 <= k <= d"):
+        TrainConfig(mixture="0.5*dense + 0.5*sparse(k=5)").check(TINY)
+    with pytest.raises(ValueError, match="evaluation-only"):
+        TrainConfig(mixture="combo(alpha=0.5)").check(TINY)
+
+
+# --- the model ----------------------------------------------------------------------------------
+
+def test_readout_is_causal():
+    model = InContextModel(TINY, seed=3).eval()
+    xs, ys, _ = parse_mixture("dense").sample(3, 6, 4, gen(3))
+    with torch.no_grad():
+        base = model(xs, ys)
+        for i in range(6):
+            x2, y2 = xs.clone(), ys.clone()
+            y2[:, i:] += torch.randn(3, 6 - i, generator=gen(i))      # y_i and every later y
+            x2[:, i + 1:] += torch.randn(3, 5 - i, 4, generator=gen(i))  # every later x
+            moved = model(x2, y2)
+            assert torch.equal(moved[:, :i + 1], base[:, :i + 1]), i
+            if i < 5:
+                assert not torch.allclose(moved[:, i + 1:], base[:, i + 1:])
+
+
+def test_hidden_states_at_x_positions():
+    model = InContextModel(TINY).eval()
+    xs, ys, _ = parse_mixture("dense").sample(5, 6, 4, gen())
+    h = ev.hidden_states(model, xs, ys, batch_size=2)
+    assert h.shape == (5, 6, TINY.n_layer + 1, TINY.n_embd)
+    with torch.no_grad():
+        assert torch.allclose(model.read_out(h[:, :, -1]).squeeze(-1), model(xs, ys), atol=1e-6)
+
+
+def test_sequence_longer_than_positions():
+    model = InContextModel(TINY)
+    xs, ys, _ = parse_mixture("dense").sample(2, 7, 4, gen())
+    with pytest.raises(ValueError, match="7 points needs 14 positions; the model has 12"):
+        model(xs, ys)
+    with pytest.raises(ValueError, match="n_start=9 must lie in 1..n_points=6"):
+        TrainConfig(mixture="dense", curriculum={"d_start": 2, "n_start": 9, "every": 5}).check(TINY)
+
+
+def test_model_config_errors():
+    with pytest.raises(ValueError, match="multiple of n_head"):
+        ModelConfig(d=4, n_points=6, n_layer=1, n_embd=30, n_head=4)
+
+
+# --- baselines against closed forms -------------------------------------------------------------
+
+def test_least_squares_is_minimum_norm():
+    xs, ys, _ = parse_mixture("dense").sample(20, 9, 5, gen(4))
+    pred = ev.baseline_least_squares(xs, ys)
+    x, y = xs.double().numpy(), ys.double().numpy()
+    for s in range(20):
+        for i in range(1, 9):
+            w = np.linalg.lstsq(x[s, :i], y[s, :i], rcond=None)[0]   # minimum norm when i < d
+            assert abs(pred[s, i].item() - x[s, i] @ w) < 1e-9
+    assert float(pred[:, 0].abs().max()) == 0.0
+    # noise-free and over-determined: exact from the d-th example on
+    assert float((pred[:, 5:] - ys[:, 5:].double()).abs().max()) < 1e-5
+
+
+def test_ridge_averaging_knn_closed_forms():
+    xs, ys, _ = parse_mixture("sine").sample(6, 7, 3, gen(5))
+    x, y = xs.double().numpy(), ys.double().numpy()
+    ridge, avg, knn = ev.baseline_ridge(xs, ys, 0.7), ev.baseline_averaging(xs, ys), ev.baseline_knn(xs, ys, 3)
+    for s in range(6):
+        for i in range(1, 7):
+            a, b = x[s, :i], y[s, :i]
+            w = np.linalg.solve(a.T @ a + 0.7 * np.eye(3), a.T @ b)
+            assert abs(ridge[s, i].item() - x[s, i] @ w) < 1e-9
+            assert abs(avg[s, i].item() - x[s, i] @ (a.T @ b / i)) < 1e-9
+            near = np.argsort(np.linalg.norm(a - x[s, i], axis=1))[:3]
+            assert abs(knn[s, i].item() - b[near].mean()) < 1e-9
+    assert float(knn[:, 0].abs().max()) == 0.0 and float(avg[:, 0].abs().max()) == 0.0
+
+
+def test_lasso_soft_thresholds_an_orthogonal_design():
+    # X^T X = i·I: the Lasso (‖y − Xw‖²/(2i) + α‖w‖₁) is the soft threshold of X^T y / i at α
+    q, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((4, 4)))
+    x = torch.zeros(1, 5, 4, dtype=torch.float64)
+    x[0, :4] = torch.from_numpy(q * 2.0)          # 4 examples, X^T X = 4·I
+    x[0, 4] = torch.tensor([1.0, -2.0, 0.5, 3.0])
+    w = torch.tensor([0.9, -0.05, 0.3, 0.0], dtype=torch.float64)
+    y = (x[0] @ w)[None]
+    out = ev.baseline_lasso(x, y, alphas=(0.1,))[0.1]
+    z = x[0, :4].T @ y[0, :4] / 4
+    w_hat = torch.sign(z) * (z.abs() - 0.1).clamp_min(0)
+    assert abs(out[0, 4].item() - (x[0, 4] @ w_hat).item()) < 1e-6
+
+
+def test_bootstrap_interval_covers_the_mean():
+    err = torch.rand(1280, 4, generator=gen(6)).double()
+    c = ev.curve(err)
+    assert all(lo < m < hi for lo, m, hi in zip(c["lo"], c["mean"], c["hi"]))
+    width = c["hi"][0] - c["lo"][0]
+    assert abs(width - 2 * 1.645 * err[:, 0].std().item() / math.sqrt(1280)) < 0.004
+
+
+def test_unknown_baseline():
+    with pytest.raises(ValueError, match="unknown baselines"):
+        ev.baselines(torch.zeros(2, 3, 2), torch.zeros(2, 3), names=("zero", "oracle"))
+
+
+# --- training -----------------------------------------------------------------------------------
+
+def _fixed_batch_loss(model):
+    xs, ys = ev.eval_sequences("dense", TINY.d, TINY.n_points, count=256, seed=7)
+    return float(ev.squared_errors(ev.predict(model, xs, ys), ys).mean())
+
+
+def test_training_lowers_the_loss():
+    cfg = TrainConfig(mixture="dense", steps=40, batch_size=32, lr=3e-3, seed=1)
+    before = _fixed_batch_loss(InContextModel(TINY, seed=1).eval())
+    after = _fixed_batch_loss(train(TINY, cfg, progress=False).model)
+    assert after < 0.8 * before
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    cfg = TrainConfig(mixture="0.5*dense + 0.5*sparse(k=2)", steps=8, batch_size=8, lr=1e-3, save_every=3,
+                      log_every=2, curriculum={"d_start": 2, "n_start": 3, "every": 3})
+    whole = train(TINY, cfg, tmp_path / "a", progress=False)
+    part = train(TINY, cfg, tmp_path / "b", progress=False, stop_at=5)
+    assert part.step == 5
+    rest = train(TINY, cfg, tmp_path / "b", progress=False)
+    assert rest.resumed_from == 5 and rest.step == 8
+    for (k, p), q in zip(whole.model.state_dict().items(), rest.model.state_dict().values()):
+        assert torch.equal(p, q), k
+    assert whole.history == rest.history
+    ta, _ = read_checkpoint(tmp_path / "a")
+    tb, meta = read_checkpoint(tmp_path / "b")
+    assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+    assert meta["complete"] == "1"
+    model, info = load_model(tmp_path / "b")
+    assert info["step"] == 8 and info["train_config"] == cfg
+    with pytest.raises(ValueError, match="other settings.*lr: 0.001 -> 0.002"):
+        train(TINY, TrainConfig(**{**cfg.as_dict(), "lr": 2e-3}), tmp_path / "b", progress=False)
