@@ -227,18 +227,7 @@ def _settle(q: torch.Tensor, keys: torch.Tensor, vals: torch.Tensor, idx: torch.
         first_round = True
         while rows.numel():
             kk = idx.shape[1]
-            v, dr = vals.to(torch.float64), delta[rows, None]
-            close = (v[:, :-1] - v[:, 1:]) <= dr  # positions p and p + 1 may be out of order
-            member = torch.zeros_like(v, dtype=torch.bool)
-            member[:, :-1] |= close
-            member[:, 1:] |= close
-            # past the k-th place only the cluster that reaches across the boundary matters
-            member[:, k:] &= close[:, k - 1:].cumprod(dim=1).bool()
-            # contenders may lie past the returned candidates: fetch more for those rows
-            if kk == n_cand:
-                beyond = torch.zeros(len(rows), dtype=torch.bool, device=q.device)
-            else:  # with no candidate past the k-th (a backend's k limit), the boundary is unknown
-                beyond = member[:, -1] if kk > k else torch.ones(len(rows), dtype=torch.bool, device=q.device)
+            member, beyond = cluster_marks(vals, delta[rows], k, all_candidates=kk == n_cand)
             busy = member.any(dim=1) & ~beyond
             if bool(busy.any()):
                 sv, si = _reorder_clusters(q, keys, rows[busy], vals[busy], idx[busy], member[busy])
@@ -252,6 +241,31 @@ def _settle(q: torch.Tensor, keys: torch.Tensor, vals: torch.Tensor, idx: torch.
             if rows.numel():
                 vals, idx = _more_candidates(q, keys, rows, min(2 * kk, n_cand), exclude_self)
     return out_v, out_i
+
+
+def cluster_marks(vals: torch.Tensor, delta: torch.Tensor, k: int, *, all_candidates: bool):
+    """(member, beyond) for rows of computed top-kk scores ``vals`` and their rounding bounds
+    ``delta`` (one per row: two scores closer than it may be out of order).
+
+    ``member[r, p]``: position p belongs to a cluster of possibly misordered candidates that
+    matters for the top-k (past the k-th place, only the cluster reaching across it).
+    ``beyond[r]``: that cluster reaches the last candidate, so contenders may lie past the list
+    (never when the list holds ``all_candidates``).
+    """
+    kk = vals.shape[1]
+    v, dr = vals.to(torch.float64), delta[:, None]
+    close = (v[:, :-1] - v[:, 1:]) <= dr  # positions p and p + 1 may be out of order
+    member = torch.zeros_like(v, dtype=torch.bool)
+    member[:, :-1] |= close
+    member[:, 1:] |= close
+    # past the k-th place only the cluster that reaches across the boundary matters
+    member[:, k:] &= close[:, k - 1:].cumprod(dim=1).bool()
+    # contenders may lie past the returned candidates: fetch more for those rows
+    if all_candidates:
+        beyond = torch.zeros(vals.shape[0], dtype=torch.bool, device=vals.device)
+    else:  # with no candidate past the k-th (a backend's k limit), the boundary is unknown
+        beyond = member[:, -1] if kk > k else torch.ones(vals.shape[0], dtype=torch.bool, device=vals.device)
+    return member, beyond
 
 
 def _first_duplicates(keys: torch.Tensor, which: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,319 @@
+"""Outlier clamping, the layer search and permutation nulls on row-sharded features.
+
+The same steps as :func:`platonic_fast.align` / :func:`platonic_fast.calibrate`, each one
+sharded: the global scale exponent and clamp threshold are agreed on by all ranks, each layer
+is prepared once (sharded kNN, kernel statistics, basis), every pair scored collectively. A
+permutation π of B's rows is drawn once (on rank 0, broadcast) and applied to every layer by
+fetching the rows each rank needs (π⁻¹(kNN_B(π(i))) for the lists): nothing is recomputed.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from .._checks import FLOAT_DTYPES, ConstantFeaturesError, DegenerateInputWarning, as_tensor, max_abs, unit_exponent
+from ..align import AlignResult, resolve_options
+from ..calibration import (
+    Calibration,
+    LayerCalibration,
+    _aggregate,
+    check_alpha,
+    check_s_max,
+    null_calibration,
+    permutation_source,
+)
+from ..metrics import metric_spec
+from ..ops.permute_lists import inverse_permutation
+from . import _outliers
+from ._comm import Comm, Layout
+from ._knn import layout_of, local_features
+from ._metrics import ShardedPrepared, null_mean, permuted, prepare_local, score
+
+
+def _threshold(comm: Comm, layout: Layout, t: torch.Tensor, q: float, exact: bool) -> torch.Tensor:
+    if exact:
+        return _outliers.exact_threshold(comm, t, q)
+    return _outliers.sample_threshold(comm, layout, t, q)
+
+
+def remove_outliers(feats, q: float = 0.95, exact: bool = False, *, group=None, timeout=None):
+    """Clamp this rank's rows of ``feats`` to [-t, t] with t from all ranks' rows (SPEC §1;
+    :func:`platonic_fast.remove_outliers` on the concatenation, this rank's part returned).
+
+    ``exact=True``: t is the entry at position floor(q · numel) of the sorted |x| of the whole
+    (global) tensor, found by a distributed radix selection (nothing gathered);
+    ``exact=False``: the mean over all samples of each sample's interpolated q-quantile.
+    """
+    comm = Comm(group, timeout)
+    with comm.step():
+        if isinstance(q, bool) or not isinstance(q, numbers.Real):
+            raise TypeError(f"q must be a number in (0, 1], got {type(q).__name__}")
+        if not (0.0 < float(q) <= 1.0):
+            raise ValueError(f"q must be in (0, 1], got {q!r}")
+        if not isinstance(exact, bool):
+            raise TypeError(f"exact must be True or False, got {exact!r}")
+        was_numpy = not isinstance(feats, torch.Tensor)
+        t = as_tensor(feats, "feats")
+        if t.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"feats must be a floating-point tensor, got {t.dtype}")
+        if t.dim() < 2:
+            raise ValueError(f"feats must be at least 2-D (this rank's samples x features), got shape {tuple(t.shape)}")
+        if t.shape[0] and math.prod(t.shape[1:]) and not bool(torch.isfinite(t).all()):
+            raise ValueError("feats contains NaN or Inf; clean or drop those samples first")
+    layout = layout_of(comm, [t.reshape(t.shape[0], -1)], ["feats"])
+    if math.prod(t.shape[1:]) == 0:
+        raise ValueError(f"feats is empty (shape {tuple(t.shape)})")
+    if float(q) == 1.0:
+        return feats
+    thr = _threshold(comm, layout, t, float(q), exact)
+    out = t.clamp(-thr, thr)
+    return out.numpy() if was_numpy else out
+
+
+def _global_exponent(comm: Comm, t: torch.Tensor) -> int:
+    with comm.step():
+        top = max_abs(t) if t.numel() else 0.0
+    return unit_exponent(comm.max(top), 20)
+
+
+def prepare_layers(comm: Comm, feats, name: str, *, q: float = 0.95, exact: bool = False, normalize: bool = True,
+                   concat: bool = False) -> tuple[list[torch.Tensor], Layout]:
+    """Sharded :func:`platonic_fast.align.prepare_layers`: this rank's rows of every layer."""
+    if isinstance(feats, (list, tuple)):
+        with comm.step():
+            if not feats:
+                raise ValueError(f"{name} is an empty list; it needs at least one layer")
+            layers = [local_features(f, f"{name}[{i}]") for i, f in enumerate(feats)]
+        layout = layout_of(comm, layers, [f"{name}[{i}]" for i in range(len(layers))])
+        exps = [_global_exponent(comm, l) if normalize else 0 for l in layers]
+        clamped = []
+        for l, e in zip(layers, exps):
+            x = (l * 2.0 ** -e if e else l).float()
+            clamped.append(x if q == 1 else x.clamp(*_pm(_threshold(comm, layout, x, q, exact))))
+        layers = clamped
+        joined = torch.cat([l * 2.0 ** (e - max(exps)) for l, e in zip(layers, exps)], dim=1) if concat else None
+        if normalize:
+            layers = [F.normalize(l, p=2, dim=-1) for l in layers]
+    else:
+        with comm.step():
+            t = as_tensor(feats, name)
+            if t.dim() != 3:
+                raise ValueError(f"{name} must be N x L x D (this rank's samples x layers x features) or a list of "
+                                 f"n_r x D_l matrices, got shape {tuple(t.shape)}")
+            if t.shape[1] == 0 or t.shape[2] == 0:
+                raise ValueError(f"{name} is empty (shape {tuple(t.shape)}); it needs layers and features")
+            flat = local_features(t.reshape(t.shape[0], -1), name)
+        layout = layout_of(comm, [flat], [name])
+        e = _global_exponent(comm, t) if normalize else 0
+        x = (t * 2.0 ** -e if e else t).float()
+        clamped = x if q == 1 else x.clamp(*_pm(_threshold(comm, layout, x, q, exact)))
+        joined = clamped.reshape(clamped.shape[0], -1) if concat else None
+        if normalize:
+            clamped = F.normalize(clamped, p=2, dim=-1)
+        layers = list(clamped.transpose(0, 1).contiguous().unbind(0))
+    if concat:
+        layers.append(F.normalize(joined, p=2, dim=-1) if normalize else joined)
+    return layers, layout
+
+
+def _pm(thr: torch.Tensor):
+    return -thr, thr
+
+
+def prepare_states(comm: Comm, layout: Layout, layers: list[torch.Tensor], metric: str, opts: dict
+                   ) -> list[ShardedPrepared | None]:
+    from ._knn import check_not_constant
+
+    states = []
+    for i, layer in enumerate(layers):
+        try:
+            check_not_constant(comm, layout, layer, f"layer {i}", metric)
+        except ConstantFeaturesError:  # the same decision on every rank (global min/max)
+            warnings.warn(f"layer {i} is constant (all samples equal): its scores are NaN",
+                          DegenerateInputWarning, stacklevel=3)
+            states.append(None)
+            continue
+        states.append(prepare_local(metric, comm, layout, layer, opts))
+    return states
+
+
+def score_states(states_x, states_y, metric: str, opts: dict, *, concat: bool = False) -> AlignResult:
+    """Every pair scored (collectively) and the best picked as :func:`platonic_fast.align` does."""
+    scores = torch.empty(len(states_x), len(states_y), dtype=torch.float64)
+    for i, sx in enumerate(states_x):
+        for j, sy in enumerate(states_y):
+            scores[i, j] = float("nan") if sx is None or sy is None else score(sx, sy)
+    best, best_layers = 0.0, None
+    order_x = ([-1] if concat else []) + list(range(len(states_x) - concat))
+    order_y = ([-1] if concat else []) + list(range(len(states_y) - concat))
+    for i in order_x:
+        for j in order_y:
+            s = float(scores[i, j])
+            if s > best:
+                best, best_layers = s, (i, j)
+    public = {k: v for k, v in opts.items() if k != "backend"}
+    return AlignResult(scores, best, best_layers, metric, public)
+
+
+def _chance(states_x, states_y) -> torch.Tensor | None:
+    out = torch.full((len(states_x), len(states_y)), math.nan, dtype=torch.float64)
+    for i, sx in enumerate(states_x):
+        for j, sy in enumerate(states_y):
+            if sx is None or sy is None:
+                continue
+            e = null_mean(sx, sy)
+            if e is None:
+                return None
+            out[i, j] = e
+    return out
+
+
+def align(feats_x, feats_y, metric: str = "mutual_knn", topk: int = 10, *, group=None, timeout=None, q: float = 0.95,
+          exact: bool = False, normalize: bool = True, concat: bool = False, backend: str = "auto",
+          permutations: int | None = None, alpha: float = 0.05, generator=None, perm=None,
+          **metric_options) -> AlignResult:
+    """The layer search of :func:`platonic_fast.align` on row-sharded layers (collective).
+
+    ``feats_x``, ``feats_y``: this rank's rows, n_r x L x D tensors or lists of n_r x D_l
+    matrices. Every rank returns the same :class:`platonic_fast.AlignResult` (scores, best
+    pair, exact chance levels, and with ``permutations=K`` the calibration, whose permutations
+    are drawn on rank 0 with ``generator`` and broadcast).
+    """
+    comm = Comm(group, timeout)
+    xs, lx = prepare_layers(comm, feats_x, "feats_x", q=q, exact=exact, normalize=normalize, concat=concat)
+    ys, ly = prepare_layers(comm, feats_y, "feats_y", q=q, exact=exact, normalize=normalize, concat=concat)
+    if lx.offsets != ly.offsets:
+        raise ValueError(f"feats_x and feats_y must hold the same rows on every rank: offsets {lx.offsets} and "
+                         f"{ly.offsets}")
+    n = lx.n
+    opts = resolve_options(metric, n, [t.shape[1] for t in xs + ys], topk=topk, backend=backend, **metric_options)
+    calibrated = permutations is not None or perm is not None
+    if calibrated:
+        check_alpha(alpha)
+        permutation_source(n, permutations, perm, generator, xs[0].device)
+    states_x = prepare_states(comm, lx, xs, metric, opts)
+    states_y = prepare_states(comm, lx, ys, metric, opts)
+    result = score_states(states_x, states_y, metric, opts, concat=concat)
+    result.chance = _chance(states_x, states_y)
+    if calibrated:
+        result.calibration = calibrate_states(comm, states_x, states_y, result.scores, metric, opts, n,
+                                              permutations=permutations, alpha=alpha, generator=generator, perm=perm)
+    return result
+
+
+def _draws(comm: Comm, n: int, permutations, perm, generator, device):
+    """(K, draw): permutation i as drawn on rank 0 (one broadcast each)."""
+    k, draw = permutation_source(n, permutations, perm, generator, device)
+
+    def shared(i: int) -> torch.Tensor:
+        return comm.broadcast(draw(i).to("cpu", torch.int64), 0)
+
+    return k, shared
+
+
+def null_scores(states_x, states_y, k: int, draw, comm: Comm) -> torch.Tensor:
+    """K x Lx x Ly scores with y's rows permuted by each of the K permutations."""
+    null = torch.full((k, len(states_x), len(states_y)), math.nan, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DegenerateInputWarning)
+        for t in range(k):
+            perm = draw(t)
+            moved = permuted(states_y, perm, inverse_permutation(perm))
+            for i, sx in enumerate(states_x):
+                for j, sy in enumerate(moved):
+                    if sx is not None and sy is not None:
+                        null[t, i, j] = score(sx, sy)
+    return null
+
+
+def calibrate_states(comm: Comm, states_x, states_y, scores: torch.Tensor, metric: str, opts: dict, n: int, *,
+                     permutations=None, alpha: float = 0.05, generator=None, perm=None, s_max="auto"
+                     ) -> LayerCalibration:
+    """:func:`platonic_fast.calibration.calibrate_states` on sharded states."""
+    spec = metric_spec(metric)
+    alpha = check_alpha(alpha)
+    s_max = spec.max_score(opts) if isinstance(s_max, str) and s_max == "auto" else check_s_max(s_max)
+    k, draw = _draws(comm, n, permutations, perm, generator, torch.device("cpu"))
+    null = null_scores(states_x, states_y, k, draw, comm)
+    aggregates = {}
+    for how in ("max", "mean"):
+        observed = _aggregate(scores, how)
+        agg_null = torch.tensor([_aggregate(null[t], how) for t in range(k)], dtype=torch.float64)
+        if math.isnan(observed):
+            p = tau = cal = math.nan
+        else:
+            p, tau, cal = null_calibration(observed, agg_null, alpha=alpha, s_max=s_max)
+        aggregates[how] = (observed, agg_null, p, tau, cal)
+    pair_p = (1.0 + (null >= scores).sum(dim=0).to(torch.float64)) / (k + 1)
+    pair_p[torch.isnan(scores)] = math.nan
+    chance = null.mean(dim=0)
+    exact = True
+    for i, sx in enumerate(states_x):
+        for j, sy in enumerate(states_y):
+            e = None if sx is None or sy is None else null_mean(sx, sy)
+            if e is None:
+                exact = exact and (sx is None or sy is None)
+            else:
+                chance[i, j] = e
+    out = {}
+    for how, (observed, agg_null, p, tau, cal) in aggregates.items():
+        if how == "mean" and exact:
+            agg_chance, agg_exact = _aggregate(chance, "mean"), True
+        else:
+            agg_chance, agg_exact = float(agg_null.nanmean()), False
+        out[how] = Calibration(metric, how, observed, agg_null, p, tau, cal, alpha, s_max, agg_chance, agg_exact)
+    return LayerCalibration(out["max"], out["mean"], null, pair_p, chance, exact)
+
+
+def calibrate(metric, feats_A, feats_B, permutations: int | None = None, alpha: float = 0.05, generator=None,
+              perm=None, *, s_max="auto", group=None, timeout=None, **options):
+    """:func:`platonic_fast.calibrate` on row-sharded A and B (collective): the observed score
+    and its permutation null, the permutations drawn on rank 0 and broadcast."""
+    names = [metric] if isinstance(metric, str) else list(metric) if isinstance(metric, (list, tuple)) else None
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"metric must be a metric name or a sequence of distinct names, got {metric!r}")
+    specs = [metric_spec(m) for m in names]
+    comm = Comm(group, timeout)
+    with comm.step():
+        a = local_features(feats_A, "feats_A")
+        b = local_features(feats_B, "feats_B")
+    layout = layout_of(comm, [a, b], ["feats_A", "feats_B"], metric=names[0])
+    n = layout.n
+    if len(names) > 1:
+        known = {key for sp in specs for key in sp.defaults} | {"backend"}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise TypeError(f"calibrate() got option(s) {unknown} that none of {names} takes")
+    opts_list = [sp.check_options(n, (a.shape[1], b.shape[1]),
+                                  {key: v for key, v in options.items() if key in sp.defaults or key == "backend"})
+                 for sp in specs]
+    alpha = check_alpha(alpha)
+    auto = isinstance(s_max, str) and s_max == "auto"
+    if not auto:
+        s_max = check_s_max(s_max)
+    k, draw = _draws(comm, n, permutations, perm, generator, a.device)
+    pas = [prepare_local(name, comm, layout, a, o) for name, o in zip(names, opts_list)]
+    pbs = [prepare_local(name, comm, layout, b, o) for name, o in zip(names, opts_list)]
+    observed = [score(pa, pb) for pa, pb in zip(pas, pbs)]
+    nulls = torch.full((k, len(names)), math.nan, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DegenerateInputWarning)
+        for t in range(k):
+            p = draw(t)
+            moved = permuted(pbs, p, inverse_permutation(p))
+            for m, (pa, pb) in enumerate(zip(pas, moved)):
+                nulls[t, m] = score(pa, pb)
+    out = {}
+    for m, (name, sp, opts, obs) in enumerate(zip(names, specs, opts_list, observed)):
+        null = nulls[:, m].clone()
+        top = sp.max_score(opts) if auto else s_max
+        exact = null_mean(pas[m], pbs[m])
+        p, tau, cal = null_calibration(obs, null, alpha=alpha, s_max=top)
+        chance = float(null.mean()) if exact is None else float(exact)
+        out[name] = Calibration(name, "score", obs, null, p, tau, cal, alpha, top, chance, exact is not None)
+    return out[names[0]] if isinstance(metric, str) else out

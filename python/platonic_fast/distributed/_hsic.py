@@ -1,0 +1,206 @@
+"""CKA (HSIC) of row-sharded features: the one-process kernel statistics
+(:mod:`platonic_fast.ops.hsic`) with every global quantity all-reduced.
+
+- centring, the power-of-two scale, the RBF's typical distance and the float64 decision use
+  the global N, column sums and maxima (all-reduced), as one process computes them;
+- linear kernels in feature space: Σ K̄∘K̄ = ‖XᵀX‖²_F and Σ K̄∘L̄ = ‖XᵀY‖²_F from the
+  all-reduced D x D products (accumulated in float64);
+- tiles (RBF, or linear with N below the widths): each rank sums its rows' tiles against every
+  block, the blocks arriving one at a time; row sums stay with their rows;
+- every HSIC sum over rows (Σ K1·L1, Σ diag, ...) is a local partial sum, all-reduced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from .._checks import guarded_ratio, max_abs, unit_exponent
+from ..ops import hsic as H
+from ..ops.knn import compute_dtype
+from ._comm import Comm, Layout
+
+
+@dataclass
+class ShardStats:
+    """One feature set's kernel statistics: ``local`` holds this rank's rows (features, row
+    sums, diagonal) and the global Σ K̂∘K̂ in ``local.self_sum``; ``n`` is the global N."""
+
+    local: H.KernelStats
+    n: int
+    feature_space: bool
+
+
+def _global_mean(comm: Comm, x: torch.Tensor, n: int) -> torch.Tensor:
+    with comm.step():
+        s = x.sum(dim=0, dtype=torch.float64) if x.shape[0] else torch.zeros(x.shape[1], dtype=torch.float64)
+    return (comm.all_reduce(s.cpu()) / n).to(x.device)
+
+
+def kernel_stats(comm: Comm, layout: Layout, x: torch.Tensor, kernel: str = "ip", sigma: float = 1.0) -> ShardStats:
+    """Sharded :func:`platonic_fast.ops.hsic.kernel_stats` of validated local rows."""
+    if kernel not in H.KERNELS:
+        raise ValueError(f"kernel_metric must be one of {H.KERNELS}, got {kernel!r}")
+    n, d = layout.n, x.shape[1]
+    space = kernel == "ip" and H._use_feature_space(n, d, d)
+    work = n * d * d if space else n * n * d
+    dtype = torch.float64 if work <= H.FLOAT64_WORK else compute_dtype(x)
+    mean = _global_mean(comm, x, n)
+    with torch.no_grad():
+        with comm.step():
+            centred = x.to(dtype) - mean.to(dtype)
+            top = max_abs(centred) if x.shape[0] else 0.0
+        e = unit_exponent(comm.max(top), 16)
+        feats = centred * (2.0 ** -e) if e else centred
+        zeros = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+        if kernel == "ip":
+            diag = feats.square().sum(dim=1, dtype=torch.float64)
+            st = H.KernelStats(kernel, sigma, (), feats, None, None, zeros, diag, scale=1.0, scale_exp=2 * e)
+            if space:
+                with comm.step():
+                    g = (feats.T @ feats).to(torch.float64)
+                st.self_sum = float(comm.all_reduce(g.cpu()).square().sum())
+                return ShardStats(st, n, True)
+        else:
+            with comm.step():
+                sq64 = feats.to(torch.float64).square().sum(dim=1)
+                part = [float(sq64.sum()), float(sq64.max()) if x.shape[0] else 0.0]
+            typical = 2.0 * comm.sum([part[0]])[0] / n
+            rbf, scale, rbf_diag = H.rbf_form(sigma, typical, e)
+            sq = sq64.to(feats.dtype)
+            st = H.KernelStats(kernel, sigma, rbf, feats, sq, None, zeros, torch.full_like(zeros, rbf_diag),
+                               scale=scale)
+            u = float(torch.finfo(feats.dtype).eps)
+            top_sq = comm.max(float(sq.max()) if x.shape[0] else 0.0)
+            st.exact_close = rbf[2] == 1.0 and rbf[0] * (6 * u + 2 * d * u) * top_sq > 1e-7
+        self_sum, rows = _tile_sums(comm, layout, [st], [st])
+        st.self_sum = self_sum
+        if kernel == "rbf":
+            st.row_sums = rows
+        return ShardStats(st, n, False)
+
+
+def _tile(st: H.KernelStats, xi: torch.Tensor, sqi, xj: torch.Tensor, sqj, same: bool) -> torch.Tensor:
+    """K̂ between rows ``xi`` and ``xj`` (``same``: the very same rows, diagonal zero distance)."""
+    g = xi @ xj.T
+    if st.kernel == "ip":
+        return g
+    ni, nj = sqi[:, None], sqj[None, :]
+    sq = (ni + nj - 2 * g).clamp_min_(0)
+    if st.exact_close:
+        _exact_close(sq, ni, nj, xi, xj, same)
+    if same:
+        sq.fill_diagonal_(0)
+    return H._shifted_rbf(sq, st.rbf)
+
+
+def _exact_close(sq, ni, nj, xi, xj, same: bool) -> None:
+    """:func:`platonic_fast.ops.hsic._exact_close_distances` for two row blocks."""
+    u = float(torch.finfo(xi.dtype).eps)
+    bound = 3.0 * u * (ni + nj) + 2.0 * xi.shape[1] * u * (ni * nj).sqrt()
+    rows, cols = (sq <= bound).nonzero(as_tuple=True)
+    if same:
+        off = rows != cols
+        rows, cols = rows[off], cols[off]
+    step = max(1, (1 << 21) // max(1, xi.shape[1]))
+    for s0 in range(0, rows.numel(), step):
+        r, c = rows[s0: s0 + step], cols[s0: s0 + step]
+        diff = xi[r].to(torch.float64) - xj[c].to(torch.float64)
+        sq[r, c] = diff.square().sum(dim=1).to(sq.dtype)
+
+
+def _tile_sums(comm: Comm, layout: Layout, left: list[H.KernelStats], right: list[H.KernelStats]):
+    """Σ over my rows i and all j of K̂_ij·L̂_ij (K from left[0], L from left[-1] / right[-1]) and
+    the row sums of K̂ (when ``left`` is one set): tiles against each block as it arrives."""
+    ka, kb = left[0], right[-1]
+    xa, xb = ka.features, kb.features
+    one = ka is kb
+    rows = torch.zeros(xa.shape[0], dtype=torch.float64, device=xa.device)
+    total = 0.0
+    payload = [xa] if one else [xa, xb]
+    for t in range(comm.size):
+        p = (comm.rank + t) % comm.size
+        n_p = layout.rows(p)
+        got = comm.shift(payload, t, [(n_p, x.shape[1]) for x in payload])
+        with comm.step():
+            ya, yb = got[0], got[-1]
+            sqa = None if ka.kernel == "ip" else ya.to(torch.float64).square().sum(dim=1).to(ya.dtype)
+            sqb = sqa if one else (None if kb.kernel == "ip" else yb.to(torch.float64).square().sum(dim=1).to(yb.dtype))
+            for i0 in range(0, xa.shape[0], H.TILE_ROWS):
+                i1 = min(xa.shape[0], i0 + H.TILE_ROWS)
+                for j0 in range(0, n_p, H.TILE_ROWS):
+                    j1 = min(n_p, j0 + H.TILE_ROWS)
+                    same = t == 0 and i0 == j0
+                    ta = _tile(ka, xa[i0:i1], None if sqa is None else ka.sq_norms[i0:i1], ya[j0:j1],
+                               None if sqa is None else sqa[j0:j1], same)
+                    if one:
+                        total += float(ta.square().sum(dtype=torch.float64))
+                        rows[i0:i1] += ta.sum(dim=1, dtype=torch.float64)
+                        continue
+                    tb = _tile(kb, xb[i0:i1], None if sqb is None else kb.sq_norms[i0:i1], yb[j0:j1],
+                               None if sqb is None else sqb[j0:j1], same)
+                    if ta.dtype != tb.dtype:
+                        ta, tb = ta.to(torch.float64), tb.to(torch.float64)
+                    total += float((ta * tb).sum(dtype=torch.float64))
+        del got
+    return comm.sum([total])[0], rows
+
+
+def cross_sum(comm: Comm, layout: Layout, sa: ShardStats, sb: ShardStats) -> float:
+    """Σ K̂∘L̂ over all N x N pairs."""
+    ka, kb = sa.local, sb.local
+    linear = ka.kernel == "ip" and kb.kernel == "ip"
+    if linear and H._use_feature_space(sa.n, ka.features.shape[1], kb.features.shape[1]):
+        with comm.step():
+            a, b = ka.features, kb.features
+            if a.dtype != b.dtype:
+                a, b = a.to(torch.float64), b.to(torch.float64)
+            c = (a.T @ b).to(torch.float64)
+        return float(comm.all_reduce(c.cpu()).square().sum())
+    return _tile_sums(comm, layout, [ka], [kb])[0]
+
+
+def hsic_from_sums(comm: Comm, cross: float, sa: ShardStats, sb: ShardStats, *, unbiased: bool) -> float:
+    """:func:`platonic_fast.ops.hsic.hsic_from_sums` with the row sums all-reduced."""
+    n = sa.n
+    ra, rb, da, db = sa.local.row_sums, sb.local.row_sums, sa.local.diag, sb.local.diag
+    s_rab, s_ra, s_rb, s_dab, s_da, s_db, s_t = comm.sum(
+        [float(ra @ rb), float(ra.sum()), float(rb.sum()), float(da @ db), float(da.sum()), float(db.sum()),
+         float((ra - da) @ (rb - db))])
+    if not unbiased:
+        return cross - 2.0 * s_rab / n + s_ra * s_rb / n**2
+    if n < 4:
+        raise ValueError(f"unbiased HSIC needs N >= 4 samples, got N={n}")
+    cross_t = cross - s_dab
+    sum_a, sum_b = s_ra - s_da, s_rb - s_db
+    return (cross_t + sum_a * sum_b / ((n - 1) * (n - 2)) - 2.0 * s_t / (n - 2)) / (n * (n - 3))
+
+
+def cka(comm: Comm, layout: Layout, sa: ShardStats, sb: ShardStats, *, unbiased: bool) -> float:
+    hkl = hsic_from_sums(comm, cross_sum(comm, layout, sa, sb), sa, sb, unbiased=unbiased)
+    hkk = hsic_from_sums(comm, sa.local.self_sum, sa, sa, unbiased=unbiased)
+    hll = hsic_from_sums(comm, sb.local.self_sum, sb, sb, unbiased=unbiased)
+    return guarded_ratio("cka", hkl, max(hkk * hll, 0.0) ** 0.5, -H._true_units(sa.local, sb.local))
+
+
+def cka_null_mean(comm: Comm, sa: ShardStats, sb: ShardStats, *, unbiased: bool) -> float:
+    """:func:`platonic_fast.ops.hsic.cka_null_mean`, sharded."""
+    if unbiased:
+        return 0.0
+    hkk = hsic_from_sums(comm, sa.local.self_sum, sa, sa, unbiased=False)
+    hll = hsic_from_sums(comm, sb.local.self_sum, sb, sb, unbiased=False)
+    da, ra, db, rb = comm.sum([float(sa.local.diag.sum()), float(sa.local.row_sums.sum()),
+                               float(sb.local.diag.sum()), float(sb.local.row_sums.sum())])
+    mean = (da - ra / sa.n) * (db - rb / sb.n) / (sa.n - 1)
+    return guarded_ratio("cka", mean, max(hkk * hll, 0.0) ** 0.5, -H._true_units(sa.local, sb.local), warn=False)
+
+
+def permuted(st: ShardStats, rows: dict[str, torch.Tensor]) -> ShardStats:
+    """The stats with their per-row tensors replaced (rows fetched for a permutation)."""
+    return dataclasses.replace(st, local=dataclasses.replace(st.local, **rows))
+
+
+def row_fields(st: ShardStats) -> list[str]:
+    return [f for f in ("features", "sq_norms", "row_sums", "diag") if getattr(st.local, f) is not None]

@@ -1,0 +1,267 @@
+"""One rank of a gloo process group spawned by tests/test_distributed.py (and bench scripts).
+
+    python tests/distributed_worker.py RANK WORLD STORE_FILE CASE OUT_DIR
+
+Every rank builds the same data (seeded), keeps its rows, runs CASE and writes what it got to
+OUT_DIR/rank<R>.pt (results, or the exception each item raised). The test compares them with
+one process on the whole data. Data builders live here so the test uses the very same ones.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+import time
+import traceback
+
+import torch
+import torch.nn.functional as F
+
+N = 157  # not divisible by 2 or 3
+TIMEOUT_S = 20.0
+
+
+# --- data shared with the test -------------------------------------------------------------------
+
+def sizes(n: int, world: int, kind: str = "uneven") -> list[int]:
+    """Rows per rank: uneven splits, with one shard smaller than k = 10 for three ranks."""
+    if world == 1:
+        return [n]
+    if kind == "empty":
+        return [0] + sizes(n, world - 1)
+    if world == 2:
+        return [n // 3, n - n // 3]
+    if world == 3:
+        return [6, n // 2, n - 6 - n // 2]
+    base = [n // world] * world
+    base[-1] += n - sum(base)
+    return base
+
+
+def bounds(sz: list[int], rank: int) -> slice:
+    lo = sum(sz[:rank])
+    return slice(lo, lo + sz[rank])
+
+
+def gaussian(n: int, d: int, seed: int, dtype=torch.float32) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g, dtype=torch.float64).to(dtype)
+
+
+def tied(n: int, d: int, seed: int, dtype=torch.float32) -> torch.Tensor:
+    """Few-level dyadic entries (every product exact: exact ties everywhere) with whole rows
+    duplicated across the ends of the sample order (so duplicates sit on different ranks)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(-2, 3, (n, d), generator=g).to(torch.float64) / 4
+    x[n - 12:] = x[:12]  # rows 0..11 repeated at the end
+    x[n // 2: n // 2 + 5] = x[3]  # and one row five more times mid-way
+    return x.to(dtype)
+
+
+def pair(seed: int = 1, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+    a = gaussian(N, 24, seed, dtype)
+    b = (a.to(torch.float64) @ gaussian(24, 16, seed + 1, torch.float64)
+         + 2 * gaussian(N, 16, seed + 2, torch.float64)).to(dtype)
+    return a, b
+
+
+def knn_cases(world: int) -> list[tuple[str, str, int, str, torch.dtype, bool]]:
+    """(name, data, k, split, dtype, exclude_self)."""
+    sz = sizes(N, world)
+    near = max(sz) - 2 if world > 1 else N - 2
+    out = [("gauss_k10", "gauss", 10, "uneven", torch.float32, True),
+           ("gauss_k_near_shard", "gauss", near, "uneven", torch.float32, True),
+           ("tied_k12", "tied", 12, "uneven", torch.float32, True),
+           ("tied_f64_k7", "tied", 7, "uneven", torch.float64, True),
+           ("tied_bf16_k5", "tied", 5, "uneven", torch.bfloat16, True),
+           ("gauss_with_self", "gauss", 9, "uneven", torch.float64, False)]
+    if world > 1:
+        out.append(("empty_shard", "gauss", 10, "empty", torch.float32, True))
+    return out
+
+
+def knn_data(data: str, dtype) -> torch.Tensor:
+    return gaussian(N, 20, 7, dtype) if data == "gauss" else tied(N, 8, 3, dtype)
+
+
+METRIC_CASES = [
+    ("mutual_knn", {"topk": 10}), ("cycle_knn", {"topk": 10}), ("lcs_knn", {"topk": 10}),
+    ("edit_distance_knn", {"topk": 10}), ("cka", {}), ("unbiased_cka", {}),
+    ("cka", {"kernel_metric": "rbf", "rbf_sigma": 4.0}), ("unbiased_cka", {"kernel_metric": "rbf", "rbf_sigma": 6.0}),
+    ("cknna", {"topk": 10}), ("cknna", {"topk": 10, "unbiased": False}),
+    ("cknna", {"topk": 10, "distance_agnostic": True}), ("cknna", {"topk": 150}), ("svcca", {"cca_dim": 6}),
+    ("mutual_knn", {"topk": 150}),
+]
+
+
+def layers(seed: int = 5) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    x = gaussian(N * 3, 16, seed).reshape(N, 3, 16) * torch.tensor([1.0, 4.0, 0.5])[None, :, None]
+    y = [(x[:, 1] @ gaussian(16, 12, seed + 1) + gaussian(N, 12, seed + 2)), gaussian(N, 8, seed + 3)]
+    return x, y
+
+
+def key(name: str, opts: dict) -> str:
+    return name + "".join(f"|{k}={v}" for k, v in sorted(opts.items()))
+
+
+# --- cases -------------------------------------------------------------------------------------------
+
+def battery(rank: int, world: int) -> dict:
+    import platonic_fast.distributed as pfd
+
+    out: dict = {}
+
+    def item(name, fn):
+        t0 = time.perf_counter()
+        try:
+            out[name] = fn()
+        except Exception as e:  # noqa: BLE001 - recorded for the test to report
+            out[name] = {"error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()}
+        out.setdefault("_times", {})[name] = time.perf_counter() - t0
+
+    for name, data, k, split, dtype, excl in knn_cases(world):
+        rows = bounds(sizes(N, world, split), rank)
+        x = knn_data(data, dtype)[rows]
+        item(f"knn/{name}", lambda x=x, k=k, excl=excl: pfd.knn(x, k, exclude_self=excl))
+    rows = bounds(sizes(N, world), rank)
+    item("knn/gather", lambda: pfd.knn(knn_data("gauss", torch.float32)[rows], 10, gather=True))
+    for dtype in (torch.float64, torch.float32):
+        a, b = pair(1, dtype)
+        for metric, opts in METRIC_CASES:
+            item(f"metric/{dtype}/{key(metric, opts)}", lambda m=metric, o=opts: pfd.measure(m, a[rows], b[rows], **o))
+    a, b = pair(1, torch.float64)
+    item("truncated", lambda: pfd.score(pfd.prepare("cknna", a[rows], topk=12).truncated(5),
+                                        pfd.prepare("cknna", b[rows], topk=12).truncated(5)))
+    x, y = layers()
+    for exact in (True, False):
+        item(f"outliers/{exact}", lambda e=exact: pfd.remove_outliers(x[rows], 0.9, e))
+    t16 = x.to(torch.float16)
+    item("outliers/f16", lambda: pfd.remove_outliers(t16[rows], 0.8, True))
+
+    def summary(res):
+        c = res.calibration
+        return {"scores": res.scores, "best": res.best, "best_layers": res.best_layers, "chance": res.chance,
+                "null": None if c is None else c.null, "p": None if c is None else (c.max.p_value, c.mean.p_value)}
+
+    item("align/mutual_knn", lambda: summary(pfd.align(x[rows], [l[rows] for l in y], "mutual_knn", topk=5,
+                                                       permutations=6, generator=0)))
+    item("align/cka_concat", lambda: summary(pfd.align([l[rows] for l in y], x[rows], "cka", concat=True,
+                                                       exact=True, permutations=4, generator=1)))
+    item("align/cknna", lambda: summary(pfd.align(x[rows], x[rows], "cknna", topk=6)))
+    item("calibrate", lambda: {m: (c.observed, c.null, c.p_value, c.chance) for m, c in pfd.calibrate(
+        ["mutual_knn", "cycle_knn", "cknna", "unbiased_cka", "svcca"], a[rows], b[rows], permutations=5, generator=3,
+        topk=8, cca_dim=4).items()})
+    return out
+
+
+def failures(rank: int, world: int) -> dict:
+    """Failures that every rank must see (recorded per item: the error each rank raised)."""
+    import platonic_fast.distributed as pfd
+    from platonic_fast.distributed import _knn
+
+    out: dict = {}
+    rows = bounds(sizes(N, world), rank)
+    a, b = pair(1, torch.float32)
+
+    def item(name, fn):
+        t0 = time.perf_counter()
+        try:
+            fn()
+            out[name] = {"error": None}
+        except Exception as e:  # noqa: BLE001
+            out[name] = {"error": f"{type(e).__name__}: {e}"}
+        out[name]["elapsed"] = time.perf_counter() - t0
+
+    def nan_on_last():
+        x = a[rows].clone()
+        if rank == world - 1:
+            x[0, 0] = float("nan")
+        return pfd.measure("mutual_knn", x, b[rows], topk=5)
+
+    item("nan_on_one_rank", nan_on_last)
+    real = _knn._cross_tiles
+    real_each = _knn._blocks_each
+
+    def broken(*args, **kwargs):
+        if rank == 1:
+            raise MemoryError("injected failure in the ring")
+        return real(*args, **kwargs)
+
+    _knn._cross_tiles = broken
+    item("fail_mid_ring", lambda: pfd.knn(a[rows], 5))
+    _knn._cross_tiles = real
+    item("ok_after_failures", lambda: pfd.measure("cka", a[rows], b[rows]))
+    item("width_mismatch", lambda: pfd.knn(a[rows] if rank else a[rows, :5], 3))
+    item("rows_mismatch", lambda: pfd.measure("cka", a[rows], b[rows][: max(0, rows.stop - rows.start - rank)]))
+    assert _knn._blocks_each is real_each
+    return out
+
+
+def dies(rank: int, world: int) -> dict:
+    """Rank 1 exits abruptly in the middle of the kNN ring: the others must raise."""
+    import platonic_fast.distributed as pfd
+    from platonic_fast.distributed import _knn
+
+    rows = bounds(sizes(N, world), rank)
+    a, _ = pair(1, torch.float32)
+    real = _knn._cross_tiles
+
+    def crash(*args, **kwargs):
+        if rank == 1:
+            os._exit(17)
+        return real(*args, **kwargs)
+
+    _knn._cross_tiles = crash
+    t0 = time.perf_counter()
+    try:
+        pfd.knn(a[rows], 5, timeout=5)
+        return {"error": None, "elapsed": time.perf_counter() - t0}
+    except Exception as e:  # noqa: BLE001
+        return {"error": f"{type(e).__name__}: {e}", "elapsed": time.perf_counter() - t0}
+
+
+def stalls(rank: int, world: int) -> dict:
+    """Rank 1 never reaches the collective: the others must time out (timeout=2 s)."""
+    import platonic_fast.distributed as pfd
+
+    rows = bounds(sizes(N, world), rank)
+    a, b = pair(1, torch.float32)
+    if rank == 1:
+        time.sleep(60)
+    t0 = time.perf_counter()
+    try:
+        pfd.measure("mutual_knn", a[rows], b[rows], topk=5, timeout=2)
+        return {"error": None, "elapsed": time.perf_counter() - t0}
+    except Exception as e:  # noqa: BLE001
+        return {"error": f"{type(e).__name__}: {e}", "elapsed": time.perf_counter() - t0}
+
+
+CASES = {"battery": battery, "failures": failures, "dies": dies, "stalls": stalls}
+
+
+def main(argv: list[str]) -> int:
+    rank, world, store, case, out_dir = int(argv[1]), int(argv[2]), argv[3], argv[4], argv[5]
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=TIMEOUT_S))
+    t0 = time.perf_counter()
+    try:
+        result = CASES[case](rank, world)
+    except Exception as e:  # noqa: BLE001
+        result = {"fatal": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()}
+    result = {"result": result, "seconds": time.perf_counter() - t0}
+    path = os.path.join(out_dir, f"rank{rank}.pt")
+    torch.save(result, path + ".tmp")
+    os.replace(path + ".tmp", path)
+    sys.stdout.flush()
+    if case in ("dies", "stalls"):
+        os._exit(0)  # a peer is gone or stuck: leave without the group's teardown
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,283 @@
+"""Sharded metrics under torch.distributed (SPEC §1c): 1, 2 and 3 gloo processes, spawned here.
+
+Each group runs tests/distributed_worker.py in fresh processes (file store, no ports), with a
+timeout on the whole group: no test can hang. Every rank's results are compared with one
+process on the concatenated rows: identical neighbour lists, scores within 1e-12 (float64
+computation) or the float32 rounding of the kNN scores (float32 inputs, cknna).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import distributed_worker as W
+import platonic_fast as pf
+import platonic_fast.distributed as pfd
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                                reason="torch.distributed with gloo is not available")
+
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "distributed_worker.py")
+GROUP_TIMEOUT_S = 150  # the whole spawned group, whatever happens inside
+TOL64 = 1e-12
+
+
+def run_group(tmp_path, world: int, case: str, *, timeout: float = GROUP_TIMEOUT_S, wait_all: bool = True) -> dict:
+    """Spawn ``world`` ranks of ``case``; return {rank: result} for the ranks that wrote one.
+
+    With ``wait_all=False`` the group is over once every rank but 1 has written (rank 1 is the
+    one the case makes die or stall); stragglers are killed.
+    """
+    out = tmp_path / f"{case}-{world}"
+    out.mkdir()
+    store = tmp_path / f"store-{case}-{world}"
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    procs = [subprocess.Popen([sys.executable, WORKER, str(r), str(world), str(store), case, str(out)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env) for r in range(world)]
+    needed = [r for r in range(world) if wait_all or r != 1]
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if wait_all and all(p.poll() is not None for p in procs):
+                break
+            if not wait_all and all((out / f"rank{r}.pt").exists() for r in needed):
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail(f"{case} with {world} ranks did not finish in {timeout} s")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        logs = [p.communicate()[0].decode(errors="replace") for p in procs]
+    results = {}
+    for r in range(world):
+        path = out / f"rank{r}.pt"
+        if path.exists():
+            results[r] = torch.load(path, weights_only=False)["result"]
+    for r in needed:
+        assert r in results, f"rank {r} of {case} wrote nothing:\n{logs[r][-3000:]}"
+        assert "fatal" not in results[r], results[r].get("trace")
+    return results
+
+
+@pytest.fixture(scope="module", params=[1, 2, 3], ids=lambda p: f"P{p}")
+def battery(request, tmp_path_factory):
+    world = request.param
+    t0 = time.perf_counter()
+    results = run_group(tmp_path_factory.mktemp("battery"), world, "battery")
+    print(f"battery with {world} ranks: {time.perf_counter() - t0:.1f} s")
+    return world, results
+
+
+def _ok(value, name):
+    if isinstance(value, dict) and "error" in value:
+        pytest.fail(f"{name} raised: {value['error']}\n{value.get('trace', '')}")
+    return value
+
+
+def _local_rows(results: dict, name: str) -> list:
+    return [_ok(results[r][name], name) for r in sorted(results)]
+
+
+def _same_on_every_rank(results: dict, name: str):
+    values = _local_rows(results, name)
+    for v in values[1:]:
+        assert _equal(v, values[0]), f"{name}: ranks disagree ({values[0]} vs {v})"
+    return values[0]
+
+
+def _equal(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and bool(
+            torch.equal(torch.nan_to_num(a, nan=-7.0), torch.nan_to_num(b, nan=-7.0)))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (tuple, list)):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and math.isnan(a):
+        return isinstance(b, float) and math.isnan(b)
+    return a == b
+
+
+# --- kNN -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", [c[0] for c in W.knn_cases(3)])
+def test_knn_lists_identical(battery, case):
+    world, results = battery
+    cases = {c[0]: c for c in W.knn_cases(world)}
+    if case not in cases:
+        pytest.skip("needs several ranks")
+    _, data, k, split, dtype, excl = cases[case]
+    x = W.knn_data(data, dtype)
+    ref_v, ref_i = pf.knn(x, k, exclude_self=excl)
+    parts = _local_rows(results, f"knn/{case}")
+    sz = W.sizes(W.N, world, split)
+    for r, (v, i) in enumerate(parts):
+        assert i.shape == (sz[r], k)
+    got_v = torch.cat([p[0] for p in parts])
+    got_i = torch.cat([p[1] for p in parts])
+    assert torch.equal(got_i, ref_i), f"{case}: lists differ in {(got_i != ref_i).any(dim=1).sum()} rows"
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    assert torch.allclose(got_v.double(), ref_v.double(), rtol=0, atol=tol)
+
+
+def test_knn_gather(battery):
+    world, results = battery
+    v, i = _same_on_every_rank(results, "knn/gather")
+    ref_v, ref_i = pf.knn(W.knn_data("gauss", torch.float32), 10)
+    assert torch.equal(i, ref_i)
+    assert torch.allclose(v, ref_v, rtol=0, atol=1e-5)
+
+
+# --- metrics ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("metric,opts", W.METRIC_CASES, ids=[W.key(m, o) for m, o in W.METRIC_CASES])
+def test_metric_equals_one_process(battery, metric, opts, dtype):
+    world, results = battery
+    got = _same_on_every_rank(results, f"metric/{dtype}/{W.key(metric, opts)}")
+    a, b = W.pair(1, dtype)
+    ref = pf.measure(metric, a, b, **opts)
+    # float32 inputs: the kNN scores (cknna's kernel values) are float32 GEMM results, whose
+    # rounding depends on the tiling; everything else is float64 at these sizes
+    tol = 1e-6 if dtype == torch.float32 and metric == "cknna" and not opts.get("distance_agnostic") else TOL64
+    assert abs(got - ref) <= tol, (got, ref)
+    if metric in ("mutual_knn", "cycle_knn", "lcs_knn", "edit_distance_knn"):
+        assert got == ref  # integer totals: exact
+
+
+def test_truncated(battery):
+    world, results = battery
+    got = _same_on_every_rank(results, "truncated")
+    a, b = W.pair(1, torch.float64)
+    ref = pf.score(pf.prepare("cknna", a, topk=12).truncated(5), pf.prepare("cknna", b, topk=12).truncated(5))
+    assert abs(got - ref) <= TOL64
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_remove_outliers(battery, exact):
+    world, results = battery
+    x, _ = W.layers()
+    got = torch.cat(_local_rows(results, f"outliers/{exact}"))
+    assert torch.equal(got, pf.remove_outliers(x, 0.9, exact))
+
+
+def test_remove_outliers_half(battery):
+    world, results = battery
+    x, _ = W.layers()
+    got = torch.cat(_local_rows(results, "outliers/f16"))
+    assert torch.equal(got, pf.remove_outliers(x.to(torch.float16), 0.8, True))
+
+
+# --- layer search and calibration ------------------------------------------------------------------
+
+def _check_align(got, ref, tol=TOL64):
+    assert torch.allclose(got["scores"], ref.scores, rtol=0, atol=tol, equal_nan=True)
+    assert got["best_layers"] == ref.best_layers
+    assert abs(got["best"] - ref.best) <= tol
+    if ref.chance is None:
+        assert got["chance"] is None
+    else:
+        assert torch.allclose(got["chance"], ref.chance, rtol=0, atol=TOL64, equal_nan=True)
+    if ref.calibration is not None:
+        assert torch.allclose(got["null"], ref.calibration.null, rtol=0, atol=TOL64, equal_nan=True)
+        assert got["p"] == (ref.calibration.max.p_value, ref.calibration.mean.p_value)
+
+
+def test_align_mutual_knn_calibrated(battery):
+    world, results = battery
+    x, y = W.layers()
+    _check_align(_same_on_every_rank(results, "align/mutual_knn"),
+                 pf.align(x, y, "mutual_knn", topk=5, permutations=6, generator=0))
+
+
+def test_align_cka_lists_concat(battery):
+    world, results = battery
+    x, y = W.layers()
+    _check_align(_same_on_every_rank(results, "align/cka_concat"),
+                 pf.align(y, x, "cka", concat=True, exact=True, permutations=4, generator=1))
+
+
+def test_align_cknna(battery):
+    world, results = battery
+    x, _ = W.layers()
+    # align works on float32 layers: cknna's kernel values are float32 kNN scores
+    _check_align(_same_on_every_rank(results, "align/cknna"), pf.align(x, x, "cknna", topk=6), tol=1e-6)
+
+
+def test_calibrate(battery):
+    world, results = battery
+    got = _same_on_every_rank(results, "calibrate")
+    a, b = W.pair(1, torch.float64)
+    ref = pf.calibrate(["mutual_knn", "cycle_knn", "cknna", "unbiased_cka", "svcca"], a, b, permutations=5,
+                       generator=3, topk=8, cca_dim=4)
+    for m, c in ref.items():
+        obs, null, p, chance = got[m]
+        assert abs(obs - c.observed) <= TOL64
+        assert torch.allclose(null, c.null, rtol=0, atol=TOL64)
+        assert p == c.p_value
+        assert abs(chance - c.chance) <= TOL64
+
+
+# --- failures --------------------------------------------------------------------------------------
+
+def test_failures_raise_on_every_rank(tmp_path):
+    """A rank that fails (bad input on one rank, an error inside the kNN ring, inconsistent
+    shapes) makes every rank raise, at once, and the group stays usable."""
+    results = run_group(tmp_path, 3, "failures")
+    for r in range(3):
+        got = results[r]
+        nan = got["nan_on_one_rank"]["error"]
+        assert nan is not None
+        assert ("ValueError" in nan and "NaN" in nan) if r == 2 else ("ShardError" in nan and "rank 2" in nan)
+        ring = got["fail_mid_ring"]["error"]
+        assert ("MemoryError" in ring) if r == 1 else ("ShardError" in ring and "injected" in ring)
+        assert got["ok_after_failures"]["error"] is None
+        assert "different widths" in got["width_mismatch"]["error"]
+        assert "same rows" in got["rows_mismatch"]["error"]
+        for item in got.values():
+            assert item["elapsed"] < 10.0  # agreement, not a timeout
+
+
+@pytest.mark.slow
+def test_dead_rank_makes_the_others_raise(tmp_path):
+    results = run_group(tmp_path, 3, "dies", wait_all=False)
+    for r in (0, 2):
+        assert results[r]["error"] is not None
+        assert results[r]["elapsed"] < 15.0
+
+
+@pytest.mark.slow
+def test_stalled_rank_times_out(tmp_path):
+    results = run_group(tmp_path, 2, "stalls", wait_all=False, timeout=60)
+    assert results[0]["error"] is not None
+    assert results[0]["elapsed"] < 15.0
+
+
+# --- in process ------------------------------------------------------------------------------------
+
+def test_without_process_group_is_one_process():
+    """No initialised group: the sharded functions run as one process on the same code path."""
+    a, b = W.pair(2, torch.float32)
+    assert torch.equal(pfd.knn(a, 7)[1], pf.knn(a, 7)[1])
+    assert pfd.measure("mutual_knn", a, b, topk=7) == pf.measure("mutual_knn", a, b, topk=7)
+
+
+def test_bad_arguments_in_process():
+    a, b = W.pair(2, torch.float32)
+    with pytest.raises(ValueError, match="k must be"):
+        pfd.knn(a, W.N)
+    with pytest.raises(ValueError, match="timeout"):
+        pfd.knn(a, 3, timeout=-1)
+    with pytest.raises(ValueError, match="metric must be one of"):
+        pfd.measure("nope", a, b)
+    with pytest.raises(TypeError, match="ShardedPrepared"):
+        pfd.score(pf.prepare("cka", a), pf.prepare("cka", b))
