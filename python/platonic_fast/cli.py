@@ -95,6 +95,16 @@ def main(argv: list[str] | None = None) -> int:
     meas.add_argument("--auto-scale", action="store_true",
                       help="heat map colours span the scores' own range (default: the metric's fixed range, "
                       "[0, 1]; [0, topk] for lcs_knn)")
+    meas.add_argument("--n-grid", type=_n_grid, default=None, metavar="N1,N2,...",
+                      help="alignment as a function of N: the same sweep on nested random subsets of these sizes "
+                      "(e.g. 1000,10000,100000; at most the files' N); scores per N in the results and a plot "
+                      "n_grid.png (score against N, chance level drawn)")
+    meas.add_argument("--n-grid-seed", type=int, default=0,
+                      help="with --n-grid: seeds the order the subsets are taken from (default 0; recorded)")
+    meas.add_argument("--out-of-core", action=argparse.BooleanOptionalAction, default=None,
+                      help="read .safetensors feature files a block of rows at a time (never a whole model in "
+                      "memory; same scores). Default: when the largest file is over a quarter of the memory "
+                      "available")
     meas.add_argument("--no-progress", action="store_true")
     meas.add_argument("--allow-mismatched-samples", action="store_true",
                       help="pair feature files whose sample fingerprints differ (extracted from other samples or "
@@ -185,7 +195,7 @@ def _dispatch(parser, args) -> int:
     elif args.command == "report":
         return _report(parser, args)
     elif args.command == "measure":
-        from .sweep import OutputFolderLocked, format_table, measure_sets
+        from .sweep import OutputFolderLocked, format_n_grid_table, format_table, measure_sets
 
         try:
             options = _metric_options(args)
@@ -195,7 +205,8 @@ def _dispatch(parser, args) -> int:
                                permutations=args.permutations, alpha=args.alpha, seed=args.seed,
                                ci_repeats=args.ci_repeats, ci_level=args.ci_level, ci_method=args.ci_method,
                                backend=args.backend, device=args.device, set_names=(args.name_x, args.name_y),
-                               auto_scale=args.auto_scale, **options)
+                               auto_scale=args.auto_scale, n_grid=args.n_grid, n_grid_seed=args.n_grid_seed,
+                               out_of_core=args.out_of_core, **options)
         except (ValueError, TypeError, OSError, OutputFolderLocked) as exc:
             parser.exit(2, f"platonic-fast measure: error: {_one_line(exc)}\n")
         for k, r in res.by_topk.items():
@@ -203,10 +214,35 @@ def _dispatch(parser, args) -> int:
                 print(f"=== topk={k} ===")
             print(format_table(r))
             print()
+            if r.by_n:
+                print(format_n_grid_table(r))
+                print()
         print("wrote " + ", ".join(str(p) for p in res.files.values()))
         if not any(name.startswith("png") for name in res.files):
             print("no heat map: matplotlib is not installed (pip install 'platonic_fast[plot]')")
     return 0
+
+
+def _n_grid(text: str) -> list[int]:
+    """--n-grid: sample counts separated by commas; 1e4 and 10_000 are read as 10000."""
+    values = []
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            continue
+        try:
+            v = int(part)
+        except ValueError:
+            try:
+                f = float(part)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{part!r} is not a sample count") from None
+            if not f.is_integer():
+                raise argparse.ArgumentTypeError(f"{part!r} is not a whole number of samples") from None
+            v = int(f)
+        values.append(v)
+    if not values:
+        raise argparse.ArgumentTypeError("give sample counts separated by commas, e.g. 1000,10000,100000")
+    return values
 
 
 def _report(parser, args) -> int:

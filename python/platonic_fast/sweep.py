@@ -112,6 +112,11 @@ class SweepResult:
     by_topk : dict[int | None, SweepResult]
         The result of every topk of the sweep (this one included): ``settings["topk"]`` is
         this result's value; a sweep given several returns the smallest's.
+    by_n : dict[int, SweepResult]
+        With ``n_grid``: the result at every subset size (this topk; this one included, at its
+        ``n``); empty otherwise.
+    n_grid : dict or None
+        With ``n_grid``: ``n`` (the sizes) and ``seed`` (of :func:`subset_order`).
     """
 
     names_x: list[str]
@@ -131,6 +136,8 @@ class SweepResult:
     samples: dict = field(default_factory=dict, repr=False)
     run: dict = field(default_factory=dict, repr=False)
     set_names: tuple = ("X models", "Y models")
+    by_n: dict = field(default_factory=dict, repr=False)
+    n_grid: dict | None = field(default=None, repr=False)
 
     @property
     def topk(self) -> int | None:
@@ -172,6 +179,50 @@ class SweepResult:
         for (i, j), r in self.records.items():
             out[i, j] = _best_chance(r)
         return out
+
+    @property
+    def n_sizes(self) -> list[int]:
+        """The subset sizes of an ``n_grid`` sweep, smallest first ([N] without one)."""
+        return list(self.by_n) if self.by_n else [self.n]
+
+    def n_grid_matrix(self, what: str = "scores") -> np.ndarray:
+        """(G, Mx, My): one value of every model pair at each size of :attr:`n_sizes`.
+
+        ``what``: ``scores`` (best layer pair), ``chance`` (its chance level: :attr:`chance`, or
+        where no pair scored above 0 the mean of the layer pairs' exact chance levels),
+        ``calibrated``, ``p_value`` (with permutations), ``ci_low``, ``ci_high`` (with
+        intervals); NaN where there is none.
+        """
+        results = [self.by_n[n] for n in self.n_sizes] if self.by_n else [self]
+        if what == "scores":
+            return np.stack([r.scores for r in results])
+        if what == "chance":
+            return np.stack([_curve_chance(r) for r in results])
+        if what in ("calibrated", "p_value"):
+            return np.stack([r.calibration_matrix(what) for r in results])
+        if what in ("ci_low", "ci_high"):
+            return np.stack([r.ci_matrix(what[3:]) for r in results])
+        raise ValueError(f"what must be scores, chance, calibrated, p_value, ci_low or ci_high, got {what!r}")
+
+    def curve_pairs(self) -> list[tuple[int, int]]:
+        """The model pairs an N curve is drawn for: every (i, j) of two sets; of one set against
+        itself each pair of different models once (both orders for an asymmetric metric)."""
+        mx, my = self.scores.shape
+        same = self.names_x == self.names_y and self.fingerprints_x == self.fingerprints_y
+        if not same:
+            return [(i, j) for i in range(mx) for j in range(my)]
+        symmetric = metric_spec(self.metric).symmetric
+        return [(i, j) for i in range(mx) for j in range(my) if (i < j if symmetric else i != j)]
+
+
+def _curve_chance(res: "SweepResult") -> np.ndarray:
+    out = res.chance
+    for (i, j), r in res.records.items():
+        if np.isnan(out[i, j]) and r.get("calibration") is None and r.get("chance"):
+            values = [v for row in r["chance"] for v in row if v is not None]
+            if values:
+                out[i, j] = float(np.mean(values))
+    return out
 
 
 def _best_chance(record: dict) -> float:
@@ -344,6 +395,7 @@ def measure_sets(x, y=None, *, metric: str = "mutual_knn", topk: int | Sequence[
                  permutations: int | None = None, alpha: float = 0.05, seed: int = 0,
                  ci_repeats: int | None = None, ci_level: float = 0.95, ci_method: str = "subsample",
                  set_names: tuple[str, str] | None = None, auto_scale: bool = False,
+                 n_grid: Sequence[int] | None = None, n_grid_seed: int = 0, out_of_core: bool | None = None,
                  **metric_options) -> SweepResult:
     """Align every model of ``x`` with every model of ``y`` (``y=None``: ``x`` with itself).
 
@@ -402,6 +454,24 @@ def measure_sets(x, y=None, *, metric: str = "mutual_knn", topk: int | Sequence[
     auto_scale : bool, default False
         Heat map colours span the scores' own range instead of the metric's ([0, 1]; [0, topk]
         for lcs_knn), which makes small differences look large.
+    n_grid : sequence of int, optional
+        Alignment as a function of N: the same sweep on nested random subsets of the samples,
+        one per value (each at most the files' N; the subset of n is the first n samples of one
+        seeded order, :func:`subset_rows`, so a smaller subset lies inside every larger one).
+        Every pair record is keyed by its subset's n and seed (a value equal to N is the whole
+        set, keyed as a sweep without a grid, so the two share records); ``scores.json`` gets
+        an ``n_grid`` section, ``scores.npz`` ``ngrid_*`` arrays, and ``n_grid.png`` plots each
+        model pair's best score against N (log axis) with the chance level. The returned
+        result, the top-level matrices and the heat map are those of the largest n;
+        ``by_n[n]`` holds each.
+    n_grid_seed : int, default 0
+        Seeds the order the subsets are taken from; recorded and part of the keys.
+    out_of_core : bool or None, default None
+        Read the .safetensors feature files a block of rows at a time
+        (:mod:`platonic_fast.outofcore`): a model's layers are never in memory together, and on
+        the CPU the neighbour metrics never hold even one whole layer, only its lists. The
+        scores are the in-memory sweep's. None: when the largest file is over a quarter of the
+        memory available. Not part of the records' keys (``run["out_of_core"]`` says which).
 
     Returns
     -------
@@ -430,6 +500,9 @@ def measure_sets(x, y=None, *, metric: str = "mutual_knn", topk: int | Sequence[
     topks, device = check_request(metric, topk, backend=backend, device=device, permutations=permutations,
                                   alpha=alpha, seed=seed, ci_repeats=ci_repeats, ci_level=ci_level,
                                   ci_method=ci_method, **metric_options)
+    grid = _check_n_grid(n_grid, n_grid_seed)
+    if out_of_core is not None and not isinstance(out_of_core, bool):
+        raise TypeError(f"out_of_core must be True, False or None (automatic), got {out_of_core!r}")
     set_names = _check_set_names(set_names, x, y)
     files_x = feature_files(x)
     files_y = files_x if y is None else feature_files(y)
@@ -450,13 +523,23 @@ def measure_sets(x, y=None, *, metric: str = "mutual_knn", topk: int | Sequence[
     inputs = _read_inputs([*dict.fromkeys([*files_x, *files_y])])
     inputs["samples"] = samples
     inputs["view"] = {"set_names": set_names, "auto_scale": bool(auto_scale)}
+    inputs["out_of_core"] = _choose_out_of_core(out_of_core, [*files_x, *files_y])
+    sizes = [inputs["n"]] if grid is None else _fit_n_grid(grid, inputs["n"])
+    inputs["n_grid"] = None if grid is None else {**grid, "n": sizes}
     # Options checked against the data (topk < N, cca_dim <= every width) before any scoring.
-    opts_by_k = {k: resolve_options(metric, inputs["n"], inputs["widths"], topk=k, backend=backend,
-                                    **metric_options) for k in topks}
-    if ci_repeats is not None:
-        _check_ci_fits(metric, inputs, opts_by_k)
+    opts_by_n = {}
+    for n in sizes:
+        try:
+            opts_by_n[n] = {k: resolve_options(metric, n, inputs["widths"], topk=k, backend=backend,
+                                               **metric_options) for k in topks}
+        except (ValueError, TypeError) as e:
+            if grid is None:
+                raise
+            raise type(e)(f"n_grid value {n}: {e}") from None
+        if ci_repeats is not None:
+            _check_ci_fits(metric, {**inputs, "n": n}, opts_by_n[n])
     with lock_folder(out, wait):
-        return _sweep(files_x, files_y, symmetric, out, settings, opts_by_k, inputs, device, progress)
+        return _sweep(files_x, files_y, symmetric, out, settings, opts_by_n, inputs, device, progress)
 
 
 def check_request(metric: str, topk=10, *, backend: str = "auto", device=None, permutations=None,
@@ -632,28 +715,69 @@ def _to_device(layers, device: torch.device):
     return [l.to(device) for l in layers] if isinstance(layers, list) else layers.to(device)
 
 
-def _sweep(files_x, files_y, symmetric, out, settings, opts_by_k, inputs, device, progress) -> SweepResult:
-    """The body of :func:`measure_sets`, run while holding the output folder's lock."""
+def _sweep(files_x, files_y, symmetric, out, settings, opts_by_n, inputs, device, progress) -> SweepResult:
+    """The body of :func:`measure_sets`, run while holding the output folder's lock: the sweep at
+    every sample count (one without ``n_grid``), then the summary."""
+    grid = inputs["n_grid"]
+    sizes = list(opts_by_n)
+    topks = list(opts_by_n[sizes[-1]])
+    pairs = [(i, j) for i in range(len(files_x)) for j in range(len(files_y)) if not (symmetric and j < i)]
+    order = None if grid is None else subset_order(inputs["n"], grid["seed"])
+    bar = tqdm(total=len(pairs) * len(topks) * len(sizes), desc=f"measure {settings['metric']}", disable=not progress)
+    by_n = {}
+    for n in sizes:
+        rows = None if n == inputs["n"] else np.sort(order[:n])
+        # the whole set is keyed as a sweep without a grid: the two share their records
+        at = settings if rows is None else {**settings, "subset": {"n": n, "seed": grid["seed"]}}
+        by_n[n] = _sweep_at(files_x, files_y, pairs, symmetric, out, at, opts_by_n[n], inputs, device, rows, n, bar)
+    bar.close()
+    by_topk = by_n[sizes[-1]]
+    if grid is not None:
+        for k in topks:
+            curve = {n: by_n[n][k] for n in sizes}
+            for r in curve.values():
+                r.by_n, r.n_grid = curve, dict(grid)
+    files = _write_summary(list(by_topk.values()), out, auto_scale=inputs["view"]["auto_scale"])
+    for results in by_n.values():
+        for r in results.values():
+            r.files, r.by_topk = files, results
+    return by_topk[topks[0]]
+
+
+def _sweep_at(files_x, files_y, pairs, symmetric, out, settings, opts_by_k, inputs, device, rows, n,
+              bar) -> dict:
+    """Every model pair at every topk on the samples ``rows`` (None: all): {topk: SweepResult}."""
     from . import __version__
 
     metric, q, exact, concat = (settings[k] for k in ("metric", "q", "exact", "concat"))
-    fingerprints, n = inputs["fingerprints"], inputs["n"]
+    fingerprints = inputs["fingerprints"]
     topks = list(opts_by_k)
     largest = topks[-1]
-    pairs = [(i, j) for i in range(len(files_x)) for j in range(len(files_y)) if not (symmetric and j < i)]
     prepared: dict[Path, list] = {}  # layer states per file, for this metric at the largest topk
     truncated: dict[tuple[Path, int], list] = {}  # ... and for each smaller one, from its lists
     kept: dict[Path, list] = {}  # the clamped, normalised layers themselves, for confidence intervals
+    streamed: list = []  # open out-of-core readers (kept for confidence intervals)
 
     def states_of(path: Path, k) -> list:
         if path not in prepared:
-            layers = _load_layers(path, fingerprints[path])
-            if device is not None:
-                layers = _to_device(layers, device)
-            layers = prepare_layers(layers, path.name, q=q, exact=exact, concat=concat)
-            if settings["ci"] is not None:
-                kept[path] = layers
-            prepared[path] = prepare_states(layers, metric, opts_by_k[largest])
+            if inputs["out_of_core"] and path.suffix == ".safetensors":
+                from .outofcore import prepare_file
+
+                layers = _open_streamed(path, fingerprints[path], rows, q=q, exact=exact, concat=concat)
+                streamed.append(layers)
+                prepared[path] = prepare_file(layers, metric, opts_by_k[largest], device=device)
+                if settings["ci"] is not None:
+                    kept[path] = _LayerLoader(layers, device)
+                else:
+                    layers.close()
+            else:
+                layers = _take_rows(_load_layers(path, fingerprints[path]), rows)
+                if device is not None:
+                    layers = _to_device(layers, device)
+                layers = prepare_layers(layers, path.name, q=q, exact=exact, concat=concat)
+                if settings["ci"] is not None:
+                    kept[path] = layers
+                prepared[path] = prepare_states(layers, metric, opts_by_k[largest])
         if k == largest:
             return prepared[path]
         if (path, k) not in truncated:
@@ -661,25 +785,27 @@ def _sweep(files_x, files_y, symmetric, out, settings, opts_by_k, inputs, device
         return truncated[(path, k)]
 
     records: dict = {k: {} for k in topks}
-    bar = tqdm(total=len(pairs) * len(topks), desc=f"measure {metric}", disable=not progress)
-    for i, j in pairs:
-        fx, fy = files_x[i], files_y[j]
-        for k in topks:
-            key = {"x": {"name": fx.stem, "fingerprint": fingerprints[fx]},
-                   "y": {"name": fy.stem, "fingerprint": fingerprints[fy]},
-                   "settings": {**settings, "topk": k}, "version": __version__}
-            record_path = out / "pairs" / f"{record_name(key)}.json"
-            record = _read_record(record_path, key)
-            if record is None:
-                sx, sy = states_of(fx, k), states_of(fy, k)
-                record = _compute_record(key, sx, sy, metric, opts_by_k[k], n, key["settings"],
-                                         (kept.get(fx), kept.get(fy)))
-                write_atomic(record_path, lambda tmp, r=record: Path(tmp).write_text(_dumps(r)))
-            records[k][(i, j)] = record
-            if symmetric and i != j:
-                records[k][(j, i)] = _mirrored(record)
-            bar.update()
-    bar.close()
+    try:
+        for i, j in pairs:
+            fx, fy = files_x[i], files_y[j]
+            for k in topks:
+                key = {"x": {"name": fx.stem, "fingerprint": fingerprints[fx]},
+                       "y": {"name": fy.stem, "fingerprint": fingerprints[fy]},
+                       "settings": {**settings, "topk": k}, "version": __version__}
+                record_path = out / "pairs" / f"{record_name(key)}.json"
+                record = _read_record(record_path, key)
+                if record is None:
+                    sx, sy = states_of(fx, k), states_of(fy, k)
+                    record = _compute_record(key, sx, sy, metric, opts_by_k[k], n, key["settings"],
+                                             (kept.get(fx), kept.get(fy)))
+                    write_atomic(record_path, lambda tmp, r=record: Path(tmp).write_text(_dumps(r)))
+                records[k][(i, j)] = record
+                if symmetric and i != j:
+                    records[k][(j, i)] = _mirrored(record)
+                bar.update()
+    finally:
+        for layers in streamed:
+            layers.close()
 
     by_topk = {}
     for k in topks:
@@ -695,12 +821,123 @@ def _sweep(files_x, files_y, symmetric, out, settings, opts_by_k, inputs, device
                                  models_x=[inputs["info"][f] for f in files_x],
                                  models_y=[inputs["info"][f] for f in files_y], samples=inputs["samples"],
                                  run={"backend": opts_by_k[k]["backend"],
-                                      "device": None if device is None else str(device)},
+                                      "device": None if device is None else str(device),
+                                      "out_of_core": inputs["out_of_core"]},
                                  set_names=inputs["view"]["set_names"])
-    files = _write_summary(list(by_topk.values()), out, auto_scale=inputs["view"]["auto_scale"])
-    for r in by_topk.values():
-        r.files, r.by_topk = files, by_topk
-    return by_topk[topks[0]]
+    return by_topk
+
+
+def _take_rows(layers, rows):
+    """The samples ``rows`` (increasing indices; None: all) of a model's layers."""
+    if rows is None:
+        return layers
+    index = torch.from_numpy(rows)
+    return [l[index] for l in layers] if isinstance(layers, list) else layers[index]
+
+
+def _open_streamed(path: Path, fingerprint: str, rows, *, q: float, exact: bool, concat: bool):
+    """A model's file opened for the out-of-core sweep, checked against its fingerprint as
+    :func:`_load_layers` checks it (the stored checksum recomputed with plain reads)."""
+    from .features.blocks import FeatureFile
+    from .outofcore import StreamedLayers
+
+    f = FeatureFile(path, rows)
+    try:
+        if fingerprint.startswith("sha256:"):
+            stored, actual = f.checksum()
+            if actual != stored:
+                raise ValueError(f"{str(path)!r} fails verification: it stores checksum {stored} but its content "
+                                 f"hashes to {actual} (corrupted on disk or in a copy, or modified)")
+            changed = stored != fingerprint
+        else:
+            changed = file_fingerprint(path) != fingerprint
+        if changed:
+            raise ValueError(f"{path} changed while the sweep was running; run it again")
+        return StreamedLayers(f, path.name, q=q, exact=exact, concat=concat, own=True)
+    except BaseException:
+        f.close()
+        raise
+
+
+class _LayerLoader:
+    """A model's prepared layers read whole on demand from its out-of-core reader (the two
+    layers of a confidence interval)."""
+
+    def __init__(self, layers, device):
+        self.layers, self.device = layers, device
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.layers.layer(i % self.layers.num_layers, self.device)
+
+
+def _choose_out_of_core(flag: bool | None, files) -> bool:
+    """``out_of_core`` as given, or (None) whether the largest .safetensors file exceeds a quarter
+    of the memory available: held whole, a model's layers take several times their file."""
+    if flag is not None:
+        return flag
+    from .outofcore import memory_available
+
+    sizes = [os.path.getsize(f) for f in files if Path(f).suffix == ".safetensors"]
+    avail = memory_available()
+    return bool(sizes) and avail is not None and max(sizes) > avail / 4
+
+
+SUBSET_ORDER = "argsort of splitmix64(i xor splitmix64(seed)), i = 0..N-1; the subset of n is its first n, sorted"
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser on uint64 (wrapping arithmetic): a fixed bijection, the same on
+    every platform and NumPy version."""
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def subset_order(n_total: int, seed: int) -> np.ndarray:
+    """The seeded order of ``n_total`` samples that ``n_grid`` subsets are taken from: sample
+    indices sorted by ``splitmix64(i ^ splitmix64(seed))`` (distinct keys: a permutation).
+    Defined by integer arithmetic alone, so it never changes with the NumPy or torch version."""
+    with np.errstate(over="ignore"):
+        mix = _splitmix64(np.array([seed], dtype=np.uint64))[0]
+        keys = _splitmix64(np.arange(n_total, dtype=np.uint64) ^ mix)
+    return np.argsort(keys, kind="stable")
+
+
+def subset_rows(n_total: int, n: int, seed: int) -> np.ndarray:
+    """The samples of the ``n_grid`` subset of ``n`` of ``n_total`` (increasing indices): the
+    first n of :func:`subset_order`, so the subset of a smaller n lies inside a larger one's."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= n_total:
+        raise ValueError(f"n must be an integer in [1, {n_total}], got {n!r}")
+    return np.sort(subset_order(n_total, seed)[:n])
+
+
+def _check_n_grid(n_grid, seed) -> dict | None:
+    """``{"n": sorted distinct sizes, "seed": seed}`` or None; data-independent checks only."""
+    if n_grid is None:
+        return None
+    if isinstance(n_grid, (int, np.integer)) and not isinstance(n_grid, bool):
+        values = [n_grid]
+    elif isinstance(n_grid, (list, tuple, range, np.ndarray)):
+        values = list(n_grid)
+    else:
+        raise TypeError(f"n_grid must be a list of sample counts (e.g. [1000, 10000]), got {type(n_grid).__name__}")
+    if not values:
+        raise ValueError("n_grid must hold at least one sample count")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 2:
+            raise ValueError(f"n_grid values must be integers >= 2 (sample counts), got {v!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ValueError(f"n_grid_seed must be an integer in [0, 2**63) (it seeds the subsets), got {seed!r}")
+    return {"n": sorted({int(v) for v in values}), "seed": seed}
+
+
+def _fit_n_grid(grid: dict, n_total: int) -> list[int]:
+    over = [v for v in grid["n"] if v > n_total]
+    if over:
+        raise ValueError(f"n_grid value {over[0]} exceeds the N={n_total} samples of the feature files "
+                         f"(the largest subset is all of them: {n_total})")
+    return list(grid["n"])
 
 
 def _check_seed(seed) -> int:
@@ -890,6 +1127,12 @@ def _npz_arrays(res: SweepResult, prefix: str = "") -> dict:
     if res.settings.get("ci") is not None:
         for f in CI_FIELDS:
             arrays[f"ci_{f}"] = res.ci_matrix(f)
+    if res.by_n:
+        arrays["ngrid_n"] = np.array(res.n_sizes, dtype=np.int64)
+        arrays["ngrid_best_layers"] = np.stack([res.by_n[n].best_layers for n in res.n_sizes])
+        for what in ("scores", "chance") + (("calibrated", "p_value") if res.settings.get("permutations") is not None
+                                            else ()) + (("ci_low", "ci_high") if res.settings.get("ci") else ()):
+            arrays[f"ngrid_{what}"] = res.n_grid_matrix(what)
     return {prefix + k: v for k, v in arrays.items()}
 
 
@@ -921,6 +1164,9 @@ def _write_summary(results: list[SweepResult], out: Path, auto_scale: bool = Fal
     if len(parts) == 1:  # one topk: its matrices at the top level too, as before several existed
         summary.update({k: v for k, v in parts[0].items() if k not in ("pairs", "topk")})
     summary["results"] = parts
+    if first.n_grid is not None:
+        summary["n_grid"] = {"n": first.n_sizes, "seed": first.n_grid["seed"], "order": SUBSET_ORDER,
+                             "results": [_grid_summary(r) for r in results]}
     write_atomic(files["json"], lambda tmp: Path(tmp).write_text(_dumps(_jsonable(summary), indent=1)))
 
     arrays = {"models_x": np.array(first.names_x), "models_y": np.array(first.names_y),
@@ -939,7 +1185,106 @@ def _write_summary(results: list[SweepResult], out: Path, auto_scale: bool = Fal
         png = out / ("heatmap.png" if len(results) == 1 else f"heatmap_k{r.topk}.png")
         if _heatmap(r, png, auto_scale):
             files["png" if len(results) == 1 else f"png_k{r.topk}"] = png
+        if r.n_grid is not None:
+            png = out / ("n_grid.png" if len(results) == 1 else f"n_grid_k{r.topk}.png")
+            if _n_grid_plot(r, png):
+                files["n_grid_png" if len(results) == 1 else f"n_grid_png_k{r.topk}"] = png
     return files
+
+
+def _grid_summary(res: SweepResult) -> dict:
+    """scores.json's ``n_grid`` entry of one topk: (G, Mx, My) matrices over the sizes, and each
+    curve's pair."""
+    out = {"topk": res.topk, "n": res.n_sizes, "scores": _matrix(res.n_grid_matrix("scores")),
+           "chance": _matrix(res.n_grid_matrix("chance")),
+           "best_layers": np.stack([res.by_n[n].best_layers for n in res.n_sizes]).tolist()}
+    if res.settings.get("permutations") is not None:
+        out.update(calibrated=_matrix(res.n_grid_matrix("calibrated")), p_value=_matrix(res.n_grid_matrix("p_value")))
+    if res.settings.get("ci") is not None:
+        out.update(ci_low=_matrix(res.n_grid_matrix("ci_low")), ci_high=_matrix(res.n_grid_matrix("ci_high")))
+    out["curves"] = [{"x": res.names_x[i], "y": res.names_y[j], "i": i, "j": j} for i, j in res.curve_pairs()]
+    return out
+
+
+def _n_grid_plot(res: SweepResult, path: Path) -> bool:
+    """Write the N curve of ``res`` to ``path`` (atomically); False when matplotlib is missing."""
+    try:
+        fig = n_grid_figure(res)
+    except ImportError:
+        return False
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    return True
+
+
+def n_grid_figure(res: SweepResult):
+    """Alignment against N, as a matplotlib Figure (not shown, not saved): each model pair's best
+    layer-pair score at every subset size of an ``n_grid`` sweep (log N axis, one line per
+    pair, :meth:`SweepResult.curve_pairs`), and the chance level (mean over the pairs at each N)
+    as a dashed black line.
+
+    Raises
+    ------
+    ImportError
+        matplotlib is not installed (the ``plot`` extra).
+    ValueError
+        ``res`` is not from an ``n_grid`` sweep.
+    """
+    if not res.by_n:
+        raise ValueError("this result has no n_grid: run measure_sets(..., n_grid=[...])")
+    figure = _figure_class()
+    sizes = np.array(res.n_sizes, dtype=np.float64)
+    scores, chance = res.n_grid_matrix("scores"), res.n_grid_matrix("chance")
+    pairs = res.curve_pairs() or [(0, 0)]
+    fig = figure(figsize=(7.5, 4.8), layout="constrained")
+    ax = fig.subplots()
+    for i, j in pairs:
+        label = wrap_name(f"{res.names_x[i]} / {res.names_y[j]}", 40)
+        ax.plot(sizes, scores[:, i, j], marker="o", markersize=3, linewidth=1.2, label=label)
+    level = np.array([np.nanmean(c[tuple(zip(*pairs))]) if np.isfinite(c[tuple(zip(*pairs))]).any() else np.nan
+                      for c in chance])
+    if np.isfinite(level).any():
+        ax.plot(sizes, level, color="black", linestyle="--", linewidth=1.5, label="chance level")
+    ax.set_xscale("log")
+    ax.set_xticks(sizes, [f"{int(v):,}" for v in sizes], fontsize=8)
+    ax.minorticks_off()
+    ax.set_xlabel("N (samples; nested random subsets)")
+    ax.set_ylabel("score of the best layer pair")
+    if res.metric != "lcs_knn" and np.nanmax(np.abs(scores), initial=0.0) <= 1.0:
+        ax.set_ylim(bottom=min(0.0, float(np.nanmin(scores, initial=0.0))))
+    ax.grid(True, which="both", alpha=0.3)
+    if len(pairs) <= 12:
+        ax.legend(fontsize=7, loc="best")
+    title = f"{res.metric}" + (f", topk={res.topk}" if res.topk is not None else "") + \
+        f": alignment against N (subset seed {res.n_grid['seed']})"
+    if not np.isfinite(level).any():
+        title += "\nno closed-form chance level for this metric (run with permutations for one)"
+    ax.set_title(title, fontsize=9)
+    return fig
+
+
+def format_n_grid_table(res: SweepResult, *, digits: int = 4) -> str:
+    """An ``n_grid`` sweep as text: each model pair's best score at every N, then the chance level."""
+    if not res.by_n:
+        raise ValueError("this result has no n_grid: run measure_sets(..., n_grid=[...])")
+    sizes = res.n_sizes
+    scores, chance = res.n_grid_matrix("scores"), res.n_grid_matrix("chance")
+    pairs = res.curve_pairs() or [(0, 0)]
+    labels = [f"{res.names_x[i]} / {res.names_y[j]}" for i, j in pairs] + ["chance level"]
+    width = max(len(t) for t in labels)
+    cell = max(digits + 4, *(len(f"N={n}") for n in sizes))
+    lines = [f"{res.metric}: score of the best layer pair against N (nested random subsets, seed "
+             f"{res.n_grid['seed']})", " " * width + "  " + "  ".join(f"{'N=' + str(n):>{cell}}" for n in sizes)]
+
+    def row(label, values):
+        return f"{label:<{width}}  " + "  ".join(f"{'-':>{cell}}" if not np.isfinite(v) else f"{v:>{cell}.{digits}f}"
+                                                 for v in values)
+
+    for (i, j), label in zip(pairs, labels):
+        lines.append(row(label, scores[:, i, j]))
+    idx = tuple(zip(*pairs))
+    level = [float(np.nanmean(c[idx])) if np.isfinite(c[idx]).any() else np.nan for c in chance]
+    lines.append(row("chance level", level))
+    return "\n".join(lines)
 
 
 def _heatmap(res: SweepResult, path: Path, auto_scale: bool = False) -> bool:

@@ -1,0 +1,584 @@
+"""Out-of-core layer search: feature files read block by block, never whole.
+
+The in-memory layer search (:func:`platonic_fast.align`, ``platonic-fast measure``) holds every
+layer of a model at once: N x L x D floats, clamped and normalised. Here a model's features
+stay in their file (:class:`~platonic_fast.features.blocks.FeatureFile`: safetensors or .npy,
+pages handed back after every read) and the same numbers come from passes over row blocks:
+
+1. statistics, one pass over the rows (all layers of a row at once for an N x L x D file):
+   NaN/Inf, the largest magnitude (the power of two every layer is divided by first);
+2. the clamp threshold, one more pass: with ``exact=False`` each sample's interpolated
+   q-quantile of its |x| (the compiled per-row selection, as in memory), with ``exact=True`` the
+   whole tensor's order statistic by a two-pass radix selection on the float bits (counts of
+   the high 16 bits, then of the low 16 bits inside the one bin that holds the position). As
+   the reference pipeline: one threshold over all layers of an N x L x D file, one per layer
+   for a file of layers of different widths;
+3. each layer in turn: clamped and L2-normalised as its blocks are read, prepared, dropped.
+   For the neighbour metrics (the kNN-list metrics and cknna) on the CPU the layer itself is
+   never whole either: the exact kNN runs over it a panel of query rows at a time, streaming
+   key blocks from the file through the same GEMM tiles and compiled top-k merger as the
+   in-memory CPU backend (so the candidate lists are identical), then the same ordering pass
+   (near-ties rescored in float64 from rows gathered from the file). What stays is the
+   neighbour lists: O(N·k) per layer. Other metrics (cka, svcca) and CUDA devices hold one
+   prepared layer at a time (on CUDA, copied from pinned host blocks with overlapped
+   transfers); cka's state keeps that layer's centred features, so its sweep still grows
+   with N·D per layer.
+
+Every elementwise step is the in-memory step on a block of rows, and every reduction is either
+per row or taken over the whole set at the end exactly as in memory, so the prepared layers are
+bitwise the in-memory ones and the scores equal the in-memory sweep's (tested).
+
+Peak memory: one panel of query rows plus one key block (``PANEL_BYTES``, 64 MiB), the block
+buffers of the passes (``BLOCK_BYTES``, 16 MiB), O(N) per-row statistics, and the lists.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ._checks import ConstantFeaturesError, DegenerateInputWarning, unit_exponent, warn_memory
+from .features.blocks import FeatureFile
+from .metrics import METRICS, Neighbours, Prepared, _cknna_state, metric_spec, prepare
+from .ops.outliers import per_sample_order_stats
+
+BLOCK_BYTES = 16 << 20  # raw bytes per block of the statistics and threshold passes
+PANEL_BYTES = 64 << 20  # query rows held at once by the streamed kNN
+_NEIGHBOUR_METRICS = ("mutual_knn", "cycle_knn", "lcs_knn", "edit_distance_knn", "cknna")
+
+
+def _blocks(n: int, size: int):
+    return [(s, min(n, s + size)) for s in range(0, n, size)]
+
+
+class StreamedLayers:
+    """The layers of one feature file as the layer search prepares them (outliers clamped, rows
+    L2-normalised), produced a block of rows at a time.
+
+    The threshold passes run when the object is made; nothing of the file is kept but O(N)
+    per-sample statistics while they run, and the thresholds after.
+
+    Parameters
+    ----------
+    source : FeatureFile or path
+        The features (a path is opened here and closed by :meth:`close`).
+    name : str
+        For messages (``feats_x``, the file name).
+    q, exact, normalize, concat
+        As :func:`platonic_fast.align.prepare_layers`.
+    own : bool, optional
+        Close ``source`` with this object (default: only when it was opened here).
+
+    Attributes
+    ----------
+    n : int
+    num_layers : int
+        Layers, the concatenation included (last) with ``concat``.
+    widths : list[int]
+    """
+
+    def __init__(self, source, name: str = "features", *, q: float = 0.95, exact: bool = False,
+                 normalize: bool = True, concat: bool = False, block_bytes: int = BLOCK_BYTES,
+                 own: bool | None = None):
+        opened = not isinstance(source, FeatureFile)
+        self._own = opened if own is None else own
+        self.file = FeatureFile(source) if opened else source
+        self.name, self.q, self.exact, self.normalize, self.concat = name, float(q), exact, normalize, concat
+        self.block_bytes = block_bytes
+        self.n = self.file.n
+        f = self.file
+        try:
+            if f.stacked:
+                self._check_and_scale_stacked()
+                self.thresholds = [self._threshold(None)] * f.num_layers
+            else:
+                self.exps, self.thresholds = [], []
+                for layer in range(f.num_layers):
+                    top = self._check_layer(layer)
+                    self.exps.append(unit_exponent(top, 20) if normalize else 0)
+                    self.thresholds.append(self._threshold(layer))
+        except BaseException:
+            self.close()
+            raise
+        self.num_layers = f.num_layers + (1 if concat else 0)
+        self.widths = list(f.widths) + ([sum(f.widths)] if concat else [])
+        self._stats: dict[int, tuple] = {}
+
+    # -- passes --------------------------------------------------------------------------------
+
+    def _rows_per_block(self, width: int) -> int:
+        # float32 after conversion: the block's working size, whatever the stored dtype
+        return max(1, self.block_bytes // max(1, width * 4))
+
+    def _check_and_scale_stacked(self) -> None:
+        """NaN/Inf over the whole N x L x D tensor and its largest magnitude -> one exponent."""
+        f, top = self.file, 0.0
+        for r0, r1 in _blocks(self.n, self._rows_per_block(f.num_layers * f.widths[0])):
+            lo, hi = torch.aminmax(f.read_all(r0, r1))
+            if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
+                raise ValueError(f"{self.name} contains NaN or Inf; clean or drop those samples first")
+            top = max(top, -float(lo), float(hi))
+        e = unit_exponent(top, 20) if self.normalize else 0
+        self.exps = [e] * f.num_layers
+
+    def _check_layer(self, layer: int) -> float:
+        top = 0.0
+        for r0, r1 in _blocks(self.n, self._rows_per_block(self.file.widths[layer])):
+            lo, hi = torch.aminmax(self.file.read(layer, r0, r1))
+            if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
+                raise ValueError(f"{self.name}[{layer}] contains NaN or Inf; clean or drop those samples first")
+            top = max(top, -float(lo), float(hi))
+        return top
+
+    def _scaled_rows(self, layer, r0: int, r1: int) -> torch.Tensor:
+        """Rows [r0, r1), divided by the power of two and in float32, before clamping:
+        all layers (b x L x D) when ``layer`` is None."""
+        if layer is None:
+            t, e = self.file.read_all(r0, r1), self.exps[0]
+        else:
+            t, e = self.file.read(layer, r0, r1), self.exps[layer]
+        return (t * 2.0 ** -e if e else t).float()
+
+    def _threshold(self, layer) -> torch.Tensor | None:
+        """The clamp value (0-d float32) of the whole tensor (``layer`` None) or of one layer."""
+        if self.q == 1.0:
+            return None
+        width = self.file.num_layers * self.file.widths[0] if layer is None else self.file.widths[layer]
+        blocks = _blocks(self.n, self._rows_per_block(width))
+        if self.exact:
+            return _radix_select(lambda: (self._scaled_rows(layer, r0, r1) for r0, r1 in blocks),
+                                 int(self.q * self.n * width))
+        # per sample: torch.quantile's linear interpolation, then the mean over samples
+        pos = self.q * (width - 1)
+        lo = math.floor(pos)
+        hi = min(lo + 1, width - 1)
+        v_lo = torch.empty(self.n, dtype=torch.float32)
+        v_hi = torch.empty(self.n, dtype=torch.float32)
+        for r0, r1 in blocks:
+            v_lo[r0:r1], v_hi[r0:r1] = per_sample_order_stats(self._scaled_rows(layer, r0, r1), lo, hi)
+        return (v_lo + (pos - lo) * (v_hi - v_lo)).mean().to(torch.float32)
+
+    # -- prepared rows -------------------------------------------------------------------------
+
+    def _clamped(self, layer: int, t: torch.Tensor) -> torch.Tensor:
+        e = self.exps[layer]
+        t = (t * 2.0 ** -e if e else t).float()
+        thr = self.thresholds[layer]
+        return t if thr is None else t.clamp(-thr, thr)
+
+    def _joined(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """The concatenation's rows from each layer's clamped rows (as prepare_layers joins them)."""
+        if self.file.stacked:
+            return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        top = max(self.exps)
+        return torch.cat([p * 2.0 ** (e - top) for p, e in zip(parts, self.exps)], dim=1)
+
+    def block(self, layer: int, r0: int, r1: int) -> torch.Tensor:
+        """Prepared rows [r0, r1) of ``layer`` (float32, contiguous)."""
+        if layer == self.file.num_layers:  # the concatenation
+            if self.file.stacked:  # as prepare_layers: the clamped N x L x D rows, flattened
+                t = self._clamped(0, self.file.read_all(r0, r1)).reshape(r1 - r0, -1)
+            else:
+                t = self._joined([self._clamped(i, self.file.read(i, r0, r1)) for i in range(self.file.num_layers)])
+        else:
+            t = self._clamped(layer, self.file.read(layer, r0, r1))
+        return (F.normalize(t, p=2, dim=-1) if self.normalize else t).contiguous()
+
+    def gather(self, layer: int, index) -> torch.Tensor:
+        """Prepared rows at ``index`` (any order) of ``layer``."""
+        if layer == self.file.num_layers:
+            parts = [self._clamped(i, self.file.gather(i, index)) for i in range(self.file.num_layers)]
+            t = self._joined(parts)
+        else:
+            t = self._clamped(layer, self.file.gather(layer, index))
+        return (F.normalize(t, p=2, dim=-1) if self.normalize else t).contiguous()
+
+    def rows_per_block(self, layer: int) -> int:
+        return self._rows_per_block(self.widths[layer])
+
+    def layer(self, layer: int, device=None) -> torch.Tensor:
+        """The whole prepared layer (N x D float32), on ``device``: from pinned host blocks with
+        overlapped copies on CUDA."""
+        dev = torch.device("cpu") if device is None else torch.device(device)
+        out = torch.empty(self.n, self.widths[layer], dtype=torch.float32, device=dev)
+        blocks = _blocks(self.n, self.rows_per_block(layer))
+        if dev.type != "cuda":
+            for r0, r1 in blocks:
+                out[r0:r1] = self.block(layer, r0, r1)
+            return out
+        rows = blocks[0][1] - blocks[0][0]
+        staging = [torch.empty(rows, self.widths[layer], dtype=torch.float32, pin_memory=True) for _ in range(2)]
+        done = [None, None]
+        with torch.cuda.device(dev):
+            for i, (r0, r1) in enumerate(blocks):
+                s = i % 2
+                if done[s] is not None:
+                    done[s].synchronize()  # the copy that last used this buffer has finished
+                staging[s][: r1 - r0].copy_(self.block(layer, r0, r1))
+                out[r0:r1].copy_(staging[s][: r1 - r0], non_blocking=True)
+                done[s] = torch.cuda.Event()
+                done[s].record()
+            torch.cuda.current_stream(dev).synchronize()
+        return out
+
+    def stats(self, layer: int) -> tuple[float, bool]:
+        """(largest |entry|, constant) of a prepared layer: one pass over its blocks."""
+        if layer not in self._stats:
+            top, lo_all, hi_all = 0.0, None, None
+            for r0, r1 in _blocks(self.n, self.rows_per_block(layer)):
+                t = self.block(layer, r0, r1)
+                lo, hi = torch.aminmax(t, dim=0)
+                lo_all = lo if lo_all is None else torch.minimum(lo_all, lo)
+                hi_all = hi if hi_all is None else torch.maximum(hi_all, hi)
+                top = max(top, -float(lo.min()), float(hi.max()))
+            constant = self.n >= 2 and bool((lo_all == hi_all).all())
+            self._stats[layer] = (top, constant)
+        return self._stats[layer]
+
+    def close(self) -> None:
+        if self._own:
+            self.file.close()
+
+    def __enter__(self) -> "StreamedLayers":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _radix_select(blocks, position: int) -> torch.Tensor:
+    """The entry at 0-based ``position`` of the ascending sort of |x| over every block (a callable
+    returning a fresh iterator of float32 blocks), by two counting passes on the float bits:
+    for non-negative floats the order of the bit patterns is the order of the values."""
+    counts = torch.zeros(1 << 15, dtype=torch.int64)
+    for t in blocks():
+        bits = t.abs().reshape(-1).view(torch.int32)
+        counts += torch.bincount(bits >> 16, minlength=1 << 15)
+    cum = counts.cumsum(0)
+    high = int(torch.searchsorted(cum, torch.tensor([position]), right=True))
+    rank = position - (int(cum[high - 1]) if high else 0)
+    low_counts = torch.zeros(1 << 16, dtype=torch.int64)
+    for t in blocks():
+        bits = t.abs().reshape(-1).view(torch.int32)
+        low_counts += torch.bincount(bits[(bits >> 16) == high] & 0xFFFF, minlength=1 << 16)
+    low = int(torch.searchsorted(low_counts.cumsum(0), torch.tensor([rank]), right=True))
+    return torch.tensor([(high << 16) | low], dtype=torch.int32).view(torch.float32)[0]
+
+
+# --- the streamed kNN ---------------------------------------------------------------------------
+
+
+class _Rows:
+    """A prepared layer seen as a matrix whose rows are gathered from the file on indexing
+    (what the ordering pass of :mod:`platonic_fast.ops.knn` needs of its queries and keys)."""
+
+    def __init__(self, layers: StreamedLayers, layer: int, e: int):
+        self.layers, self.layer, self.e = layers, layer, e
+        self.shape = (layers.n, layers.widths[layer])
+        self.device = torch.device("cpu")
+        self.dtype = torch.float32
+
+    def __getitem__(self, index) -> torch.Tensor:
+        t = self.layers.gather(self.layer, index)
+        return t if self.e == 0 else t * (2.0 ** -self.e)
+
+    def block(self, r0: int, r1: int) -> torch.Tensor:
+        t = self.layers.block(self.layer, r0, r1)
+        return t if self.e == 0 else t * (2.0 ** -self.e)
+
+
+def streamable(metric: str, opts: dict, device=None) -> bool:
+    """Whether ``metric``'s layers prepare with the streamed kNN (a neighbour metric on the CPU
+    whose kNN would run on the compiled CPU backend), rather than one whole layer at a time."""
+    from ._backends import for_op, resolve
+
+    if metric not in _NEIGHBOUR_METRICS or (device is not None and torch.device(device).type != "cpu"):
+        return False
+    try:
+        name, _ = resolve("knn", for_op("knn", opts.get("backend", "auto"), METRICS[metric].ops),
+                          torch.device("cpu"), dtypes=(torch.float32,), k=opts["topk"])
+    except ValueError:
+        return False
+    return name == "cpu"
+
+
+def stream_neighbours(layers: StreamedLayers, layer: int, k: int, *, exclude_self: bool = True,
+                      panel_bytes: int = PANEL_BYTES):
+    """Exact kNN of one prepared layer, streamed from its file: ``(values, indices, e)`` equal to
+    :func:`platonic_fast.ops.knn.neighbours` of the whole layer (true scores ``values · 2**e``).
+
+    The tiles are the in-memory CPU backend's (``cpu_tile_rows`` rows, the upper triangle only,
+    each tile merged into its rows and its columns), grouped into panels of query rows held
+    while every later key block is read once; then the same ordering pass.
+    """
+    from . import _core
+    from ._backends import backends_of
+    from .ops.knn import PROGRESS_MIN_FLOPS, RESCORE_EXTRA, SAFE_EXPONENT, _row_norms, cpu_tile_rows, vals_bytes
+
+    n, d = layers.n, layers.widths[layer]
+    top, _ = layers.stats(layer)
+    e = unit_exponent(top, SAFE_EXPONENT)
+    rows_view = _Rows(layers, layer, e)
+    n_cand = n - 1 if exclude_self else n
+    limit = backends_of("knn")["cpu"].limit_k()
+    kk = min(k + RESCORE_EXTRA, n_cand, limit if limit is not None else n_cand)
+    warn_memory(f"kNN with k={k} over N={n}", 6.0 * n * kk * (vals_bytes(torch.empty(0)) + 8),
+                "neighbour metrics rarely need k near N (the paper uses k = 10)")
+    merger = _core.KnnMergerF32(n, kk)
+    tile = cpu_tile_rows(n)
+    blocks = _blocks(n, tile)
+    per_panel = max(1, panel_bytes // (tile * d * 4))
+    buf = torch.empty(min(tile, n), min(tile, n), dtype=torch.float32)
+    norms = torch.empty(n, dtype=torch.float64)
+    flops = float(n) * n * d
+    bar = tqdm(total=len(blocks) * (len(blocks) + 1) // 2, desc=f"knn N={n} (streamed)", unit="tile", leave=False,
+               disable=None if flops >= PROGRESS_MIN_FLOPS else True)
+    with torch.no_grad():
+        for p0 in range(0, len(blocks), per_panel):
+            p1 = min(len(blocks), p0 + per_panel)
+            panel = {bi: rows_view.block(*blocks[bi]) for bi in range(p0, p1)}
+            for bi, qb in panel.items():
+                norms[blocks[bi][0]:blocks[bi][1]] = _row_norms(qb)
+            for bj in range(p0, len(blocks)):
+                k0, k1 = blocks[bj]
+                kb = panel[bj] if bj in panel else rows_view.block(k0, k1)
+                for bi in range(p0, min(p1, bj + 1)):
+                    q0, q1 = blocks[bi]
+                    scores = buf[: q1 - q0, : k1 - k0]
+                    torch.mm(panel[bi], kb.T, out=scores)
+                    s = scores.numpy()
+                    merger.add_rows(s, q0, k0, exclude_self)
+                    if bj > bi:
+                        merger.add_cols(s, q0, k0, exclude_self)
+                    bar.update()
+                del kb
+            del panel
+    bar.close()
+    values, indices = merger.finalize()
+    vals, idx = _settle(rows_view, norms, torch.from_numpy(values), torch.from_numpy(indices), k,
+                        exclude_self=exclude_self, n_cand=n_cand)
+    return vals, idx, 2 * e
+
+
+def _cluster_marks(vals: torch.Tensor, delta: torch.Tensor, k: int, *, all_candidates: bool):
+    """As the ordering pass of :func:`platonic_fast.ops.knn._settle`: positions of each row's
+    top-kk whose order the rounding bound leaves uncertain (and that matter for the top-k), and
+    the rows whose uncertain cluster reaches past the last candidate."""
+    kk = vals.shape[1]
+    v, dr = vals.to(torch.float64), delta[:, None]
+    close = (v[:, :-1] - v[:, 1:]) <= dr
+    member = torch.zeros_like(v, dtype=torch.bool)
+    member[:, :-1] |= close
+    member[:, 1:] |= close
+    member[:, k:] &= close[:, k - 1:].cumprod(dim=1).bool()
+    if all_candidates:
+        beyond = torch.zeros(vals.shape[0], dtype=torch.bool)
+    else:
+        beyond = member[:, -1] if kk > k else torch.ones(vals.shape[0], dtype=torch.bool)
+    return member, beyond
+
+
+def _settle(rows: _Rows, norms: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor, k: int, *,
+            exclude_self: bool, n_cand: int):
+    """:func:`platonic_fast.ops.knn._settle` on a streamed layer: the same rounding bound and
+    clusters, float64 rescoring of their members from rows gathered from the file, and more
+    candidates (a streamed pass) for rows whose near-ties reach past the list."""
+    from .ops.knn import _reorder_clusters, _rounding_bound, _unit_roundoff
+
+    gamma = _rounding_bound(rows.shape[1], _unit_roundoff(torch.float32))
+    with torch.no_grad():
+        delta = 2.0 * gamma * norms * norms.max()
+        out_v, out_i = vals[:, :k].clone(), idx[:, :k].clone()
+        todo = torch.arange(rows.shape[0])
+        first_round = True
+        while todo.numel():
+            kk = idx.shape[1]
+            member, beyond = _cluster_marks(vals, delta[todo], k, all_candidates=kk == n_cand)
+            busy = member.any(dim=1) & ~beyond
+            if bool(busy.any()):
+                sv, si = _reorder_clusters(rows, rows, todo[busy], vals[busy], idx[busy], member[busy])
+                out_v[todo[busy]], out_i[todo[busy]] = sv[:, :k], si[:, :k]
+            if first_round:
+                first_round = False
+            else:
+                calm = ~member.any(dim=1)
+                out_v[todo[calm]], out_i[todo[calm]] = vals[calm, :k], idx[calm, :k]
+            todo = todo[beyond]
+            if todo.numel():
+                vals, idx = _more_candidates(rows, todo, min(2 * kk, n_cand), exclude_self)
+    return out_v, out_i
+
+
+def _more_candidates(rows: _Rows, which: torch.Tensor, kk: int, exclude_self: bool, chunk: int = 4096):
+    """The top-kk candidates of rows ``which`` over every key block (computed scores, ties to the
+    smaller index), as the torch reference gives them, without the own index when excluded."""
+    from .ops.knn import _exact_topk, cpu_tile_rows
+    from .ops.topk_merge import topk_merge
+
+    n = rows.shape[0]
+    m = min(kk + exclude_self, n)
+    blocks = _blocks(n, cpu_tile_rows(n))
+    out_v, out_i = [], []
+    for c0 in range(0, which.numel(), chunk):
+        sel = which[c0: c0 + chunk]
+        q = rows[sel]
+        cand_v, cand_i = [], []
+        for k0, k1 in blocks:
+            s = q @ rows.block(k0, k1).T
+            v, i = _exact_topk(s, min(m, k1 - k0))
+            cand_v.append(v)
+            cand_i.append(i + k0)
+        v, i = topk_merge(torch.cat(cand_v, dim=1), torch.cat(cand_i, dim=1), m, backend="torch")
+        if exclude_self:
+            own = i == sel[:, None]
+            drop = torch.where(own.any(dim=1), own.to(torch.int8).argmax(dim=1), torch.full_like(sel, i.shape[1] - 1))
+            keep = torch.ones_like(own).scatter_(1, drop[:, None], False)
+            v, i = v[keep].view(len(sel), -1), i[keep].view(len(sel), -1)
+        out_v.append(v[:, :kk])
+        out_i.append(i[:, :kk])
+    return torch.cat(out_v), torch.cat(out_i)
+
+
+# --- preparing a file ---------------------------------------------------------------------------
+
+
+def prepare_file(source, metric: str, opts: dict, *, name: str | None = None, q: float = 0.95,
+                 exact: bool = False, concat: bool = False, device=None, bar=None,
+                 panel_bytes: int = PANEL_BYTES) -> list:
+    """Every layer of a feature file prepared for ``metric`` (validated options ``opts``, as
+    :func:`platonic_fast.align.resolve_options` gives them), out of core: the states
+    :func:`platonic_fast.align.prepare_states` gives for the layers of
+    :func:`platonic_fast.align.prepare_layers`, equal to them, without the file ever in memory.
+
+    Parameters
+    ----------
+    source : path, FeatureFile or StreamedLayers
+        A .safetensors features file or a .npy array (N x L x D or N x D).
+    metric : str
+    opts : dict
+    name : str, optional
+        For messages (default: the file name).
+    q, exact, concat
+        As :func:`platonic_fast.align`.
+    device : optional
+        Where the states live; on CUDA each layer is prepared whole on the device.
+    bar : tqdm, optional
+        Advanced once per layer.
+
+    Returns
+    -------
+    list of Prepared (None for a constant layer, with a DegenerateInputWarning)
+    """
+    layers = source if isinstance(source, StreamedLayers) else StreamedLayers(
+        source, name or Path(getattr(source, "path", source)).name, q=q, exact=exact, concat=concat)
+    try:
+        spec = metric_spec(metric)
+        stream = streamable(metric, opts, device)
+        states = []
+        for i in range(layers.num_layers):
+            states.append(_prepare_layer(layers, i, spec, opts, stream, device, panel_bytes))
+            if bar is not None:
+                bar.update()
+        return states
+    finally:
+        if layers is not source:
+            layers.close()
+
+
+def _prepare_layer(layers: StreamedLayers, i: int, spec, opts: dict, stream: bool, device, panel_bytes: int):
+    n, d = layers.n, layers.widths[i]
+    if not stream:
+        x = layers.layer(i, device)
+        try:
+            return prepare(spec.name, x, **opts)
+        except ConstantFeaturesError:
+            _warn_constant(i)
+            return None
+    _, constant = layers.stats(i)
+    if constant:
+        _warn_constant(i)
+        return None
+    o = spec.check_options(n, (d, d), opts)
+    cknna = spec.name == "cknna"
+    vals, idx, e = stream_neighbours(layers, i, o["topk"], exclude_self=o["unbiased"] if cknna else True,
+                                     panel_bytes=panel_bytes)
+    state = _cknna_state(idx, vals, o["unbiased"], o["backend"], scale_exp=e) if cknna else Neighbours(idx)
+    return Prepared(spec.name, o, state, n, d)
+
+
+def _warn_constant(i: int) -> None:
+    warnings.warn(f"layer {i} is constant (all samples equal): its scores are NaN", DegenerateInputWarning,
+                  stacklevel=4)
+
+
+def align_files(file_x, file_y, metric: str = "mutual_knn", topk: int = 10, *, q: float = 0.95,
+                exact: bool = False, concat: bool = False, backend: str = "auto", rows=None,
+                permutations: int | None = None, alpha: float = 0.05, generator=None, **metric_options):
+    """:func:`platonic_fast.align` of two feature files, out of core (see this module).
+
+    Parameters
+    ----------
+    file_x, file_y : path
+        .safetensors features files (:func:`platonic_fast.features.save`) or .npy arrays
+        (N x L x D, or N x D for one layer) of the same N samples.
+    rows : array of int, optional
+        Score only these samples (increasing row numbers).
+    metric, topk, q, exact, concat, backend, permutations, alpha, generator, **metric_options
+        As :func:`platonic_fast.align`.
+
+    Returns
+    -------
+    AlignResult
+        Equal to ``align`` of the two files' features loaded whole.
+
+    Examples
+    --------
+    >>> res = align_files("feats/a.safetensors", "feats/b.npy", "mutual_knn", topk=10)   # doctest: +SKIP
+    """
+    from .align import resolve_options, score_states
+    from .calibration import calibrate_states, exact_chance
+
+    fx, fy = FeatureFile(file_x, rows), FeatureFile(file_y, rows)
+    try:
+        if fx.n != fy.n:
+            raise ValueError(f"file_x and file_y must describe the same samples: got N={fx.n} and N={fy.n}")
+        sx = StreamedLayers(fx, "file_x", q=q, exact=exact, concat=concat)
+        sy = StreamedLayers(fy, "file_y", q=q, exact=exact, concat=concat)
+        opts = resolve_options(metric, fx.n, sx.widths + sy.widths, topk=topk, backend=backend, **metric_options)
+        states_x = prepare_file(sx, metric, opts)
+        states_y = prepare_file(sy, metric, opts)
+    finally:
+        fx.close()
+        fy.close()
+    result = score_states(states_x, states_y, metric, opts, concat=concat)
+    result.chance = exact_chance(states_x, states_y, metric, opts)
+    if permutations is not None:
+        result.calibration = calibrate_states(states_x, states_y, result.scores, metric, opts,
+                                              permutations=permutations, alpha=alpha, generator=generator)
+    return result
+
+
+def memory_available() -> int | None:
+    """Bytes of memory available to new allocations (Linux MemAvailable), or None."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def file_data_bytes(path) -> int:
+    """The size of a features file (its layers, nearly all of it)."""
+    return os.path.getsize(path)
+
+
+__all__ = ["StreamedLayers", "align_files", "prepare_file", "stream_neighbours", "streamable"]
