@@ -16,7 +16,6 @@ import time
 import traceback
 
 import torch
-import torch.nn.functional as F
 
 N = 157  # not divisible by 2 or 3
 TIMEOUT_S = 20.0
@@ -66,18 +65,19 @@ def pair(seed: int = 1, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor
     return a, b
 
 
-def knn_cases(world: int) -> list[tuple[str, str, int, str, torch.dtype, bool]]:
-    """(name, data, k, split, dtype, exclude_self)."""
+def knn_cases(world: int) -> list[tuple[str, str, int, str, torch.dtype, bool, str]]:
+    """(name, data, k, split, dtype, exclude_self, backend)."""
     sz = sizes(N, world)
     near = max(sz) - 2 if world > 1 else N - 2
-    out = [("gauss_k10", "gauss", 10, "uneven", torch.float32, True),
-           ("gauss_k_near_shard", "gauss", near, "uneven", torch.float32, True),
-           ("tied_k12", "tied", 12, "uneven", torch.float32, True),
-           ("tied_f64_k7", "tied", 7, "uneven", torch.float64, True),
-           ("tied_bf16_k5", "tied", 5, "uneven", torch.bfloat16, True),
-           ("gauss_with_self", "gauss", 9, "uneven", torch.float64, False)]
+    out = [("gauss_k10", "gauss", 10, "uneven", torch.float32, True, "auto"),
+           ("gauss_k_near_shard", "gauss", near, "uneven", torch.float32, True, "auto"),
+           ("tied_k12", "tied", 12, "uneven", torch.float32, True, "auto"),
+           ("tied_f64_k7", "tied", 7, "uneven", torch.float64, True, "auto"),
+           ("tied_bf16_k5", "tied", 5, "uneven", torch.bfloat16, True, "auto"),
+           ("tied_torch_backend", "tied", 10, "uneven", torch.float32, True, "torch"),
+           ("gauss_with_self", "gauss", 9, "uneven", torch.float64, False, "auto")]
     if world > 1:
-        out.append(("empty_shard", "gauss", 10, "empty", torch.float32, True))
+        out.append(("empty_shard", "gauss", 10, "empty", torch.float32, True, "auto"))
     return out
 
 
@@ -93,6 +93,11 @@ METRIC_CASES = [
     ("cknna", {"topk": 10, "distance_agnostic": True}), ("cknna", {"topk": 150}), ("svcca", {"cca_dim": 6}),
     ("mutual_knn", {"topk": 150}),
 ]
+
+
+# float32 inputs: the cases whose numbers come from float32 kNN scores or GEMMs
+F32_CASES = [("mutual_knn", {"topk": 10}), ("cycle_knn", {"topk": 10}), ("cknna", {"topk": 10}), ("cka", {}),
+             ("unbiased_cka", {"kernel_metric": "rbf", "rbf_sigma": 6.0}), ("svcca", {"cca_dim": 6})]
 
 
 def layers(seed: int = 5) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -120,16 +125,17 @@ def battery(rank: int, world: int) -> dict:
             out[name] = {"error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()}
         out.setdefault("_times", {})[name] = time.perf_counter() - t0
 
-    for name, data, k, split, dtype, excl in knn_cases(world):
+    for name, data, k, split, dtype, excl, backend in knn_cases(world):
         rows = bounds(sizes(N, world, split), rank)
         x = knn_data(data, dtype)[rows]
-        item(f"knn/{name}", lambda x=x, k=k, excl=excl: pfd.knn(x, k, exclude_self=excl))
+        item(f"knn/{name}", lambda x=x, k=k, excl=excl, be=backend: pfd.knn(x, k, exclude_self=excl, backend=be))
     rows = bounds(sizes(N, world), rank)
     item("knn/gather", lambda: pfd.knn(knn_data("gauss", torch.float32)[rows], 10, gather=True))
-    for dtype in (torch.float64, torch.float32):
+    for dtype, cases in ((torch.float64, METRIC_CASES), (torch.float32, F32_CASES)):
         a, b = pair(1, dtype)
-        for metric, opts in METRIC_CASES:
-            item(f"metric/{dtype}/{key(metric, opts)}", lambda m=metric, o=opts: pfd.measure(m, a[rows], b[rows], **o))
+        for metric, opts in cases:
+            item(f"metric/{dtype}/{key(metric, opts)}",
+                 lambda m=metric, o=opts, a=a, b=b: pfd.measure(m, a[rows], b[rows], **o))
     a, b = pair(1, torch.float64)
     item("truncated", lambda: pfd.score(pfd.prepare("cknna", a[rows], topk=12).truncated(5),
                                         pfd.prepare("cknna", b[rows], topk=12).truncated(5)))
@@ -147,11 +153,15 @@ def battery(rank: int, world: int) -> dict:
     item("align/mutual_knn", lambda: summary(pfd.align(x[rows], [l[rows] for l in y], "mutual_knn", topk=5,
                                                        permutations=6, generator=0)))
     item("align/cka_concat", lambda: summary(pfd.align([l[rows] for l in y], x[rows], "cka", concat=True,
-                                                       exact=True, permutations=4, generator=1)))
+                                                       exact=True, permutations=2, generator=1)))
     item("align/cknna", lambda: summary(pfd.align(x[rows], x[rows], "cknna", topk=6)))
+    item("scorer", lambda: {name: summary(res) for name, res in pfd.Alignment(
+        {"y": [l[rows] for l in y], "x": x[rows]}, concat=True).score(x[rows], "unbiased_cka").items()})
     item("calibrate", lambda: {m: (c.observed, c.null, c.p_value, c.chance) for m, c in pfd.calibrate(
-        ["mutual_knn", "cycle_knn", "cknna", "unbiased_cka", "svcca"], a[rows], b[rows], permutations=5, generator=3,
+        ["mutual_knn", "cycle_knn", "cknna", "unbiased_cka", "svcca"], a[rows], b[rows], permutations=3, generator=3,
         topk=8, cca_dim=4).items()})
+    if world == 3:  # last: failures leave the group usable (every rank raised at the same point)
+        out["failures"] = failures(rank, world)
     return out
 
 
@@ -237,7 +247,23 @@ def stalls(rank: int, world: int) -> dict:
         return {"error": f"{type(e).__name__}: {e}", "elapsed": time.perf_counter() - t0}
 
 
-CASES = {"battery": battery, "failures": failures, "dies": dies, "stalls": stalls}
+def cuda(rank: int, world: int) -> dict:
+    """World size 1 under NCCL with CUDA tensors: the same code path as the gloo battery."""
+    import platonic_fast.distributed as pfd
+
+    dev = torch.device("cuda", rank)
+    a, b = (t.to(dev) for t in pair(1, torch.float32))
+    x, y = layers()
+    out = {"knn": pfd.knn(knn_data("tied", torch.float32).to(dev), 12)}
+    for metric, opts in METRIC_CASES:
+        out[key(metric, opts)] = pfd.measure(metric, a, b, **opts)
+    out["outliers"] = pfd.remove_outliers(x.to(dev), 0.9, True)
+    res = pfd.align(x.to(dev), [l.to(dev) for l in y], "mutual_knn", topk=5, permutations=4, generator=0)
+    out["align"] = (res.scores, res.calibration.null)
+    return out
+
+
+CASES = {"battery": battery, "failures": failures, "dies": dies, "stalls": stalls, "cuda": cuda}
 
 
 def main(argv: list[str]) -> int:
@@ -245,8 +271,10 @@ def main(argv: list[str]) -> int:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=TIMEOUT_S))
+    if case == "cuda":
+        torch.cuda.set_device(rank)
+    dist.init_process_group("nccl" if case == "cuda" else "gloo", init_method=f"file://{store}", rank=rank,
+                            world_size=world, timeout=datetime.timedelta(seconds=TIMEOUT_S))
     t0 = time.perf_counter()
     try:
         result = CASES[case](rank, world)

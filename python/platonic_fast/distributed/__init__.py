@@ -39,6 +39,7 @@ from ._metrics import (
     svcca,
     unbiased_cka,
 )
+from ._scorer import Alignment
 
 
 def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
@@ -46,6 +47,6 @@ def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
     return rank * n // world, (rank + 1) * n // world
 
 
-__all__ = ["Layout", "ShardError", "ShardedPrepared", "align", "calibrate", "cka", "cknna", "cycle_knn",
+__all__ = ["Alignment", "Layout", "ShardError", "ShardedPrepared", "align", "calibrate", "cka", "cknna", "cycle_knn",
            "edit_distance_knn", "knn", "lcs_knn", "measure", "mutual_knn", "prepare", "remove_outliers", "score",
            "shard_bounds", "svcca", "unbiased_cka"]

@@ -202,7 +202,8 @@ def align(feats_x, feats_y, metric: str = "mutual_knn", topk: int = 10, *, group
     result.chance = _chance(states_x, states_y)
     if calibrated:
         result.calibration = calibrate_states(comm, states_x, states_y, result.scores, metric, opts, n,
-                                              permutations=permutations, alpha=alpha, generator=generator, perm=perm)
+                                              permutations=permutations, alpha=alpha, generator=generator, perm=perm,
+                                              device=xs[0].device)
     return result
 
 
@@ -232,13 +233,13 @@ def null_scores(states_x, states_y, k: int, draw, comm: Comm) -> torch.Tensor:
 
 
 def calibrate_states(comm: Comm, states_x, states_y, scores: torch.Tensor, metric: str, opts: dict, n: int, *,
-                     permutations=None, alpha: float = 0.05, generator=None, perm=None, s_max="auto"
-                     ) -> LayerCalibration:
+                     permutations=None, alpha: float = 0.05, generator=None, perm=None, s_max="auto",
+                     device=None) -> LayerCalibration:
     """:func:`platonic_fast.calibration.calibrate_states` on sharded states."""
     spec = metric_spec(metric)
     alpha = check_alpha(alpha)
     s_max = spec.max_score(opts) if isinstance(s_max, str) and s_max == "auto" else check_s_max(s_max)
-    k, draw = _draws(comm, n, permutations, perm, generator, torch.device("cpu"))
+    k, draw = _draws(comm, n, permutations, perm, generator, device or torch.device("cpu"))
     null = null_scores(states_x, states_y, k, draw, comm)
     aggregates = {}
     for how in ("max", "mean"):

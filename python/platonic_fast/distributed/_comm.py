@@ -28,6 +28,10 @@ _MESSAGE_BYTES = 2048
 _DTYPE_CODES = {dt: i for i, dt in enumerate(FLOAT_DTYPES)}
 
 
+# Bytes this process has sent and messages it has posted through :class:`Comm` (for benchmarks).
+TRAFFIC = {"bytes_sent": 0, "messages": 0, "collectives": 0}
+
+
 class ShardError(RuntimeError):
     """Raised on every rank when another rank of the group failed (its error in the message)."""
 
@@ -120,6 +124,7 @@ class Comm:
         if self.size == 1:
             return t.clone()
         w = t.detach().to(self.device).clone()
+        _count(w, collective=True)
         red = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op]
         self._wait(dist.all_reduce(w, op=red, group=self.group, async_op=True))
         return w.to(t.device)
@@ -139,6 +144,7 @@ class Comm:
         if self.size == 1:
             return [t]
         w = _wire(t).to(self.device)
+        _count(w, collective=True)
         out = [torch.empty_like(w) for _ in range(self.size)]
         self._wait(dist.all_gather(out, w, group=self.group, async_op=True))
         return [_unwire(o.to(t.device), t.dtype, t.shape) for o in out]
@@ -156,6 +162,7 @@ class Comm:
         if self.size == 1:
             return t
         w = _wire(t).to(self.device).clone()
+        _count(w, collective=True)
         self._wait(dist.broadcast(w, src=self._peer(src), group=self.group, async_op=True))
         return _unwire(w.to(t.device), t.dtype, t.shape)
 
@@ -168,6 +175,7 @@ class Comm:
         works = []
         if send is not None and send.numel():
             wire = _wire(send).to(self.device)
+            _count(wire)
             works.append(dist.isend(wire, self._peer(dst), group=self.group))
         rbuf = None
         if out.numel():
@@ -273,6 +281,11 @@ class Comm:
             return payload
         dst, src = (self.rank - t) % self.size, (self.rank + t) % self.size
         return [self.exchange(p, dst, s, p.dtype, src, p.device) for p, s in zip(payload, shapes)]
+
+
+def _count(wire: torch.Tensor, *, collective: bool = False) -> None:
+    TRAFFIC["bytes_sent"] += wire.numel() * wire.element_size()
+    TRAFFIC["collectives" if collective else "messages"] += 1
 
 
 def _wire(t: torch.Tensor) -> torch.Tensor:

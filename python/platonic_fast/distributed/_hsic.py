@@ -31,6 +31,7 @@ class ShardStats:
     local: H.KernelStats
     n: int
     feature_space: bool
+    self_parts: list | None = None  # the set's own row sums for HSIC(K, K) (see :func:`_parts`)
 
 
 def _global_mean(comm: Comm, x: torch.Tensor, n: int) -> torch.Tensor:
@@ -62,7 +63,7 @@ def kernel_stats(comm: Comm, layout: Layout, x: torch.Tensor, kernel: str = "ip"
                 with comm.step():
                     g = (feats.T @ feats).to(torch.float64)
                 st.self_sum = float(comm.all_reduce(g.cpu()).square().sum())
-                return ShardStats(st, n, True)
+                return _with_parts(comm, ShardStats(st, n, True))
         else:
             with comm.step():
                 sq64 = feats.to(torch.float64).square().sum(dim=1)
@@ -79,7 +80,12 @@ def kernel_stats(comm: Comm, layout: Layout, x: torch.Tensor, kernel: str = "ip"
         st.self_sum = self_sum
         if kernel == "rbf":
             st.row_sums = rows
-        return ShardStats(st, n, False)
+        return _with_parts(comm, ShardStats(st, n, False))
+
+
+def _with_parts(comm: Comm, st: ShardStats) -> ShardStats:
+    st.self_parts = _parts(comm, st, st)
+    return st
 
 
 def _tile(st: H.KernelStats, xi: torch.Tensor, sqi, xj: torch.Tensor, sqj, same: bool) -> torch.Tensor:
@@ -162,13 +168,17 @@ def cross_sum(comm: Comm, layout: Layout, sa: ShardStats, sb: ShardStats) -> flo
     return _tile_sums(comm, layout, [ka], [kb])[0]
 
 
-def hsic_from_sums(comm: Comm, cross: float, sa: ShardStats, sb: ShardStats, *, unbiased: bool) -> float:
-    """:func:`platonic_fast.ops.hsic.hsic_from_sums` with the row sums all-reduced."""
-    n = sa.n
+def _parts(comm: Comm, sa: ShardStats, sb: ShardStats) -> list[float]:
+    """The all-reduced row sums HSIC needs besides the cross term: Σ K1·L1, Σ K1, Σ L1,
+    Σ diag K·diag L, Σ diag K, Σ diag L, Σ (K1 − diag K)·(L1 − diag L)."""
     ra, rb, da, db = sa.local.row_sums, sb.local.row_sums, sa.local.diag, sb.local.diag
-    s_rab, s_ra, s_rb, s_dab, s_da, s_db, s_t = comm.sum(
-        [float(ra @ rb), float(ra.sum()), float(rb.sum()), float(da @ db), float(da.sum()), float(db.sum()),
-         float((ra - da) @ (rb - db))])
+    return comm.sum([float(ra @ rb), float(ra.sum()), float(rb.sum()), float(da @ db), float(da.sum()),
+                     float(db.sum()), float((ra - da) @ (rb - db))])
+
+
+def hsic_from_parts(cross: float, parts: list[float], n: int, *, unbiased: bool) -> float:
+    """:func:`platonic_fast.ops.hsic.hsic_from_sums` from the all-reduced sums."""
+    s_rab, s_ra, s_rb, s_dab, s_da, s_db, s_t = parts
     if not unbiased:
         return cross - 2.0 * s_rab / n + s_ra * s_rb / n**2
     if n < 4:
@@ -178,22 +188,25 @@ def hsic_from_sums(comm: Comm, cross: float, sa: ShardStats, sb: ShardStats, *, 
     return (cross_t + sum_a * sum_b / ((n - 1) * (n - 2)) - 2.0 * s_t / (n - 2)) / (n * (n - 3))
 
 
+def _own(st: ShardStats, unbiased: bool) -> float:
+    return hsic_from_parts(st.local.self_sum, st.self_parts, st.n, unbiased=unbiased)
+
+
 def cka(comm: Comm, layout: Layout, sa: ShardStats, sb: ShardStats, *, unbiased: bool) -> float:
-    hkl = hsic_from_sums(comm, cross_sum(comm, layout, sa, sb), sa, sb, unbiased=unbiased)
-    hkk = hsic_from_sums(comm, sa.local.self_sum, sa, sa, unbiased=unbiased)
-    hll = hsic_from_sums(comm, sb.local.self_sum, sb, sb, unbiased=unbiased)
+    hkl = hsic_from_parts(cross_sum(comm, layout, sa, sb), _parts(comm, sa, sb), sa.n, unbiased=unbiased)
+    hkk, hll = _own(sa, unbiased), _own(sb, unbiased)
     return guarded_ratio("cka", hkl, max(hkk * hll, 0.0) ** 0.5, -H._true_units(sa.local, sb.local))
 
 
 def cka_null_mean(comm: Comm, sa: ShardStats, sb: ShardStats, *, unbiased: bool) -> float:
-    """:func:`platonic_fast.ops.hsic.cka_null_mean`, sharded."""
+    """:func:`platonic_fast.ops.hsic.cka_null_mean`, sharded (no communication: the sums it
+    needs are the sets' own, all-reduced when they were prepared)."""
     if unbiased:
         return 0.0
-    hkk = hsic_from_sums(comm, sa.local.self_sum, sa, sa, unbiased=False)
-    hll = hsic_from_sums(comm, sb.local.self_sum, sb, sb, unbiased=False)
-    da, ra, db, rb = comm.sum([float(sa.local.diag.sum()), float(sa.local.row_sums.sum()),
-                               float(sb.local.diag.sum()), float(sb.local.row_sums.sum())])
-    mean = (da - ra / sa.n) * (db - rb / sb.n) / (sa.n - 1)
+    hkk, hll = _own(sa, False), _own(sb, False)
+    trace_a = sa.self_parts[4] - sa.self_parts[1] / sa.n  # Σ diag − Σ K1 / N
+    trace_b = sb.self_parts[4] - sb.self_parts[1] / sb.n
+    mean = trace_a * trace_b / (sa.n - 1)
     return guarded_ratio("cka", mean, max(hkk * hll, 0.0) ** 0.5, -H._true_units(sa.local, sb.local), warn=False)
 
 
