@@ -111,7 +111,7 @@ def test_streamed_knn_equals_the_in_memory_knn(stacked_file, monkeypatch):
 
     monkeypatch.setattr(outofcore, "_more_candidates", counted)
     with outofcore.StreamedLayers(path) as s:
-        for layer in range(3):
+        for layer in (0, 2):
             for k, exclude in ((10, True), (7, False), (300, True)):
                 got = outofcore.stream_neighbours(s, layer, k, exclude_self=exclude, panel_bytes=1 << 14)
                 want = neighbours(ref[layer], k, exclude_self=exclude)
