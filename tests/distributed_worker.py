@@ -100,6 +100,10 @@ F32_CASES = [("mutual_knn", {"topk": 10}), ("cycle_knn", {"topk": 10}), ("cknna"
              ("unbiased_cka", {"kernel_metric": "rbf", "rbf_sigma": 6.0}), ("svcca", {"cca_dim": 6})]
 
 
+EMPTY_CASES = [("cycle_knn", {"topk": 10}), ("lcs_knn", {"topk": 10}), ("cknna", {"topk": 10}), ("cka", {}),
+               ("cka", {"kernel_metric": "rbf", "rbf_sigma": 4.0}), ("svcca", {"cca_dim": 6})]
+
+
 def layers(seed: int = 5) -> tuple[torch.Tensor, list[torch.Tensor]]:
     x = gaussian(N * 3, 16, seed).reshape(N, 3, 16) * torch.tensor([1.0, 4.0, 0.5])[None, :, None]
     y = [(x[:, 1] @ gaussian(16, 12, seed + 1) + gaussian(N, 12, seed + 2)), gaussian(N, 8, seed + 3)]
@@ -136,6 +140,10 @@ def battery(rank: int, world: int) -> dict:
         for metric, opts in cases:
             item(f"metric/{dtype}/{key(metric, opts)}",
                  lambda m=metric, o=opts, a=a, b=b: pfd.measure(m, a[rows], b[rows], **o))
+    if world > 1:  # rank 0 holds no rows
+        empty = bounds(sizes(N, world, "empty"), rank)
+        for metric, opts in EMPTY_CASES:
+            item(f"empty/{key(metric, opts)}", lambda m=metric, o=opts: pfd.measure(m, a[empty], b[empty], **o))
     a, b = pair(1, torch.float64)
     item("truncated", lambda: pfd.score(pfd.prepare("cknna", a[rows], topk=12).truncated(5),
                                         pfd.prepare("cknna", b[rows], topk=12).truncated(5)))

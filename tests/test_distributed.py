@@ -163,6 +163,17 @@ def test_metric_equals_one_process(battery, metric, opts, dtype):
         assert got == ref  # integer totals: exact
 
 
+@pytest.mark.parametrize("metric,opts", W.EMPTY_CASES, ids=[W.key(m, o) for m, o in W.EMPTY_CASES])
+def test_metric_with_an_empty_shard(battery, metric, opts):
+    world, results = battery
+    if world == 1:
+        pytest.skip("needs several ranks")
+    got = _same_on_every_rank(results, f"empty/{W.key(metric, opts)}")
+    a, b = W.pair(1, torch.float32)
+    ref = pf.measure(metric, a, b, **opts)
+    assert abs(got - ref) <= (1e-6 if metric == "cknna" else TOL64), (got, ref)
+
+
 def test_truncated(battery):
     world, results = battery
     got = _same_on_every_rank(results, "truncated")
