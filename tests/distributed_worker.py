@@ -100,6 +100,15 @@ F32_CASES = [("mutual_knn", {"topk": 10}), ("cycle_knn", {"topk": 10}), ("cknna"
              ("unbiased_cka", {"kernel_metric": "rbf", "rbf_sigma": 6.0}), ("svcca", {"cca_dim": 6})]
 
 
+# exact ties everywhere and duplicated rows across shard boundaries (see :func:`tied`)
+TIED_CASES = [("mutual_knn", {"topk": 12}), ("cycle_knn", {"topk": 12}), ("edit_distance_knn", {"topk": 12}),
+              ("cknna", {"topk": 12}), ("cknna", {"topk": 12, "unbiased": False})]
+
+
+def tied_pair() -> tuple[torch.Tensor, torch.Tensor]:
+    return tied(N, 8, 3), tied(N, 6, 4)
+
+
 EMPTY_CASES = [("cycle_knn", {"topk": 10}), ("lcs_knn", {"topk": 10}), ("cknna", {"topk": 10}), ("cka", {}),
                ("cka", {"kernel_metric": "rbf", "rbf_sigma": 4.0}), ("svcca", {"cca_dim": 6})]
 
@@ -140,6 +149,9 @@ def battery(rank: int, world: int) -> dict:
         for metric, opts in cases:
             item(f"metric/{dtype}/{key(metric, opts)}",
                  lambda m=metric, o=opts, a=a, b=b: pfd.measure(m, a[rows], b[rows], **o))
+    ta, tb = tied_pair()
+    for metric, opts in TIED_CASES:
+        item(f"tied/{key(metric, opts)}", lambda m=metric, o=opts: pfd.measure(m, ta[rows], tb[rows], **o))
     if world > 1:  # rank 0 holds no rows
         empty = bounds(sizes(N, world, "empty"), rank)
         for metric, opts in EMPTY_CASES:

@@ -163,6 +163,17 @@ def test_metric_equals_one_process(battery, metric, opts, dtype):
         assert got == ref  # integer totals: exact
 
 
+@pytest.mark.parametrize("metric,opts", W.TIED_CASES, ids=[W.key(m, o) for m, o in W.TIED_CASES])
+def test_metric_with_ties_across_shards(battery, metric, opts):
+    """Exact ties and duplicated rows on different ranks: the same lists, so the same scores
+    (exactly for the list metrics; cknna's sums in another order, within 1e-12: its kernel
+    values are exact small dyadic products here)."""
+    world, results = battery
+    got = _same_on_every_rank(results, f"tied/{W.key(metric, opts)}")
+    ref = pf.measure(metric, *W.tied_pair(), **opts)
+    assert abs(got - ref) <= (TOL64 if metric == "cknna" else 0.0), (got, ref)
+
+
 @pytest.mark.parametrize("metric,opts", W.EMPTY_CASES, ids=[W.key(m, o) for m, o in W.EMPTY_CASES])
 def test_metric_with_an_empty_shard(battery, metric, opts):
     world, results = battery
