@@ -180,6 +180,14 @@ def battery(rank: int, world: int) -> dict:
     item("calibrate", lambda: {m: (c.observed, c.null, c.p_value, c.chance) for m, c in pfd.calibrate(
         ["mutual_knn", "cycle_knn", "cknna", "unbiased_cka", "svcca"], a[rows], b[rows], permutations=3, generator=3,
         topk=8, cca_dim=4).items()})
+    if world == 3:  # a subgroup: ranks 1 and 2 only (every rank creates it; rank 0 sits it out)
+        import torch.distributed as dist
+
+        sub = dist.new_group([1, 2])
+        if rank in (1, 2):
+            x = knn_data("tied", torch.float32)[rows]
+            item("subgroup/knn", lambda: pfd.knn(x, 9, group=sub, gather=True))
+            item("subgroup/cycle", lambda: pfd.measure("cycle_knn", a[rows], b[rows], topk=7, group=sub))
     if world == 3:  # last: failures leave the group usable (every rank raised at the same point)
         out["failures"] = failures(rank, world)
     return out

@@ -268,6 +268,23 @@ def test_calibrate(battery):
         assert abs(chance - c.chance) <= TOL64
 
 
+def test_subgroup(battery):
+    """group=: ranks 1 and 2 of three shard the rows they hold between them."""
+    world, results = battery
+    if world != 3:
+        pytest.skip("run by the three-rank group")
+    sz = W.sizes(W.N, 3)
+    rows = slice(sz[0], W.N)
+    v, i = _ok(results[1]["subgroup/knn"], "subgroup/knn")
+    assert _equal((v, i), _ok(results[2]["subgroup/knn"], "subgroup/knn"))
+    assert "subgroup/knn" not in results[0]
+    ref_v, ref_i = pf.knn(W.knn_data("tied", torch.float32)[rows], 9)
+    assert torch.equal(i, ref_i)
+    a, b = W.pair(1, torch.float64)
+    for r in (1, 2):
+        assert results[r]["subgroup/cycle"] == pf.measure("cycle_knn", a[rows], b[rows], topk=7)
+
+
 # --- failures --------------------------------------------------------------------------------------
 
 def test_failures_raise_on_every_rank(battery):
