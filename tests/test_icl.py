@@ -212,3 +212,55 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert info["step"] == 8 and info["train_config"] == cfg
     with pytest.raises(ValueError, match="other settings.*lr: 0.001 -> 0.002"):
         train(TINY, TrainConfig(**{**cfg.as_dict(), "lr": 2e-3}), tmp_path / "b", progress=False)
+
+
+# --- the command line and the study's pieces ----------------------------------------------------
+
+@pytest.mark.parametrize("argv, match", [
+    (["train", "--mixture", "0.5*dense + 0.4*sine", "--out", "x"], "must sum to 1"),
+    (["train", "--mixture", "cosine", "--out", "x"], "unknown function class 'cosine'"),
+    (["train", "--mixture", "sparse(k=9)", "--out", "x"], "k=9 non-zero coefficients need 1 <= k <= d, and d=8"),
+    (["train", "--mixture", "dense", "--out", "x", "--curriculum", "2,30,5"], "n_start=30 must lie in 1..n_points=20"),
+    (["train", "--mixture", "dense", "--out", "x", "--preset", "gpu"], "unknown preset 'gpu'"),
+    (["eval", "x", "--task", "combo(alpha=3)"], "alpha must lie in"),
+])
+def test_cli_bad_settings(argv, match, capsys, tmp_path, monkeypatch):
+    from platonic_fast.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["icl", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("platonic-fast icl: error:") and match in err, err
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_train_eval_align(tmp_path, capsys):
+    import json
+
+    from platonic_fast.cli import main
+
+    for name, seed in (("a", 0), ("b", 1)):
+        assert main(["icl", "train", "--mixture", "0.5*dense + 0.5*sparse(k=2)", "--out", str(tmp_path / name),
+                     "--steps", "2", "--seed", str(seed), "--no-progress", "--threads", "1"]) == 0
+    assert "trained 0.5*dense + 0.5*sparse(k=2) to step 2" in capsys.readouterr().out
+    assert main(["icl", "eval", str(tmp_path / "a"), "--task", "sparse(k=2)", "--count", "16", "--baselines",
+                 "least_squares", "zero", "--out", str(tmp_path / "ev")]) == 0
+    out = capsys.readouterr().out
+    assert "least_squares" in out and "a  " in out
+    curves = json.loads((tmp_path / "ev" / "eval.json").read_text())["tasks"]["sparse(k=2)"]
+    assert curves["least_squares"]["mean"][8] < 1e-6 and len(curves["a"]["mean"]) == 20
+    assert main(["icl", "align", str(tmp_path / "a"), str(tmp_path / "b"), "--sequences", "4", "--topk", "3",
+                 "--permutations", "3", "--out", str(tmp_path / "al")]) == 0
+    res = json.loads((tmp_path / "al" / "align.json").read_text())
+    assert res["samples"] == 80 and res["models"] == ["a", "b"]
+    m = res["metrics"]["mutual_knn"]
+    assert 0 <= m["best"][0][1] <= 1 and m["best"][0][1] == m["best"][1][0]
+    assert (tmp_path / "al" / "align.png").stat().st_size > 0
+
+
+def test_spearman_matches_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    from platonic_fast.icl.study import spearman
+
+    a, b = [3, 1, 2, 2, 5, 0.5], [1.0, 0.2, 0.3, 0.1, 0.9, 0.0]
+    assert abs(spearman(a, b) - stats.spearmanr(a, b).statistic) < 1e-12

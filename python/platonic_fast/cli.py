@@ -35,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
 
     add_feature_parsers(sub, debug_parent)  # extract, models
 
+    from .icl.cli import add_parsers as add_icl_parsers
+
+    add_icl_parsers(sub, debug_parent)  # icl train | eval | align | study
+
     meas = sub.add_parser(
         "measure", parents=[debug_parent],
         help="align a model set with a model set (feature files) -> scores JSON/NPZ + heat map",
@@ -192,6 +196,10 @@ def _dispatch(parser, args) -> int:
         return run_models(args)
     elif args.command == "verify":
         return _verify(args.files)
+    elif args.command == "icl":
+        from .icl.cli import run as run_icl
+
+        return run_icl(args)
     elif args.command == "report":
         return _report(parser, args)
     elif args.command == "measure":

@@ -1,0 +1,214 @@
+"""``platonic-fast icl train | eval | align | study``."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+
+def add_parsers(sub, debug_parent) -> None:
+    """Register ``icl`` and its subcommands on the main parser's subparsers."""
+    icl = sub.add_parser(
+        "icl", parents=[debug_parent],
+        help="in-context learning from pretraining mixtures (Yadlowsky et al. 2023) and the models' alignment",
+        description="Transformers pretrained on sequences (x1, f(x1), x2, f(x2), ...) with f drawn from a mixture "
+        "of function classes: train them, evaluate them against least squares, Lasso, ridge, 3-NN, averaging and "
+        "zero, align their hidden states. Function classes: dense, sparse(k=K), sine(lo=,hi=), combo(alpha=) "
+        "(evaluation only), relu(h=); mixtures as '0.5*dense + 0.5*sparse(k=2)'.",
+    )
+    cmds = icl.add_subparsers(dest="icl_command", required=True)
+
+    def common(p):
+        p.add_argument("--preset", default="cpu", help="sizes: cpu (default) or paper (d=20, 12x256, for a GPU)")
+        p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+        p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+        p.add_argument("--no-progress", action="store_true")
+
+    tr = cmds.add_parser("train", parents=[debug_parent], help="pretrain one model (resumes from --out)")
+    tr.add_argument("--mixture", required=True, help="e.g. dense, sparse(k=2), '0.5*dense + 0.5*sine'")
+    tr.add_argument("--out", required=True, help="folder of the checkpoint (running again resumes)")
+    tr.add_argument("--steps", type=int, default=None, help="override the preset's steps")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--lr", type=float, default=None)
+    tr.add_argument("--batch-size", type=int, default=None)
+    tr.add_argument("--curriculum", default=None, metavar="D0,N0,EVERY",
+                    help="start at dimension D0 and N0 points, +1 dimension and +2 points every EVERY steps")
+    common(tr)
+
+    ev = cmds.add_parser("eval", parents=[debug_parent], help="NSE curves of checkpoints and baselines on tasks")
+    ev.add_argument("checkpoints", nargs="+", help="checkpoint files or run folders")
+    ev.add_argument("--task", action="append", required=True, help="a class or mixture spec (repeatable)")
+    ev.add_argument("--count", type=int, default=1280, help="evaluation sequences per task (default 1280)")
+    ev.add_argument("--baselines", nargs="*", default=["least_squares", "ridge", "lasso", "knn3", "averaging", "zero"])
+    ev.add_argument("--out", default=None, help="write eval.json there")
+    common(ev)
+
+    al = cmds.add_parser("align", parents=[debug_parent],
+                         help="align checkpoints' hidden states on one bank of sequences (heat map + JSON)")
+    al.add_argument("checkpoints", nargs="+", help="checkpoint files or run folders (at least 2)")
+    al.add_argument("--bank", default=None, help="mixture of the bank (default 1/3 dense, sparse, sine)")
+    al.add_argument("--sequences", type=int, default=None, help="bank sequences (N = sequences x points)")
+    al.add_argument("--metric", nargs="+", default=["mutual_knn", "cknna"])
+    al.add_argument("--topk", type=int, default=None)
+    al.add_argument("--permutations", type=int, default=None, help="row permutations of the null (0: none)")
+    al.add_argument("--out", default="icl_align", help="output folder (default ./icl_align)")
+    common(al)
+
+    st = cmds.add_parser("study", parents=[debug_parent],
+                         help="train every model, evaluate the four findings, align; JSON and figures")
+    st.add_argument("--out", default="results/icl",
+                    help="output folder (checkpoints in <out>/runs; default results/icl)")
+    st.add_argument("--jobs", type=int, default=1, help="models trained at once, one process each")
+    st.add_argument("--steps", type=int, default=None, help="override the preset's steps per model")
+    st.add_argument("--eval-count", type=int, default=None, help="evaluation sequences per task")
+    st.add_argument("--bank-sequences", type=int, default=None)
+    st.add_argument("--permutations", type=int, default=None)
+    common(st)
+
+
+def run(args) -> int:
+    """Dispatch; a bad setting (found before any work starts) is a usage error: exit 2."""
+    from ..features._cli import UsageError
+    from .presets import get_preset
+
+    try:
+        preset = get_preset(args.preset)
+        _check_settings(args, preset)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    progress = not args.no_progress
+    if args.icl_command == "train":
+        return _train(args, preset, progress)
+    if args.icl_command == "eval":
+        return _eval(args, preset)
+    if args.icl_command == "align":
+        return _align(args, preset)
+    if args.icl_command == "study":
+        from .study import run_study
+
+        run_study(preset, args.out, jobs=args.jobs, device=args.device, threads=args.threads, steps=args.steps,
+                  eval_count=args.eval_count, bank_sequences=args.bank_sequences, permutations=args.permutations,
+                  progress=progress)
+        return 0
+    raise AssertionError(args.icl_command)
+
+
+def _check_settings(args, preset) -> None:
+    from .tasks import parse_mixture
+    from .train import resolve_device
+
+    resolve_device(args.device)
+    if args.threads is not None and args.threads < 1:
+        raise ValueError("--threads must be at least 1")
+    if args.icl_command == "train":
+        _train_config(args, preset).check(preset.model)
+    elif args.icl_command == "eval":
+        for task in args.task:
+            parse_mixture(task)
+        if args.count < 2:
+            raise ValueError("--count must be at least 2")
+    elif args.icl_command == "align" and args.bank:
+        parse_mixture(args.bank)
+    elif args.icl_command == "study" and args.jobs < 1:
+        raise ValueError("--jobs must be at least 1")
+
+
+def _train_config(args, preset):
+    from .train import Curriculum
+
+    cfg = preset.train_config(args.mixture, args.seed)
+    changes = {}
+    if args.steps is not None:
+        changes["steps"] = args.steps
+    if args.lr is not None:
+        changes["lr"] = args.lr
+    if args.batch_size is not None:
+        changes["batch_size"] = args.batch_size
+    if args.curriculum:
+        try:
+            d0, n0, every = (int(v) for v in args.curriculum.split(","))
+        except ValueError:
+            raise ValueError(f"--curriculum takes D0,N0,EVERY (three integers), got {args.curriculum!r}") from None
+        changes["curriculum"] = Curriculum(d_start=d0, n_start=n0, every=every)
+    return replace(cfg, **changes)
+
+
+def _train(args, preset, progress) -> int:
+    from .train import train
+
+    cfg = _train_config(args, preset)
+    res = train(preset.model, cfg, args.out, device=args.device, threads=args.threads, progress=progress)
+    last = res.history[-1][1] if res.history else float("nan")
+    print(f"trained {cfg.mixture} to step {res.step} in {res.seconds:.0f} s (resumed from {res.resumed_from}); "
+          f"last logged loss {last:.4f}; checkpoint {res.path}")
+    return 0
+
+
+def _load(paths, device):
+    from .train import load_model
+
+    models, mixtures, config = {}, {}, None
+    for p in paths:
+        model, info = load_model(p, device=device)
+        name = Path(p).stem if Path(p).is_file() and Path(p).stem != "checkpoint" else \
+            (Path(p).parent.name if Path(p).is_file() else Path(p).name)
+        if name in models:
+            name = f"{name}#{len(models)}"
+        if config is not None and info["model_config"].d != config.d:
+            raise ValueError(f"{p}: d={info['model_config'].d}, but the first checkpoint has d={config.d}")
+        config = config or info["model_config"]
+        models[name] = model
+        mixtures[name] = info["train_config"].mixture
+    return models, mixtures, config
+
+
+def _eval(args, preset) -> int:
+    from . import evaluate as ev
+    from .study import evaluate_task, write_json
+
+    models, mixtures, config = _load(args.checkpoints, args.device)
+    preset = replace(preset, model=config, eval_count=args.count)
+    results = {"models": mixtures, "count": args.count, "tasks": {}}
+    for task in args.task:
+        res = evaluate_task(models, task, preset, baselines=tuple(args.baselines))
+        idx = ev.bootstrap_indices(res["ys"].shape[0])
+        names = [k for k in res["preds"] if not k.startswith(("ridge[", "lasso["))]
+        curves = {name: ev.curve(ev.squared_errors(res["preds"][name], res["ys"]), idx=idx) for name in names}
+        results["tasks"][task] = curves
+        n = config.n_points
+        show = sorted({1, config.d // 2, config.d, n - 1})
+        print(f"{task}: NSE at " + ", ".join(f"{i} examples" for i in show))
+        for name in names:
+            print(f"  {name:>14}  " + "  ".join(f"{curves[name]['mean'][i]:.3f}" for i in show))
+    if args.out:
+        path = write_json(Path(args.out) / "eval.json", results)
+        print(f"wrote {path}")
+    return 0
+
+
+def _align(args, preset) -> int:
+    from .plots import fig_alignment
+    from .study import bridge, write_json
+
+    if len(args.checkpoints) < 2:
+        raise ValueError("align needs at least two checkpoints")
+    models, mixtures, config = _load(args.checkpoints, args.device)
+    preset = replace(preset, model=config)
+    out = bridge(models, mixtures, preset, bank=args.bank, sequences=args.sequences, metrics=tuple(args.metric),
+                 topk=args.topk, permutations=args.permutations)
+    folder = Path(args.out)
+    write_json(folder / "align.json", out)
+    fig_alignment({"bridge": out}, folder / "align.png")
+    for metric, m in out["metrics"].items():
+        print(f"{metric} (best layer pair):")
+        names = out["models"]
+        width = max(len(n) for n in names)
+        for i, a in enumerate(names):
+            print(f"  {a:>{width}}  " + "  ".join("  -  " if i == j else f"{m['best'][i][j]:.3f}"
+                                                  for j in range(len(names))))
+    print(f"wrote {folder / 'align.json'}, {folder / 'align.png'}")
+    return 0
+
+
+__all__ = ["add_parsers", "run", "argparse"]

@@ -1,0 +1,185 @@
+"""The study's figures (matplotlib, Agg): one per finding, the alignment heat maps, the training losses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..files import write_atomic
+
+COLOURS = {"dense": "#1f77b4", "sparse": "#d62728", "dense+sparse": "#9467bd", "sine": "#2ca02c",
+           "dense+sine": "#ff7f0e", "dense#2": "#17becf", "least_squares": "#555555", "lasso": "#8c564b",
+           "ridge": "#bcbd22", "knn3": "#7f7f7f", "averaging": "#e377c2", "zero": "#000000"}
+BASELINE_STYLE = {"linestyle": "--", "linewidth": 1.2}
+
+
+def _plt():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise ImportError("the figures need matplotlib: pip install 'platonic_fast[icl]'") from exc
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    plt = _plt()
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))
+    plt.close(fig)
+    return path
+
+
+def _is_baseline(name):
+    return name in ("least_squares", "lasso", "ridge", "knn3", "averaging", "zero")
+
+
+def study_figures(r: dict, out) -> list[Path]:
+    out = Path(out)
+    return [fig_training(r, out / "training.png"), fig_model_selection(r, out / "finding1_model_selection.png"),
+            fig_sparsity(r, out / "finding2_sparsity.png"), fig_alpha(r, out / "finding3_alpha.png"),
+            fig_frequency(r, out / "finding4_frequency.png"), fig_alignment(r, out / "bridge_alignment.png")]
+
+
+def fig_training(r, path):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for name, t in r["training"].items():
+        if t["history"]:
+            steps, loss = zip(*t["history"])
+            ax.plot(steps, loss, label=f"{name} ({t['mixture']})", color=COLOURS.get(name))
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (NSE)")
+    ax.set_title("pretraining")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def fig_model_selection(r, path):
+    plt = _plt()
+    ms = r["model_selection"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, t in zip(axes, ms["tasks"].values()):
+        for name in ("dense", "sparse", "dense+sparse", "least_squares", "lasso", "knn3", "averaging"):
+            c = t["curves"][name]
+            x = range(len(c["mean"]))
+            style = BASELINE_STYLE if _is_baseline(name) else {"linewidth": 2}
+            label = f"{name} model" if not _is_baseline(name) else name
+            ax.plot(x, c["mean"], label=label, color=COLOURS.get(name), **style)
+            if not _is_baseline(name):
+                ax.fill_between(x, c["lo"], c["hi"], color=COLOURS.get(name), alpha=0.2, linewidth=0)
+        ax.axhline(1, color="black", linewidth=0.6, linestyle=":")
+        ax.set_ylim(0, 1.3)
+        ax.set_xlabel("in-context examples")
+        ax.set_title(f"{t['task']} functions")
+    axes[0].set_ylabel("normalised squared error (90% bootstrap band)")
+    axes[1].legend(fontsize=7)
+    fig.suptitle("Finding 1: the dense+sparse mixture model against the specialists and the baselines")
+    return _save(fig, path)
+
+
+def fig_sparsity(r, path):
+    plt = _plt()
+    s = r["sparsity"]
+    ks = [row["k"] for row in s["rows"]]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for key, label, colour in (("to_dense", "mixture vs dense specialist", COLOURS["dense"]),
+                               ("to_sparse", "mixture vs sparse specialist", COLOURS["sparse"]),
+                               ("dense_to_sparse", "dense vs sparse specialist", "#999999")):
+        mean = [row[key]["mean"] for row in s["rows"]]
+        axes[0].errorbar(ks, mean, yerr=[[m - row[key]["lo"] for m, row in zip(mean, s["rows"])],
+                                         [row[key]["hi"] - m for m, row in zip(mean, s["rows"])]],
+                         label=label, color=colour, marker="o", capsize=3)
+    axes[0].axvline(s["trained_k"], color="black", linestyle=":", linewidth=0.8)
+    axes[0].set_xlabel("non-zero coefficients k")
+    axes[0].set_ylabel("mean squared prediction distance")
+    axes[0].set_title("distance between predictions (1..d-1 examples)")
+    axes[0].legend(fontsize=7)
+    for name in ("dense", "sparse", "dense+sparse", "least_squares"):
+        axes[1].plot(ks, [row["window_nse"][name]["mean"] for row in s["rows"]], marker="o",
+                     color=COLOURS[name], label=name, **(BASELINE_STYLE if _is_baseline(name) else {}))
+    axes[1].set_xlabel("non-zero coefficients k")
+    axes[1].set_ylabel("mean NSE, 1..d-1 examples")
+    axes[1].set_title("error on sparse(k) functions")
+    axes[1].legend(fontsize=7)
+    fig.suptitle("Finding 2: intermediate sparsity (dotted: the pretraining k)")
+    return _save(fig, path)
+
+
+def fig_alpha(r, path):
+    plt = _plt()
+    rows = r["alpha"]["rows"]
+    alphas = [row["alpha"] for row in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name in ("dense", "sine", "dense+sine", "least_squares", "ridge", "knn3"):
+        mean = [row["window_nse"][name]["mean"] for row in rows]
+        lo = [row["window_nse"][name]["lo"] for row in rows]
+        hi = [row["window_nse"][name]["hi"] for row in rows]
+        style = BASELINE_STYLE if _is_baseline(name) else {"linewidth": 2}
+        axes[0].plot(alphas, mean, marker="o", label=name, color=COLOURS[name], **style)
+        axes[0].fill_between(alphas, lo, hi, color=COLOURS[name], alpha=0.2, linewidth=0)
+        axes[1].plot(alphas, [row["share_above_1"][name] for row in rows], marker="o", label=name,
+                     color=COLOURS[name], **style)
+    axes[0].set_xlabel("alpha (1: linear, 0: sinusoid)")
+    axes[0].set_ylabel("mean NSE, late window")
+    axes[0].set_ylim(0, 1.6)
+    axes[0].set_title("error on alpha*linear + (1-alpha)*sinusoid")
+    axes[0].legend(fontsize=7)
+    axes[1].set_xlabel("alpha")
+    axes[1].set_ylabel("share of sequences with NSE > 1")
+    axes[1].set_title("instability: worse than predicting 0")
+    fig.suptitle("Finding 3: convex combinations of the two pretraining classes")
+    return _save(fig, path)
+
+
+def fig_frequency(r, path):
+    plt = _plt()
+    f = r["frequency"]
+    om = [row["omega"] for row in f["rows"]]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    ax.axvspan(f["range"][0], f["range"][1], color="#dddddd", label="pretraining range")
+    for name in ("sine", "dense+sine", "dense", "knn3", "ridge", "least_squares"):
+        mean = [row["window_nse"][name]["mean"] for row in f["rows"]]
+        lo = [row["window_nse"][name]["lo"] for row in f["rows"]]
+        hi = [row["window_nse"][name]["hi"] for row in f["rows"]]
+        style = BASELINE_STYLE if _is_baseline(name) else {"linewidth": 2}
+        ax.plot(om, mean, marker="o", label=name, color=COLOURS[name], **style)
+        ax.fill_between(om, lo, hi, color=COLOURS[name], alpha=0.2, linewidth=0)
+    ax.set_xscale("log")
+    ax.set_ylim(0, 1.6)
+    ax.set_xlabel("frequency omega")
+    ax.set_ylabel("mean NSE, late window")
+    ax.set_title("Finding 4: sinusoids inside and outside the pretraining frequencies")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def fig_alignment(r, path):
+    plt = _plt()
+    b = r["bridge"]
+    names = b["models"]
+    metrics = list(b["metrics"])
+    views = (("best", "best layer pair"), ("last_layer", "last layer vs last layer"))
+    fig, axes = plt.subplots(len(metrics), 2, figsize=(11.5, 5 * len(metrics)), squeeze=False)
+    for row, metric in enumerate(metrics):
+        m = b["metrics"][metric]
+        for col, (key, label) in enumerate(views):
+            ax = axes[row][col]
+            mat = [[1.0 if i == j else m[key][i][j] for j in range(len(names))] for i in range(len(names))]
+            im = ax.imshow(mat, vmin=0, vmax=1, cmap="viridis")
+            for i in range(len(names)):
+                for j in range(len(names)):
+                    if i != j:
+                        p = m["p_value"][i][j] if key == "best" else float("nan")
+                        star = "*" if p == p and p <= 0.05 else ""
+                        ax.text(j, i, f"{mat[i][j]:.2f}{star}", ha="center", va="center", fontsize=7,
+                                color="white" if mat[i][j] < 0.5 else "black")
+            ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+            ax.set_yticks(range(len(names)), names, fontsize=8)
+            chance = f", chance {m['chance']:.3f}" if m["chance"] is not None else ""
+            ax.set_title(f"{metric} (topk={b['topk']}), {label}{chance}", fontsize=9)
+            fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.suptitle(f"Alignment of the in-context learners on one bank (N={b['samples']} (sequence, position) samples; "
+                 f"* best pair p <= 0.05 against {b['permutations']} permutations)", fontsize=10)
+    return _save(fig, path)

@@ -1,0 +1,86 @@
+"""The study's sizes: ``paper`` (the seed's, for a GPU) and ``cpu`` (what a 2-core machine trains in
+about half an hour).
+
+``paper``
+    d = 20, sequences of 40 points (80 positions), GPT-2 with 12 layers × 256 dimensions and 8
+    heads, batch 64, Adam at 1e-4, Garg et al.'s curriculum (d from 5 by 1 and points from 10 by 2
+    every 2,000 steps) and 500,000 steps (Garg et al.'s length; the mixture study's own count is
+    not public, as far as we know). Sparse functions have 2 of 20 non-zeros; sinusoids are drawn
+    with ω in [0.5, 1.5].
+``cpu``
+    d = 8, 20 points, 4 layers × 64 dimensions and 4 heads (about 1/80 of the paper's parameters),
+    batch 64, Adam at 1e-3 with 200 warm-up steps and a cosine decay, no curriculum, a few
+    thousand steps per model (``steps``). Sparse functions keep 2 non-zeros (2 of 8 instead of 2
+    of 20: a quarter of the coordinates, not a tenth). Evaluation as in ``paper`` (1,280
+    sequences per task).
+
+Both train the same models: ``dense``, ``sparse`` (k = 2), ``dense+sparse`` (50/50), ``sine``,
+``dense+sine`` (50/50, the linear/sinusoid mixture: its linear class is ``dense``), and a second
+seed of ``dense`` (``dense#2``) that tells how alike two runs on the same data become, the
+reference for every other pair in the alignment bridge. Every model has its own seed (its
+initialisation and its data stream), so that no pair shares an initialisation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from .model import ModelConfig
+from .tasks import SINE_HI, SINE_LO
+from .train import Curriculum, TrainConfig
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    model: ModelConfig
+    train: TrainConfig                   # its mixture and seed are replaced per model
+    sparse_k: int = 2
+    models: tuple = ()                   # (name, mixture spec, seed)
+    eval_count: int = 1280               # evaluation sequences per task
+    bank_sequences: int = 160            # alignment bank: sequences × n_points (sequence, position) samples
+    topk: int = 10
+    permutations: int = 100
+    note: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def train_config(self, mixture: str, seed: int) -> TrainConfig:
+        return replace(self.train, mixture=mixture, seed=seed)
+
+
+def _models(k: int) -> tuple:
+    sine = f"sine(lo={SINE_LO},hi={SINE_HI})"
+    # every model its own seed (initialisation and data stream): a shared initialisation would
+    # make every pair look aligned for a reason that has nothing to do with the data
+    return (("dense", "dense", 0),
+            ("sparse", f"sparse(k={k})", 1),
+            ("dense+sparse", f"0.5*dense + 0.5*sparse(k={k})", 2),
+            ("sine", sine, 3),
+            ("dense+sine", f"0.5*dense + 0.5*{sine}", 4),
+            ("dense#2", "dense", 5))
+
+
+PRESETS = {
+    "paper": Preset(
+        name="paper",
+        model=ModelConfig(d=20, n_points=40, n_layer=12, n_embd=256, n_head=8),
+        train=TrainConfig(mixture="dense", steps=500_000, batch_size=64, lr=1e-4, warmup=0, schedule="constant",
+                          curriculum=Curriculum(d_start=5, n_start=10, every=2000, d_inc=1, n_inc=2),
+                          save_every=2000, log_every=500),
+        models=_models(2), bank_sequences=100, permutations=200,
+        note="the seed's sizes; for a GPU (bfloat16 autocast)"),
+    "cpu": Preset(
+        name="cpu",
+        model=ModelConfig(d=8, n_points=20, n_layer=4, n_embd=64, n_head=4),
+        train=TrainConfig(mixture="dense", steps=3000, batch_size=64, lr=1e-3, warmup=200, schedule="cosine",
+                          save_every=250, log_every=50),
+        models=_models(2), bank_sequences=160, permutations=100,
+        note="reduced for a 2-core CPU: d 20 -> 8, 40 -> 20 points, 12x256 -> 4x64, 500k -> 3k steps"),
+}
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}") from None
