@@ -75,7 +75,9 @@ def knn_cases(world: int) -> list[tuple[str, str, int, str, torch.dtype, bool, s
            ("tied_f64_k7", "tied", 7, "uneven", torch.float64, True, "auto"),
            ("tied_bf16_k5", "tied", 5, "uneven", torch.bfloat16, True, "auto"),
            ("tied_torch_backend", "tied", 10, "uneven", torch.float32, True, "torch"),
-           ("gauss_with_self", "gauss", 9, "uneven", torch.float64, False, "auto")]
+           ("gauss_with_self", "gauss", 9, "uneven", torch.float64, False, "auto"),
+           ("tied_k1", "tied", 1, "uneven", torch.float32, True, "auto"),
+           ("tied_k_all", "tied", N - 1, "uneven", torch.float16, True, "auto")]
     if world > 1:
         out.append(("empty_shard", "gauss", 10, "empty", torch.float32, True, "auto"))
     return out
