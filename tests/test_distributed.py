@@ -15,6 +15,7 @@ import sys
 import time
 
 import distributed_worker as W
+import numpy as np
 import pytest
 import torch
 
@@ -359,3 +360,65 @@ def test_bad_arguments_in_process():
         pfd.measure("nope", a, b)
     with pytest.raises(TypeError, match="ShardedPrepared"):
         pfd.score(pf.prepare("cka", a), pf.prepare("cka", b))
+
+
+# --- torchrun -m platonic_fast measure ---------------------------------------------------------------
+
+def _models(folder, n: int = 203):
+    folder.mkdir()
+    shared = torch.randn(n, 6, generator=torch.Generator().manual_seed(0))
+    for seed, (name, layers, width) in enumerate((("alpha", 3, 24), ("beta", 4, 16), ("gamma", 2, 32)), 1):
+        g = torch.Generator().manual_seed(seed)
+        feats = torch.stack([shared @ torch.randn(6, width, generator=g) + (1 + l) * torch.randn(n, width, generator=g)
+                             for l in range(layers)], dim=1)
+        torch.save({"feats": feats}, folder / f"{name}.pt")
+    return folder
+
+
+def _torchrun(args, world: int = 2, timeout: float = GROUP_TIMEOUT_S):
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}",
+                           "-m", "platonic_fast", *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.mark.slow
+def test_torchrun_measure_equals_one_process_and_resumes(tmp_path):
+    """`torchrun -m platonic_fast measure`: each rank its rows, rank 0 writes; the same records
+    (keys, scores, nulls) as one process, reused by either on a second run."""
+    import json
+
+    from platonic_fast.sweep import measure_sets
+
+    folder = _models(tmp_path / "feats")
+    args = ["measure", str(folder), "--metric", "cknna", "--topk", "5", "--permutations", "4", "--no-progress"]
+    proc = _torchrun([*args, "--out", str(tmp_path / "sharded")])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("raw score of the best layer pair") == 1  # rank 0 reports
+    one = measure_sets(folder, metric="cknna", topk=5, permutations=4, out_dir=tmp_path / "one", progress=False)
+    saved = json.loads((tmp_path / "sharded" / "scores.json").read_text())
+    assert saved["run"]["ranks"] == 2
+    assert np.allclose(saved["scores"], one.scores, rtol=0, atol=1e-12)
+    assert saved["best_layers"] == one.best_layers.tolist()
+    pairs = sorted(p.name for p in (tmp_path / "sharded" / "pairs").iterdir())
+    assert pairs == sorted(p.name for p in (tmp_path / "one" / "pairs").iterdir())
+    for name in pairs:
+        a = json.loads((tmp_path / "sharded" / "pairs" / name).read_text())
+        b = json.loads((tmp_path / "one" / "pairs" / name).read_text())
+        assert a["key"] == b["key"]
+        assert np.allclose(np.array(a["layer_scores"], float), np.array(b["layer_scores"], float), atol=1e-12)
+        assert np.allclose(a["calibration"]["max"]["null"], b["calibration"]["max"]["null"], atol=1e-12)
+    # resumed: a sharded run over the one-process folder computes nothing and writes the same
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "one" / "pairs").iterdir()}
+    proc = _torchrun([*args, "--out", str(tmp_path / "one")])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert before == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "one" / "pairs").iterdir()}
+    assert np.allclose(json.loads((tmp_path / "one" / "scores.json").read_text())["scores"], one.scores, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_torchrun_refuses_what_is_not_sharded(tmp_path):
+    folder = _models(tmp_path / "feats", n=40)
+    proc = _torchrun(["measure", str(folder), "--ci-repeats", "5", "--out", str(tmp_path / "o"), "--no-progress"])
+    assert proc.returncode != 0 and "not computed by a sharded sweep" in proc.stderr + proc.stdout
+    proc = _torchrun(["env"])
+    assert proc.returncode != 0 and "only `measure`" in proc.stderr

@@ -304,11 +304,11 @@ def check_samples(files, allow_mismatched: bool = False) -> dict:
     return check_same_samples(dict.fromkeys(files), allow_mismatched)
 
 
-def _load_layers(path: Path, fingerprint: str):
+def _load_layers(path: Path, fingerprint: str, verify: bool = True):
     from .features import load
 
     # A stored checksum is the fingerprint, so the data must really match it.
-    layers = load(path, mmap=True, verify=fingerprint.startswith("sha256:")).layers
+    layers = load(path, mmap=True, verify=verify and fingerprint.startswith("sha256:")).layers
     if file_fingerprint(path) != fingerprint:
         raise ValueError(f"{path} changed while the sweep was running; run it again")
     return layers
@@ -538,8 +538,15 @@ def measure_sets(x, y=None, *, metric: str = "mutual_knn", topk: int | Sequence[
             raise type(e)(f"n_grid value {n}: {e}") from None
         if ci_repeats is not None:
             _check_ci_fits(metric, {**inputs, "n": n}, opts_by_n[n])
-    with lock_folder(out, wait):
-        return _sweep(files_x, files_y, symmetric, out, settings, opts_by_n, inputs, device, progress)
+    from .distributed._sweep import active
+
+    shard = inputs["shard"] = active()  # under `torchrun -m platonic_fast measure`: every rank its rows
+    if shard is None:
+        with lock_folder(out, wait):
+            return _sweep(files_x, files_y, symmetric, out, settings, opts_by_n, inputs, device, progress)
+    shard.check(settings, inputs, out_of_core)
+    with shard.lock(out, wait, lock_folder):
+        return _sweep(files_x, files_y, symmetric, out, settings, opts_by_n, inputs, device, progress and shard.writer)
 
 
 def check_request(metric: str, topk=10, *, backend: str = "auto", device=None, permutations=None,
@@ -737,7 +744,11 @@ def _sweep(files_x, files_y, symmetric, out, settings, opts_by_n, inputs, device
             curve = {n: by_n[n][k] for n in sizes}
             for r in curve.values():
                 r.by_n, r.n_grid = curve, dict(grid)
-    files = _write_summary(list(by_topk.values()), out, auto_scale=inputs["view"]["auto_scale"])
+    if inputs.get("shard") is None:
+        files = _write_summary(list(by_topk.values()), out, auto_scale=inputs["view"]["auto_scale"])
+    else:  # rank 0 writes; every rank gets the file names
+        files = inputs["shard"].on_writer(lambda: _write_summary(list(by_topk.values()), out,
+                                                                 auto_scale=inputs["view"]["auto_scale"]))
     for results in by_n.values():
         for r in results.values():
             r.files, r.by_topk = files, results
@@ -751,6 +762,7 @@ def _sweep_at(files_x, files_y, pairs, symmetric, out, settings, opts_by_k, inpu
 
     metric, q, exact, concat = (settings[k] for k in ("metric", "q", "exact", "concat"))
     fingerprints = inputs["fingerprints"]
+    shard = inputs.get("shard")  # a torchrun sweep: this rank's rows, rank 0 writes
     topks = list(opts_by_k)
     largest = topks[-1]
     prepared: dict[Path, list] = {}  # layer states per file, for this metric at the largest topk
@@ -770,6 +782,11 @@ def _sweep_at(files_x, files_y, pairs, symmetric, out, settings, opts_by_k, inpu
                     kept[path] = _LayerLoader(layers, device)
                 else:
                     layers.close()
+            elif shard is not None:
+                prepared[path] = shard.prepare(
+                    lambda: _load_layers(path, fingerprints[path], verify=shard.writer), _take_rows, rows, n,
+                    path.name, device=device, q=q, exact=exact, concat=concat, metric=metric,
+                    opts=opts_by_k[largest])
             else:
                 layers = _take_rows(_load_layers(path, fingerprints[path]), rows)
                 if device is not None:
@@ -793,12 +810,14 @@ def _sweep_at(files_x, files_y, pairs, symmetric, out, settings, opts_by_k, inpu
                        "y": {"name": fy.stem, "fingerprint": fingerprints[fy]},
                        "settings": {**settings, "topk": k}, "version": __version__}
                 record_path = out / "pairs" / f"{record_name(key)}.json"
-                record = _read_record(record_path, key)
+                record = _read_record(record_path, key) if shard is None else \
+                    shard.read_record(record_path, key, _read_record)
                 if record is None:
                     sx, sy = states_of(fx, k), states_of(fy, k)
                     record = _compute_record(key, sx, sy, metric, opts_by_k[k], n, key["settings"],
-                                             (kept.get(fx), kept.get(fy)))
-                    write_atomic(record_path, lambda tmp, r=record: Path(tmp).write_text(_dumps(r)))
+                                             (kept.get(fx), kept.get(fy)), shard=shard)
+                    if shard is None or shard.writer:
+                        write_atomic(record_path, lambda tmp, r=record: Path(tmp).write_text(_dumps(r)))
                 records[k][(i, j)] = record
                 if symmetric and i != j:
                     records[k][(j, i)] = _mirrored(record)
@@ -822,7 +841,8 @@ def _sweep_at(files_x, files_y, pairs, symmetric, out, settings, opts_by_k, inpu
                                  models_y=[inputs["info"][f] for f in files_y], samples=inputs["samples"],
                                  run={"backend": opts_by_k[k]["backend"],
                                       "device": None if device is None else str(device),
-                                      "out_of_core": inputs["out_of_core"]},
+                                      "out_of_core": inputs["out_of_core"],
+                                      **({} if shard is None else {"ranks": shard.comm.size})},
                                  set_names=inputs["view"]["set_names"])
     return by_topk
 
@@ -947,10 +967,12 @@ def _check_seed(seed) -> int:
 
 
 def _compute_record(key: dict, sx: list, sy: list, metric: str, opts: dict, n: int, settings: dict,
-                    layers=None) -> dict:
+                    layers=None, shard=None) -> dict:
     """Score one model pair's layer grid (and, with permutations, calibrate it; with a CI
-    setting, an interval for its best pair from ``layers``, the two models' layers): its record."""
-    res = score_states(sx, sy, metric, opts, concat=settings["concat"])
+    setting, an interval for its best pair from ``layers``, the two models' layers): its record.
+    ``shard``: the states are sharded (:mod:`platonic_fast.distributed._sweep`), scored collectively."""
+    sharded = None if shard is None else shard.compute_record(sx, sy, metric, opts, n, settings)
+    res = score_states(sx, sy, metric, opts, concat=settings["concat"]) if shard is None else sharded["res"]
     record = {"key": key, "score": res.best, "best_layers": list(res.best_layers) if res.best_layers else None,
               "layer_scores": _matrix(res.scores), "n": n, "chance": None, "calibration": None, "ci": None}
     if settings.get("ci") is not None and res.best_layers is not None:
@@ -968,13 +990,14 @@ def _compute_record(key: dict, sx: list, sy: list, metric: str, opts: dict, n: i
     if settings["permutations"] is not None:
         # The same permutations for every pair: a fresh generator per pair, not one shared stream.
         generator = torch.Generator().manual_seed(settings["seed"])
-        cal = calibrate_states(sx, sy, res.scores, metric, opts, permutations=settings["permutations"],
-                               alpha=settings["alpha"], generator=generator)
+        cal = sharded["calibration"] if shard is not None else calibrate_states(
+            sx, sy, res.scores, metric, opts, permutations=settings["permutations"], alpha=settings["alpha"],
+            generator=generator)
         record["chance"] = _matrix(cal.chance)
         record["calibration"] = _jsonable(cal.as_dict())
         del record["calibration"]["chance"]  # the record's "chance": stored once
     else:
-        record["chance"] = _exact_chance(sx, sy, metric, opts, n)
+        record["chance"] = _exact_chance(sx, sy, metric, opts, n) if shard is None else sharded["chance"]
     return record
 
 

@@ -1,0 +1,179 @@
+"""``platonic-fast measure`` over the ranks of a torchrun job (issue 11 item 3).
+
+    torchrun --nproc-per-node P -m platonic_fast measure X --against Y --out scores ...
+
+``python -m platonic_fast`` (see ``platonic_fast/__main__.py``) sees torchrun's environment
+(``WORLD_SIZE`` > 1), initialises the default process group (gloo; NCCL when ``--device cuda``,
+one GPU per rank by ``LOCAL_RANK``) and makes it the sweep's: :func:`active` returns a
+:class:`SweepShard` that :func:`platonic_fast.sweep.measure_sets` uses. Each rank reads only
+its own contiguous rows of every feature file (memory-mapped; the stored checksum is verified
+by rank 0 alone, the others read their rows only), every layer is prepared and every pair
+scored collectively (:mod:`platonic_fast.distributed`), and rank 0 alone takes the output
+folder's lock and writes the pair records and the summary (atomically, as one process does),
+so the results and their resumption are those of a one-process run: the same records, keyed
+the same way. Library calls of ``measure_sets`` are never sharded implicitly.
+
+Not combined with sharding: confidence intervals (``--ci-repeats``) and ``--out-of-core``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+
+from ._align import calibrate_states, prepare_layers, prepare_states, score_states
+from ._comm import Comm
+from ._metrics import null_mean
+
+_ACTIVE: "SweepShard | None" = None
+
+
+def active() -> "SweepShard | None":
+    """The sweep's shard when ``python -m platonic_fast`` runs under torchrun, else None."""
+    return _ACTIVE
+
+
+class SweepShard:
+    """What a sharded sweep needs from the process group."""
+
+    def __init__(self, comm: Comm):
+        self.comm = comm
+        self.writer = comm.rank == 0
+
+    # --- checks and the output folder ---------------------------------------------------------
+
+    def check(self, settings: dict, inputs: dict, out_of_core) -> None:
+        if settings.get("ci") is not None:
+            raise ValueError("confidence intervals (--ci-repeats) are not computed by a sharded sweep: run them "
+                             "in one process (the records are shared: a one-process run reuses the scores)")
+        if out_of_core:
+            raise ValueError("--out-of-core is not combined with torchrun: each rank already holds only its rows")
+        inputs["out_of_core"] = False
+
+    @contextlib.contextmanager
+    def lock(self, out, wait: float, lock_folder):
+        """Rank 0 holds the folder's lock for the whole sweep; every rank learns if it could not."""
+        with contextlib.ExitStack() as stack:
+            with self.comm.step():
+                if self.writer:
+                    stack.enter_context(lock_folder(out, wait))
+            yield
+
+    # --- rows and states ----------------------------------------------------------------------
+
+    def prepare(self, load, take, rows, n: int, name: str, *, device, q: float, exact: bool, concat: bool,
+                metric: str, opts: dict) -> list:
+        """This rank's rows of one model's layers (``load()`` maps the file, ``take(layers,
+        rows)`` reads rows), prepared for ``metric`` collectively."""
+        with self.comm.step():
+            lo, hi = self.comm.rank * n // self.comm.size, (self.comm.rank + 1) * n // self.comm.size
+            mine = np.arange(lo, hi) if rows is None else np.asarray(rows)[lo:hi]
+            layers = take(load(), mine)
+            if device is not None:
+                layers = [l.to(device) for l in layers] if isinstance(layers, list) else layers.to(device)
+        layers, layout = prepare_layers(self.comm, layers, name, q=q, exact=exact, concat=concat)
+        return prepare_states(self.comm, layout, layers, metric, opts)
+
+    # --- records ------------------------------------------------------------------------------
+
+    def read_record(self, path, key: dict, reader):
+        """Rank 0's reading of a pair record (None: to compute), the same on every rank."""
+        record = None
+        with self.comm.step():
+            if self.writer:
+                record = reader(path, key)
+        return self.shared(record)
+
+    def compute_record(self, sx: list, sy: list, metric: str, opts: dict, n: int, settings: dict) -> dict:
+        """The parts of a pair record computed from the states (as ``sweep._compute_record``)."""
+        res = score_states(sx, sy, metric, opts, concat=settings["concat"])
+        out = {"res": res, "calibration": None, "chance": None}
+        if settings["permutations"] is not None:
+            generator = torch.Generator().manual_seed(settings["seed"])
+            out["calibration"] = calibrate_states(self.comm, sx, sy, res.scores, metric, opts, n,
+                                                  permutations=settings["permutations"], alpha=settings["alpha"],
+                                                  generator=generator)
+        else:
+            out["chance"] = self.exact_chance(sx, sy)
+        return out
+
+    def exact_chance(self, sx: list, sy: list) -> list | None:
+        out = [[None] * len(sy) for _ in sx]
+        for i, a in enumerate(sx):
+            for j, b in enumerate(sy):
+                if a is None or b is None:
+                    continue
+                v = null_mean(a, b)
+                if v is None:
+                    return None
+                out[i][j] = float(v) if np.isfinite(v) else None
+        return out
+
+    def shared(self, value):
+        """Rank 0's JSON-able ``value`` on every rank (Paths as str)."""
+        data = json.dumps(value, default=str).encode() if self.writer else b""
+        size = self.comm.broadcast(torch.tensor([len(data)], dtype=torch.int64))
+        buf = torch.zeros(int(size[0]), dtype=torch.uint8)
+        if self.writer and data:
+            buf[:] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        buf = self.comm.broadcast(buf)
+        return json.loads(bytes(buf.tolist()).decode()) if buf.numel() else None
+
+    def on_writer(self, fn):
+        """``fn()`` on rank 0 (failures agreed on), its JSON-able result on every rank."""
+        result = None
+        with self.comm.step():
+            if self.writer:
+                result = fn()
+        return self.shared(result)
+
+
+def _backend(argv: list[str]) -> str:
+    for i, a in enumerate(argv):
+        value = a.split("=", 1)[1] if a.startswith("--device=") else (argv[i + 1] if a == "--device" and
+                                                                        i + 1 < len(argv) else None)
+        if value is not None and value.startswith("cuda"):
+            return "nccl"
+    return "gloo"
+
+
+def run_cli(argv: list[str]) -> int:
+    """``python -m platonic_fast``: the CLI, sharded over torchrun's ranks when there are several."""
+    from ..cli import main
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return main(argv)
+    if not argv or argv[0] != "measure":
+        print("platonic-fast: under torchrun only `measure` runs (sharded over the ranks); run the other "
+              "commands in one process", file=sys.stderr)
+        return 2
+    import torch.distributed as dist
+
+    global _ACTIVE
+    backend = _backend(argv)
+    if backend == "nccl":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        argv = [f"cuda:{local}" if a.startswith("cuda") and i and argv[i - 1] == "--device" else
+                (f"--device=cuda:{local}" if a.startswith("--device=cuda") else a) for i, a in enumerate(argv)]
+    minutes = float(os.environ.get("PLATONIC_FAST_DIST_TIMEOUT_MIN", "30"))
+    dist.init_process_group(backend, timeout=datetime.timedelta(minutes=minutes))
+    _ACTIVE = SweepShard(Comm())
+    quiet = dist.get_rank() != 0
+    saved = sys.stdout
+    if quiet:  # one report: rank 0's (errors still reach every rank's stderr)
+        sys.stdout = open(os.devnull, "w")
+    try:
+        return main(argv)
+    finally:
+        if quiet:
+            sys.stdout.close()
+            sys.stdout = saved
+        _ACTIVE = None
+        dist.destroy_process_group()
