@@ -158,6 +158,9 @@ def battery(rank: int, world: int) -> dict:
         empty = bounds(sizes(N, world, "empty"), rank)
         for metric, opts in EMPTY_CASES:
             item(f"empty/{key(metric, opts)}", lambda m=metric, o=opts: pfd.measure(m, a[empty], b[empty], **o))
+        xe, ye = layers()
+        item("empty/align", lambda: pfd.align(xe[empty], [l[empty] for l in ye], "cknna", topk=5, concat=True,
+                                              exact=True).scores)
     a, b = pair(1, torch.float64)
     item("truncated", lambda: pfd.score(pfd.prepare("cknna", a[rows], topk=12).truncated(5),
                                         pfd.prepare("cknna", b[rows], topk=12).truncated(5)))

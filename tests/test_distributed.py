@@ -186,6 +186,15 @@ def test_metric_with_an_empty_shard(battery, metric, opts):
     assert abs(got - ref) <= (1e-6 if metric == "cknna" else TOL64), (got, ref)
 
 
+def test_align_with_an_empty_shard(battery):
+    world, results = battery
+    if world == 1:
+        pytest.skip("needs several ranks")
+    x, y = W.layers()
+    ref = pf.align(x, y, "cknna", topk=5, concat=True, exact=True).scores
+    assert torch.allclose(_same_on_every_rank(results, "empty/align"), ref, rtol=0, atol=1e-6)
+
+
 def test_truncated(battery):
     world, results = battery
     got = _same_on_every_rank(results, "truncated")

@@ -65,7 +65,7 @@ def remove_outliers(feats, q: float = 0.95, exact: bool = False, *, group=None, 
             raise ValueError(f"feats must be at least 2-D (this rank's samples x features), got shape {tuple(t.shape)}")
         if t.shape[0] and math.prod(t.shape[1:]) and not bool(torch.isfinite(t).all()):
             raise ValueError("feats contains NaN or Inf; clean or drop those samples first")
-    layout = layout_of(comm, [t.reshape(t.shape[0], -1)], ["feats"])
+    layout = layout_of(comm, [t.reshape(t.shape[0], math.prod(t.shape[1:]))], ["feats"])
     if math.prod(t.shape[1:]) == 0:
         raise ValueError(f"feats is empty (shape {tuple(t.shape)})")
     if float(q) == 1.0:
@@ -107,12 +107,12 @@ def prepare_layers(comm: Comm, feats, name: str, *, q: float = 0.95, exact: bool
                                  f"n_r x D_l matrices, got shape {tuple(t.shape)}")
             if t.shape[1] == 0 or t.shape[2] == 0:
                 raise ValueError(f"{name} is empty (shape {tuple(t.shape)}); it needs layers and features")
-            flat = local_features(t.reshape(t.shape[0], -1), name)
+            flat = local_features(t.reshape(t.shape[0], t.shape[1] * t.shape[2]), name)
         layout = layout_of(comm, [flat], [name])
         e = _global_exponent(comm, t) if normalize else 0
         x = (t * 2.0 ** -e if e else t).float()
         clamped = x if q == 1 else x.clamp(*_pm(_threshold(comm, layout, x, q, exact)))
-        joined = clamped.reshape(clamped.shape[0], -1) if concat else None
+        joined = clamped.reshape(clamped.shape[0], clamped.shape[1] * clamped.shape[2]) if concat else None
         if normalize:
             clamped = F.normalize(clamped, p=2, dim=-1)
         layers = list(clamped.transpose(0, 1).contiguous().unbind(0))
