@@ -14,7 +14,7 @@ A row subset (``rows=``, increasing file row numbers) makes the file look like t
 those samples only: the nested subsets of ``platonic-fast measure --n-grid``.
 
 :func:`streamed_checksum` recomputes a features file's stored checksum with plain reads of
-16 MiB (no mapping), for the same reason.
+4 MiB (no mapping), for the same reason.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ _NUMPY_TO_TORCH = {np.dtype("float64"): torch.float64, np.dtype("float32"): torc
                    np.dtype("float16"): torch.float16}
 # Pages around a read that the kernel may have mapped too (fault-around maps up to 64 KiB).
 _FAULT_AROUND = 1 << 16
-READ_CHUNK = 1 << 24  # bytes per plain read of streamed_checksum
+COPY_BYTES = 1 << 20  # file bytes copied between two releases of the pages read
+READ_CHUNK = 1 << 22  # bytes per plain read of streamed_checksum
 
 
 class FeatureFile:
@@ -130,20 +131,14 @@ class FeatureFile:
     def read(self, layer: int, r0: int, r1: int) -> torch.Tensor:
         """Rows ``[r0, r1)`` of ``layer`` as an owned (r1 - r0) x D tensor in the stored dtype."""
         view, base, stride = self._views[layer]
-        sel, f0, f1 = self._file_rows(r0, r1)
-        out = _owned(view[sel], sel)
-        self._release(base + f0 * stride, base + f1 * stride)
-        return self._tensor(out)
+        return self._tensor(self._copy(view, self._file_rows(r0, r1)[0], base, stride))
 
     def read_all(self, r0: int, r1: int) -> torch.Tensor:
         """Rows ``[r0, r1)`` of every layer, (r1 - r0) x L x D (stacked files only)."""
         if self._stacked is None:
             raise ValueError(f"{self.path} stores layers of different widths separately: read them one at a time")
         full, base, stride = self._stacked
-        sel, f0, f1 = self._file_rows(r0, r1)
-        out = _owned(full[sel], sel)
-        self._release(base + f0 * stride, base + f1 * stride)
-        return self._tensor(out)
+        return self._tensor(self._copy(full, self._file_rows(r0, r1)[0], base, stride))
 
     def gather(self, layer: int, index) -> torch.Tensor:
         """The rows at virtual row numbers ``index`` (any order, repeats allowed) of ``layer``."""
@@ -155,13 +150,30 @@ class FeatureFile:
         if int(uniq[0]) < 0 or int(uniq[-1]) >= self.n:
             raise IndexError(f"row numbers outside [0, {self.n})")
         rows = uniq if self._rows is None else self._rows[uniq]
-        out = np.empty((rows.size, view.shape[1]), dtype=view.dtype)
-        step = max(1, (1 << 22) // max(1, stride))  # release the mapping every ~4 MiB of rows
-        for s in range(0, rows.size, step):
-            part = rows[s: s + step]
-            out[s: s + part.size] = view[part]
-            self._release(base + int(part[0]) * stride, base + (int(part[-1]) + 1) * stride)
-        return self._tensor(out[back])
+        return self._tensor(self._copy(view, rows, base, stride)[back])
+
+    def _copy(self, view: np.ndarray, sel, base: int, stride: int) -> np.ndarray:
+        """``view[sel]`` (file rows: a slice or increasing indices) copied out about 1 MiB of file
+        at a time, each piece's pages released before the next is read: however large the
+        block, the mapped pages never exceed a piece (a row of a stacked file's layer spans
+        the whole row of every layer, which the kernel's fault-around maps too)."""
+        if isinstance(sel, slice):
+            start, count = sel.start, sel.stop - sel.start
+        else:
+            start, count = None, int(sel.size)
+        out = np.empty((count, *view.shape[1:]), dtype=view.dtype)
+        step = max(1, COPY_BYTES // max(1, stride))
+        for s in range(0, count, step):
+            e = min(count, s + step)
+            if start is not None:
+                out[s:e] = view[start + s: start + e]
+                first, last = start + s, start + e
+            else:
+                part = sel[s:e]
+                out[s:e] = view[part]
+                first, last = int(part[0]), int(part[-1]) + 1
+            self._release(base + first * stride, base + last * stride)
+        return out
 
     def _tensor(self, arr: np.ndarray) -> torch.Tensor:
         if not arr.dtype.isnative:
@@ -219,11 +231,6 @@ class FeatureFile:
         shape = f"{self.n}x{self.num_layers}x{self.widths[0]}" if self.stacked else \
             f"{self.n}x[{', '.join(map(str, self.widths))}]"
         return f"FeatureFile({str(self.path)!r}, {shape}, {str(self.dtype).removeprefix('torch.')})"
-
-
-def _owned(arr: np.ndarray, sel) -> np.ndarray:
-    """A C-contiguous array that owns its memory (fancy indexing already copied)."""
-    return arr.copy() if isinstance(sel, slice) or not arr.flags.c_contiguous else arr
 
 
 def _header(fh, path: Path) -> tuple[dict, int]:
@@ -316,7 +323,7 @@ def _stored(fh, path: Path) -> str | None:
 
 def streamed_checksum(file) -> str | None:
     """The checksum of a features file's content (:func:`platonic_fast.features.storage.checksum`),
-    computed with plain reads of 16 MiB: nothing is mapped, so the process's RSS does not grow
+    computed with plain reads of 4 MiB: nothing is mapped, so the process's RSS does not grow
     with the file. None when the file stores no ``meta`` (not a features file).
 
     ``file`` is a path or a file opened for binary reading (read from its descriptor)."""
