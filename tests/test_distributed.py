@@ -424,10 +424,19 @@ def test_torchrun_measure_equals_one_process_and_resumes(tmp_path):
     assert np.allclose(json.loads((tmp_path / "one" / "scores.json").read_text())["scores"], one.scores, atol=1e-12)
 
 
-@pytest.mark.slow
-def test_torchrun_refuses_what_is_not_sharded(tmp_path):
-    folder = _models(tmp_path / "feats", n=40)
-    proc = _torchrun(["measure", str(folder), "--ci-repeats", "5", "--out", str(tmp_path / "o"), "--no-progress"])
-    assert proc.returncode != 0 and "not computed by a sharded sweep" in proc.stderr + proc.stdout
-    proc = _torchrun(["env"])
-    assert proc.returncode != 0 and "only `measure`" in proc.stderr
+def test_torchrun_refuses_what_is_not_sharded(monkeypatch, capsys):
+    """Under torchrun only `measure` runs, without confidence intervals or --out-of-core."""
+    from platonic_fast.distributed._comm import Comm
+    from platonic_fast.distributed._sweep import SweepShard, run_cli
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert run_cli(["env"]) == 2
+    assert "only `measure`" in capsys.readouterr().err
+    shard = SweepShard(Comm())
+    with pytest.raises(ValueError, match="not computed by a sharded sweep"):
+        shard.check({"ci": {"repeats": 5}}, {}, None)
+    with pytest.raises(ValueError, match="out-of-core"):
+        shard.check({"ci": None}, {}, True)
+    inputs = {"out_of_core": True}
+    shard.check({"ci": None}, inputs, None)
+    assert inputs["out_of_core"] is False
