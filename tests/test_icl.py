@@ -10,6 +10,7 @@ import torch
 
 from platonic_fast.icl import evaluate as ev
 from platonic_fast.icl.model import InContextModel, ModelConfig
+from platonic_fast.icl.presets import get_preset
 from platonic_fast.icl.tasks import parse_class, parse_mixture
 from platonic_fast.icl.train import TrainConfig, load_model, read_checkpoint, train
 
@@ -187,9 +188,9 @@ def _fixed_batch_loss(model):
 
 
 def test_training_lowers_the_loss():
-    cfg = TrainConfig(mixture="dense", steps=40, batch_size=32, lr=3e-3, seed=1)
+    cfg = TrainConfig(mixture="dense", steps=25, batch_size=32, lr=3e-3, seed=1)
     before = _fixed_batch_loss(InContextModel(TINY, seed=1).eval())
-    after = _fixed_batch_loss(train(TINY, cfg, progress=False).model)
+    after = _fixed_batch_loss(train(TINY, cfg, progress=False, threads=1).model)
     assert after < 0.8 * before
 
 
@@ -219,8 +220,8 @@ def test_resume_equals_uninterrupted(tmp_path):
 @pytest.mark.parametrize("argv, match", [
     (["train", "--mixture", "0.5*dense + 0.4*sine", "--out", "x"], "must sum to 1"),
     (["train", "--mixture", "cosine", "--out", "x"], "unknown function class 'cosine'"),
-    (["train", "--mixture", "sparse(k=9)", "--out", "x"], "k=9 non-zero coefficients need 1 <= k <= d, and d=8"),
-    (["train", "--mixture", "dense", "--out", "x", "--curriculum", "2,30,5"], "n_start=30 must lie in 1..n_points=20"),
+    (["train", "--mixture", "sparse(k=9)", "--out", "x"], "k=9 non-zero coefficients need 1 <= k <= d, and d=6"),
+    (["train", "--mixture", "dense", "--out", "x", "--curriculum", "2,30,5"], "n_start=30 must lie in 1..n_points=14"),
     (["train", "--mixture", "dense", "--out", "x", "--preset", "gpu"], "unknown preset 'gpu'"),
     (["eval", "x", "--task", "combo(alpha=3)"], "alpha must lie in"),
 ])
@@ -248,11 +249,12 @@ def test_cli_train_eval_align(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "least_squares" in out and "a  " in out
     curves = json.loads((tmp_path / "ev" / "eval.json").read_text())["tasks"]["sparse(k=2)"]
-    assert curves["least_squares"]["mean"][8] < 1e-6 and len(curves["a"]["mean"]) == 20
+    cpu = get_preset("cpu").model
+    assert curves["least_squares"]["mean"][cpu.d] < 1e-6 and len(curves["a"]["mean"]) == cpu.n_points
     assert main(["icl", "align", str(tmp_path / "a"), str(tmp_path / "b"), "--sequences", "4", "--topk", "3",
                  "--permutations", "3", "--out", str(tmp_path / "al")]) == 0
     res = json.loads((tmp_path / "al" / "align.json").read_text())
-    assert res["samples"] == 80 and res["models"] == ["a", "b"]
+    assert res["samples"] == 4 * cpu.n_points and res["models"] == ["a", "b"]
     m = res["metrics"]["mutual_knn"]
     assert 0 <= m["best"][0][1] <= 1 and m["best"][0][1] == m["best"][1][0]
     assert (tmp_path / "al" / "align.png").stat().st_size > 0

@@ -33,7 +33,7 @@ import torch
 from .model import autocast
 from .tasks import parse_mixture
 
-RIDGE_GRID = (1e-3, 1e-2, 1e-1, 1.0)
+RIDGE_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 LASSO_GRID = (1e-1, 1e-2, 1e-3)
 BASELINES = ("zero", "averaging", "knn3", "least_squares", "ridge", "lasso")
 

@@ -160,11 +160,14 @@ def fig_alignment(r, path):
     b = r["bridge"]
     names = b["models"]
     metrics = list(b["metrics"])
-    views = (("best", "best layer pair"), ("last_layer", "last layer vs last layer"))
-    fig, axes = plt.subplots(len(metrics), 2, figsize=(11.5, 5 * len(metrics)), squeeze=False)
+    views = [("metrics", "best", "all positions, best layer pair"),
+             ("metrics", "last_layer", "all positions, last layer"),
+             ("final_position", "best", "final position, best layer pair")]
+    views = [v for v in views if v[0] in b]
+    fig, axes = plt.subplots(len(metrics), len(views), figsize=(5.8 * len(views), 5 * len(metrics)), squeeze=False)
     for row, metric in enumerate(metrics):
-        m = b["metrics"][metric]
-        for col, (key, label) in enumerate(views):
+        for col, (source, key, label) in enumerate(views):
+            m = b[source][metric]
             ax = axes[row][col]
             mat = [[1.0 if i == j else m[key][i][j] for j in range(len(names))] for i in range(len(names))]
             im = ax.imshow(mat, vmin=0, vmax=1, cmap="viridis")
@@ -178,8 +181,9 @@ def fig_alignment(r, path):
             ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
             ax.set_yticks(range(len(names)), names, fontsize=8)
             chance = f", chance {m['chance']:.3f}" if m["chance"] is not None else ""
-            ax.set_title(f"{metric} (topk={b['topk']}), {label}{chance}", fontsize=9)
+            ax.set_title(f"{metric} (topk={b['topk']}), {label}\nN={m.get('samples', b['samples'])}{chance}",
+                         fontsize=9)
             fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.suptitle(f"Alignment of the in-context learners on one bank (N={b['samples']} (sequence, position) samples; "
-                 f"* best pair p <= 0.05 against {b['permutations']} permutations)", fontsize=10)
+    fig.suptitle(f"Alignment of the in-context learners on one bank of {b['sequences']} sequences "
+                 f"(* best pair p <= 0.05 against {b['permutations']} permutations)", fontsize=10)
     return _save(fig, path)

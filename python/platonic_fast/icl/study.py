@@ -26,7 +26,9 @@ Bridge (alignment)
     model's hidden states at every x position, every layer (N = sequences × points samples); an
     untrained model of the same shape as a floor. ``pf.align`` for every pair with mutual kNN and
     CKNNA (topk), calibrated with ``permutations`` row permutations: the best layer pair's score,
-    the last layer against the last layer, p-values and calibrated scores. Then: pairs whose
+    the last layer against the last layer, p-values and calibrated scores. The same again on the
+    final x position of every sequence alone (N = sequences), where no two samples differ only
+    in their position, so that position codes cannot make unrelated models look alike. Then: pairs whose
     pretraining mixtures share a class against pairs that share none (and the Spearman correlation
     with the classes' Jaccard overlap); alignment against the agreement of the two models'
     predictions and against each model's in-context error on the bank.
@@ -276,36 +278,48 @@ def bridge(models: dict, mixtures: dict, preset: Preset, *, bank: str | None = N
            "layers": cfg.n_layer + 1, "topk": topk, "permutations": permutations, "models": names,
            "mixtures": {m: mixtures.get(m, "") for m in names}, "competence": comp,
            "prediction_distance": agreement, "metrics": {}}
+    finals = {name: f.reshape(sequences, cfg.n_points, *f.shape[1:])[:, -1] for name, f in feats.items()}
+    out["final_position"] = {}
     for metric in metrics:
         t0 = time.perf_counter()
-        size = len(names)
-        best = [[float("nan")] * size for _ in range(size)]
-        last = [[float("nan")] * size for _ in range(size)]
-        same = [[float("nan")] * size for _ in range(size)]
-        calibrated = [[float("nan")] * size for _ in range(size)]
-        p_value = [[float("nan")] * size for _ in range(size)]
-        layers = [[None] * size for _ in range(size)]
-        chance = None
-        for i in range(size):
-            for j in range(i + 1, size):
-                res = pf.align(feats[names[i]], feats[names[j]], metric, topk=topk,
-                               permutations=permutations or None, generator=seed)
-                s = res.scores
-                best[i][j] = best[j][i] = float(res.best)
-                last[i][j] = last[j][i] = float(s[-1, -1])
-                same[i][j] = same[j][i] = float(torch.diagonal(s).mean())
-                layers[i][j] = list(res.best_layers) if res.best_layers else None
-                layers[j][i] = layers[i][j][::-1] if layers[i][j] else None
-                if res.calibration is not None:
-                    calibrated[i][j] = calibrated[j][i] = float(res.calibration.max.calibrated)
-                    p_value[i][j] = p_value[j][i] = float(res.calibration.max.p_value)
-                if res.chance is not None:
-                    chance = float(res.chance.mean())
-        out["metrics"][metric] = {"best": best, "last_layer": last, "same_layer_mean": same, "best_layers": layers,
-                                  "calibrated": calibrated, "p_value": p_value, "chance": chance}
-        log(f"  bridge {metric}: {size * (size - 1) // 2} pairs in {time.perf_counter() - t0:.0f} s")
-    out["analysis"] = _bridge_analysis(out)
+        out["metrics"][metric] = _pairwise(pf, feats, names, metric, topk, permutations, seed)
+        out["final_position"][metric] = _pairwise(pf, finals, names, metric, min(topk, sequences - 1), permutations,
+                                                  seed)
+        log(f"  bridge {metric}: {len(names) * (len(names) - 1) // 2} pairs on all positions and on the final "
+            f"position in {time.perf_counter() - t0:.0f} s")
+    out["analysis"] = _bridge_analysis(out, out["metrics"])
+    out["analysis_final_position"] = _bridge_analysis(out, out["final_position"])
     return out
+
+
+def _pairwise(pf, feats: dict, names: list, metric: str, topk: int, permutations: int, seed: int) -> dict:
+    """``pf.align`` for every pair: best layer pair (with its permutation null), last layer vs last layer,
+    the mean of same-index layer pairs."""
+    size = len(names)
+
+    def grid(fill=float("nan")):
+        return [[fill] * size for _ in range(size)]
+
+    best, last, same, calibrated, p_value, layers = grid(), grid(), grid(), grid(), grid(), grid(None)
+    chance = None
+    for i in range(size):
+        for j in range(i + 1, size):
+            res = pf.align(feats[names[i]], feats[names[j]], metric, topk=topk,
+                           permutations=permutations or None, generator=seed)
+            s = res.scores
+            best[i][j] = best[j][i] = float(res.best)
+            last[i][j] = last[j][i] = float(s[-1, -1])
+            same[i][j] = same[j][i] = float(torch.diagonal(s).mean())
+            layers[i][j] = list(res.best_layers) if res.best_layers else None
+            layers[j][i] = layers[i][j][::-1] if layers[i][j] else None
+            if res.calibration is not None:
+                calibrated[i][j] = calibrated[j][i] = float(res.calibration.max.calibrated)
+                p_value[i][j] = p_value[j][i] = float(res.calibration.max.p_value)
+            if res.chance is not None:
+                chance = float(res.chance.mean())
+    return {"best": best, "last_layer": last, "same_layer_mean": same, "best_layers": layers,
+            "calibrated": calibrated, "p_value": p_value, "chance": chance, "topk": topk,
+            "samples": int(next(iter(feats.values())).shape[0])}
 
 
 def spearman(a, b) -> float:
@@ -329,7 +343,7 @@ def _ranks(x):
     return ranks
 
 
-def _bridge_analysis(out: dict) -> dict:
+def _bridge_analysis(out: dict, metrics: dict) -> dict:
     names = out["models"]
     trained = [m for m in names if out["mixtures"][m]]
     sets = {m: classes_of(out["mixtures"][m]) for m in names}
@@ -339,7 +353,7 @@ def _bridge_analysis(out: dict) -> dict:
     res["jaccard"] = jacc
     dist = out["prediction_distance"]
     untrained = [m for m in names if not out["mixtures"][m]]
-    for metric, m in out["metrics"].items():
+    for metric, m in metrics.items():
         res[metric] = {}
         for view in ("best", "last_layer"):
             mat = m[view]
@@ -444,6 +458,9 @@ def headline(r: dict) -> dict:
             "spearman_model_alignment_vs_bank_nse", "untrained_mean")
     h["bridge"] = {metric: {view: {k: a[metric][view][k] for k in keys} for view in a[metric]}
                    for metric in r["bridge"]["metrics"]}
+    a = r["bridge"]["analysis_final_position"]
+    h["bridge_final_position"] = {metric: {view: {k: a[metric][view][k] for k in keys} for view in a[metric]}
+                                  for metric in r["bridge"]["metrics"]}
     h["minutes"] = r["timing"]["total"] / 60
     return h
 
@@ -465,7 +482,8 @@ def format_headline(r: dict) -> str:
     for m, g in h["f4_groups"].items():
         lines.append(f"  4. {m:>13} NSE below / inside / above the pretraining frequencies: "
                      f"{g['below']:.3f} / {g['inside']:.3f} / {g['above']:.3f}")
-    for metric, views in h["bridge"].items():
+    for metric, views in [*h["bridge"].items(), *((f"{m}, final position", v)
+                                                  for m, v in h["bridge_final_position"].items())]:
         for view, b in views.items():
             lines.append(f"  bridge {metric} ({view}): pairs sharing a class {b['mean_sharing_a_class']:.3f}, "
                          f"sharing none {b['mean_sharing_none']:.3f}; Spearman vs overlap "
