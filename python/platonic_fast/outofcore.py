@@ -89,6 +89,7 @@ class StreamedLayers:
     def __init__(self, source, name: str = "features", *, q: float = 0.95, exact: bool = False,
                  normalize: bool = True, concat: bool = False, block_bytes: int = BLOCK_BYTES,
                  own: bool | None = None):
+        release_heap()  # fixes the mmap threshold before the first pass allocates its blocks
         opened = not isinstance(source, FeatureFile)
         self._own = opened if own is None else own
         self.file = FeatureFile(source) if opened else source
@@ -389,7 +390,7 @@ def _cluster_marks(vals: torch.Tensor, delta: torch.Tensor, k: int, *, all_candi
     return member, beyond
 
 
-SETTLE_ROWS = 1024  # rows per chunk of the ordering pass's first round
+SETTLE_ROWS = 128  # rows per chunk of the ordering pass's first round (<= 1,792 members: bounded temporaries)
 
 
 def _settle(rows: _Rows, norms: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor, k: int, *,
@@ -535,22 +536,39 @@ def _prepare_layer(layers: StreamedLayers, i: int, spec, opts: dict, stream: boo
     return Prepared(spec.name, o, state, n, d)
 
 
-_LIBC = []
+_LIBC: dict = {}
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+MMAP_THRESHOLD = 1 << 20
 
 
-def release_heap() -> None:
-    """Hand the C heap's free pages back to the system (glibc ``malloc_trim``; elsewhere
-    nothing): between layers, so that the blocks freed by one layer's passes do not stay in
-    the resident set as fragmentation while the next layer runs."""
-    if not _LIBC:
+def _libc():
+    if "libc" not in _LIBC:
         try:
             import ctypes
 
-            _LIBC.append(ctypes.CDLL("libc.so.6").malloc_trim)
+            _LIBC["libc"] = ctypes.CDLL("libc.so.6")
+            _LIBC["libc"].malloc_trim, _LIBC["libc"].mallopt  # noqa: B018 - glibc has both
         except (OSError, AttributeError):
-            _LIBC.append(None)
-    if _LIBC[0] is not None:
-        _LIBC[0](0)
+            _LIBC["libc"] = None
+    return _LIBC["libc"]
+
+
+def release_heap() -> None:
+    """Keep freed blocks out of the resident set (glibc; elsewhere nothing).
+
+    The first call fixes glibc's mmap threshold at 1 MiB: blocks of a megabyte or more (the
+    passes' row blocks, the kNN's key blocks) are then mapped and unmapped, never kept in the
+    heap (by default the threshold rises to the largest block freed, after which such blocks
+    come from the heap, whose free pages glibc keeps). Every call also trims the heap
+    (``malloc_trim``): between layers, so that one layer's temporaries do not stay resident
+    while the next one runs. The threshold is process-wide and stays set.
+    """
+    libc = _libc()
+    if libc is None:
+        return
+    if not _LIBC.get("threshold"):
+        _LIBC["threshold"] = bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    libc.malloc_trim(0)
 
 
 def _warn_constant(i: int) -> None:
