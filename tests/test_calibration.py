@@ -330,3 +330,11 @@ def test_several_metrics_share_each_permutation():
         pf.calibrate(["mutual_knn", "cka"], a, b, permutations=3, cca_dm=3)
     with pytest.raises(ValueError, match="distinct"):
         pf.calibrate(["cka", "cka"], a, b, permutations=3)
+
+
+def test_chance_with_one_sample_is_zero_not_a_division_by_zero():
+    """N = 1: every centred kernel is 0 (found by the property suite: 0/0 in the closed form)."""
+    x = torch.randn(1, 2, 3, generator=torch.Generator().manual_seed(0))
+    with pytest.warns(pf.DegenerateInputWarning):
+        res = pf.align(x, x, "cka", kernel_metric="rbf")
+    assert (res.chance == 0).all()

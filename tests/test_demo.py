@@ -331,8 +331,9 @@ def test_import_checker_catches_private_uses():
 
 
 def test_cli_does_not_import_the_demo_for_extract():
-    tree = ast.parse(CLI_FILE.read_text())
-
+    """extract --colours builds the colour samples without importing the demo (it moved to
+    features/_cli.py and features/samples.py; cli.py only dispatches)."""
+    root = CLI_FILE.parent
     demo = {"demo", "colour_study", "_colour_data"}  # the package and the modules it replaced
 
     def demo_imports(nodes):
@@ -347,17 +348,18 @@ def test_cli_does_not_import_the_demo_for_extract():
     for src in ("from .demo import run", "from .demo.data import x", "from . import demo", "import platonic_fast.demo",
                 "from ._colour_data import xkcd_colours"):
         assert demo_imports([ast.parse(src)]), src  # the check itself sees each form
-    module_level = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
-    assert not demo_imports(module_level)
-    funcs = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
-    assert {"_samples", "_extract"} <= set(funcs)
-    assert not demo_imports([funcs["_samples"], funcs["_extract"]])
+    for path in (CLI_FILE, root / "features" / "_cli.py", root / "features" / "samples.py"):
+        tree = ast.parse(path.read_text())
+        module_level = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+        assert not demo_imports(module_level), path
+    funcs = {n.name: n for n in ast.parse((root / "features" / "_cli.py").read_text()).body
+             if isinstance(n, ast.FunctionDef)}
+    assert {"_samples", "run_extract"} <= set(funcs)
+    assert not demo_imports([funcs["_samples"], funcs["run_extract"]])
     # and at run time: building the colour samples leaves the demo unimported
-    code = ("import sys, argparse\nfrom platonic_fast import cli\n"
-            "for modality in (None, 'vision'):\n"
-            "    ns = argparse.Namespace(texts=None, images=None, colours=True, modality=modality)\n"
-            "    samples, kind, name = cli._samples(ns)\n"
-            "    assert len(samples) == 949 and name == 'xkcd-colours', (len(samples), name)\n"
+    code = ("import sys\nfrom platonic_fast.features.samples import load_samples\n"
+            "s = load_samples(colours=True)\n"
+            "assert len(s.texts) == 949 and len(s.images) == 949, (len(s.texts), len(s.images))\n"
             "print(sorted(m for m in sys.modules if m.startswith('platonic_fast.demo') or 'colour' in m))\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr

@@ -392,5 +392,6 @@ def cka_null_mean(ka: KernelStats, kb: KernelStats, *, unbiased: bool) -> float:
         cka_from_stats(ka, kb, unbiased=False)
     hkk = hsic_from_sums(ka.self_sum, ka, ka, unbiased=False)
     hll = hsic_from_sums(kb.self_sum, kb, kb, unbiased=False)
-    mean = _centred_trace(ka) * _centred_trace(kb) / (ka.n - 1)
+    # One sample: the centred kernels are 0, and so is every HSIC (the one permutation included).
+    mean = _centred_trace(ka) * _centred_trace(kb) / (ka.n - 1) if ka.n > 1 else 0.0
     return guarded_ratio("cka", mean, max(hkk * hll, 0.0) ** 0.5, -_true_units(ka, kb), warn=False)
