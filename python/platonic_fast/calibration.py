@@ -386,6 +386,23 @@ def calibrate_states(states_x: list, states_y: list, scores: torch.Tensor, metri
     device = _device_of(live_x + live_y)
     k, draw = permutation_source(n, permutations, perm, generator, device)
     null = null_scores(metric, states_x, states_y, opts, k, draw, bar=bar)
+
+    def pair_mean(i, j):
+        sx, sy = states_x[i], states_y[j]
+        return None if sx is None or sy is None else spec.null_mean(sx.state, sy.state, n, **opts)
+
+    return summarise_null(metric, scores, null, pair_mean, alpha=alpha, s_max=s_max)
+
+
+def summarise_null(metric: str, scores: torch.Tensor, null: torch.Tensor, pair_mean: Callable[[int, int], float | None],
+                   *, alpha: float, s_max: float | None) -> LayerCalibration:
+    """The layer search's calibration from its Lx x Ly scores and K x Lx x Ly null scores.
+
+    ``pair_mean(i, j)`` gives pair (i, j)'s exact null mean, or None where the metric has no
+    closed form (NaN pairs, constant layers, are skipped). Shared by the one-process and the
+    sharded layer search.
+    """
+    k = null.shape[0]
     aggregates = {}
     for how in ("max", "mean"):
         observed = _aggregate(scores, how)
@@ -399,11 +416,13 @@ def calibrate_states(states_x: list, states_y: list, scores: torch.Tensor, metri
     pair_p[torch.isnan(scores)] = math.nan
     chance = null.mean(dim=0)
     exact = True
-    for i, sx in enumerate(states_x):
-        for j, sy in enumerate(states_y):
-            e = None if sx is None or sy is None else spec.null_mean(sx.state, sy.state, n, **opts)
+    for i in range(scores.shape[0]):
+        for j in range(scores.shape[1]):
+            if torch.isnan(scores[i, j]):
+                continue
+            e = pair_mean(i, j)
             if e is None:
-                exact = exact and (sx is None or sy is None)
+                exact = False
             else:
                 chance[i, j] = e
     out = {}

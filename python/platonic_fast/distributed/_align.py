@@ -21,11 +21,11 @@ from ..align import AlignResult, resolve_options
 from ..calibration import (
     Calibration,
     LayerCalibration,
-    _aggregate,
     check_alpha,
     check_s_max,
     null_calibration,
     permutation_source,
+    summarise_null,
 )
 from ..metrics import metric_spec
 from ..ops.permute_lists import inverse_permutation
@@ -241,34 +241,12 @@ def calibrate_states(comm: Comm, states_x, states_y, scores: torch.Tensor, metri
     s_max = spec.max_score(opts) if isinstance(s_max, str) and s_max == "auto" else check_s_max(s_max)
     k, draw = _draws(comm, n, permutations, perm, generator, device or torch.device("cpu"))
     null = null_scores(states_x, states_y, k, draw, comm)
-    aggregates = {}
-    for how in ("max", "mean"):
-        observed = _aggregate(scores, how)
-        agg_null = torch.tensor([_aggregate(null[t], how) for t in range(k)], dtype=torch.float64)
-        if math.isnan(observed):
-            p = tau = cal = math.nan
-        else:
-            p, tau, cal = null_calibration(observed, agg_null, alpha=alpha, s_max=s_max)
-        aggregates[how] = (observed, agg_null, p, tau, cal)
-    pair_p = (1.0 + (null >= scores).sum(dim=0).to(torch.float64)) / (k + 1)
-    pair_p[torch.isnan(scores)] = math.nan
-    chance = null.mean(dim=0)
-    exact = True
-    for i, sx in enumerate(states_x):
-        for j, sy in enumerate(states_y):
-            e = None if sx is None or sy is None else null_mean(sx, sy)
-            if e is None:
-                exact = exact and (sx is None or sy is None)
-            else:
-                chance[i, j] = e
-    out = {}
-    for how, (observed, agg_null, p, tau, cal) in aggregates.items():
-        if how == "mean" and exact:
-            agg_chance, agg_exact = _aggregate(chance, "mean"), True
-        else:
-            agg_chance, agg_exact = float(agg_null.nanmean()), False
-        out[how] = Calibration(metric, how, observed, agg_null, p, tau, cal, alpha, s_max, agg_chance, agg_exact)
-    return LayerCalibration(out["max"], out["mean"], null, pair_p, chance, exact)
+
+    def pair_mean(i, j):
+        sx, sy = states_x[i], states_y[j]
+        return None if sx is None or sy is None else null_mean(sx, sy)
+
+    return summarise_null(metric, scores, null, pair_mean, alpha=alpha, s_max=s_max)
 
 
 def calibrate(metric, feats_A, feats_B, permutations: int | None = None, alpha: float = 0.05, generator=None,
