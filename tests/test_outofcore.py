@@ -288,3 +288,18 @@ def test_cli_out_of_core(tmp_path, capsys):
                      "--no-progress"]) == 0
     assert json.loads((tmp_path / "o" / "scores.json").read_text())["run"]["out_of_core"] is True
     assert "mutual_knn" in capsys.readouterr().out
+
+
+def test_each_file_is_verified_once_per_sweep(tmp_path, monkeypatch):
+    from platonic_fast.features import blocks
+
+    folder = tmp_path / "feats"
+    folder.mkdir()
+    for i in range(2):
+        features.Features(_stacked(seed=i, n=120), meta={"model": f"m{i}"}).save(folder / f"m{i}.safetensors")
+    calls = []
+    real = blocks.streamed_checksum
+    monkeypatch.setattr(blocks, "streamed_checksum", lambda fh: calls.append(fh.name) or real(fh))
+    sweep.measure_sets(folder, topk=5, n_grid=[40, 80, 120], out_dir=tmp_path / "o", out_of_core=True,
+                       progress=False)
+    assert sorted(calls) == sorted(str(folder / f"m{i}.safetensors") for i in range(2))

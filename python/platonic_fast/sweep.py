@@ -11,7 +11,10 @@ A pair's record is reused only when it is provably the same computation. Its key
 models' names and content fingerprints (:func:`file_fingerprint`: the checksum a features file
 stores, else a hash of the file's bytes; never its size or modification time), the metric and
 every option, and the library version; the record's file name is the sha256 of that key, and on
-reading, the key stored inside must equal the one expected, or the pair is computed again.
+reading, the key stored inside must equal the one expected, or the pair is computed again. With
+``n_grid``, a pair scored on a subset of the samples has ``settings["subset"] = {"n", "seed"}``
+in its key (the whole set has no ``subset``: it shares the records of a sweep without a grid).
+How the layers were read (``out_of_core``), the backend and the device are not in the key.
 
 One sweep at a time writes to an output folder: it holds an exclusive ``fcntl.flock`` on
 ``<out>/.lock`` (POSIX advisory locking; on network file systems it is only as good as their
@@ -30,21 +33,28 @@ Results (``<out>/``), all written atomically:
   ``high``, ``std_error``, ``level``, ``method``, ``repeats``, ``m``). NaN (a constant layer)
   is written as null: the files are strict JSON.
 - ``scores.json``: ``format``/``format_version`` (2), ``version``, ``metric``, ``settings``,
-  ``topk`` (list), ``n``, ``run`` (backend, device), ``models_x``/``models_y`` (names),
+  ``topk`` (list), ``n``, ``run`` (backend, device, out_of_core), ``models_x``/``models_y`` (names),
   ``fingerprints_x``/``fingerprints_y``, ``samples`` (the sample-fingerprint check),
   ``models`` (``x``/``y``: each model's metadata, :func:`model_info`), and ``results``: one
   entry per topk with ``topk``, the (Mx, My) matrices ``scores``, ``best_layers``, ``chance``,
   ``calibration`` (``max``/``mean`` x ``observed``, ``p_value``, ``tau``, ``calibrated``,
   ``chance``), ``ci`` (settings and ``estimate``/``low``/``high``/``std_error`` matrices) and
   ``pairs`` (every pair's record without its key). With a single topk its
-  matrices are repeated at the top level.
+  matrices are repeated at the top level. With ``n_grid`` everything above is of the largest
+  subset size, and ``n_grid`` holds ``n`` (the sizes), ``seed``, ``order`` (how subsets are
+  drawn) and ``results``, per topk: ``topk``, ``n``, (G, Mx, My) ``scores``, ``chance``,
+  (G, Mx, My, 2) ``best_layers``, with permutations ``calibrated``/``p_value``, with intervals
+  ``ci_low``/``ci_high``, and ``curves`` (the model pairs plotted: ``x``, ``y``, ``i``, ``j``).
 - ``scores.npz``: ``models_x``, ``models_y``, ``topk`` and per topk (prefix ``k<topk>_``; none
   for metrics without topk) ``scores``, ``best_layers``, ``chance``, ``layer_scores_<i>_<j>``
   and with permutations ``p_value``, ``calibrated``, ``tau``, ``observed``, ``mean_*``,
   ``null_max``/``null_mean`` (Mx, My, K), ``pair_p_<i>_<j>``, with intervals ``ci_low``,
-  ``ci_high``, ``ci_estimate``, ``ci_std_error``; with one topk the (Mx, My)
-  matrices unprefixed too.
-- ``heatmap.png`` (``heatmap_k<topk>.png`` per topk when several), with matplotlib.
+  ``ci_high``, ``ci_estimate``, ``ci_std_error``, with ``n_grid`` ``ngrid_n`` (G,),
+  ``ngrid_scores``, ``ngrid_chance`` (and ``ngrid_calibrated``, ``ngrid_p_value``,
+  ``ngrid_ci_low``, ``ngrid_ci_high``) (G, Mx, My) and ``ngrid_best_layers``; with one topk
+  the (Mx, My) matrices unprefixed too.
+- ``heatmap.png`` (``heatmap_k<topk>.png`` per topk when several), with matplotlib; with
+  ``n_grid`` also ``n_grid.png`` (``n_grid_k<topk>.png``): score against N.
 """
 
 from __future__ import annotations
@@ -775,7 +785,8 @@ def _sweep_at(files_x, files_y, pairs, symmetric, out, settings, opts_by_k, inpu
             if inputs["out_of_core"] and path.suffix == ".safetensors":
                 from .outofcore import prepare_file
 
-                layers = _open_streamed(path, fingerprints[path], rows, q=q, exact=exact, concat=concat)
+                layers = _open_streamed(path, fingerprints[path], rows, q=q, exact=exact, concat=concat,
+                                        verified=inputs.setdefault("verified", set()))
                 streamed.append(layers)
                 prepared[path] = prepare_file(layers, metric, opts_by_k[largest], device=device)
                 if settings["ci"] is not None:
@@ -855,16 +866,22 @@ def _take_rows(layers, rows):
     return [l[index] for l in layers] if isinstance(layers, list) else layers[index]
 
 
-def _open_streamed(path: Path, fingerprint: str, rows, *, q: float, exact: bool, concat: bool):
+def _open_streamed(path: Path, fingerprint: str, rows, *, q: float, exact: bool, concat: bool,
+                   verified: set | None = None):
     """A model's file opened for the out-of-core sweep, checked against its fingerprint as
-    :func:`_load_layers` checks it (the stored checksum recomputed with plain reads)."""
+    :func:`_load_layers` checks it (the stored checksum recomputed with plain reads; once per
+    sweep: a file already in ``verified`` only has its header's checksum compared)."""
     from .features.blocks import FeatureFile
     from .outofcore import StreamedLayers
 
     f = FeatureFile(path, rows)
     try:
-        if fingerprint.startswith("sha256:"):
+        if fingerprint.startswith("sha256:") and verified is not None and path in verified:
+            changed = f.stored_checksum() != fingerprint
+        elif fingerprint.startswith("sha256:"):
             stored, actual = f.checksum()
+            if verified is not None and actual == stored:
+                verified.add(path)
             if actual != stored:
                 raise ValueError(f"{str(path)!r} fails verification: it stores checksum {stored} but its content "
                                  f"hashes to {actual} (corrupted on disk or in a copy, or modified)")

@@ -201,7 +201,11 @@ class FeatureFile:
         file without one (.npy, features written before checksums)."""
         if self.path.suffix == ".npy":
             return None, None
-        return _stored(self._fh, self.path), streamed_checksum(self._fh)
+        return self.stored_checksum(), streamed_checksum(self._fh)
+
+    def stored_checksum(self) -> str | None:
+        """The checksum this open file's header stores (None: .npy, or none stored)."""
+        return None if self.path.suffix == ".npy" else _stored(self._fh, self.path)
 
     # -- life ----------------------------------------------------------------------------------
 
