@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 from ._checks import ConstantFeaturesError, DegenerateInputWarning, unit_exponent, warn_memory
 from .features.blocks import FeatureFile
 from .metrics import METRICS, Neighbours, Prepared, _cknna_state, metric_spec, prepare
+from .ops.knn import cluster_marks
 from .ops.outliers import per_sample_order_stats
 
 BLOCK_BYTES = 4 << 20  # float32 bytes per block of the statistics and threshold passes
@@ -372,24 +373,6 @@ def stream_neighbours(layers: StreamedLayers, layer: int, k: int, *, exclude_sel
     return vals, idx, 2 * e
 
 
-def _cluster_marks(vals: torch.Tensor, delta: torch.Tensor, k: int, *, all_candidates: bool):
-    """As the ordering pass of :func:`platonic_fast.ops.knn._settle`: positions of each row's
-    top-kk whose order the rounding bound leaves uncertain (and that matter for the top-k), and
-    the rows whose uncertain cluster reaches past the last candidate."""
-    kk = vals.shape[1]
-    v, dr = vals.to(torch.float64), delta[:, None]
-    close = (v[:, :-1] - v[:, 1:]) <= dr
-    member = torch.zeros_like(v, dtype=torch.bool)
-    member[:, :-1] |= close
-    member[:, 1:] |= close
-    member[:, k:] &= close[:, k - 1:].cumprod(dim=1).bool()
-    if all_candidates:
-        beyond = torch.zeros(vals.shape[0], dtype=torch.bool)
-    else:
-        beyond = member[:, -1] if kk > k else torch.ones(vals.shape[0], dtype=torch.bool)
-    return member, beyond
-
-
 SETTLE_ROWS = 128  # rows per chunk of the ordering pass's first round (<= 1,792 members: bounded temporaries)
 
 
@@ -415,7 +398,7 @@ def _settle(rows: _Rows, norms: torch.Tensor, vals: torch.Tensor, idx: torch.Ten
         pending = []
         for c0 in range(0, n, SETTLE_ROWS):
             c1 = min(n, c0 + SETTLE_ROWS)
-            member, beyond = _cluster_marks(vals[c0:c1], delta[c0:c1], k, all_candidates=kk == n_cand)
+            member, beyond = cluster_marks(vals[c0:c1], delta[c0:c1], k, all_candidates=kk == n_cand)
             busy = member.any(dim=1) & ~beyond
             if bool(busy.any()):
                 which = torch.arange(c0, c1)[busy]
@@ -427,7 +410,7 @@ def _settle(rows: _Rows, norms: torch.Tensor, vals: torch.Tensor, idx: torch.Ten
         while todo.numel():  # rows whose near-ties reach past their candidates: more of them
             kk = min(2 * kk, n_cand)
             vals, idx = _more_candidates(rows, todo, kk, exclude_self)
-            member, beyond = _cluster_marks(vals, delta[todo], k, all_candidates=kk == n_cand)
+            member, beyond = cluster_marks(vals, delta[todo], k, all_candidates=kk == n_cand)
             busy = member.any(dim=1) & ~beyond
             if bool(busy.any()):
                 sv, si = _reorder_clusters(rows, rows, todo[busy], vals[busy], idx[busy], member[busy])
