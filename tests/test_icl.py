@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -85,8 +86,9 @@ def test_nonzeros_above_d():
 
 # --- the model ----------------------------------------------------------------------------------
 
-def test_readout_is_causal():
-    model = InContextModel(TINY, seed=3).eval()
+@pytest.mark.parametrize("tokens", ["y", "xy"])
+def test_readout_is_causal(tokens):
+    model = InContextModel(replace(TINY, tokens=tokens), seed=3).eval()
     xs, ys, _ = parse_mixture("dense").sample(3, 6, 4, gen(3))
     with torch.no_grad():
         base = model(xs, ys)
@@ -121,6 +123,17 @@ def test_sequence_longer_than_positions():
 def test_model_config_errors():
     with pytest.raises(ValueError, match="multiple of n_head"):
         ModelConfig(d=4, n_points=6, n_layer=1, n_embd=30, n_head=4)
+    with pytest.raises(ValueError, match="tokens must be 'y' or 'xy'"):
+        ModelConfig(d=4, n_points=6, n_layer=1, n_embd=32, n_head=4, tokens="x")
+
+
+def test_xy_tokens():
+    model = InContextModel(replace(TINY, tokens="xy"))
+    xs, ys, _ = parse_mixture("dense").sample(2, 3, 4, gen())
+    tok = model.tokens(xs, ys)
+    assert tok.shape == (2, 6, 6)
+    assert torch.equal(tok[:, 1::2, :4], xs) and torch.equal(tok[:, 1::2, 4], ys) and (tok[:, 1::2, 5] == 1).all()
+    assert torch.equal(tok[:, ::2, :4], xs) and (tok[:, ::2, 4:] == 0).all()
 
 
 # --- baselines against closed forms -------------------------------------------------------------

@@ -160,9 +160,9 @@ def fig_alignment(r, path):
     b = r["bridge"]
     names = b["models"]
     metrics = list(b["metrics"])
-    views = [("metrics", "best", "all positions, best layer pair"),
+    views = [("metrics", "best", "all positions, best block pair"),
              ("metrics", "last_layer", "all positions, last layer"),
-             ("final_position", "best", "final position, best layer pair")]
+             ("final_position", "best", "final position, best block pair")]
     views = [v for v in views if v[0] in b]
     fig, axes = plt.subplots(len(metrics), len(views), figsize=(5.8 * len(views), 5 * len(metrics)), squeeze=False)
     for row, metric in enumerate(metrics):

@@ -25,13 +25,14 @@ Bridge (alignment)
     One shared bank (1/3 dense, 1/3 sparse, 1/3 sine; ``bank_sequences`` sequences), every
     model's hidden states at every x position, every layer (N = sequences × points samples); an
     untrained model of the same shape as a floor. ``pf.align`` for every pair with mutual kNN and
-    CKNNA (topk), calibrated with ``permutations`` row permutations: the best layer pair's score,
-    the last layer against the last layer, p-values and calibrated scores. The same again on the
-    final x position of every sequence alone (N = sequences), where no two samples differ only
-    in their position, so that position codes cannot make unrelated models look alike. Then: pairs whose
-    pretraining mixtures share a class against pairs that share none (and the Spearman correlation
-    with the classes' Jaccard overlap); alignment against the agreement of the two models'
-    predictions and against each model's in-context error on the bank.
+    CKNNA (topk), calibrated with ``permutations`` row permutations, over the blocks' outputs
+    (layer 0, the embedding of the x token, is scored apart: it encodes x alike in every model): the
+    best block pair's score, the last layer against the last layer, p-values and calibrated scores.
+    The same again on the final x position of every sequence alone (N = sequences), where no two
+    samples differ only in their position, so that position codes cannot make unrelated models
+    look alike. Then: pairs whose pretraining mixtures share a class against pairs that share none
+    (and the Spearman correlation with the classes' Jaccard overlap); alignment against the
+    agreement of the two models' predictions and against each model's in-context error on the bank.
 """
 
 from __future__ import annotations
@@ -293,32 +294,37 @@ def bridge(models: dict, mixtures: dict, preset: Preset, *, bank: str | None = N
 
 
 def _pairwise(pf, feats: dict, names: list, metric: str, topk: int, permutations: int, seed: int) -> dict:
-    """``pf.align`` for every pair: best layer pair (with its permutation null), last layer vs last layer,
-    the mean of same-index layer pairs."""
+    """``pf.align`` for every pair over the blocks' outputs (layers 1..L): the best block pair, with the
+    permutation null of the whole search, the last layer against the last layer and the mean of
+    same-index pairs; and, apart, the embedding outputs (layer 0) against each other. Layer 0 at an
+    x position is an affine map of that x token plus a position vector, the same information in
+    every model whatever its training: left in the search, it would win every pair."""
     size = len(names)
 
     def grid(fill=float("nan")):
         return [[fill] * size for _ in range(size)]
 
-    best, last, same, calibrated, p_value, layers = grid(), grid(), grid(), grid(), grid(), grid(None)
+    best, last, same, calibrated, p_value, embedding = grid(), grid(), grid(), grid(), grid(), grid()
+    layers = grid(None)
     chance = None
     for i in range(size):
         for j in range(i + 1, size):
-            res = pf.align(feats[names[i]], feats[names[j]], metric, topk=topk,
-                           permutations=permutations or None, generator=seed)
+            a, b = feats[names[i]], feats[names[j]]
+            res = pf.align(a[:, 1:], b[:, 1:], metric, topk=topk, permutations=permutations or None, generator=seed)
             s = res.scores
             best[i][j] = best[j][i] = float(res.best)
             last[i][j] = last[j][i] = float(s[-1, -1])
             same[i][j] = same[j][i] = float(torch.diagonal(s).mean())
-            layers[i][j] = list(res.best_layers) if res.best_layers else None
+            layers[i][j] = [res.best_layers[0] + 1, res.best_layers[1] + 1] if res.best_layers else None
             layers[j][i] = layers[i][j][::-1] if layers[i][j] else None
             if res.calibration is not None:
                 calibrated[i][j] = calibrated[j][i] = float(res.calibration.max.calibrated)
                 p_value[i][j] = p_value[j][i] = float(res.calibration.max.p_value)
             if res.chance is not None:
                 chance = float(res.chance.mean())
+            embedding[i][j] = embedding[j][i] = float(pf.align(a[:, :1], b[:, :1], metric, topk=topk).scores[0, 0])
     return {"best": best, "last_layer": last, "same_layer_mean": same, "best_layers": layers,
-            "calibrated": calibrated, "p_value": p_value, "chance": chance, "topk": topk,
+            "calibrated": calibrated, "p_value": p_value, "chance": chance, "embedding": embedding, "topk": topk,
             "samples": int(next(iter(feats.values())).shape[0])}
 
 
