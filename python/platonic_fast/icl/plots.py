@@ -147,6 +147,8 @@ def fig_frequency(r, path):
         ax.plot(om, mean, marker="o", label=name, color=COLOURS[name], **style)
         ax.fill_between(om, lo, hi, color=COLOURS[name], alpha=0.2, linewidth=0)
     ax.set_xscale("log")
+    ax.minorticks_off()
+    ax.set_xticks(om, [f"{w:g}" for w in om], fontsize=8)
     ax.set_ylim(0, 1.6)
     ax.set_xlabel("frequency omega")
     ax.set_ylabel("mean NSE, late window")
@@ -164,7 +166,8 @@ def fig_alignment(r, path):
              ("metrics", "last_layer", "all positions, last layer"),
              ("final_position", "best", "final position, best block pair")]
     views = [v for v in views if v[0] in b]
-    fig, axes = plt.subplots(len(metrics), len(views), figsize=(5.8 * len(views), 5 * len(metrics)), squeeze=False)
+    fig, axes = plt.subplots(len(metrics), len(views), figsize=(5.8 * len(views), 5.4 * len(metrics)), squeeze=False,
+                             layout="constrained")
     for row, metric in enumerate(metrics):
         for col, (source, key, label) in enumerate(views):
             m = b[source][metric]
