@@ -279,6 +279,26 @@ def null_scores_many(jobs: list[tuple], k: int, draw, *, bar=None) -> list[torch
 # --- one pair -----------------------------------------------------------------------------------
 
 
+def metric_names(metric) -> tuple[list[str], list]:
+    """(names, specs) of ``metric``: one name or a sequence of distinct names."""
+    names = [metric] if isinstance(metric, str) else list(metric) if isinstance(metric, (list, tuple)) else None
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"metric must be a metric name or a sequence of distinct names, got {metric!r}")
+    return names, [metric_spec(m) for m in names]
+
+
+def options_per_metric(specs: list, n: int, widths: tuple[int, int], options: dict) -> list[dict]:
+    """Each metric's validated options: the ones it knows (and ``backend``); with several
+    metrics an option none of them takes is an error."""
+    if len(specs) > 1:
+        known = {key for sp in specs for key in sp.defaults} | {"backend"}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise TypeError(f"calibrate() got option(s) {unknown} that none of {[sp.name for sp in specs]} takes")
+    return [sp.check_options(n, widths, {key: v for key, v in options.items()
+                                         if key in sp.defaults or key == "backend"}) for sp in specs]
+
+
 def calibrate(metric: str | Sequence[str], feats_A, feats_B, permutations: int | None = None,
               alpha: float = 0.05, generator=None, perm: PermutationSource | None = None, *, s_max="auto",
               progress: bool = False, **options) -> Calibration | dict[str, Calibration]:
@@ -320,20 +340,10 @@ def calibrate(metric: str | Sequence[str], feats_A, feats_B, permutations: int |
     >>> sorted(both)
     ['cka', 'mutual_knn']
     """
-    names = [metric] if isinstance(metric, str) else list(metric) if isinstance(metric, (list, tuple)) else None
-    if not names or len(set(names)) != len(names):
-        raise ValueError(f"metric must be a metric name or a sequence of distinct names, got {metric!r}")
-    specs = [metric_spec(m) for m in names]
+    names, specs = metric_names(metric)
     a, b = check_pair(feats_A, feats_B, metric=names[0])
     n = a.shape[0]
-    if len(names) > 1:
-        known = {key for sp in specs for key in sp.defaults} | {"backend"}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise TypeError(f"calibrate() got option(s) {unknown} that none of {names} takes")
-    opts_list = [sp.check_options(n, (a.shape[1], b.shape[1]),
-                                  {key: v for key, v in options.items() if key in sp.defaults or key == "backend"})
-                 for sp in specs]
+    opts_list = options_per_metric(specs, n, (a.shape[1], b.shape[1]), options)
     alpha = check_alpha(alpha)
     auto = isinstance(s_max, str) and s_max == "auto"
     if not auto:

@@ -23,7 +23,9 @@ from ..calibration import (
     LayerCalibration,
     check_alpha,
     check_s_max,
+    metric_names,
     null_calibration,
+    options_per_metric,
     permutation_source,
     summarise_null,
 )
@@ -253,24 +255,14 @@ def calibrate(metric, feats_A, feats_B, permutations: int | None = None, alpha: 
               perm=None, *, s_max="auto", group=None, timeout=None, **options):
     """:func:`platonic_fast.calibrate` on row-sharded A and B (collective): the observed score
     and its permutation null, the permutations drawn on rank 0 and broadcast."""
-    names = [metric] if isinstance(metric, str) else list(metric) if isinstance(metric, (list, tuple)) else None
-    if not names or len(set(names)) != len(names):
-        raise ValueError(f"metric must be a metric name or a sequence of distinct names, got {metric!r}")
-    specs = [metric_spec(m) for m in names]
+    names, specs = metric_names(metric)
     comm = Comm(group, timeout)
     with comm.step():
         a = local_features(feats_A, "feats_A")
         b = local_features(feats_B, "feats_B")
     layout = layout_of(comm, [a, b], ["feats_A", "feats_B"], metric=names[0])
     n = layout.n
-    if len(names) > 1:
-        known = {key for sp in specs for key in sp.defaults} | {"backend"}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise TypeError(f"calibrate() got option(s) {unknown} that none of {names} takes")
-    opts_list = [sp.check_options(n, (a.shape[1], b.shape[1]),
-                                  {key: v for key, v in options.items() if key in sp.defaults or key == "backend"})
-                 for sp in specs]
+    opts_list = options_per_metric(specs, n, (a.shape[1], b.shape[1]), options)
     alpha = check_alpha(alpha)
     auto = isinstance(s_max, str) and s_max == "auto"
     if not auto:
