@@ -1,6 +1,7 @@
 """Out-of-core sweep against the in-memory sweep (issue 11 items 2 and 5): `platonic-fast measure`
 on two models of N samples x 6 layers x 768 features, float32 (1.8 GB files at N = 100,000), run
-as a child process twice, ``--out-of-core`` and ``--no-out-of-core``, side by side in one run.
+as a child process twice per metric (mutual_knn and cka by default), ``--out-of-core`` and
+``--no-out-of-core``, side by side in one run.
 
 Recorded per run: wall time, the child's peak resident set size (``ru_maxrss`` from ``wait4``,
 which counts file-backed mapped pages too; the child is started from a small launcher process,
@@ -49,6 +50,7 @@ from _timing import (  # noqa: E402
 FULL_N, QUICK_N = 100_000, 4_096
 LAYERS, WIDTH, LATENT, TOPK = 6, 768, 16, 10
 RSS_TARGET_MB = 1024.0
+NEIGHBOUR_METRICS = ("mutual_knn", "cycle_knn", "lcs_knn", "edit_distance_knn", "cknna")
 BLOCK_ROWS = 4096
 
 
@@ -160,10 +162,11 @@ with open(result, "w") as fh:
 """
 
 
-def run_measure(files: list[Path], out: Path, mode: str, timeout: float | None) -> dict:
+def run_measure(files: list[Path], out: Path, mode: str, timeout: float | None, metric: str = "mutual_knn") -> dict:
     """One ``platonic-fast measure`` run: wall seconds, its peak RSS (``ru_maxrss`` from ``wait4``
     in a small launcher process, MB), exit status and the tail of its output."""
-    cmd = [*_command(), "measure", str(files[0]), "--against", str(files[1]), "--topk", str(TOPK),
+    cmd = [*_command(), "measure", str(files[0]), "--against", str(files[1]), "--metric", metric,
+           *(["--topk", str(TOPK)] if metric in NEIGHBOUR_METRICS else []),
            "--out", str(out), "--no-progress", f"--{mode}"]
     shutil.rmtree(out, ignore_errors=True)  # no resumed records: every run computes everything
     log, result = out.with_name(out.name + ".log"), out.with_name(out.name + ".rusage.json")
@@ -188,16 +191,17 @@ def _scores(out: Path) -> dict | None:
             "layer_scores": [p["layer_scores"] for p in s["results"][0]["pairs"]]}
 
 
-def collect(n: int, *, directory: Path, keep: bool, seed: int, skip_in_memory: bool, timeout: float | None):
+def collect(n: int, *, directory: Path, keep: bool, seed: int, skip_in_memory: bool, timeout: float | None,
+            metrics=("mutual_knn",)):
     directory.mkdir(parents=True, exist_ok=True)
     files = [directory / f"model{m}_n{n}_s{seed}.safetensors" for m in range(2)]
     need = sum(n * LAYERS * WIDTH * 4 for f in files if not _reusable(f, n, LAYERS, WIDTH, seed))
     free = shutil.disk_usage(directory).free
-    case = f"2 models x N={n:,} x {LAYERS} layers x D={WIDTH} float32, topk={TOPK}"
-    common = {"bench": "out_of_core", "case": case, "shape": f"{n}x{LAYERS}x{WIDTH}", "dtype": "float32",
-              "n": n, "layers": LAYERS, "width": WIDTH, "topk": TOPK, "repeats": 0, "median_s": None}
+    shape = f"2 models x N={n:,} x {LAYERS} layers x D={WIDTH} float32"
+    base = {"bench": "out_of_core", "shape": f"{n}x{LAYERS}x{WIDTH}", "dtype": "float32",
+            "n": n, "layers": LAYERS, "width": WIDTH, "repeats": 0, "median_s": None}
     if need and need > free - (1 << 30):
-        return [dict(common, method="-", status=f"not run: needs {need / 1e9:.1f} GB in {directory}, "
+        return [dict(base, case=shape, method="-", status=f"not run: needs {need / 1e9:.1f} GB in {directory}, "
                      f"{free / 1e9:.1f} GB free")], []
     t0 = time.perf_counter()
     for m, f in enumerate(files):
@@ -206,37 +210,58 @@ def collect(n: int, *, directory: Path, keep: bool, seed: int, skip_in_memory: b
     gen_s = time.perf_counter() - t0
     file_mb = files[0].stat().st_size / 2**20
     print(f"feature files: {file_mb:.0f} MiB each in {directory} ({gen_s:.1f} s to write)", flush=True)
-    rows, scores = [], {}
+    rows, targets = [], []
     modes = [("out-of-core", "out-of-core sweep")] + ([] if skip_in_memory else [("no-out-of-core", "in-memory sweep")])
     try:
-        for mode, method in modes:
-            out = directory / f"out_{mode}"
-            res = run_measure(files, out, mode, timeout)
-            rss = res.get("maxrss_mb")
-            row = dict(common, method=method, status=res.get("status"), median_s=res.get("wall_s"),
-                       repeats=1 if res.get("wall_s") else 0, peak_rss_mb=rss, file_mib=file_mb,
-                       command=res.get("command"), output_tail=res.get("output_tail"))
-            row["summary"] = (f"peak RSS {rss:.0f} MB" if rss else "") + f"; files {file_mb:.0f} MiB each"
-            rows.append(row)
-            scores[mode] = _scores(out) if res.get("status") == "ok" else None
-            print(f"{method}: {res.get('status')}, {res.get('wall_s') or 0:.1f} s, peak RSS {rss or 0:.0f} MB",
-                  flush=True)
-            if not keep:
-                shutil.rmtree(out, ignore_errors=True)
+        for metric in metrics:
+            case = f"{metric}: {shape}" + (f", topk={TOPK}" if metric in NEIGHBOUR_METRICS else "")
+            common = dict(base, case=case, metric=metric, topk=TOPK if metric in NEIGHBOUR_METRICS else None)
+            found, scores = [], {}
+            for mode, method in modes:
+                out = directory / f"out_{metric}_{mode}"
+                res = run_measure(files, out, mode, timeout, metric)
+                rss = res.get("maxrss_mb")
+                row = dict(common, method=method, status=res.get("status"), median_s=res.get("wall_s"),
+                           repeats=1 if res.get("wall_s") else 0, peak_rss_mb=rss, file_mib=file_mb,
+                           command=res.get("command"), output_tail=res.get("output_tail"))
+                row["summary"] = (f"peak RSS {rss:.0f} MB" if rss else "") + f"; files {file_mb:.0f} MiB each"
+                found.append(row)
+                scores[mode] = _scores(out) if res.get("status") == "ok" else None
+                print(f"{metric} {method}: {res.get('status')}, {res.get('wall_s') or 0:.1f} s, "
+                      f"peak RSS {rss or 0:.0f} MB", flush=True)
+                if not keep:
+                    shutil.rmtree(out, ignore_errors=True)
+            if len(scores) == 2 and all(scores.values()):
+                _compare(found, scores["out-of-core"], scores["no-out-of-core"], exact=metric in NEIGHBOUR_METRICS)
+            set_ratios(found, "in-memory sweep")
+            rows.extend(found)
+            targets.append(target(f"{metric}: out-of-core peak RSS at N={n:,} (ru_maxrss of the measure process)",
+                                  found[0].get("peak_rss_mb"), quick=n != FULL_N, below=RSS_TARGET_MB, unit="MB"))
     finally:
         if not keep:
             for f in files:
                 f.unlink(missing_ok=True)
-    if len(scores) == 2 and all(scores.values()):
-        same = scores["out-of-core"] == scores["no-out-of-core"]
-        for r in rows:
-            r["same_scores_as_other_mode"] = same
-            r["summary"] += "; same scores" if same else "; SCORES DIFFER"
-    set_ratios(rows, "in-memory sweep")
-    ooc = rows[0]
-    targets = [target(f"out-of-core peak RSS at N={n:,} (ru_maxrss of the measure process)", ooc.get("peak_rss_mb"),
-                      quick=n != FULL_N, below=RSS_TARGET_MB, unit="MB")]
     return rows, targets
+
+
+def _compare(rows: list[dict], a: dict, b: dict, *, exact: bool) -> None:
+    """Mark whether the two modes wrote the same scores: bitwise for the neighbour metrics; for CKA
+    the same best layers and every score within 1e-5 relative (float32 products: the streamed run
+    sums per-block float32 GEMMs in float64, the in-memory run takes one float32 GEMM over all N
+    rows), the largest difference recorded."""
+    if exact:
+        same, note = a == b, "same scores"
+    else:
+        flat_a = [v for r in a["layer_scores"] for row in r for v in row] + [v for row in a["scores"] for v in row]
+        flat_b = [v for r in b["layer_scores"] for row in r for v in row] + [v for row in b["scores"] for v in row]
+        diff = max(abs(x - y) / max(abs(y), 1e-300) for x, y in zip(flat_a, flat_b))
+        same = a["best_layers"] == b["best_layers"] and diff <= 1e-5
+        note = f"scores within {diff:.1e} relative"
+        for r in rows:
+            r["max_relative_difference"] = diff
+    for r in rows:
+        r["same_scores_as_other_mode"] = same
+        r["summary"] += f"; {note}" if same else "; SCORES DIFFER"
 
 
 def main(argv=None) -> int:
@@ -249,6 +274,8 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the feature files (reused by the next run)")
     ap.add_argument("--skip-in-memory", action="store_true", help="run the out-of-core sweep only")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per measure run (default: none)")
+    ap.add_argument("--metrics", default="mutual_knn,cka",
+                    help="metrics swept, comma-separated (default mutual_knn,cka)")
     ap.add_argument("--no-save", action="store_true", help="do not write bench/results/")
     args = ap.parse_args(argv)
     n = args.n or (QUICK_N if args.quick else FULL_N)
@@ -256,7 +283,8 @@ def main(argv=None) -> int:
     env = environment(None)
     print(header(env), flush=True)
     rows, targets = collect(n, directory=args.dir, keep=args.keep, seed=args.seed,
-                            skip_in_memory=args.skip_in_memory, timeout=args.timeout)
+                            skip_in_memory=args.skip_in_memory, timeout=args.timeout,
+                            metrics=[m.strip() for m in args.metrics.split(",") if m.strip()])
     env["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(format_table(rows))
     print(format_targets(targets))

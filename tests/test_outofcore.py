@@ -131,10 +131,66 @@ def test_prepared_states_score_as_in_memory(stacked_file, metric, options):
     streamed = outofcore.prepare_file(path, metric, opts, concat=True)
     other = prepare_states(prepare_layers(y, "y"), metric, opts)
     assert len(streamed) == len(in_memory) == 4
+    if metric in ("cka", "unbiased_cka"):  # float64 sums over blocks, not one GEMM's order
+        for a, b in zip(in_memory, streamed):
+            assert isinstance(b.state.features, outofcore.LayerRows)
+            assert pf.score(b, b) == pytest.approx(pf.score(a, a), rel=1e-12)
+            assert pf.score(a, b) == pytest.approx(pf.score(a, a), rel=1e-12)
+            for o in other:
+                assert pf.score(b, o) == pytest.approx(pf.score(a, o), rel=1e-12, abs=1e-15)
+        return
     for a, b in zip(in_memory, streamed):
         assert pf.score(a, a) == pf.score(b, b) == pf.score(a, b)
         for o in other:
             assert pf.score(a, o) == pf.score(b, o)
+
+
+def _state_elements(state) -> int:
+    """The largest tensor a prepared state holds (LayerRows views hold none)."""
+    return max((v.numel() for v in vars(state).values() if isinstance(v, torch.Tensor)), default=0)
+
+
+@pytest.mark.parametrize("options,n,width", [
+    ({}, 700, 24),                                          # feature space, float64 work
+    ({}, 2200, 360),                                        # feature space, float32 work (N·D² > 2**28)
+    ({"unbiased": True}, 2200, 360),
+    ({}, 150, 400),                                         # linear tiles: N below the width
+    ({"kernel_metric": "rbf", "rbf_sigma": 0.7}, 700, 24),  # RBF tiles (shifted form)
+    ({"kernel_metric": "rbf", "rbf_sigma": 0.15}, 3500, 24),  # narrow RBF, float32: exact close distances
+    ({"kernel_metric": "rbf", "rbf_sigma": 3.0, "unbiased": True}, 500, 24),  # σ above the distances: the shifted form
+])
+def test_streamed_hsic_stats_hold_no_layer_and_score_as_in_memory(tmp_path, options, n, width):
+    x = _stacked(seed=1, n=n, layers=2, width=width)
+    x[3] = x[4]  # a duplicate row
+    y = _stacked(seed=2, n=n, layers=2, width=width // 2 + 3)
+    for name, t in (("x", x), ("y", y)):
+        features.Features(t, meta={"model": name}).save(tmp_path / f"{name}.safetensors")
+    opts = resolve_options("cka", n, [width, width // 2 + 3], **options)
+    mem = [prepare_states(prepare_layers(t, name), "cka", opts) for name, t in (("x", x), ("y", y))]
+    ooc = [outofcore.prepare_file(tmp_path / f"{name}.safetensors", "cka", opts) for name in ("x", "y")]
+    float64_work = n * width * width <= (1 << 28) if width <= n and options.get("kernel_metric", "ip") == "ip" \
+        else n * n * width <= (1 << 28)
+    rel = 1e-12 if float64_work else 2e-6
+    for sx_mem, sx_ooc in zip(mem[0], ooc[0]):
+        assert _state_elements(sx_ooc.state) <= max(n, width * width)  # O(N) statistics, no N x D
+        for sy_mem, sy_ooc in zip(mem[1], ooc[1]):
+            want = pf.score(sx_mem, sy_mem)
+            assert pf.score(sx_ooc, sy_ooc) == pytest.approx(want, rel=rel, abs=1e-12)
+            assert pf.score(sx_ooc, sy_mem) == pytest.approx(want, rel=rel, abs=1e-12)
+
+
+def test_align_files_cka_with_permutations_equals_align(stacked_file, tmp_path):
+    path, x = stacked_file
+    y = _stacked(seed=8, layers=2, width=12)
+    np.save(tmp_path / "y.npy", y.numpy())
+    for metric in ("cka", "unbiased_cka"):
+        got = outofcore.align_files(path, tmp_path / "y.npy", metric, permutations=7, generator=3, concat=True)
+        want = pf.align(x, y, metric, permutations=7, generator=3, concat=True)
+        torch.testing.assert_close(got.scores, want.scores, rtol=1e-12, atol=1e-14)
+        assert got.best_layers == want.best_layers
+        torch.testing.assert_close(got.chance, want.chance, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(torch.as_tensor(got.calibration.null), torch.as_tensor(want.calibration.null),
+                                   rtol=1e-12, atol=1e-14)
 
 
 def test_align_files_equals_align(stacked_file, tmp_path):
@@ -303,3 +359,40 @@ def test_each_file_is_verified_once_per_sweep(tmp_path, monkeypatch):
     sweep.measure_sets(folder, topk=5, n_grid=[40, 80, 120], out_dir=tmp_path / "o", out_of_core=True,
                        progress=False)
     assert sorted(calls) == sorted(str(folder / f"m{i}.safetensors") for i in range(2))
+
+
+@pytest.mark.parametrize("metric", ["mutual_knn", "cka"])
+def test_sweep_reads_npy_files_in_memory_and_out_of_core(tmp_path, metric):
+    folder = tmp_path / "feats"
+    folder.mkdir()
+    np.save(folder / "a.npy", _stacked(seed=0, n=160, layers=3, width=20).numpy())
+    np.save(folder / "b.npy", _stacked(seed=1, n=160, layers=1, width=12)[:, 0].numpy())  # N x D: one layer
+    features.Features(_stacked(seed=2, n=160, layers=2, width=16), meta={"model": "c"}).save(
+        folder / "c.safetensors")
+    loaded = features.load(folder / "b.npy")
+    assert loaded.num_layers == 1 and loaded.meta["source_format"] == "numpy .npy"
+    with pytest.raises(ValueError, match="no checksum"):
+        features.load(folder / "a.npy", verify=True)
+    mem = sweep.measure_sets(folder, metric=metric, topk=5, out_dir=tmp_path / "mem", out_of_core=False,
+                             progress=False)
+    ooc = sweep.measure_sets(folder, metric=metric, topk=5, out_dir=tmp_path / "ooc", out_of_core=True,
+                             progress=False)
+    assert mem.names_x == ["a", "b", "c"]
+    if metric == "mutual_knn":
+        assert ooc.records == mem.records
+    else:
+        np.testing.assert_allclose(ooc.scores, mem.scores, rtol=1e-12)
+    summary = json.loads((tmp_path / "ooc" / "scores.json").read_text())
+    assert summary["run"]["out_of_core"] is True
+
+
+def test_npy_files_that_are_not_features_are_refused(tmp_path):
+    np.save(tmp_path / "ints.npy", np.arange(12).reshape(3, 4))
+    np.save(tmp_path / "flat.npy", np.zeros(5, dtype=np.float32))
+    (tmp_path / "bad.npy").write_bytes(b"\x93NUMPY garbage")
+    with pytest.raises(ValueError, match="float16, float32 or float64"):
+        features.load(tmp_path / "ints.npy")
+    with pytest.raises(ValueError, match="N x L x D or N x D"):
+        features.load(tmp_path / "flat.npy")
+    with pytest.raises(ValueError, match="could not be read as a NumPy"):
+        features.load(tmp_path / "bad.npy")

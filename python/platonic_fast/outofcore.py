@@ -19,14 +19,20 @@ pages handed back after every read) and the same numbers come from passes over r
    key blocks from the file through the same GEMM tiles and compiled top-k merger as the
    in-memory CPU backend (so the candidate lists are identical), then the same ordering pass
    (near-ties rescored in float64 from rows gathered from the file). What stays is the
-   neighbour lists: O(N·k) per layer. Other metrics (cka, svcca) and CUDA devices hold one
-   prepared layer at a time (on CUDA, copied from pinned host blocks with overlapped
-   transfers); cka's state keeps that layer's centred features, so its sweep still grows
-   with N·D per layer.
+   neighbour lists: O(N·k) per layer. cka and unbiased_cka on the CPU keep O(N) statistics
+   per layer (:func:`stream_kernel_stats`) and a :class:`LayerRows` view of the file: each
+   cross term ‖ĀᵀB̄‖² is accumulated over row blocks of both files when a pair is scored
+   (a Da x Db float64 product; RBF and N below the width: tiles of rows read per tile).
+   svcca and CUDA devices prepare one whole layer at a time (on CUDA, copied from pinned host
+   blocks with overlapped transfers); svcca keeps its N x cca_dim basis, CUDA states their
+   layer on the device.
 
 Every elementwise step is the in-memory step on a block of rows, and every reduction is either
 per row or taken over the whole set at the end exactly as in memory, so the prepared layers are
-bitwise the in-memory ones and the scores equal the in-memory sweep's (tested).
+bitwise the in-memory ones and the neighbour metrics' scores equal the in-memory sweep's (tested).
+CKA's column means and D x D products are float64 sums of per-block products rather than one
+GEMM over all rows: equal to the in-memory scores up to that order (tested within 1e-12 relative
+where the products are float64, 2e-6 where they are float32).
 
 Peak memory: one panel of query rows plus one key block (``PANEL_BYTES``, 16 MiB), the block
 buffers of the passes (``BLOCK_BYTES``, 4 MiB, a few times over), the top-k merger's candidates
@@ -55,6 +61,7 @@ from .ops.outliers import per_sample_order_stats
 BLOCK_BYTES = 4 << 20  # float32 bytes per block of the statistics and threshold passes
 PANEL_BYTES = 16 << 20  # query rows held at once by the streamed kNN (a key block is 3 MiB at D=768)
 _NEIGHBOUR_METRICS = ("mutual_knn", "cycle_knn", "lcs_knn", "edit_distance_knn", "cknna")
+_HSIC_METRICS = ("cka", "unbiased_cka")
 
 
 def _blocks(n: int, size: int):
@@ -280,31 +287,75 @@ def _radix_select(blocks, position: int) -> torch.Tensor:
 # --- the streamed kNN ---------------------------------------------------------------------------
 
 
-class _Rows:
-    """A prepared layer seen as a matrix whose rows are gathered from the file on indexing
-    (what the ordering pass of :mod:`platonic_fast.ops.knn` needs of its queries and keys)."""
+class LayerRows:
+    """One prepared layer of a :class:`StreamedLayers` seen as an N x D matrix whose rows are
+    read from the file when indexed: ``rows[r0:r1]`` a block, ``rows[index]`` any rows. What the
+    kNN's ordering pass needs of its queries and keys, and what the HSIC sums need of features
+    (:mod:`platonic_fast.ops.hsic` reads them through the same slicing as a tensor).
 
-    def __init__(self, layers: StreamedLayers, layer: int, e: int):
-        self.layers, self.layer, self.e = layers, layer, e
+    Each row read is taken to ``dtype``, has ``shift`` subtracted (HSIC's column centring, in
+    ``dtype``) and is divided by ``2**e`` -- the in-memory steps, in their order, so the rows are
+    the in-memory ones. ``order`` permutes the rows (row r is prepared row ``order[r]``).
+    The last two blocks read are kept (a tile loop alternates between two).
+    """
+
+    def __init__(self, layers: StreamedLayers, layer: int, e: int = 0, *, shift: torch.Tensor | None = None,
+                 dtype: torch.dtype = torch.float32, order: torch.Tensor | None = None):
+        self.layers, self.layer, self.e, self.shift, self.order = layers, layer, e, shift, order
         self.shape = (layers.n, layers.widths[layer])
         self.device = torch.device("cpu")
-        self.dtype = torch.float32
+        self.dtype = dtype
+        self._recent: dict = {}
 
     def __getitem__(self, index) -> torch.Tensor:
-        t = self.layers.gather(self.layer, index)
-        return t if self.e == 0 else t * (2.0 ** -self.e)
+        if self.layers.file.closed:
+            raise ValueError(f"{self.layers.file.path} was closed: out-of-core states read their features "
+                             f"file when scored, so keep it open until every score is taken")
+        if isinstance(index, slice):
+            r0, r1, step = index.indices(self.shape[0])
+            if step != 1:
+                raise IndexError("LayerRows takes contiguous slices only")
+            if (r0, r1) in self._recent:
+                return self._recent[(r0, r1)]
+            if self.order is None:
+                t = self._finish(self.layers.block(self.layer, r0, r1))
+            else:
+                t = self._finish(self.layers.gather(self.layer, self.order[r0:r1]))
+            if len(self._recent) == 2:
+                self._recent.pop(next(iter(self._recent)))
+            self._recent[(r0, r1)] = t
+            return t
+        index = torch.as_tensor(index)
+        return self._finish(self.layers.gather(self.layer, index if self.order is None else self.order[index]))
+
+    def _finish(self, t: torch.Tensor) -> torch.Tensor:
+        t = t.to(self.dtype)
+        if self.shift is not None:
+            t = t - self.shift
+        return t * (2.0 ** -self.e) if self.e else t
 
     def block(self, r0: int, r1: int) -> torch.Tensor:
-        t = self.layers.block(self.layer, r0, r1)
-        return t if self.e == 0 else t * (2.0 ** -self.e)
+        return self[r0:r1]
+
+    def permuted(self, perm: torch.Tensor) -> "LayerRows":
+        """The rows in the order ``perm`` (a view: nothing is read here)."""
+        perm = perm.to("cpu")
+        return LayerRows(self.layers, self.layer, self.e, shift=self.shift, dtype=self.dtype,
+                         order=perm if self.order is None else self.order[perm])
 
 
 def streamable(metric: str, opts: dict, device=None) -> bool:
-    """Whether ``metric``'s layers prepare with the streamed kNN (a neighbour metric on the CPU
-    whose kNN would run on the compiled CPU backend), rather than one whole layer at a time."""
+    """Whether ``metric``'s layers are prepared without ever being whole: a neighbour metric
+    whose kNN would run on the compiled CPU backend (the streamed kNN), or cka / unbiased_cka on
+    the CPU (states that read their features from the file when scored); otherwise one whole
+    layer at a time."""
     from ._backends import for_op, resolve
 
-    if metric not in _NEIGHBOUR_METRICS or (device is not None and torch.device(device).type != "cpu"):
+    if device is not None and torch.device(device).type != "cpu":
+        return False
+    if metric in _HSIC_METRICS:
+        return opts.get("backend", "auto") in ("auto", "cpu", "torch")
+    if metric not in _NEIGHBOUR_METRICS:
         return False
     try:
         name, _ = resolve("knn", for_op("knn", opts.get("backend", "auto"), METRICS[metric].ops),
@@ -330,7 +381,7 @@ def stream_neighbours(layers: StreamedLayers, layer: int, k: int, *, exclude_sel
     n, d = layers.n, layers.widths[layer]
     top, _ = layers.stats(layer)
     e = unit_exponent(top, SAFE_EXPONENT)
-    rows_view = _Rows(layers, layer, e)
+    rows_view = LayerRows(layers, layer, e)
     n_cand = n - 1 if exclude_self else n
     limit = backends_of("knn")["cpu"].limit_k()
     kk = min(k + RESCORE_EXTRA, n_cand, limit if limit is not None else n_cand)
@@ -376,7 +427,7 @@ def stream_neighbours(layers: StreamedLayers, layer: int, k: int, *, exclude_sel
 SETTLE_ROWS = 128  # rows per chunk of the ordering pass's first round (<= 1,792 members: bounded temporaries)
 
 
-def _settle(rows: _Rows, norms: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor, k: int, *,
+def _settle(rows: LayerRows, norms: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor, k: int, *,
             exclude_self: bool, n_cand: int):
     """:func:`platonic_fast.ops.knn._settle` on a streamed layer: the same rounding bound and
     clusters, float64 rescoring of their members from rows gathered from the file, and more
@@ -421,7 +472,7 @@ def _settle(rows: _Rows, norms: torch.Tensor, vals: torch.Tensor, idx: torch.Ten
     return out_v, out_i
 
 
-def _more_candidates(rows: _Rows, which: torch.Tensor, kk: int, exclude_self: bool, chunk: int = 4096):
+def _more_candidates(rows: LayerRows, which: torch.Tensor, kk: int, exclude_self: bool, chunk: int = 4096):
     """The top-kk candidates of rows ``which`` over every key block (computed scores, ties to the
     smaller index), as the torch reference gives them, without the own index when excluded."""
     from .ops.knn import _exact_topk, cpu_tile_rows
@@ -449,6 +500,60 @@ def _more_candidates(rows: _Rows, which: torch.Tensor, kk: int, exclude_self: bo
         out_v.append(v[:, :kk])
         out_i.append(i[:, :kk])
     return torch.cat(out_v), torch.cat(out_i)
+
+
+# --- streamed HSIC ------------------------------------------------------------------------------
+
+
+def stream_kernel_stats(layers: StreamedLayers, layer: int, kernel: str = "ip", sigma: float = 1.0):
+    """:func:`platonic_fast.ops.hsic.kernel_stats` of one prepared layer, out of core.
+
+    The same statistics from passes over the layer's row blocks: the column mean (float64), the
+    largest centred magnitude (the power of two), per-row diagonal / squared norms (O(N)), and
+    the layer's own sum Σ K̂∘K̂ -- in feature space as ‖Σ_blocks F_bᵀF_b‖² (a D x D float64
+    accumulator), in tile form (RBF, or N below the width) from tiles of rows read per tile.
+    The returned stats' ``features`` is a :class:`LayerRows` that reads the centred, scaled rows
+    from the file whenever a cross term with another set is taken, so nothing of size N x D is
+    kept. Equal to the in-memory stats up to the order of float64 accumulation (the blocked sums
+    are at least as accurate as one long GEMM's).
+    """
+    from ._checks import max_abs
+    from .ops import hsic as H
+
+    if kernel not in H.KERNELS:
+        raise ValueError(f"kernel_metric must be one of {H.KERNELS}, got {kernel!r}")
+    n, d = layers.n, layers.widths[layer]
+    space = kernel == "ip" and H._use_feature_space(n, d, d)
+    dtype = torch.float64 if (n * d * d if space else n * n * d) <= H.FLOAT64_WORK else torch.float32
+    blocks = _blocks(n, layers.rows_per_block(layer))
+    plain = LayerRows(layers, layer)
+    with torch.no_grad():
+        total = torch.zeros(d, dtype=torch.float64)
+        for r0, r1 in blocks:
+            total += plain[r0:r1].sum(dim=0, dtype=torch.float64)
+        mean = (total / n).to(dtype)
+        centred = LayerRows(layers, layer, shift=mean, dtype=dtype)
+        top = max(max_abs(centred[r0:r1]) for r0, r1 in blocks)
+        e = unit_exponent(top, 16)
+        feats = LayerRows(layers, layer, e, shift=mean, dtype=dtype)
+        zeros = torch.zeros(n, dtype=torch.float64)
+        if kernel == "ip":
+            diag = torch.cat([feats[r0:r1].square().sum(dim=1, dtype=torch.float64) for r0, r1 in blocks])
+            st = H.KernelStats(kernel, sigma, (), feats, None, None, zeros, diag, scale=1.0, scale_exp=2 * e)
+            if space:
+                st.self_sum = float(H.blocked_cross_product(feats, feats).square().sum())
+            else:
+                st.self_sum = H.self_tile_sums(st)[0]
+            return st
+        # RBF: as ops.hsic._prepared_features, each row's squared norm taken once
+        norms = torch.cat([torch.linalg.vector_norm(feats[r0:r1], dim=1, dtype=torch.float64) for r0, r1 in blocks])
+        rbf, scale, rbf_diag = H.rbf_form(sigma, 2.0 * float(norms.square().mean()), e)
+        sq = torch.cat([feats[r0:r1].to(torch.float64).square().sum(dim=1) for r0, r1 in blocks]).to(dtype)
+        st = H.KernelStats(kernel, sigma, rbf, feats, sq, None, zeros, torch.full_like(zeros, rbf_diag), scale=scale)
+        u = float(torch.finfo(dtype).eps)
+        st.exact_close = rbf[2] == 1.0 and rbf[0] * (6 * u + 2 * d * u) * float(sq.max()) > 1e-7
+        st.self_sum, st.row_sums = H.self_tile_sums(st)
+        return st
 
 
 # --- preparing a file ---------------------------------------------------------------------------
@@ -480,9 +585,13 @@ def prepare_file(source, metric: str, opts: dict, *, name: str | None = None, q:
     Returns
     -------
     list of Prepared (None for a constant layer, with a DegenerateInputWarning)
+        For cka / unbiased_cka on the CPU the states read the file whenever they are scored:
+        a ``source`` given as a path stays open while they live; a given reader must stay open
+        until every score is taken.
     """
     layers = source if isinstance(source, StreamedLayers) else StreamedLayers(
         source, name or Path(getattr(source, "path", source)).name, q=q, exact=exact, concat=concat)
+    keep = False
     try:
         spec = metric_spec(metric)
         stream = streamable(metric, opts, device)
@@ -492,14 +601,22 @@ def prepare_file(source, metric: str, opts: dict, *, name: str | None = None, q:
             release_heap()
             if bar is not None:
                 bar.update()
+        keep = reads_file(metric, opts, device)
         return states
     finally:
-        if layers is not source:
-            layers.close()
+        if layers is not source and not keep:  # streamed HSIC states read the file when scored:
+            layers.close()                      # it closes with them (when they are dropped)
 
 
 def _prepare_layer(layers: StreamedLayers, i: int, spec, opts: dict, stream: bool, device, panel_bytes: int):
     n, d = layers.n, layers.widths[i]
+    if stream and spec.name in _HSIC_METRICS:
+        _, constant = layers.stats(i)
+        if constant:
+            _warn_constant(i)
+            return None
+        o = spec.check_options(n, (d, d), opts)
+        return Prepared(spec.name, o, stream_kernel_stats(layers, i, o["kernel_metric"], o["rbf_sigma"]), n, d)
     if not stream:
         x = layers.layer(i, device)
         try:
@@ -587,7 +704,7 @@ def align_files(file_x, file_y, metric: str = "mutual_knn", topk: int = 10, *, q
     from .calibration import calibrate_states, exact_chance
 
     fx, fy = FeatureFile(file_x, rows), FeatureFile(file_y, rows)
-    try:
+    try:  # open until the scores are taken: streamed HSIC states read their features when scored
         if fx.n != fy.n:
             raise ValueError(f"file_x and file_y must describe the same samples: got N={fx.n} and N={fy.n}")
         sx = StreamedLayers(fx, "file_x", q=q, exact=exact, concat=concat)
@@ -595,15 +712,21 @@ def align_files(file_x, file_y, metric: str = "mutual_knn", topk: int = 10, *, q
         opts = resolve_options(metric, fx.n, sx.widths + sy.widths, topk=topk, backend=backend, **metric_options)
         states_x = prepare_file(sx, metric, opts)
         states_y = prepare_file(sy, metric, opts)
+        result = score_states(states_x, states_y, metric, opts, concat=concat)
+        result.chance = exact_chance(states_x, states_y, metric, opts)
+        if permutations is not None:
+            result.calibration = calibrate_states(states_x, states_y, result.scores, metric, opts,
+                                                  permutations=permutations, alpha=alpha, generator=generator)
     finally:
         fx.close()
         fy.close()
-    result = score_states(states_x, states_y, metric, opts, concat=concat)
-    result.chance = exact_chance(states_x, states_y, metric, opts)
-    if permutations is not None:
-        result.calibration = calibrate_states(states_x, states_y, result.scores, metric, opts,
-                                              permutations=permutations, alpha=alpha, generator=generator)
     return result
+
+
+def reads_file(metric: str, opts: dict, device=None) -> bool:
+    """Whether ``metric``'s out-of-core states read their file when scored (streamed HSIC): the
+    file must then stay open until every score is taken."""
+    return metric in _HSIC_METRICS and streamable(metric, opts, device)
 
 
 def memory_available() -> int | None:
@@ -623,4 +746,5 @@ def file_data_bytes(path) -> int:
     return os.path.getsize(path)
 
 
-__all__ = ["StreamedLayers", "align_files", "prepare_file", "stream_neighbours", "streamable"]
+__all__ = ["LayerRows", "StreamedLayers", "align_files", "prepare_file", "reads_file", "stream_kernel_stats",
+           "stream_neighbours", "streamable"]

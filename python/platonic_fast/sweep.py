@@ -80,7 +80,8 @@ from .calibration import calibrate_states, check_alpha, check_permutation_count
 from .files import write_atomic
 from .metrics import metric_spec
 
-FEATURE_SUFFIXES = (".safetensors", ".pt")
+FEATURE_SUFFIXES = (".safetensors", ".npy", ".pt")
+STREAMED_SUFFIXES = (".safetensors", ".npy")  # files the out-of-core sweep reads a block at a time
 LOCK_NAME = ".lock"
 
 
@@ -247,7 +248,7 @@ def _best_chance(record: dict) -> float:
 
 
 def feature_files(paths) -> list[Path]:
-    """Expand files and folders into a sorted list of feature files (.safetensors, .pt)."""
+    """Expand files and folders into a sorted list of feature files (.safetensors, .npy, .pt)."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     out: list[Path] = []
@@ -412,8 +413,9 @@ def measure_sets(x, y=None, *, metric: str = "mutual_knn", topk: int | Sequence[
     Parameters
     ----------
     x, y : path or list of paths
-        Feature files (.safetensors written by :mod:`platonic_fast.features`, or the reference
-        pipeline's .pt files) or folders of them. All must describe the same N samples.
+        Feature files (.safetensors written by :mod:`platonic_fast.features`, NumPy .npy arrays
+        N x L x D or N x D, or the reference pipeline's .pt files) or folders of them. All must
+        describe the same N samples.
     metric, q, exact, concat, backend, **metric_options
         As :func:`platonic_fast.align`.
     topk : int or sequence of int
@@ -477,11 +479,14 @@ def measure_sets(x, y=None, *, metric: str = "mutual_knn", topk: int | Sequence[
     n_grid_seed : int, default 0
         Seeds the order the subsets are taken from; recorded and part of the keys.
     out_of_core : bool or None, default None
-        Read the .safetensors feature files a block of rows at a time
+        Read the .safetensors and .npy feature files a block of rows at a time
         (:mod:`platonic_fast.outofcore`): a model's layers are never in memory together, and on
-        the CPU the neighbour metrics never hold even one whole layer, only its lists. The
-        scores are the in-memory sweep's. None: when the largest file is over a quarter of the
-        memory available. Not part of the records' keys (``run["out_of_core"]`` says which).
+        the CPU the neighbour metrics and cka / unbiased_cka never hold even one whole layer
+        (lists, or O(N) statistics and D x D products). The neighbour metrics' scores are
+        bitwise the in-memory sweep's; CKA's equal them up to summation order (float64 sums of
+        per-block products: about 1e-7 relative where the products are float32, 1e-12 where they
+        are float64). None: when the largest such file is over a quarter of the memory available.
+        Not part of the records' keys (``run["out_of_core"]`` says which).
 
     Returns
     -------
@@ -782,8 +787,8 @@ def _sweep_at(files_x, files_y, pairs, symmetric, out, settings, opts_by_k, inpu
 
     def states_of(path: Path, k) -> list:
         if path not in prepared:
-            if inputs["out_of_core"] and path.suffix == ".safetensors":
-                from .outofcore import prepare_file
+            if inputs["out_of_core"] and path.suffix in STREAMED_SUFFIXES:
+                from .outofcore import prepare_file, reads_file
 
                 layers = _open_streamed(path, fingerprints[path], rows, q=q, exact=exact, concat=concat,
                                         verified=inputs.setdefault("verified", set()))
@@ -791,7 +796,7 @@ def _sweep_at(files_x, files_y, pairs, symmetric, out, settings, opts_by_k, inpu
                 prepared[path] = prepare_file(layers, metric, opts_by_k[largest], device=device)
                 if settings["ci"] is not None:
                     kept[path] = _LayerLoader(layers, device)
-                else:
+                elif not reads_file(metric, opts_by_k[largest], device):  # else open until scored
                     layers.close()
             elif shard is not None:
                 prepared[path] = shard.prepare(
@@ -908,13 +913,13 @@ class _LayerLoader:
 
 
 def _choose_out_of_core(flag: bool | None, files) -> bool:
-    """``out_of_core`` as given, or (None) whether the largest .safetensors file exceeds a quarter
+    """``out_of_core`` as given, or (None) whether the largest .safetensors / .npy file exceeds a quarter
     of the memory available: held whole, a model's layers take several times their file."""
     if flag is not None:
         return flag
     from .outofcore import memory_available
 
-    sizes = [os.path.getsize(f) for f in files if Path(f).suffix == ".safetensors"]
+    sizes = [os.path.getsize(f) for f in files if Path(f).suffix in STREAMED_SUFFIXES]
     avail = memory_available()
     return bool(sizes) and avail is not None and max(sizes) > avail / 4
 

@@ -213,6 +213,10 @@ class FeatureFile:
         """The same file seen through a row subset (a new reader: close it too)."""
         return FeatureFile(self.path, rows)
 
+    @property
+    def closed(self) -> bool:
+        return not self._views
+
     def close(self) -> None:
         views, self._views, self._stacked = self._views, [], None
         del views
@@ -224,6 +228,11 @@ class FeatureFile:
             self._mm = None
         if not self._fh.closed:
             self._fh.close()
+
+    def __del__(self) -> None:
+        # a reader handed to states that outlive their caller (streamed HSIC) closes with them
+        if getattr(self, "_fh", None) is not None and hasattr(self, "_views"):
+            self.close()
 
     def __enter__(self) -> "FeatureFile":
         return self

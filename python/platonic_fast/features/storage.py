@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..files import write_atomic
@@ -338,7 +339,7 @@ def stored_checksum(path: str | os.PathLike) -> str | None:
         As :func:`load`: missing, not a regular file, unreadable header, malformed checksum.
     """
     path = _check_path(path)
-    if not _is_safetensors(path):
+    if path.suffix == ".npy" or not _is_safetensors(path):
         return None
     from safetensors import SafetensorError, safe_open
 
@@ -365,6 +366,8 @@ def read_meta(path: str | os.PathLike) -> dict:
         As :func:`load`: missing, not a regular file, unreadable, of another format, malformed metadata.
     """
     path = _check_path(path)
+    if path.suffix == ".npy":
+        return {"model": path.stem, "source_format": "numpy .npy"}
     if not _is_safetensors(path):
         return {"model": path.stem, "source_format": "platonic-rep .pt"}
     from safetensors import SafetensorError, safe_open
@@ -411,6 +414,11 @@ def _load(path, mmap, verify) -> tuple[Features, str | None]:
         raise TypeError(f"verify must be True or False, got {verify!r}")
     path = _check_path(path)
     try:
+        if path.suffix == ".npy":
+            if verify:
+                raise ValueError(f"{str(path)!r} is a NumPy array: it stores no checksum, so there is nothing "
+                                 f"to verify (save it with platonic_fast.features.save to get one)")
+            return _load_npy(path, mmap), None
         if _is_safetensors(path):
             return _load_safetensors(path, mmap, verify)
         if verify:
@@ -570,6 +578,24 @@ def _count(value: Any) -> int | None:
     if isinstance(value, float) and math.isfinite(value) and value.is_integer() and value >= 0:
         return int(value)
     return None
+
+
+def _load_npy(path: Path, mmap: bool) -> Features:
+    """A NumPy array of features: N x L x D (layers stacked) or N x D (one layer); no metadata."""
+    try:
+        # "c": copy-on-write mapping, so the tensor is writable and the file is never modified
+        arr = np.load(path, mmap_mode="c" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise ValueError(f"{str(path)!r} could not be read as a NumPy .npy array (corrupt, truncated, or "
+                         f"holding Python objects): {e}") from e
+    if arr.dtype not in (np.float16, np.float32, np.float64):
+        raise ValueError(f"{str(path)!r}: features must be float16, float32 or float64, got {arr.dtype}")
+    if arr.ndim not in (2, 3):
+        raise ValueError(f"{str(path)!r}: features must be N x L x D or N x D, got shape {arr.shape}")
+    layers = torch.from_numpy(arr)
+    layers = layers.unsqueeze(1) if layers.dim() == 2 else layers
+    _check_loaded(layers, None, path)
+    return Features(layers, None, {"model": path.stem, "source_format": "numpy .npy"})
 
 
 def _load_torch(path: Path, mmap: bool) -> Features:

@@ -239,18 +239,43 @@ def kernel_stats(x: torch.Tensor, kernel: str = "ip", sigma: float = 1.0) -> Ker
             # the no-shift form (b = 1) with γ times d²'s rounding error past float32 precision
             u = float(torch.finfo(feats.dtype).eps)
             st.exact_close = rbf[2] == 1.0 and rbf[0] * (6 * u + 2 * d * u) * float(sq.max()) > 1e-7
-        self_sum = 0.0
-        rows = torch.zeros(n, dtype=torch.float64, device=x.device)
-        for i0, i1, j0, j1, w in _tile_pairs(n):
-            t = _kernel_tile(st, i0, i1, j0, j1)
-            self_sum += w * float(t.square().sum(dtype=torch.float64))
-            rows[i0:i1] += t.sum(dim=1, dtype=torch.float64)
-            if w == 2.0:
-                rows[j0:j1] += t.sum(dim=0, dtype=torch.float64)
-        st.self_sum = self_sum
+        st.self_sum, rows = self_tile_sums(st)
         if kernel == "rbf":
             st.row_sums = rows
         return st
+
+
+def self_tile_sums(st: KernelStats) -> tuple[float, torch.Tensor]:
+    """(Σ K̂∘K̂, K̂1) of a kernel from its upper-triangular tiles (``st.features`` a tensor, or
+    rows read on slicing: :class:`platonic_fast.outofcore.LayerRows`)."""
+    n = st.n
+    self_sum = 0.0
+    rows = torch.zeros(n, dtype=torch.float64, device=st.features.device)
+    for i0, i1, j0, j1, w in _tile_pairs(n):
+        t = _kernel_tile(st, i0, i1, j0, j1)
+        self_sum += w * float(t.square().sum(dtype=torch.float64))
+        rows[i0:i1] += t.sum(dim=1, dtype=torch.float64)
+        if w == 2.0:
+            rows[j0:j1] += t.sum(dim=0, dtype=torch.float64)
+    return self_sum, rows
+
+
+# float64 bytes of one row block of the blocked products (both sides' rows together)
+BLOCK_PRODUCT_BYTES = 8 << 20
+
+
+def blocked_cross_product(a, b) -> torch.Tensor:
+    """AᵀB (float64) accumulated over row blocks: for features that are read a block of rows at
+    a time (``a[r0:r1]``: a tensor, or :class:`platonic_fast.outofcore.LayerRows`), never whole."""
+    n, da, db = a.shape[0], a.shape[1], b.shape[1]
+    step = max(1, BLOCK_PRODUCT_BYTES // (8 * (da + db)))
+    acc = torch.zeros(da, db, dtype=torch.float64, device=a.device)
+    for r0 in range(0, n, step):
+        xa, xb = a[r0: r0 + step], b[r0: r0 + step]
+        if xa.dtype != xb.dtype:
+            xa, xb = xa.to(torch.float64), xb.to(torch.float64)
+        acc += (xa.T @ xb).to(torch.float64)
+    return acc
 
 
 # float64 is not served: the kernel accumulates tiles in float32.
@@ -308,6 +333,8 @@ def cross_sum(ka: KernelStats, kb: KernelStats) -> float:
         linear = ka.kernel == "ip" and kb.kernel == "ip"
         if linear and _use_feature_space(ka.n, ka.features.shape[1], kb.features.shape[1]):
             a, b = ka.features, kb.features
+            if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):  # out of core
+                return float(blocked_cross_product(a, b).square().sum())
             if a.dtype != b.dtype:
                 a, b = a.to(torch.float64), b.to(torch.float64)
             return float((a.T @ b).square().sum(dtype=torch.float64))
@@ -365,7 +392,10 @@ def permute_stats(st: KernelStats, perm: torch.Tensor) -> KernelStats:
     """
 
     def rows(t):
-        return None if t is None else t[perm.to(t.device)]
+        if t is None:
+            return None
+        # features read from a file (LayerRows) permute as a view: rows are gathered when read
+        return t[perm.to(t.device)] if isinstance(t, torch.Tensor) else t.permuted(perm)
 
     return dataclasses.replace(st, features=rows(st.features), sq_norms=rows(st.sq_norms),
                                row_sums=rows(st.row_sums), diag=rows(st.diag), source=rows(st.source))
