@@ -15,6 +15,8 @@ from platonic_fast.align import prepare_layers, prepare_states, resolve_options
 from platonic_fast.features.blocks import FeatureFile, streamed_checksum
 from platonic_fast.ops.knn import neighbours
 
+from conftest import DEVICES
+
 N = 700
 
 
@@ -177,6 +179,26 @@ def test_streamed_hsic_stats_hold_no_layer_and_score_as_in_memory(tmp_path, opti
             want = pf.score(sx_mem, sy_mem)
             assert pf.score(sx_ooc, sy_ooc) == pytest.approx(want, rel=rel, abs=1e-12)
             assert pf.score(sx_ooc, sy_mem) == pytest.approx(want, rel=rel, abs=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_streamed_hsic_on_a_device_scores_as_in_memory(tmp_path, device):
+    """Streamed states on ``device`` (CUDA: blocks copied through pinned buffers) against the
+    in-memory states on the same device, for the feature-space and the tile forms."""
+    x = _stacked(seed=5, n=600, layers=2, width=20)
+    y = _stacked(seed=6, n=600, layers=2, width=14)
+    for name, t in (("x", x), ("y", y)):
+        features.Features(t, meta={"model": name}).save(tmp_path / f"{name}.safetensors")
+    for options in ({}, {"kernel_metric": "rbf", "rbf_sigma": 0.8}):
+        opts = resolve_options("cka", 600, [20, 14], backend="torch", **options)
+        assert outofcore.streamable("cka", opts, device)
+        mem = [prepare_states([t.to(device) for t in prepare_layers(v, "v")], "cka", opts) for v in (x, y)]
+        ooc = [outofcore.prepare_file(tmp_path / f"{name}.safetensors", "cka", opts, device=device)
+               for name in ("x", "y")]
+        assert ooc[0][0].state.features.device.type == torch.device(device).type
+        for a_mem, a_ooc in zip(mem[0], ooc[0]):
+            for b_mem, b_ooc in zip(mem[1], ooc[1]):
+                assert pf.score(a_ooc, b_ooc) == pytest.approx(pf.score(a_mem, b_mem), rel=1e-10, abs=1e-13)
 
 
 def test_align_files_cka_with_permutations_equals_align(stacked_file, tmp_path):

@@ -218,11 +218,18 @@ def score_states(states_x: list[Prepared], states_y: list[Prepared], metric: str
             scores[i, j] = float("nan") if sx is None or sy is None else score(sx, sy)
             if bar is not None:
                 bar.update()
+    return layer_search_result(scores, metric, opts, concat=concat)
+
+
+def layer_search_result(scores: torch.Tensor, metric: str, opts: dict, *, concat: bool = False) -> AlignResult:
+    """The :class:`AlignResult` of a grid of layer-pair scores: the best pair picked as the
+    reference picks it (also for the sharded layer search)."""
     best, best_layers = 0.0, None
     # The reference visits the concatenation (-1) first, then layers in order, and keeps the
     # first strict improvement over a running best that starts at 0.
-    order_x = ([-1] if concat else []) + list(range(len(states_x) - concat))
-    order_y = ([-1] if concat else []) + list(range(len(states_y) - concat))
+    rows, cols = scores.shape
+    order_x = ([-1] if concat else []) + list(range(rows - concat))
+    order_y = ([-1] if concat else []) + list(range(cols - concat))
     for i in order_x:
         for j in order_y:
             s = float(scores[i, j])

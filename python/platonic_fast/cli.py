@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         "an interrupted sweep. One run at a time per output folder (a POSIX flock on <out>/.lock): "
         "a second one stops at once, or waits with --wait.",
     )
-    meas.add_argument("x", nargs="+", help="feature files (.safetensors/.pt) or folders of them")
+    meas.add_argument("x", nargs="+", help="feature files (.safetensors, .npy N x L x D or N x D, .pt) or folders "
+                      "of them")
     meas.add_argument("--against", nargs="+", default=None, metavar="Y",
                       help="the second model set (default: X against itself)")
     from .metrics import SUPPORTED_METRICS
@@ -106,9 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     meas.add_argument("--n-grid-seed", type=int, default=0,
                       help="with --n-grid: seeds the order the subsets are taken from (default 0; recorded)")
     meas.add_argument("--out-of-core", action=argparse.BooleanOptionalAction, default=None,
-                      help="read .safetensors feature files a block of rows at a time (never a whole model in "
-                      "memory; same scores). Default: when the largest file is over a quarter of the memory "
-                      "available")
+                      help="read .safetensors/.npy feature files a block of rows at a time (never a whole model in "
+                      "memory; same scores, CKA up to summation order). Default: when the largest file is over a "
+                      "quarter of the memory available")
     meas.add_argument("--no-progress", action="store_true")
     meas.add_argument("--allow-mismatched-samples", action="store_true",
                       help="pair feature files whose sample fingerprints differ (extracted from other samples or "

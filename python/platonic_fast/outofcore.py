@@ -19,13 +19,14 @@ pages handed back after every read) and the same numbers come from passes over r
    key blocks from the file through the same GEMM tiles and compiled top-k merger as the
    in-memory CPU backend (so the candidate lists are identical), then the same ordering pass
    (near-ties rescored in float64 from rows gathered from the file). What stays is the
-   neighbour lists: O(N·k) per layer. cka and unbiased_cka on the CPU keep O(N) statistics
+   neighbour lists: O(N·k) per layer. cka and unbiased_cka (CPU or CUDA) keep O(N) statistics
    per layer (:func:`stream_kernel_stats`) and a :class:`LayerRows` view of the file: each
    cross term ‖ĀᵀB̄‖² is accumulated over row blocks of both files when a pair is scored
    (a Da x Db float64 product; RBF and N below the width: tiles of rows read per tile).
-   svcca and CUDA devices prepare one whole layer at a time (on CUDA, copied from pinned host
-   blocks with overlapped transfers); svcca keeps its N x cca_dim basis, CUDA states their
-   layer on the device.
+   On a CUDA device these blocks are copied through pinned buffers without waiting. svcca,
+   and the neighbour metrics on CUDA, prepare one whole layer at a time (on CUDA, copied from
+   pinned host blocks with overlapped transfers) and keep only their state: svcca its
+   N x cca_dim basis, the neighbour metrics their lists.
 
 Every elementwise step is the in-memory step on a block of rows, and every reduction is either
 per row or taken over the whole set at the end exactly as in memory, so the prepared layers are
@@ -296,16 +297,20 @@ class LayerRows:
     Each row read is taken to ``dtype``, has ``shift`` subtracted (HSIC's column centring, in
     ``dtype``) and is divided by ``2**e`` -- the in-memory steps, in their order, so the rows are
     the in-memory ones. ``order`` permutes the rows (row r is prepared row ``order[r]``).
-    The last two blocks read are kept (a tile loop alternates between two).
+    On a CUDA ``device`` each block is prepared on the host and copied through one of two pinned
+    buffers without waiting (the next block is read while the copy and the GPU's work on the
+    last one run). The last two blocks read are kept (a tile loop alternates between two).
     """
 
     def __init__(self, layers: StreamedLayers, layer: int, e: int = 0, *, shift: torch.Tensor | None = None,
-                 dtype: torch.dtype = torch.float32, order: torch.Tensor | None = None):
-        self.layers, self.layer, self.e, self.shift, self.order = layers, layer, e, shift, order
+                 dtype: torch.dtype = torch.float32, order: torch.Tensor | None = None, device=None):
+        self.layers, self.layer, self.e, self.order = layers, layer, e, order
         self.shape = (layers.n, layers.widths[layer])
-        self.device = torch.device("cpu")
+        self.device = torch.device("cpu") if device is None else torch.device(device)
+        self.shift = None if shift is None else shift.to("cpu")  # applied on the host, before the copy
         self.dtype = dtype
         self._recent: dict = {}
+        self._staging: list = []  # CUDA: two pinned host buffers and the events of their last copies
 
     def __getitem__(self, index) -> torch.Tensor:
         if self.layers.file.closed:
@@ -332,7 +337,25 @@ class LayerRows:
         t = t.to(self.dtype)
         if self.shift is not None:
             t = t - self.shift
-        return t * (2.0 ** -self.e) if self.e else t
+        t = t * (2.0 ** -self.e) if self.e else t
+        return t if self.device.type != "cuda" else self._to_device(t)
+
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        if not self._staging or self._staging[0][0].numel() < t.numel():
+            self._staging = [[torch.empty(t.numel(), dtype=t.dtype, pin_memory=True), None] for _ in range(2)]
+        slot = self._staging[0]
+        self._staging.reverse()  # alternate buffers
+        buf, done = slot
+        if done is not None:
+            done.synchronize()  # the copy that last used this buffer has finished
+        host = buf[: t.numel()].view(t.shape)
+        host.copy_(t)
+        with torch.cuda.device(self.device):
+            out = torch.empty(t.shape, dtype=t.dtype, device=self.device)
+            out.copy_(host, non_blocking=True)
+            slot[1] = torch.cuda.Event()
+            slot[1].record()
+        return out
 
     def block(self, r0: int, r1: int) -> torch.Tensor:
         return self[r0:r1]
@@ -340,22 +363,20 @@ class LayerRows:
     def permuted(self, perm: torch.Tensor) -> "LayerRows":
         """The rows in the order ``perm`` (a view: nothing is read here)."""
         perm = perm.to("cpu")
-        return LayerRows(self.layers, self.layer, self.e, shift=self.shift, dtype=self.dtype,
+        return LayerRows(self.layers, self.layer, self.e, shift=self.shift, dtype=self.dtype, device=self.device,
                          order=perm if self.order is None else self.order[perm])
 
 
 def streamable(metric: str, opts: dict, device=None) -> bool:
     """Whether ``metric``'s layers are prepared without ever being whole: a neighbour metric
-    whose kNN would run on the compiled CPU backend (the streamed kNN), or cka / unbiased_cka on
-    the CPU (states that read their features from the file when scored); otherwise one whole
-    layer at a time."""
+    whose kNN would run on the compiled CPU backend (the streamed kNN), or cka / unbiased_cka
+    (states that read their features from the file when scored, on the CPU or copied block by
+    block to a CUDA device); otherwise one whole layer at a time."""
     from ._backends import for_op, resolve
 
-    if device is not None and torch.device(device).type != "cpu":
-        return False
-    if metric in _HSIC_METRICS:
+    if metric in _HSIC_METRICS:  # torch GEMMs over blocks, on the CPU or a CUDA device
         return opts.get("backend", "auto") in ("auto", "cpu", "torch")
-    if metric not in _NEIGHBOUR_METRICS:
+    if metric not in _NEIGHBOUR_METRICS or (device is not None and torch.device(device).type != "cpu"):
         return False
     try:
         name, _ = resolve("knn", for_op("knn", opts.get("backend", "auto"), METRICS[metric].ops),
@@ -505,7 +526,7 @@ def _more_candidates(rows: LayerRows, which: torch.Tensor, kk: int, exclude_self
 # --- streamed HSIC ------------------------------------------------------------------------------
 
 
-def stream_kernel_stats(layers: StreamedLayers, layer: int, kernel: str = "ip", sigma: float = 1.0):
+def stream_kernel_stats(layers: StreamedLayers, layer: int, kernel: str = "ip", sigma: float = 1.0, device=None):
     """:func:`platonic_fast.ops.hsic.kernel_stats` of one prepared layer, out of core.
 
     The same statistics from passes over the layer's row blocks: the column mean (float64), the
@@ -515,7 +536,8 @@ def stream_kernel_stats(layers: StreamedLayers, layer: int, kernel: str = "ip", 
     The returned stats' ``features`` is a :class:`LayerRows` that reads the centred, scaled rows
     from the file whenever a cross term with another set is taken, so nothing of size N x D is
     kept. Equal to the in-memory stats up to the order of float64 accumulation (the blocked sums
-    are at least as accurate as one long GEMM's).
+    are at least as accurate as one long GEMM's). On a CUDA ``device`` the blocks are prepared on
+    the host and copied over (:class:`LayerRows`); every product and reduction runs there.
     """
     from ._checks import max_abs
     from .ops import hsic as H
@@ -535,8 +557,8 @@ def stream_kernel_stats(layers: StreamedLayers, layer: int, kernel: str = "ip", 
         centred = LayerRows(layers, layer, shift=mean, dtype=dtype)
         top = max(max_abs(centred[r0:r1]) for r0, r1 in blocks)
         e = unit_exponent(top, 16)
-        feats = LayerRows(layers, layer, e, shift=mean, dtype=dtype)
-        zeros = torch.zeros(n, dtype=torch.float64)
+        feats = LayerRows(layers, layer, e, shift=mean, dtype=dtype, device=device)
+        zeros = torch.zeros(n, dtype=torch.float64, device=feats.device)
         if kernel == "ip":
             diag = torch.cat([feats[r0:r1].square().sum(dim=1, dtype=torch.float64) for r0, r1 in blocks])
             st = H.KernelStats(kernel, sigma, (), feats, None, None, zeros, diag, scale=1.0, scale_exp=2 * e)
@@ -616,7 +638,8 @@ def _prepare_layer(layers: StreamedLayers, i: int, spec, opts: dict, stream: boo
             _warn_constant(i)
             return None
         o = spec.check_options(n, (d, d), opts)
-        return Prepared(spec.name, o, stream_kernel_stats(layers, i, o["kernel_metric"], o["rbf_sigma"]), n, d)
+        return Prepared(spec.name, o, stream_kernel_stats(layers, i, o["kernel_metric"], o["rbf_sigma"], device),
+                        n, d)
     if not stream:
         x = layers.layer(i, device)
         try:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .._checks import FLOAT_DTYPES, ConstantFeaturesError, DegenerateInputWarning, as_tensor, max_abs, unit_exponent
-from ..align import AlignResult, resolve_options
+from ..align import AlignResult, layer_search_result, resolve_options
 from ..calibration import (
     Calibration,
     LayerCalibration,
@@ -150,16 +150,7 @@ def score_states(states_x, states_y, metric: str, opts: dict, *, concat: bool = 
     for i, sx in enumerate(states_x):
         for j, sy in enumerate(states_y):
             scores[i, j] = float("nan") if sx is None or sy is None else score(sx, sy)
-    best, best_layers = 0.0, None
-    order_x = ([-1] if concat else []) + list(range(len(states_x) - concat))
-    order_y = ([-1] if concat else []) + list(range(len(states_y) - concat))
-    for i in order_x:
-        for j in order_y:
-            s = float(scores[i, j])
-            if s > best:
-                best, best_layers = s, (i, j)
-    public = {k: v for k, v in opts.items() if k != "backend"}
-    return AlignResult(scores, best, best_layers, metric, public)
+    return layer_search_result(scores, metric, opts, concat=concat)
 
 
 def _chance(states_x, states_y) -> torch.Tensor | None:

@@ -88,35 +88,6 @@ def _with_parts(comm: Comm, st: ShardStats) -> ShardStats:
     return st
 
 
-def _tile(st: H.KernelStats, xi: torch.Tensor, sqi, xj: torch.Tensor, sqj, same: bool) -> torch.Tensor:
-    """K̂ between rows ``xi`` and ``xj`` (``same``: the very same rows, diagonal zero distance)."""
-    g = xi @ xj.T
-    if st.kernel == "ip":
-        return g
-    ni, nj = sqi[:, None], sqj[None, :]
-    sq = (ni + nj - 2 * g).clamp_min_(0)
-    if st.exact_close:
-        _exact_close(sq, ni, nj, xi, xj, same)
-    if same:
-        sq.fill_diagonal_(0)
-    return H._shifted_rbf(sq, st.rbf)
-
-
-def _exact_close(sq, ni, nj, xi, xj, same: bool) -> None:
-    """:func:`platonic_fast.ops.hsic._exact_close_distances` for two row blocks."""
-    u = float(torch.finfo(xi.dtype).eps)
-    bound = 3.0 * u * (ni + nj) + 2.0 * xi.shape[1] * u * (ni * nj).sqrt()
-    rows, cols = (sq <= bound).nonzero(as_tuple=True)
-    if same:
-        off = rows != cols
-        rows, cols = rows[off], cols[off]
-    step = max(1, (1 << 21) // max(1, xi.shape[1]))
-    for s0 in range(0, rows.numel(), step):
-        r, c = rows[s0: s0 + step], cols[s0: s0 + step]
-        diff = xi[r].to(torch.float64) - xj[c].to(torch.float64)
-        sq[r, c] = diff.square().sum(dim=1).to(sq.dtype)
-
-
 def _tile_sums(comm: Comm, layout: Layout, left: list[H.KernelStats], right: list[H.KernelStats]):
     """Σ over my rows i and all j of K̂_ij·L̂_ij (K from left[0], L from left[-1] / right[-1]) and
     the row sums of K̂ (when ``left`` is one set): tiles against each block as it arrives."""
@@ -139,14 +110,14 @@ def _tile_sums(comm: Comm, layout: Layout, left: list[H.KernelStats], right: lis
                 for j0 in range(0, n_p, H.TILE_ROWS):
                     j1 = min(n_p, j0 + H.TILE_ROWS)
                     same = t == 0 and i0 == j0
-                    ta = _tile(ka, xa[i0:i1], None if sqa is None else ka.sq_norms[i0:i1], ya[j0:j1],
-                               None if sqa is None else sqa[j0:j1], same)
+                    ta = H.block_tile(ka, xa[i0:i1], None if sqa is None else ka.sq_norms[i0:i1], ya[j0:j1],
+                                      None if sqa is None else sqa[j0:j1], same=same)
                     if one:
                         total += float(ta.square().sum(dtype=torch.float64))
                         rows[i0:i1] += ta.sum(dim=1, dtype=torch.float64)
                         continue
-                    tb = _tile(kb, xb[i0:i1], None if sqb is None else kb.sq_norms[i0:i1], yb[j0:j1],
-                               None if sqb is None else sqb[j0:j1], same)
+                    tb = H.block_tile(kb, xb[i0:i1], None if sqb is None else kb.sq_norms[i0:i1], yb[j0:j1],
+                                      None if sqb is None else sqb[j0:j1], same=same)
                     if ta.dtype != tb.dtype:
                         ta, tb = ta.to(torch.float64), tb.to(torch.float64)
                     total += float((ta * tb).sum(dtype=torch.float64))

@@ -88,35 +88,42 @@ def _shifted_rbf(sq: torch.Tensor, rbf: tuple) -> torch.Tensor:
 
 
 def _kernel_tile(st: KernelStats, i0: int, i1: int, j0: int, j1: int) -> torch.Tensor:
-    x = st.features
-    g = x[i0:i1] @ x[j0:j1].T
+    x, sq = st.features, st.sq_norms
+    return block_tile(st, x[i0:i1], None if sq is None else sq[i0:i1], x[j0:j1], None if sq is None else sq[j0:j1],
+                      same=i0 == j0)
+
+
+def block_tile(st: KernelStats, xi: torch.Tensor, sqi, xj: torch.Tensor, sqj, *, same: bool) -> torch.Tensor:
+    """K̂ between the feature rows ``xi`` and ``xj`` (squared norms ``sqi``, ``sqj`` for RBF);
+    ``same``: they are the very same rows (a diagonal tile: zero distance to self)."""
+    g = xi @ xj.T
     if st.kernel == "ip":
         return g
-    ni, nj = st.sq_norms[i0:i1, None], st.sq_norms[None, j0:j1]
+    ni, nj = sqi[:, None], sqj[None, :]
     sq = (ni + nj - 2 * g).clamp_min_(0)
     if st.exact_close:
-        _exact_close_distances(sq, ni, nj, x, i0, j0)
-    if i0 == j0:
+        _exact_close_distances(sq, ni, nj, xi, xj, same)
+    if same:
         sq.fill_diagonal_(0)  # exact zero distance to self
     return _shifted_rbf(sq, st.rbf)
 
 
-def _exact_close_distances(sq, ni, nj, x, i0: int, j0: int) -> None:
+def _exact_close_distances(sq, ni, nj, xi, xj, same: bool) -> None:
     """Recompute, from explicit differences, the squared distances within rounding error of 0.
 
     ‖x‖² + ‖y‖² − 2x·y cancels for (near-)duplicate rows; with a narrow kernel (γ·error ≫ 0)
     that error alone would turn exp(−γd²) = 1 into anything in [0, 1].
     """
-    u = float(torch.finfo(x.dtype).eps)
-    bound = 3.0 * u * (ni + nj) + 2.0 * x.shape[1] * u * (ni * nj).sqrt()
+    u = float(torch.finfo(xi.dtype).eps)
+    bound = 3.0 * u * (ni + nj) + 2.0 * xi.shape[1] * u * (ni * nj).sqrt()
     rows, cols = (sq <= bound).nonzero(as_tuple=True)
-    if i0 == j0:  # the diagonal is set to 0 by the caller
+    if same:  # the diagonal is set to 0 by the caller
         off = rows != cols
         rows, cols = rows[off], cols[off]
-    step = max(1, (1 << 21) // max(1, x.shape[1]))  # 16 MiB blocks: duplicates can be many
+    step = max(1, (1 << 21) // max(1, xi.shape[1]))  # 16 MiB blocks: duplicates can be many
     for s0 in range(0, rows.numel(), step):
         r, c = rows[s0: s0 + step], cols[s0: s0 + step]
-        diff = x[r + i0].to(torch.float64) - x[c + j0].to(torch.float64)
+        diff = xi[r].to(torch.float64) - xj[c].to(torch.float64)
         sq[r, c] = diff.square().sum(dim=1).to(sq.dtype)
 
 
