@@ -181,6 +181,38 @@ def test_streamed_hsic_stats_hold_no_layer_and_score_as_in_memory(tmp_path, opti
             assert pf.score(sx_ooc, sy_mem) == pytest.approx(want, rel=rel, abs=1e-12)
 
 
+def test_cka_grid_reads_each_layer_once_per_group_and_equals_pair_by_pair(tmp_path, monkeypatch):
+    from platonic_fast.ops import hsic
+
+    x = _stacked(seed=3, n=900, layers=3, width=40)
+    y = _stacked(seed=4, n=900, layers=2, width=24)
+    for name, t in (("x", x), ("y", y)):
+        features.Features(t, meta={"model": name}).save(tmp_path / f"{name}.safetensors")
+    reads = []
+    real = outofcore.StreamedLayers.block
+
+    def counted(self, layer, r0, r1):
+        reads.append(layer)
+        return real(self, layer, r0, r1)
+
+    for metric in ("cka", "unbiased_cka"):
+        opts = resolve_options(metric, 900, [40, 24])
+        sx = [p.state for p in outofcore.prepare_file(tmp_path / "x.safetensors", metric, opts, concat=True)]
+        sy = [p.state for p in outofcore.prepare_file(tmp_path / "y.safetensors", metric, opts)]
+        pairwise = [[hsic.cka_from_stats(a, b, unbiased=opts["unbiased"]) for b in sy] for a in sx]
+        monkeypatch.setattr(outofcore.StreamedLayers, "block", counted)
+        for budget in (None, 8 * 40 * 48 + 1):  # one group; one X layer per group
+            reads.clear()
+            grid = hsic.cka_grid(sx, sy, unbiased=opts["unbiased"], budget=budget)
+            np.testing.assert_allclose(grid, pairwise, rtol=1e-12, atol=1e-15)
+            groups = 1 if budget is None else len(sx)
+            blocks = len(range(0, 900, max(1, 4 * hsic.BLOCK_PRODUCT_BYTES // (8 * (120 + 48)))))
+            assert len(reads) <= (len(sx) + groups * len(sy)) * blocks  # never a read per pair
+        monkeypatch.undo()
+        in_memory = [p.state for p in prepare_states(prepare_layers(x, "x"), metric, opts)]
+        assert hsic.cka_grid(in_memory, in_memory, unbiased=opts["unbiased"]) is None  # pair by pair
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_streamed_hsic_on_a_device_scores_as_in_memory(tmp_path, device):
     """Streamed states on ``device`` (CUDA: blocks copied through pinned buffers) against the

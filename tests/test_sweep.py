@@ -497,7 +497,9 @@ def test_without_matplotlib_the_sweep_still_writes_its_scores(model_files, tmp_p
     def missing():
         raise ImportError("plots need matplotlib: pip install 'platonic_fast[plot]' (or matplotlib)")
 
-    monkeypatch.setattr(sweep, "_figure_class", missing)
+    from platonic_fast import sweep_views
+
+    monkeypatch.setattr(sweep_views, "_figure_class", missing)
     out = tmp_path / "o"
     assert cli_main(["measure", str(folder), "--topk", "5", "--out", str(out), "--no-progress"]) == 0
     assert "no heat map: matplotlib is not installed" in capsys.readouterr().out

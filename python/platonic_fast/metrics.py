@@ -85,6 +85,9 @@ class MetricSpec:
         it has a closed form (mutual_knn, cka, unbiased_cka), else None.
     fixed : dict
         Options the metric pins (``unbiased_cka`` is ``cka`` with ``unbiased=True``).
+    grid : callable (states_x, states_y, **options) -> list of lists of float, or None
+        Every pair's score at once where that is cheaper than pair by pair (cka on features
+        read from files: one pass over the rows), else None; the layer search tries it first.
     """
 
     name: str
@@ -99,6 +102,7 @@ class MetricSpec:
     permute: Callable[..., Any] = None
     null_mean: Callable[..., float | None] = lambda sa, sb, n, **opts: None
     fixed: dict = field(default_factory=dict)
+    grid: Callable[..., list | None] = lambda sx, sy, **opts: None
 
     def check_options(self, n: int, widths: tuple[int, int], options: dict) -> dict:
         """Validated, complete options (``backend`` included) for N samples and two widths."""
@@ -261,6 +265,10 @@ def _cka_null_mean(sa, sb, n, *, unbiased=False, **opts):
     return hsic.cka_null_mean(sa, sb, unbiased=unbiased)
 
 
+def _cka_grid(states_x, states_y, *, kernel_metric="ip", rbf_sigma=1.0, unbiased=False, backend="auto"):
+    return hsic.cka_grid(states_x, states_y, unbiased=unbiased)
+
+
 def _cka_validate(opts: dict, n: int, widths) -> dict:
     if opts["kernel_metric"] not in hsic.KERNELS:
         raise ValueError(f"kernel_metric must be one of {hsic.KERNELS}, got {opts['kernel_metric']!r}")
@@ -274,7 +282,7 @@ def _cka_validate(opts: dict, n: int, widths) -> dict:
 def _cka_spec(name: str, fixed: dict) -> MetricSpec:
     return MetricSpec(name, ("hsic",), {"kernel_metric": "ip", "rbf_sigma": 1.0, "unbiased": False},
                       _cka_validate, _cka_prepare, _cka_pair, symmetric=True, takes_topk=False,
-                      permute=_cka_permute, null_mean=_cka_null_mean, fixed=fixed)
+                      permute=_cka_permute, null_mean=_cka_null_mean, fixed=fixed, grid=_cka_grid)
 
 
 # --- SVCCA ------------------------------------------------------------------------------------

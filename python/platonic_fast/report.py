@@ -96,7 +96,7 @@ def report(sweep_dir: str | os.PathLike, capability: str | os.PathLike | None = 
     """
     spearman = _spearman()  # what is missing fails before any work
     if plot:
-        from .sweep import _figure_class
+        from .sweep_views import _figure_class
 
         _figure_class()
     sweep_dir = Path(sweep_dir)
@@ -398,7 +398,7 @@ def report_figure(out: dict, entry: dict):
     ImportError
         matplotlib is missing (the ``plot`` extra).
     """
-    from .sweep import _figure_class, wrap_name
+    from .sweep_views import _figure_class, wrap_name
 
     figure = _figure_class()
     kinds = ["raw"] + (["calibrated"] if any(m["alignment_calibrated"] is not None for m in entry["models"]) else [])

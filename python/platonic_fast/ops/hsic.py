@@ -382,7 +382,65 @@ def cka_from_stats(ka: KernelStats, kb: KernelStats, *, unbiased: bool) -> float
     The HSICs are taken of the scaled kernels K̂, L̂; the 1e-6 guard is moved into the same
     units (1e-6 / (scale_K · scale_L)), so the result is the SPEC's in true units, at any scale.
     """
-    hkl = hsic_from_sums(cross_sum(ka, kb), ka, kb, unbiased=unbiased)
+    return _cka_from_cross(cross_sum(ka, kb), ka, kb, unbiased=unbiased)
+
+
+# float64 bytes of the products one pass of cka_grid accumulates at once
+GRID_PRODUCT_BYTES = 256 << 20
+
+
+def cka_grid(stats_x: list, stats_y: list, *, unbiased: bool, budget: int | None = None) -> list[list[float]] | None:
+    """CKA of every pair (stats_x[i], stats_y[j]) from one pass over the rows, for features read
+    from files a block at a time (:class:`platonic_fast.outofcore.LayerRows`) whose pairs all
+    take the feature-space form: each row block of every layer is read once and multiplied into
+    every Da x Db product it takes part in (in groups of X layers whose products fit ``budget``
+    bytes, default ``GRID_PRODUCT_BYTES``), instead of both layers being read again for each pair.
+    None when that does not apply (features in memory, a kernel or a pair in tile form): score
+    pair by pair."""
+    if not stats_x or not stats_y or all(isinstance(st.features, torch.Tensor) for st in stats_x + stats_y):
+        return None
+    for ka in stats_x:
+        for kb in stats_y:
+            if ka.fused or kb.fused or ka.kernel != "ip" or kb.kernel != "ip" or \
+                    not _use_feature_space(ka.n, ka.features.shape[1], kb.features.shape[1]):
+                return None
+    products = blocked_cross_products([st.features for st in stats_x], [st.features for st in stats_y], budget)
+    return [[_cka_from_cross(float(products[i][j].square().sum()), ka, kb, unbiased=unbiased)
+             for j, kb in enumerate(stats_y)] for i, ka in enumerate(stats_x)]
+
+
+def blocked_cross_products(xs: list, ys: list, budget: int | None = None) -> list[list[torch.Tensor]]:
+    """Every XᵢᵀYⱼ (float64), accumulated over row blocks read once per group of X layers whose
+    products fit ``budget`` bytes (default ``GRID_PRODUCT_BYTES``)."""
+    budget = GRID_PRODUCT_BYTES if budget is None else budget
+    n, widest_y = xs[0].shape[0], sum(y.shape[1] for y in ys)
+    groups, size = [[]], 0
+    for i, x in enumerate(xs):
+        need = 8 * x.shape[1] * widest_y
+        if groups[-1] and size + need > budget:
+            groups.append([])
+            size = 0
+        groups[-1].append(i)
+        size += need
+    out: list[list] = [[None] * len(ys) for _ in xs]
+    for group in groups:
+        step = max(1, 4 * BLOCK_PRODUCT_BYTES // (8 * (max(xs[i].shape[1] for i in group) + widest_y)))
+        acc = {(i, j): torch.zeros(xs[i].shape[1], y.shape[1], dtype=torch.float64, device=xs[i].device)
+               for i in group for j, y in enumerate(ys)}
+        for r0 in range(0, n, step):
+            blocks_y = [y[r0: r0 + step] for y in ys]
+            for i in group:
+                xb = xs[i][r0: r0 + step]
+                for j, yb in enumerate(blocks_y):
+                    a, b = (xb, yb) if xb.dtype == yb.dtype else (xb.to(torch.float64), yb.to(torch.float64))
+                    acc[(i, j)] += (a.T @ b).to(torch.float64)
+        for (i, j), v in acc.items():
+            out[i][j] = v
+    return out
+
+
+def _cka_from_cross(cross: float, ka: KernelStats, kb: KernelStats, *, unbiased: bool) -> float:
+    hkl = hsic_from_sums(cross, ka, kb, unbiased=unbiased)
     hkk = hsic_from_sums(ka.self_sum, ka, ka, unbiased=unbiased)
     hll = hsic_from_sums(kb.self_sum, kb, kb, unbiased=unbiased)
     # sqrt of a product that rounding made slightly negative: the reference gets NaN there;
