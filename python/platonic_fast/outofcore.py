@@ -243,16 +243,25 @@ class StreamedLayers:
 
     def stats(self, layer: int) -> tuple[float, bool]:
         """(largest |entry|, constant) of a prepared layer: one pass over its blocks."""
+        return self._layer_stats(layer)[:2]
+
+    def column_sums(self, layer: int) -> torch.Tensor:
+        """Σ over samples of each column of a prepared layer (float64), from the pass of :meth:`stats`."""
+        return self._layer_stats(layer)[2]
+
+    def _layer_stats(self, layer: int) -> tuple[float, bool, torch.Tensor]:
         if layer not in self._stats:
             top, lo_all, hi_all = 0.0, None, None
+            total = torch.zeros(self.widths[layer], dtype=torch.float64)
             for r0, r1 in _blocks(self.n, self.rows_per_block(layer)):
                 t = self.block(layer, r0, r1)
                 lo, hi = torch.aminmax(t, dim=0)
                 lo_all = lo if lo_all is None else torch.minimum(lo_all, lo)
                 hi_all = hi if hi_all is None else torch.maximum(hi_all, hi)
                 top = max(top, -float(lo.min()), float(hi.max()))
+                total += t.sum(dim=0, dtype=torch.float64)
             constant = self.n >= 2 and bool((lo_all == hi_all).all())
-            self._stats[layer] = (top, constant)
+            self._stats[layer] = (top, constant, total)
         return self._stats[layer]
 
     def close(self) -> None:
@@ -548,24 +557,22 @@ def stream_kernel_stats(layers: StreamedLayers, layer: int, kernel: str = "ip", 
     space = kernel == "ip" and H._use_feature_space(n, d, d)
     dtype = torch.float64 if (n * d * d if space else n * n * d) <= H.FLOAT64_WORK else torch.float32
     blocks = _blocks(n, layers.rows_per_block(layer))
-    plain = LayerRows(layers, layer)
     with torch.no_grad():
-        total = torch.zeros(d, dtype=torch.float64)
-        for r0, r1 in blocks:
-            total += plain[r0:r1].sum(dim=0, dtype=torch.float64)
-        mean = (total / n).to(dtype)
+        mean = (layers.column_sums(layer) / n).to(dtype)  # summed in the pass of layers.stats
         centred = LayerRows(layers, layer, shift=mean, dtype=dtype)
         top = max(max_abs(centred[r0:r1]) for r0, r1 in blocks)
         e = unit_exponent(top, 16)
         feats = LayerRows(layers, layer, e, shift=mean, dtype=dtype, device=device)
         zeros = torch.zeros(n, dtype=torch.float64, device=feats.device)
         if kernel == "ip":
-            diag = torch.cat([feats[r0:r1].square().sum(dim=1, dtype=torch.float64) for r0, r1 in blocks])
-            st = H.KernelStats(kernel, sigma, (), feats, None, None, zeros, diag, scale=1.0, scale_exp=2 * e)
-            if space:
-                st.self_sum = float(H.blocked_cross_product(feats, feats).square().sum())
-            else:
-                st.self_sum = H.self_tile_sums(st)[0]
+            diags: list = []  # per row, so any blocking gives the same values: taken in the Gram's pass
+            visit = (lambda r0, f: diags.append(f.square().sum(dim=1, dtype=torch.float64))) if space else None
+            gram = H.blocked_cross_product(feats, feats, visit=visit) if space else None
+            if not space:
+                diags = [feats[r0:r1].square().sum(dim=1, dtype=torch.float64) for r0, r1 in blocks]
+            st = H.KernelStats(kernel, sigma, (), feats, None, None, zeros, torch.cat(diags), scale=1.0,
+                               scale_exp=2 * e)
+            st.self_sum = float(gram.square().sum()) if space else H.self_tile_sums(st)[0]
             return st
         # RBF: as ops.hsic._prepared_features, each row's squared norm taken once
         norms = torch.cat([torch.linalg.vector_norm(feats[r0:r1], dim=1, dtype=torch.float64) for r0, r1 in blocks])

@@ -271,14 +271,17 @@ def self_tile_sums(st: KernelStats) -> tuple[float, torch.Tensor]:
 BLOCK_PRODUCT_BYTES = 8 << 20
 
 
-def blocked_cross_product(a, b) -> torch.Tensor:
+def blocked_cross_product(a, b, *, visit=None) -> torch.Tensor:
     """AᵀB (float64) accumulated over row blocks: for features that are read a block of rows at
-    a time (``a[r0:r1]``: a tensor, or :class:`platonic_fast.outofcore.LayerRows`), never whole."""
+    a time (``a[r0:r1]``: a tensor, or :class:`platonic_fast.outofcore.LayerRows`), never whole.
+    ``visit(r0, block_of_a)``, when given, sees each block of A as it goes by (in row order)."""
     n, da, db = a.shape[0], a.shape[1], b.shape[1]
     step = max(1, BLOCK_PRODUCT_BYTES // (8 * (da + db)))
     acc = torch.zeros(da, db, dtype=torch.float64, device=a.device)
     for r0 in range(0, n, step):
         xa, xb = a[r0: r0 + step], b[r0: r0 + step]
+        if visit is not None:
+            visit(r0, xa)
         if xa.dtype != xb.dtype:
             xa, xb = xa.to(torch.float64), xb.to(torch.float64)
         acc += (xa.T @ xb).to(torch.float64)
