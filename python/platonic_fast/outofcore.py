@@ -565,19 +565,25 @@ def stream_kernel_stats(layers: StreamedLayers, layer: int, kernel: str = "ip", 
         feats = LayerRows(layers, layer, e, shift=mean, dtype=dtype, device=device)
         zeros = torch.zeros(n, dtype=torch.float64, device=feats.device)
         if kernel == "ip":
-            diags: list = []  # per row, so any blocking gives the same values: taken in the Gram's pass
-            visit = (lambda r0, f: diags.append(f.square().sum(dim=1, dtype=torch.float64))) if space else None
-            gram = H.blocked_cross_product(feats, feats, visit=visit) if space else None
-            if not space:
+            diags: list = []
+            if space:  # the diagonal (per row: any blocking gives the same values) in the Gram's pass
+                gram = H.blocked_cross_product(
+                    feats, feats, visit=lambda r0, f: diags.append(f.square().sum(dim=1, dtype=torch.float64)))
+            else:
                 diags = [feats[r0:r1].square().sum(dim=1, dtype=torch.float64) for r0, r1 in blocks]
             st = H.KernelStats(kernel, sigma, (), feats, None, None, zeros, torch.cat(diags), scale=1.0,
                                scale_exp=2 * e)
             st.self_sum = float(gram.square().sum()) if space else H.self_tile_sums(st)[0]
             return st
-        # RBF: as ops.hsic._prepared_features, each row's squared norm taken once
-        norms = torch.cat([torch.linalg.vector_norm(feats[r0:r1], dim=1, dtype=torch.float64) for r0, r1 in blocks])
-        rbf, scale, rbf_diag = H.rbf_form(sigma, 2.0 * float(norms.square().mean()), e)
-        sq = torch.cat([feats[r0:r1].to(torch.float64).square().sum(dim=1) for r0, r1 in blocks]).to(dtype)
+        # RBF, as ops.hsic._prepared_features: the typical squared distance from the row norms,
+        # and each row's squared norm for the tiles, both from one pass
+        norms, sq = [], []
+        for r0, r1 in blocks:
+            f = feats[r0:r1]
+            norms.append(torch.linalg.vector_norm(f, dim=1, dtype=torch.float64))
+            sq.append(f.to(torch.float64).square().sum(dim=1))
+        rbf, scale, rbf_diag = H.rbf_form(sigma, 2.0 * float(torch.cat(norms).square().mean()), e)
+        sq = torch.cat(sq).to(dtype)
         st = H.KernelStats(kernel, sigma, rbf, feats, sq, None, zeros, torch.full_like(zeros, rbf_diag), scale=scale)
         u = float(torch.finfo(dtype).eps)
         st.exact_close = rbf[2] == 1.0 and rbf[0] * (6 * u + 2 * d * u) * float(sq.max()) > 1e-7
