@@ -153,7 +153,9 @@ def score_states(states_x, states_y, metric: str, opts: dict, *, concat: bool = 
     return layer_search_result(scores, metric, opts, concat=concat)
 
 
-def _chance(states_x, states_y) -> torch.Tensor | None:
+def exact_chance(states_x, states_y) -> torch.Tensor | None:
+    """Each layer pair's exact null expectation (NaN for constant layers), or None when the metric
+    has no closed form."""
     out = torch.full((len(states_x), len(states_y)), math.nan, dtype=torch.float64)
     for i, sx in enumerate(states_x):
         for j, sy in enumerate(states_y):
@@ -192,7 +194,7 @@ def align(feats_x, feats_y, metric: str = "mutual_knn", topk: int = 10, *, group
     states_x = prepare_states(comm, lx, xs, metric, opts)
     states_y = prepare_states(comm, lx, ys, metric, opts)
     result = score_states(states_x, states_y, metric, opts, concat=concat)
-    result.chance = _chance(states_x, states_y)
+    result.chance = exact_chance(states_x, states_y)
     if calibrated:
         result.calibration = calibrate_states(comm, states_x, states_y, result.scores, metric, opts, n,
                                               permutations=permutations, alpha=alpha, generator=generator, perm=perm,

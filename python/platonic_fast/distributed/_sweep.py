@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from ._align import calibrate_states, prepare_layers, prepare_states, score_states
+from ._align import exact_chance as layer_chance
 from ._comm import Comm
-from ._metrics import null_mean
 
 _ACTIVE: "SweepShard | None" = None
 
@@ -104,16 +104,9 @@ class SweepShard:
         return out
 
     def exact_chance(self, sx: list, sy: list) -> list | None:
-        out = [[None] * len(sy) for _ in sx]
-        for i, a in enumerate(sx):
-            for j, b in enumerate(sy):
-                if a is None or b is None:
-                    continue
-                v = null_mean(a, b)
-                if v is None:
-                    return None
-                out[i][j] = float(v) if np.isfinite(v) else None
-        return out
+        """The records' chance levels: the sharded layer search's, non-finite (constant layers) as None."""
+        grid = layer_chance(sx, sy)
+        return None if grid is None else [[v if np.isfinite(v) else None for v in row] for row in grid.tolist()]
 
     def shared(self, value):
         """Rank 0's JSON-able ``value`` on every rank (Paths as str)."""
