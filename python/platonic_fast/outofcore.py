@@ -308,7 +308,8 @@ class LayerRows:
     the in-memory ones. ``order`` permutes the rows (row r is prepared row ``order[r]``).
     On a CUDA ``device`` each block is prepared on the host and copied through one of two pinned
     buffers without waiting (the next block is read while the copy and the GPU's work on the
-    last one run). The last two blocks read are kept (a tile loop alternates between two).
+    last one run). Nothing read is kept: the states that hold these views live as long as the
+    sweep, so any cache would grow with the number of layers.
     """
 
     def __init__(self, layers: StreamedLayers, layer: int, e: int = 0, *, shift: torch.Tensor | None = None,
@@ -318,7 +319,6 @@ class LayerRows:
         self.device = torch.device("cpu") if device is None else torch.device(device)
         self.shift = None if shift is None else shift.to("cpu")  # applied on the host, before the copy
         self.dtype = dtype
-        self._recent: dict = {}
         self._staging: list = []  # CUDA: two pinned host buffers and the events of their last copies
 
     def __getitem__(self, index) -> torch.Tensor:
@@ -329,16 +329,9 @@ class LayerRows:
             r0, r1, step = index.indices(self.shape[0])
             if step != 1:
                 raise IndexError("LayerRows takes contiguous slices only")
-            if (r0, r1) in self._recent:
-                return self._recent[(r0, r1)]
             if self.order is None:
-                t = self._finish(self.layers.block(self.layer, r0, r1))
-            else:
-                t = self._finish(self.layers.gather(self.layer, self.order[r0:r1]))
-            if len(self._recent) == 2:
-                self._recent.pop(next(iter(self._recent)))
-            self._recent[(r0, r1)] = t
-            return t
+                return self._finish(self.layers.block(self.layer, r0, r1))
+            return self._finish(self.layers.gather(self.layer, self.order[r0:r1]))
         index = torch.as_tensor(index)
         return self._finish(self.layers.gather(self.layer, index if self.order is None else self.order[index]))
 

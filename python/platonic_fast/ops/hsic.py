@@ -267,25 +267,12 @@ def self_tile_sums(st: KernelStats) -> tuple[float, torch.Tensor]:
     return self_sum, rows
 
 
-# float64 bytes of one row block of the blocked products (both sides' rows together)
-BLOCK_PRODUCT_BYTES = 8 << 20
-
-
 def blocked_cross_product(a, b, *, visit=None) -> torch.Tensor:
     """AᵀB (float64) accumulated over row blocks: for features that are read a block of rows at
     a time (``a[r0:r1]``: a tensor, or :class:`platonic_fast.outofcore.LayerRows`), never whole.
     ``visit(r0, block_of_a)``, when given, sees each block of A as it goes by (in row order)."""
-    n, da, db = a.shape[0], a.shape[1], b.shape[1]
-    step = max(1, BLOCK_PRODUCT_BYTES // (8 * (da + db)))
-    acc = torch.zeros(da, db, dtype=torch.float64, device=a.device)
-    for r0 in range(0, n, step):
-        xa, xb = a[r0: r0 + step], b[r0: r0 + step]
-        if visit is not None:
-            visit(r0, xa)
-        if xa.dtype != xb.dtype:
-            xa, xb = xa.to(torch.float64), xb.to(torch.float64)
-        acc += (xa.T @ xb).to(torch.float64)
-    return acc
+    seen = None if visit is None else (lambda i, r0, block: visit(r0, block))
+    return blocked_cross_products([a], [b], visit=seen)[0][0]
 
 
 # float64 is not served: the kernel accumulates tiles in float32.
@@ -412,9 +399,15 @@ def cka_grid(stats_x: list, stats_y: list, *, unbiased: bool, budget: int | None
              for j, kb in enumerate(stats_y)] for i, ka in enumerate(stats_x)]
 
 
-def blocked_cross_products(xs: list, ys: list, budget: int | None = None) -> list[list[torch.Tensor]]:
-    """Every XᵢᵀYⱼ (float64), accumulated over row blocks read once per group of X layers whose
-    products fit ``budget`` bytes (default ``GRID_PRODUCT_BYTES``)."""
+# float32 bytes of the row blocks one step of the blocked products holds (every set's block)
+BLOCK_PRODUCT_BYTES = 32 << 20
+
+
+def blocked_cross_products(xs: list, ys: list, budget: int | None = None, *, visit=None) -> list[list[torch.Tensor]]:
+    """Every XᵢᵀYⱼ (float64), accumulated over row blocks (``x[r0:r1]``: tensors or
+    :class:`platonic_fast.outofcore.LayerRows`) read once per group of X layers whose products
+    fit ``budget`` bytes (default ``GRID_PRODUCT_BYTES``). ``visit(i, r0, block)``, when given,
+    sees each block of Xᵢ as it is read."""
     budget = GRID_PRODUCT_BYTES if budget is None else budget
     n, widest_y = xs[0].shape[0], sum(y.shape[1] for y in ys)
     groups, size = [[]], 0
@@ -427,13 +420,19 @@ def blocked_cross_products(xs: list, ys: list, budget: int | None = None) -> lis
         size += need
     out: list[list] = [[None] * len(ys) for _ in xs]
     for group in groups:
-        step = max(1, 4 * BLOCK_PRODUCT_BYTES // (8 * (max(xs[i].shape[1] for i in group) + widest_y)))
+        step = max(1, BLOCK_PRODUCT_BYTES // (4 * (sum(xs[i].shape[1] for i in group) + widest_y)))
         acc = {(i, j): torch.zeros(xs[i].shape[1], y.shape[1], dtype=torch.float64, device=xs[i].device)
                for i in group for j, y in enumerate(ys)}
         for r0 in range(0, n, step):
-            blocks_y = [y[r0: r0 + step] for y in ys]
+            read: dict = {}  # each set's block read once per step (a Gram reads X against itself)
+            for t in [*(xs[i] for i in group), *ys]:
+                if id(t) not in read:
+                    read[id(t)] = t[r0: r0 + step]
+            blocks_y = [read[id(y)] for y in ys]
             for i in group:
-                xb = xs[i][r0: r0 + step]
+                xb = read[id(xs[i])]
+                if visit is not None:
+                    visit(i, r0, xb)
                 for j, yb in enumerate(blocks_y):
                     a, b = (xb, yb) if xb.dtype == yb.dtype else (xb.to(torch.float64), yb.to(torch.float64))
                     acc[(i, j)] += (a.T @ b).to(torch.float64)
