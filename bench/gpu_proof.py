@@ -22,13 +22,14 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-COMMIT_FILE = REPO / ".gpu_proof_commit"  # written by `bench/gpu_proof.sh --stamp` beside .git
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _timing import git_rev, write_results  # noqa: E402
+
 RECORD = "proof.json"
 
 
@@ -44,32 +45,12 @@ def load(out: Path) -> dict:
 
 
 def save(out: Path, record: dict) -> None:
-    """Atomic rewrite (temp file + os.replace): a reader never sees half a record."""
-    out.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".proof.", suffix=".tmp", dir=out)
-    with os.fdopen(fd, "w") as f:
-        json.dump(record, f, indent=1)
-        f.write("\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, out / RECORD)
+    """Atomic rewrite (the benchmarks' writer): a reader never sees half a record."""
+    write_results(record, RECORD, out)
 
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def commit() -> str:
-    """The commit the tree was copied from: .git when present, else the stamp file."""
-    try:
-        proc = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
-                              text=True, timeout=20)
-        if proc.returncode == 0:
-            return proc.stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        pass
-    if COMMIT_FILE.exists():
-        return COMMIT_FILE.read_text().strip()
-    return "unknown (no .git and no .gpu_proof_commit: run `bash bench/gpu_proof.sh --stamp` before copying)"
 
 
 def _run(*cmd: str) -> str | None:
@@ -86,7 +67,8 @@ def cmd_env(args) -> int:
     import torch
 
     rec = load(args.out)
-    env = {"dry_run": args.dry_run, "commit": commit(), "python": sys.version.split()[0],
+    # A tree copied without .git: gpu_proof.sh exports PF_GIT_COMMIT from .gpu_proof_commit.
+    env = {"dry_run": args.dry_run, "commit": git_rev(), "python": sys.version.split()[0],
            "torch": torch.__version__, "torch_cuda": torch.version.cuda,
            "TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET")}
     try:

@@ -11,6 +11,7 @@
 #   PF_PROOF_DRY_RUN=1   same as --dry-run
 #   PF_PROOF_PYTHON      interpreter (default python3: the image's torch python)
 #   PF_PROOF_STEPS       comma list, in this order of importance: build,tests,memcheck,racecheck,bench
+#                        (empty: none, e.g. with PF_PROOF_ICL=1 for the study alone)
 #   PF_PROOF_TOTAL_S     whole-run budget in seconds (default 470: under 8 minutes with the reporting)
 #   PF_PROOF_<STEP>_S    a step's own budget (BUILD 150, TESTS 150, MEMCHECK 45, RACECHECK 15, BENCH 120);
 #                        time a step leaves unused goes to the steps after it
@@ -58,8 +59,8 @@ if [ -z "${OUT:-}" ]; then
 fi
 mkdir -p "$OUT" || exit 2
 OUT="$(cd "$OUT" && pwd)"
-STEPS="${PF_PROOF_STEPS:-build,tests,memcheck,racecheck,bench}"
-[ "${PF_PROOF_ICL:-0}" = 1 ] && STEPS="$STEPS,icl"
+STEPS="${PF_PROOF_STEPS-build,tests,memcheck,racecheck,bench}"  # set but empty: none
+[ "${PF_PROOF_ICL:-0}" = 1 ] && STEPS="${STEPS:+$STEPS,}icl"
 TOTAL="${PF_PROOF_TOTAL_S:-470}"  # 8 minutes less the reporting around the steps
 declare -A BUDGET=([build]="${PF_PROOF_BUILD_S:-150}" [tests]="${PF_PROOF_TESTS_S:-150}"
                    [memcheck]="${PF_PROOF_MEMCHECK_S:-45}" [racecheck]="${PF_PROOF_RACECHECK_S:-15}"
@@ -146,6 +147,11 @@ step_racecheck() { _sanitize racecheck --lists-only; }
 _sanitize() {
   set -u -o pipefail
   local tool="$1"; shift
+  if [ "$DRY" = 0 ] && [ "$tool" = memcheck ]; then
+    # Once without the tool: Triton compiles these variants into its cache outside the sanitizer.
+    echo "=== driver alone (warms Triton's cache) ==="
+    "$PY" bench/gpu_proof.py driver "$@"
+  fi
   echo "=== sanitizer $tool ==="
   if [ "$DRY" = 1 ]; then
     echo "dry run: compute-sanitizer not run; the driver alone, tiny shapes"
@@ -157,7 +163,7 @@ _sanitize() {
   fi
   # No caching allocator: each tensor is its own allocation, so an overrun is seen.
   PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$tool" --error-exitcode 9 --print-limit 30 \
-    --target-processes all "$PY" bench/gpu_proof.py driver "$@"
+    "$PY" bench/gpu_proof.py driver "$@"
 }
 
 step_bench() {
