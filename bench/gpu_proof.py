@@ -354,6 +354,9 @@ def cmd_report(args) -> int:
     problems = layout_problems(args.out)
     for p in problems:
         print(f"LAYOUT: {p}")
+    if not env.get("dry_run") and "capability" not in env:
+        print("NO CUDA DEVICE SEEN by torch: every GPU test skipped, nothing measured")
+        return 1
     return 1 if problems else 0
 
 

@@ -15,6 +15,7 @@
 #   PF_PROOF_TOTAL_S     whole-run budget in seconds (default 470: under 8 minutes with the reporting)
 #   PF_PROOF_<STEP>_S    a step's own budget (BUILD 150, TESTS 150, MEMCHECK 45, RACECHECK 15, BENCH 120);
 #                        time a step leaves unused goes to the steps after it
+#   PF_PROOF_BUILD=cmake skip the pip editable install, build with plain cmake (the fallback)
 #   PF_PROOF_WORKERS     pytest-xdist workers for the tests step (default 4; 0: no xdist)
 #   PF_PROOF_BENCH_ARGS  arguments of bench/bench_gpu.py (default: the rows)
 #   PF_PROOF_ICL=1       last, the ICL study's scripts/icl_gpu.sh (PF_PROOF_ICL_SCRIPT), time-boxed by
@@ -112,7 +113,8 @@ step_build() {
     return 0
   fi
   command -v nvcc && nvcc --version | tail -2
-  if "$PY" -c "import scikit_build_core, pybind11" 2>/dev/null && command -v cmake >/dev/null; then
+  if [ "${PF_PROOF_BUILD:-pip}" = pip ] && "$PY" -c "import scikit_build_core, pybind11" 2>/dev/null \
+     && command -v cmake >/dev/null; then
     echo "== pip install --no-build-isolation --no-deps --no-index -e . (PLATONIC_FAST_CUDA_ARCHS=90)"
     if "$PY" -m pip install --no-build-isolation --no-deps --no-index -v -e .; then
       echo "pip editable (scikit-build-core)" > "$PF_PROOF_BUILD_PATH_FILE"
@@ -122,7 +124,9 @@ step_build() {
   fi
   _configure build/proof ON || return 1
   cmake --build build/proof --parallel || return 1
-  cp build/proof/_core*.so python/platonic_fast/ || return 1
+  cp --remove-destination build/proof/_core*.so python/platonic_fast/ || return 1
+  # The package maps platonic_fast.triton to kernels/triton (pyproject); from python/ it is a link.
+  [ -e python/platonic_fast/triton ] || ln -s ../../kernels/triton python/platonic_fast/triton || return 1
   echo "cmake + python/ on PYTHONPATH" > "$PF_PROOF_BUILD_PATH_FILE"
 }
 
