@@ -18,12 +18,12 @@
 #   PF_PROOF_BUILD=cmake skip the pip editable install, build with plain cmake (the fallback)
 #   PF_PROOF_WORKERS     pytest-xdist workers for the tests step (default 8; 0: no xdist)
 #   PF_PROOF_BENCH_ARGS  arguments of bench/bench_gpu.py (default: the rows)
-#   PF_PROOF_ICL=1       last, the ICL study's scripts/icl_gpu.sh (PF_PROOF_ICL_SCRIPT), time-boxed by
-#                        what is left (PF_PROOF_ICL_S caps it); it gets OUT=$OUT/icl (at most 4 files
-#                        there), PF_ICL_TIME_S (its limit) and PF_PROOF_DRY_RUN; the proof's logs are
-#                        packed into $OUT/proof-logs.tar.gz first to leave it room
+#   PF_PROOF_ICL=1       last, the ICL study: `scripts/icl_gpu.sh [--dry-run] $OUT/icl` (PF_PROOF_ICL_SCRIPT)
+#                        with PYTHON and ICL_GPU_BUDGET (its limit less 15 s), time-boxed by what is
+#                        left (PF_PROOF_ICL_S caps it); the proof's logs are packed into
+#                        proof-logs.tar.gz first, and $OUT/icl into icl.tar.gz (15 MiB parts) after
 #
-# Files under $OUT (the device tool returns at most 8): proof.json (the record: environment,
+# Files under $OUT (the device tool returns at most 8, 16 MiB each, 64 MiB in all): proof.json (the record: environment,
 # commit, build path, test counts and failures, sanitizer verdicts, every step's status and time),
 # build.log, tests.log, tests.jsonl (one line per test, written as they finish), sanitizer.log,
 # bench.log, gpu-<UTC>.json (bench/bench_gpu.py's record, rewritten after every case).
@@ -188,8 +188,13 @@ step_bench() {
 
 step_icl() {
   set -u -o pipefail
+  local dry=()
+  [ "$DRY" = 1 ] && dry=(--dry-run)
   mkdir -p "$OUT/icl"
-  OUT="$OUT/icl" PF_ICL_TIME_S="$PF_STEP_LIMIT" PF_PROOF_DRY_RUN="$DRY" bash "$ICL_SCRIPT"
+  # The study's interface: icl_gpu.sh [--dry-run] [OUT_FOLDER], with PYTHON and ICL_GPU_BUDGET
+  # (seconds; it stops training in time to evaluate and save). 15 s stay for the packing.
+  local budget=$((PF_STEP_LIMIT > 60 ? PF_STEP_LIMIT - 15 : PF_STEP_LIMIT))
+  PYTHON="$PY" ICL_GPU_BUDGET="$budget" PF_PROOF_DRY_RUN="$DRY" bash "$ICL_SCRIPT" "${dry[@]}" "$OUT/icl"
 }
 export -f _configure step_build step_tests step_memcheck step_racecheck _sanitize step_bench step_icl
 
@@ -258,6 +263,12 @@ for step in "${SELECTED[@]}"; do
         # Room for the study's files: the proof's logs go into one archive first.
         (cd "$OUT" && tar czf proof-logs.tar.gz --remove-files $(ls build.log tests.log tests.jsonl sanitizer.log bench.log 2>/dev/null))
         run_step icl icl.log
+        # Whatever the study wrote, as one archive (in 15 MiB parts: the tool returns 16 MiB a file).
+        if [ -d "$OUT/icl" ]; then
+          (cd "$OUT" && tar czf icl.tar.gz icl && rm -rf icl \
+            && if [ "$(stat -c %s icl.tar.gz)" -gt $((15 * 1024 * 1024)) ]; then
+                 split -b 15M -d icl.tar.gz icl.tar.gz.part- && rm icl.tar.gz; fi)
+        fi
       fi ;;
   esac
 done

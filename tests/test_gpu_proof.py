@@ -108,17 +108,22 @@ def test_dry_run_rehearses_every_step(tmp_path):
 
 @pytest.mark.slow
 def test_time_box_and_the_icl_slot(tmp_path):
+    # The study's interface (scripts/icl_gpu.sh [--dry-run] [OUT_FOLDER], PYTHON, ICL_GPU_BUDGET).
     study = tmp_path / "icl_gpu.sh"
-    study.write_text('echo "limit $PF_ICL_TIME_S dry $PF_PROOF_DRY_RUN" > "$OUT/started.txt"; sleep 60\n')
+    study.write_text('dest="${@: -1}"; echo "$* budget $ICL_GPU_BUDGET" > "$dest/args.txt"; '
+                     '[ -x "$PYTHON" ] && sleep 60\n')
     out = tmp_path / "out"
     proc = _proof(out, "--dry-run", PF_PROOF_STEPS="", PF_PROOF_ICL="1", PF_PROOF_ICL_SCRIPT=str(study),
                   PF_PROOF_ICL_S="5")
     assert proc.returncode == 1, proc.stdout[-3000:]  # the study was stopped: the proof says so
     record = json.loads((out / "proof.json").read_text())
     assert [(s["name"], s["status"]) for s in record["steps"]] == [("icl", "timeout")]
-    assert (out / "icl" / "started.txt").read_text().split() == ["limit", "5", "dry", "1"]
     with tarfile.open(out / "proof-logs.tar.gz") as tar:
         assert tar.getnames() == ["build.log"]  # the environment step's log
+    with tarfile.open(out / "icl.tar.gz") as tar:
+        args = tar.extractfile("icl/args.txt").read().decode().split()
+    assert args == ["--dry-run", str(out / "icl"), "budget", "5"]
+    assert sorted(p.name for p in out.iterdir()) == ["icl.log", "icl.tar.gz", "proof-logs.tar.gz", "proof.json"]
     assert gpu_proof.layout_problems(out) == []
 
     out2 = tmp_path / "out2"
