@@ -1,0 +1,271 @@
+"""Row sources: the one way the engine reads the rows of an N x D matrix, wherever they live.
+
+The kNN pass (:mod:`platonic_fast.ops.knn`) and the accumulations built on it take a
+:class:`RowSource` and never ask where the rows are. A source says which rows this process owns
+(its queries: ``[start, start + n_local)`` of ``n``), hands back blocks of them, fetches any
+rows by global index, and streams every row of the matrix as key blocks. Where the rows live is
+the source's business, and so is the strategy that follows from it:
+
+- :class:`TensorRows`: a tensor in memory (the process owns every row; one key block);
+- :class:`FileRows`: a prepared layer of a memory-mapped feature file, read a block at a time
+  (query panels of ``panel_bytes`` held while the key blocks stream by; pages handed back by the
+  file reader after every read);
+- :class:`ShardRows`: the rows this rank owns of a row-sharded matrix; other ranks' rows arrive
+  by block exchange through the communicator (:mod:`platonic_fast.distributed._comm`).
+
+Methods marked *collective* must be called by every rank of a sharded source at the same point
+(each with its own arguments); on the other sources they are plain calls. Adding a source (a
+second file format, a GPU-resident shard) is one class implementing the methods below.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+import torch
+
+from ._checks import max_abs
+
+
+class LocalComm:
+    """The communicator of one process (size 1): what a source's reductions need."""
+
+    rank, size = 0, 1
+
+    @staticmethod
+    def max(value: float) -> float:
+        return float(value)
+
+    @staticmethod
+    def any(flag: bool) -> bool:
+        return bool(flag)
+
+    @staticmethod
+    def step():
+        return contextlib.nullcontext()
+
+
+LOCAL = LocalComm()
+
+
+class RowSource:
+    """The protocol (a base class with the shared helpers; subclasses implement the methods).
+
+    Attributes
+    ----------
+    n : int
+        Rows of the whole matrix (every rank's).
+    width : int
+        D, the row length.
+    dtype : torch.dtype
+        The dtype rows come back in (the pass computes in float64 when any source is float64,
+        else float32).
+    device : torch.device
+    start, n_local : int
+        This process owns global rows ``[start, start + n_local)``: the queries of a self-form
+        kNN and the rows its lists are for. ``start = 0, n_local = n`` unless sharded.
+    comm
+        ``.rank``, ``.size``, ``.max(float)``, ``.any(bool)``, ``.step()`` (a context in which
+        local work runs; on a shard every rank learns there whether any rank raised).
+        :data:`LOCAL` for an unsharded source.
+    panel_blocks : int
+        Strategy hint for the CPU tile loop: query tile blocks held at once while every later
+        key block is read (1: read a key block per tile; a file source holds a panel).
+    settle_rows : int or None
+        Strategy hint for the ordering pass: rows per chunk (bounded temporaries for sources
+        too large for O(N·k) float64 temporaries); None: all at once.
+    """
+
+    n: int
+    width: int
+    dtype: torch.dtype
+    device: torch.device
+    start: int = 0
+    n_local: int
+    comm = LOCAL
+    panel_blocks: int = 1
+    settle_rows: int | None = None
+
+    @property
+    def stop(self) -> int:
+        return self.start + self.n_local
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(n_local, width): the owned rows seen as a matrix."""
+        return (self.n_local, self.width)
+
+    def block(self, r0: int, r1: int) -> torch.Tensor:
+        """Owned rows at local positions [r0, r1) (global rows start + r0 ..), contiguous."""
+        raise NotImplementedError
+
+    def local(self):
+        """The owned rows, indexable by local position (``v[index]``, ``v[r0:r1]``, ``v.shape``,
+        ``v.device``): the tensor itself in memory, a lazy view otherwise."""
+        raise NotImplementedError
+
+    def fetch(self, index: torch.Tensor):
+        """Collective. A view holding at least the rows at global ``index`` (unique, ascending),
+        indexable by global index (``v[global_index]``, ``v.shape == (n, width)``)."""
+        raise NotImplementedError
+
+    def key_blocks(self) -> Iterator[tuple[int, torch.Tensor]]:
+        """Collective. Every row of the matrix once, as ``(first global index, rows)`` blocks in
+        an order of the source's choosing (a shard's own block first)."""
+        raise NotImplementedError
+
+    def max_abs(self) -> float:
+        """Collective. The largest |entry| of the whole matrix."""
+        raise NotImplementedError
+
+    def scaled(self, e: int) -> "RowSource":
+        """The same rows divided by 2**e (exact); ``self`` when e == 0."""
+        raise NotImplementedError
+
+    def blocks(self, rows: int) -> list[tuple[int, int]]:
+        """Local [r0, r1) ranges of at most ``rows`` owned rows."""
+        return [(s, min(self.n_local, s + rows)) for s in range(0, self.n_local, rows)]
+
+
+def _scaled(t: torch.Tensor, e: int) -> torch.Tensor:
+    return t if e == 0 else t * (2.0 ** -e)  # a power of two: exact in every float dtype
+
+
+class TensorRows(RowSource):
+    """Rows of a tensor in memory (CPU or CUDA); the process owns all of them."""
+
+    def __init__(self, t: torch.Tensor):
+        self.t = t
+        self.n, self.width = t.shape
+        self.n_local = self.n
+        self.dtype, self.device = t.dtype, t.device
+
+    def block(self, r0, r1):
+        return self.t[r0:r1]
+
+    def local(self):
+        return self.t
+
+    def fetch(self, index):
+        return self.t
+
+    def key_blocks(self):
+        yield 0, self.t
+
+    def max_abs(self):
+        return max_abs(self.t)
+
+    def scaled(self, e):
+        return self if e == 0 else TensorRows(_scaled(self.t, e))
+
+
+class FileRows(RowSource):
+    """A prepared layer read from a file: ``view_of(e)`` gives a view of its rows divided by 2**e
+    (:class:`platonic_fast.outofcore.LayerRows`: ``v[r0:r1]`` reads a block, ``v[index]``
+    gathers rows; nothing is kept). ``top`` is the layer's largest |entry| (known from the
+    statistics pass, so no pass is spent on it).
+
+    Strategy: the tile loop holds panels of ``panel_bytes`` of query rows while the key blocks
+    stream by once per panel; the ordering pass runs over chunks of ``SETTLE_ROWS`` rows.
+    """
+
+    SETTLE_ROWS = 128  # <= 1,792 cluster members per chunk at k = 10: bounded temporaries
+
+    def __init__(self, view_of: Callable[[int], object], n: int, width: int, top: float, *,
+                 panel_bytes: int = 16 << 20, e: int = 0):
+        self.view_of, self.top, self.panel_bytes, self.e = view_of, top, panel_bytes, e
+        self.view = view_of(e)
+        self.n, self.width = n, width
+        self.n_local = n
+        self.dtype, self.device = torch.float32, torch.device("cpu")
+        self.settle_rows = self.SETTLE_ROWS
+        from .ops.knn import cpu_tile_rows
+
+        self.tile = cpu_tile_rows(n)
+        self.panel_blocks = max(1, panel_bytes // (self.tile * width * 4))
+
+    def block(self, r0, r1):
+        return self.view[r0:r1]
+
+    def local(self):
+        return self.view
+
+    def fetch(self, index):
+        return self.view
+
+    def key_blocks(self):
+        for r0, r1 in self.blocks(self.tile):
+            yield r0, self.view[r0:r1]
+
+    def max_abs(self):
+        return self.top * 2.0 ** -self.e
+
+    def scaled(self, e):
+        if e == 0:
+            return self
+        return FileRows(self.view_of, self.n, self.width, self.top, panel_bytes=self.panel_bytes, e=self.e + e)
+
+
+class _Fetched:
+    """Rows fetched from their ranks, indexed by global index (rows by index, ``shape``, ``device``)."""
+
+    def __init__(self, which: torch.Tensor, rows: torch.Tensor, n: int):
+        self.which, self.rows = which, rows
+        self.shape = (n, rows.shape[1])
+        self.device = rows.device
+
+    def __getitem__(self, index: torch.Tensor) -> torch.Tensor:
+        return self.rows[torch.searchsorted(self.which, index)]
+
+
+class ShardRows(RowSource):
+    """This rank's rows ``x`` of a row-sharded matrix (``layout``: every rank's range, from
+    :func:`platonic_fast.distributed._knn.layout_of`); ``comm`` a
+    :class:`platonic_fast.distributed._comm.Comm`. Other ranks' rows move only when fetched
+    (point to point, the rows asked for) or streamed as key blocks (one rank's block at a time,
+    rank r receiving rank r + t's at step t)."""
+
+    def __init__(self, comm, layout, x: torch.Tensor):
+        self.comm, self.layout, self.x = comm, layout, x
+        self.n, self.width = layout.n, x.shape[1]
+        self.start, self.n_local = layout.start, layout.n_local
+        self.dtype, self.device = x.dtype, x.device
+
+    def block(self, r0, r1):
+        return self.x[r0:r1]
+
+    def local(self):
+        return self.x
+
+    def fetch(self, index):
+        (rows,) = self.comm.fetch_rows(self.layout, [self.x], index)
+        return _Fetched(index, rows, self.n)
+
+    def key_blocks(self):
+        for t in range(self.comm.size):
+            _, first, block = self.peer_block(t)
+            yield first, block
+            del block
+
+    def peer_block(self, t: int) -> tuple[int, int, torch.Tensor]:
+        """Collective. Step ``t`` of the exchange: (rank p = rank + t, its first row, its rows)."""
+        p = (self.comm.rank + t) % self.comm.size
+        (block,) = self.comm.shift([self.x], t, [(self.layout.rows(p), self.width)])
+        return p, self.layout.offsets[p], block
+
+    def max_abs(self):
+        with self.comm.step():
+            top = max_abs(self.x) if self.x.shape[0] else 0.0
+        return self.comm.max(top)
+
+    def scaled(self, e):
+        return self if e == 0 else ShardRows(self.comm, self.layout, _scaled(self.x, e))
+
+
+def as_rows(x) -> RowSource:
+    """A source for ``x``: itself when it is one, a tensor wrapped in :class:`TensorRows`."""
+    return x if isinstance(x, RowSource) else TensorRows(x)
+
+
+__all__ = ["LOCAL", "FileRows", "LocalComm", "RowSource", "ShardRows", "TensorRows", "as_rows"]
