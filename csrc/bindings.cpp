@@ -9,9 +9,11 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <variant>
 #include <vector>
 
 #include "common/check.h"
+#include "common/dtype.h"
 #include "common/list_metric.h"
 #include "common/parallel.h"
 #include "cpu/cknna_sums.h"
@@ -84,47 +86,68 @@ py::array_t<int64_t> neighbour_lists(const std::string& name, const IndexArray& 
   return out;
 }
 
-template <typename T>
-void bind_knn_merger(py::module_& m, const char* name) {
-  using Merger = pf::KnnMerger<T>;
-  py::class_<Merger>(m, name,
-                     "Exact running top-k per row, fed with score tiles (larger first, ties to "
-                     "the smaller index).")
-      .def(py::init<int64_t, int64_t>(), py::arg("n_rows"), py::arg("k"))
-      .def_property_readonly("n_rows", &Merger::n_rows)
-      .def_property_readonly("k", &Merger::k)
-      .def(
-          "add_rows",
-          [](Merger& self, const py::array& tile, int64_t row0, int64_t col0, bool exclude_self) {
-            const auto t = as_matrix<T>(tile, "tile");
-            py::gil_scoped_release release;
-            self.add_rows(t.data, t.rows, t.cols, t.ld, row0, col0, exclude_self);
-          },
-          py::arg("tile"), py::arg("row0"), py::arg("col0"), py::arg("exclude_self"))
-      .def(
-          "add_cols",
-          [](Merger& self, const py::array& tile, int64_t row0, int64_t col0, bool exclude_self) {
-            const auto t = as_matrix<T>(tile, "tile");
-            py::gil_scoped_release release;
-            self.add_cols(t.data, t.rows, t.cols, t.ld, row0, col0, exclude_self);
-          },
-          py::arg("tile"), py::arg("row0"), py::arg("col0"), py::arg("exclude_self"))
-      .def("finalize", [](Merger& self) {
-        py::array_t<T> values({self.n_rows(), self.k()});
-        py::array_t<int64_t> indices({self.n_rows(), self.k()});
-        T* v = values.mutable_data();
-        int64_t* ix = indices.mutable_data();
-        {
-          py::gil_scoped_release release;
-          self.finalize(v, ix);
-        }
-        return py::make_tuple(values, indices);
-      });
+// The dtype of value arrays: float32 or float64, else a ValueError naming the argument.
+pf::Dtype dtype_of(const py::array& arr, const char* name) {
+  if (py::isinstance<py::array_t<double>>(arr)) return pf::Dtype::float64;
+  PF_CHECK(py::isinstance<py::array_t<float>>(arr),
+           name << " must have dtype float32 or float64, got " << py::str(arr.dtype()).cast<std::string>());
+  return pf::Dtype::float32;
 }
 
+// One merger class for both dtypes: the instance is chosen once, at construction.
+class KnnMerger {
+ public:
+  KnnMerger(int64_t n_rows, int64_t k, const std::string& dtype)
+      : m_(pf::with_dtype(pf::dtype_named(dtype), [&](auto t) -> Any {
+          return Any(std::in_place_type<pf::KnnMerger<decltype(t)>>, n_rows, k);
+        })) {}
+
+  int64_t n_rows() const { return std::visit([](const auto& m) { return m.n_rows(); }, m_); }
+  int64_t k() const { return std::visit([](const auto& m) { return m.k(); }, m_); }
+  std::string dtype() const {
+    return std::holds_alternative<pf::KnnMerger<double>>(m_) ? "float64" : "float32";
+  }
+
+  // cols = false: tile rows are merged into their rows; true: the transposed use (add_cols).
+  void add(const py::array& tile, int64_t row0, int64_t col0, bool exclude_self, bool cols) {
+    std::visit(
+        [&](auto& m) {
+          using T = typename std::decay_t<decltype(m)>::value_type;
+          const auto t = as_matrix<T>(tile, "tile");
+          py::gil_scoped_release release;
+          if (cols)
+            m.add_cols(t.data, t.rows, t.cols, t.ld, row0, col0, exclude_self);
+          else
+            m.add_rows(t.data, t.rows, t.cols, t.ld, row0, col0, exclude_self);
+        },
+        m_);
+  }
+
+  py::tuple finalize() {
+    return std::visit(
+        [](auto& m) -> py::tuple {
+          using T = typename std::decay_t<decltype(m)>::value_type;
+          py::array_t<T> values({m.n_rows(), m.k()});
+          py::array_t<int64_t> indices({m.n_rows(), m.k()});
+          T* v = values.mutable_data();
+          int64_t* ix = indices.mutable_data();
+          {
+            py::gil_scoped_release release;
+            m.finalize(v, ix);
+          }
+          return py::make_tuple(values, indices);
+        },
+        m_);
+  }
+
+ private:
+  using Any = std::variant<pf::KnnMerger<float>, pf::KnnMerger<double>>;
+  Any m_;
+};
+
 template <typename T>
-py::dict cknna_sums(const IndexArray& idx_k, const py::array& val_k, const IndexArray& idx_l,
-                     const py::array& val_l, bool zero_diagonal) {
+py::dict cknna_sums_typed(const IndexArray& idx_k, const py::array& val_k, const IndexArray& idx_l,
+                          const py::array& val_l, bool zero_diagonal) {
   const auto [n, k] = list_shape(idx_k, idx_l);
   const auto vk = as_matrix<T>(val_k, "val_k");
   const auto vl = as_matrix<T>(val_l, "val_l");
@@ -143,6 +166,13 @@ py::dict cknna_sums(const IndexArray& idx_k, const py::array& val_k, const Index
   d["l_then_k"] = s.l_then_k;
   d["mask_count"] = s.mask_count;
   return d;
+}
+
+py::dict cknna_sums(const IndexArray& idx_k, const py::array& val_k, const IndexArray& idx_l,
+                    const py::array& val_l, bool zero_diagonal) {
+  return pf::with_dtype(dtype_of(val_k, "val_k"), [&](auto t) {
+    return cknna_sums_typed<decltype(t)>(idx_k, val_k, idx_l, val_l, zero_diagonal);
+  });
 }
 
 // The list sets of a null: every array int64 N x k (one N, one k), indices checked.
@@ -232,9 +262,9 @@ py::array_t<double> permute_lists_cknna(const std::vector<IndexArray>& a_idx, co
                                         const IndexArray& perms, bool zero_diagonal) {
   PF_CHECK(!a_idx.empty() && !b_idx.empty() && a_idx.size() == a_val.size() && b_idx.size() == b_val.size(),
            "a and b must each hold at least one set, with one value array per list array");
-  const bool dbl = py::isinstance<py::array_t<double>>(a_val[0]);
-  return dbl ? permute_lists_cknna_typed<double>(a_idx, a_val, b_idx, b_val, perms, zero_diagonal)
-             : permute_lists_cknna_typed<float>(a_idx, a_val, b_idx, b_val, perms, zero_diagonal);
+  return pf::with_dtype(dtype_of(a_val[0], "a_val"), [&](auto t) {
+    return permute_lists_cknna_typed<decltype(t)>(a_idx, a_val, b_idx, b_val, perms, zero_diagonal);
+  });
 }
 
 py::dict build_info() {
@@ -295,8 +325,29 @@ PYBIND11_MODULE(_core, m) {
   m.def("build_info", &build_info, "What this build contains: compiler, flags, OpenMP, CUDA.");
 
   // knn
-  bind_knn_merger<float>(m, "KnnMergerF32");
-  bind_knn_merger<double>(m, "KnnMergerF64");
+  py::class_<KnnMerger>(m, "KnnMerger",
+                        "Exact running top-k per row, fed with score tiles (larger first, ties to "
+                        "the smaller index); dtype 'float32' or 'float64', the tiles' dtype.")
+      .def(py::init<int64_t, int64_t, const std::string&>(), py::arg("n_rows"), py::arg("k"),
+           py::arg("dtype") = "float32")
+      .def_property_readonly("n_rows", &KnnMerger::n_rows)
+      .def_property_readonly("k", &KnnMerger::k)
+      .def_property_readonly("dtype", &KnnMerger::dtype)
+      .def(
+          "add_rows",
+          [](KnnMerger& self, const py::array& tile, int64_t row0, int64_t col0, bool exclude_self) {
+            self.add(tile, row0, col0, exclude_self, false);
+          },
+          py::arg("tile"), py::arg("row0"), py::arg("col0"), py::arg("exclude_self"),
+          "tile[r, c] = score(row0 + r, col0 + c), merged into rows row0 ..")
+      .def(
+          "add_cols",
+          [](KnnMerger& self, const py::array& tile, int64_t row0, int64_t col0, bool exclude_self) {
+            self.add(tile, row0, col0, exclude_self, true);
+          },
+          py::arg("tile"), py::arg("row0"), py::arg("col0"), py::arg("exclude_self"),
+          "The transposed use of a tile: merged into rows col0 .., candidates row0 + r.")
+      .def("finalize", &KnnMerger::finalize, "(values, indices): the sorted best k per row.");
 
   // neighbour_lists
   m.def("neighbour_lists", &neighbour_lists, py::arg("name"), py::arg("a"), py::arg("b"),
@@ -305,14 +356,10 @@ PYBIND11_MODULE(_core, m) {
         "subsequence of A(i), B(i)) or 'edit_distances' (unit-cost Levenshtein distance).");
 
   // cknna_sums
-  m.def("cknna_sums_f32", &cknna_sums<float>, py::arg("idx_k"), py::arg("val_k"), py::arg("idx_l"),
+  m.def("cknna_sums", &cknna_sums, py::arg("idx_k"), py::arg("val_k"), py::arg("idx_l"),
         py::arg("val_l"), py::arg("zero_diagonal"),
-        "CKNNA's sparse sums over float32 kernel values: dict of trace_kl, sum_k, sum_l, k_then_l, "
-        "l_then_k, mask_count.");
-  m.def("cknna_sums_f64", &cknna_sums<double>, py::arg("idx_k"), py::arg("val_k"), py::arg("idx_l"),
-        py::arg("val_l"), py::arg("zero_diagonal"),
-        "CKNNA's sparse sums over float64 kernel values: dict of trace_kl, sum_k, sum_l, k_then_l, "
-        "l_then_k, mask_count.");
+        "CKNNA's sparse sums over kernel values (float32 or float64, one dtype): dict of trace_kl, "
+        "sum_k, sum_l, k_then_l, l_then_k, mask_count.");
 
   // outliers
   m.def("outliers_abs_order_stats",
@@ -404,14 +451,13 @@ PYBIND11_MODULE(_core, m) {
           const auto* il = device_ptr<const int64_t>(idx_l);
           void* w = device_ptr<void>(work);
           double* o = device_ptr<double>(out6);
-          cuda_check(is_double ? pf::cuda::launch_cknna_sums<double>(
-                                     ik, device_ptr<const double>(val_k), il,
-                                     device_ptr<const double>(val_l), n, k, zero_diagonal, w, o,
-                                     as_stream(stream))
-                               : pf::cuda::launch_cknna_sums<float>(
-                                     ik, device_ptr<const float>(val_k), il,
-                                     device_ptr<const float>(val_l), n, k, zero_diagonal, w, o,
-                                     as_stream(stream)),
+          const auto dt = is_double ? pf::Dtype::float64 : pf::Dtype::float32;
+          cuda_check(pf::with_dtype(dt, [&](auto t) {
+                       using T = decltype(t);
+                       return pf::cuda::launch_cknna_sums<T>(ik, device_ptr<const T>(val_k), il,
+                                                             device_ptr<const T>(val_l), n, k,
+                                                             zero_diagonal, w, o, as_stream(stream));
+                     }),
                      "cknna_sums_cuda");
         },
         py::arg("idx_k"), py::arg("val_k"), py::arg("idx_l"), py::arg("val_l"), py::arg("n"),
@@ -427,12 +473,12 @@ PYBIND11_MODULE(_core, m) {
           py::gil_scoped_release release;
           const auto* ix = device_ptr<const int64_t>(indices);
           auto* oi = device_ptr<int64_t>(out_indices);
-          cuda_check(is_double ? pf::cuda::launch_topk_merge<double>(
-                                     device_ptr<const double>(values), ix, n, m, k,
-                                     device_ptr<double>(out_values), oi, as_stream(stream))
-                               : pf::cuda::launch_topk_merge<float>(
-                                     device_ptr<const float>(values), ix, n, m, k,
-                                     device_ptr<float>(out_values), oi, as_stream(stream)),
+          const auto dt = is_double ? pf::Dtype::float64 : pf::Dtype::float32;
+          cuda_check(pf::with_dtype(dt, [&](auto t) {
+                       using T = decltype(t);
+                       return pf::cuda::launch_topk_merge<T>(device_ptr<const T>(values), ix, n, m, k,
+                                                             device_ptr<T>(out_values), oi, as_stream(stream));
+                     }),
                      "topk_merge_cuda");
         },
         py::arg("values_ptr"), py::arg("indices_ptr"), py::arg("n"), py::arg("m"), py::arg("k"),

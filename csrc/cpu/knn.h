@@ -14,6 +14,7 @@ namespace pf {
 template <typename T>
 class KnnMerger {
  public:
+  using value_type = T;
   KnnMerger(int64_t n_rows, int64_t k);
 
   // tile[r * ld + c] = score(row0 + r, col0 + c); merged into rows row0 .. row0 + rows - 1.

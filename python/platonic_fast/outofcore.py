@@ -56,8 +56,9 @@ from tqdm.auto import tqdm
 from ._checks import ConstantFeaturesError, DegenerateInputWarning, unit_exponent, warn_memory
 from .features.blocks import FeatureFile
 from .metrics import METRICS, Neighbours, Prepared, _cknna_state, metric_spec, prepare
-from .ops.knn import cluster_marks
+from .ops.knn import more_candidates as _more_candidates
 from .ops.outliers import per_sample_order_stats
+from .rows import FileRows
 
 BLOCK_BYTES = 4 << 20  # float32 bytes per block of the statistics and threshold passes
 PANEL_BYTES = 16 << 20  # query rows held at once by the streamed kNN (a key block is 3 MiB at D=768)
@@ -393,136 +394,19 @@ def stream_neighbours(layers: StreamedLayers, layer: int, k: int, *, exclude_sel
     """Exact kNN of one prepared layer, streamed from its file: ``(values, indices, e)`` equal to
     :func:`platonic_fast.ops.knn.neighbours` of the whole layer (true scores ``values · 2**e``).
 
-    The tiles are the in-memory CPU backend's (``cpu_tile_rows`` rows, the upper triangle only,
-    each tile merged into its rows and its columns), grouped into panels of query rows held
-    while every later key block is read once; then the same ordering pass.
+    The one pass of :func:`platonic_fast.ops.knn.search_rows` over a
+    :class:`platonic_fast.rows.FileRows`: the in-memory CPU backend's tiles (the upper triangle
+    only, each tile merged into its rows and its columns), grouped into panels of query rows
+    held while every later key block is read once; then the same ordering pass.
     """
-    from . import _core
-    from ._backends import backends_of
-    from .ops.knn import PROGRESS_MIN_FLOPS, RESCORE_EXTRA, SAFE_EXPONENT, _row_norms, cpu_tile_rows, vals_bytes
+    from .ops.knn import search_rows
 
-    n, d = layers.n, layers.widths[layer]
     top, _ = layers.stats(layer)
-    e = unit_exponent(top, SAFE_EXPONENT)
-    rows_view = LayerRows(layers, layer, e)
-    n_cand = n - 1 if exclude_self else n
-    limit = backends_of("knn")["cpu"].limit_k()
-    kk = min(k + RESCORE_EXTRA, n_cand, limit if limit is not None else n_cand)
-    warn_memory(f"kNN with k={k} over N={n}", 6.0 * n * kk * (vals_bytes(torch.empty(0)) + 8),
-                "neighbour metrics rarely need k near N (the paper uses k = 10)")
-    merger = _core.KnnMergerF32(n, kk)
-    tile = cpu_tile_rows(n)
-    blocks = _blocks(n, tile)
-    per_panel = max(1, panel_bytes // (tile * d * 4))
-    buf = torch.empty(min(tile, n), min(tile, n), dtype=torch.float32)
-    norms = torch.empty(n, dtype=torch.float64)
-    flops = float(n) * n * d
-    bar = tqdm(total=len(blocks) * (len(blocks) + 1) // 2, desc=f"knn N={n} (streamed)", unit="tile", leave=False,
-               disable=None if flops >= PROGRESS_MIN_FLOPS else True)
-    with torch.no_grad():
-        for p0 in range(0, len(blocks), per_panel):
-            p1 = min(len(blocks), p0 + per_panel)
-            panel = {bi: rows_view.block(*blocks[bi]) for bi in range(p0, p1)}
-            for bi, qb in panel.items():
-                norms[blocks[bi][0]:blocks[bi][1]] = _row_norms(qb)
-            for bj in range(p0, len(blocks)):
-                k0, k1 = blocks[bj]
-                kb = panel[bj] if bj in panel else rows_view.block(k0, k1)
-                for bi in range(p0, min(p1, bj + 1)):
-                    q0, q1 = blocks[bi]
-                    scores = buf[: q1 - q0, : k1 - k0]
-                    torch.mm(panel[bi], kb.T, out=scores)
-                    s = scores.numpy()
-                    merger.add_rows(s, q0, k0, exclude_self)
-                    if bj > bi:
-                        merger.add_cols(s, q0, k0, exclude_self)
-                    bar.update()
-                del kb
-            del panel
-    bar.close()
-    values, indices = merger.finalize()
-    del merger, buf
-    vals, idx = _settle(rows_view, norms, torch.from_numpy(values), torch.from_numpy(indices), k,
-                        exclude_self=exclude_self, n_cand=n_cand)
-    return vals, idx, 2 * e
-
-
-SETTLE_ROWS = 128  # rows per chunk of the ordering pass's first round (<= 1,792 members: bounded temporaries)
-
-
-def _settle(rows: LayerRows, norms: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor, k: int, *,
-            exclude_self: bool, n_cand: int):
-    """:func:`platonic_fast.ops.knn._settle` on a streamed layer: the same rounding bound and
-    clusters, float64 rescoring of their members from rows gathered from the file, and more
-    candidates (a streamed pass) for rows whose near-ties reach past the list.
-
-    The first round runs over chunks of ``SETTLE_ROWS`` rows, so that its temporaries (and the
-    member rows gathered for rescoring) stay bounded whatever N. Rows are independent; the one
-    thing a chunk changes is which of several bitwise-identical keys stands for the others,
-    whose float64 scores are identical anyway.
-    """
-    from .ops.knn import _reorder_clusters, _rounding_bound, _unit_roundoff
-
-    n = rows.shape[0]
-    gamma = _rounding_bound(rows.shape[1], _unit_roundoff(torch.float32))
-    with torch.no_grad():
-        delta = 2.0 * gamma * norms * norms.max()
-        out_v, out_i = vals[:, :k].clone(), idx[:, :k].clone()
-        kk = idx.shape[1]
-        pending = []
-        for c0 in range(0, n, SETTLE_ROWS):
-            c1 = min(n, c0 + SETTLE_ROWS)
-            member, beyond = cluster_marks(vals[c0:c1], delta[c0:c1], k, all_candidates=kk == n_cand)
-            busy = member.any(dim=1) & ~beyond
-            if bool(busy.any()):
-                which = torch.arange(c0, c1)[busy]
-                sv, si = _reorder_clusters(rows, rows, which, vals[c0:c1][busy], idx[c0:c1][busy], member[busy])
-                out_v[which], out_i[which] = sv[:, :k], si[:, :k]
-            pending.append(torch.arange(c0, c1)[beyond])
-        del vals, idx
-        todo = torch.cat(pending)
-        while todo.numel():  # rows whose near-ties reach past their candidates: more of them
-            kk = min(2 * kk, n_cand)
-            vals, idx = _more_candidates(rows, todo, kk, exclude_self)
-            member, beyond = cluster_marks(vals, delta[todo], k, all_candidates=kk == n_cand)
-            busy = member.any(dim=1) & ~beyond
-            if bool(busy.any()):
-                sv, si = _reorder_clusters(rows, rows, todo[busy], vals[busy], idx[busy], member[busy])
-                out_v[todo[busy]], out_i[todo[busy]] = sv[:, :k], si[:, :k]
-            calm = ~member.any(dim=1)
-            out_v[todo[calm]], out_i[todo[calm]] = vals[calm, :k], idx[calm, :k]
-            todo = todo[beyond]
-    return out_v, out_i
-
-
-def _more_candidates(rows: LayerRows, which: torch.Tensor, kk: int, exclude_self: bool, chunk: int = 4096):
-    """The top-kk candidates of rows ``which`` over every key block (computed scores, ties to the
-    smaller index), as the torch reference gives them, without the own index when excluded."""
-    from .ops.knn import _exact_topk, cpu_tile_rows
-    from .ops.topk_merge import topk_merge
-
-    n = rows.shape[0]
-    m = min(kk + exclude_self, n)
-    blocks = _blocks(n, cpu_tile_rows(n))
-    out_v, out_i = [], []
-    for c0 in range(0, which.numel(), chunk):
-        sel = which[c0: c0 + chunk]
-        q = rows[sel]
-        cand_v, cand_i = [], []
-        for k0, k1 in blocks:
-            s = q @ rows.block(k0, k1).T
-            v, i = _exact_topk(s, min(m, k1 - k0))
-            cand_v.append(v)
-            cand_i.append(i + k0)
-        v, i = topk_merge(torch.cat(cand_v, dim=1), torch.cat(cand_i, dim=1), m, backend="torch")
-        if exclude_self:
-            own = i == sel[:, None]
-            drop = torch.where(own.any(dim=1), own.to(torch.int8).argmax(dim=1), torch.full_like(sel, i.shape[1] - 1))
-            keep = torch.ones_like(own).scatter_(1, drop[:, None], False)
-            v, i = v[keep].view(len(sel), -1), i[keep].view(len(sel), -1)
-        out_v.append(v[:, :kk])
-        out_i.append(i[:, :kk])
-    return torch.cat(out_v), torch.cat(out_i)
+    rows = FileRows(lambda e: LayerRows(layers, layer, e), layers.n, layers.widths[layer], top,
+                    panel_bytes=panel_bytes)
+    # late binding: the ordering pass asks this module for more candidates (tests count the calls)
+    return search_rows(rows, None, k, exclude_self=exclude_self, backend="cpu",
+                       more=lambda *a: _more_candidates(*a))
 
 
 # --- streamed HSIC ------------------------------------------------------------------------------

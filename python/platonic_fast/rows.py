@@ -123,6 +123,12 @@ class RowSource:
         """The same rows divided by 2**e (exact); ``self`` when e == 0."""
         raise NotImplementedError
 
+    def exchange_candidates(self, kk: int, dtype: torch.dtype, impl=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Collective. Candidate lists (values, global indices) of the owned rows among the rows
+        this process does not own, as parts to merge: ``impl`` the kNN backend (queries, keys,
+        k, exclude_self=False), or None for the compiled CPU tiles. [] when it owns every row."""
+        return []
+
     def blocks(self, rows: int) -> list[tuple[int, int]]:
         """Local [r0, r1) ranges of at most ``rows`` owned rows."""
         return [(s, min(self.n_local, s + rows)) for s in range(0, self.n_local, rows)]
@@ -253,6 +259,70 @@ class ShardRows(RowSource):
         p = (self.comm.rank + t) % self.comm.size
         (block,) = self.comm.shift([self.x], t, [(self.layout.rows(p), self.width)])
         return p, self.layout.offsets[p], block
+
+    def exchange_candidates(self, kk, dtype, impl=None):
+        if self.comm.size == 1:
+            return []
+        if impl is None and self.device.type == "cpu":
+            return self._pair_blocks(kk, dtype)
+        return self._every_block(kk, dtype, impl)
+
+    def _every_block(self, kk, dtype, impl):
+        """Every other rank's block against all owned rows (any backend); partial lists merged
+        as they come, so one block and one running list are held."""
+        from .ops.knn import merge_lists
+
+        running: list = []
+        for t in range(1, self.comm.size):
+            _, first, block = self.peer_block(t)
+            with self.comm.step():
+                m = min(kk, block.shape[0])
+                if self.n_local and m:
+                    v, i = impl(self.x, block, m, exclude_self=False)
+                    running = [merge_lists(running + [(v.to(dtype), i.to(torch.int64) + first)], kk)]
+            del block
+        return running
+
+    def _pair_blocks(self, kk, dtype):
+        """CPU: each pair of rank blocks multiplied once, as one process's symmetric tiles are.
+        Rank r computes the tiles of (r, r + t) for t = 1 .. P/2 (the last step's tile split in
+        halves when P is even), merges their rows into its own running top-kk and their columns
+        into a top-kk for rank r + t's rows, which it sends there."""
+        from .ops.knn import empty_lists, new_merger, pair_lists
+
+        r, size, q = self.comm.rank, self.comm.size, self.x
+        n_r, layout = self.n_local, self.layout
+        rows_merger = new_merger(n_r, kk, dtype) if n_r else None
+        parts = []
+        for t in range(1, size // 2 + 1):
+            p, first, block = self.peer_block(t)  # I compute the tile (r, p); rank r - t computed (r - t, r)
+            src, n_p = (r - t) % size, layout.rows(p)
+            half = size % 2 == 0 and t == size // 2
+            left = r < size // 2
+            # the part of the tile this rank computes: my rows [a0, a1) x p's rows [b0, b1)
+            a0, a1, b0, b1 = 0, n_r, 0, n_p
+            if half:
+                if left:
+                    b1 = n_p // 2
+                else:
+                    a0 = n_r // 2
+            with self.comm.step():
+                cv, ci = pair_lists(q, block, (a0, a1), (b0, b1), self.start, first, rows_merger, kk, dtype)
+            del block
+            # the lists for my rows that src computed: all of them, but only the first half when
+            # the split tile's other half is mine (I am the right rank of a halved pair)
+            g1 = n_r // 2 if half and not left else n_r
+            gv = self.comm.exchange(cv, p, (g1, kk), dtype, src, q.device)
+            gi = self.comm.exchange(ci, p, (g1, kk), torch.int64, src, q.device)
+            if g1 > 0:
+                fv, fi = empty_lists(n_r, kk, dtype, q.device)
+                fv[:g1], fi[:g1] = gv, gi
+                parts.append((fv, fi))
+        with self.comm.step():  # every rank enters every step, with or without rows
+            if rows_merger is not None:
+                v, i = rows_merger.finalize()
+                parts.append((torch.from_numpy(v), torch.from_numpy(i)))
+        return parts
 
     def max_abs(self):
         with self.comm.step():

@@ -48,9 +48,8 @@ def cknna_sums_cpu(idx_k, val_k, idx_l, val_l, zero_diagonal: bool) -> dict:
     def host(t, dtype=None):
         return t.detach().to("cpu", dtype or t.dtype).contiguous().numpy()
 
-    fn = _core.cknna_sums_f64 if dtype == torch.float64 else _core.cknna_sums_f32
-    return fn(host(idx_k, torch.int64), host(val_k, dtype), host(idx_l, torch.int64), host(val_l, dtype),
-              zero_diagonal)
+    return _core.cknna_sums(host(idx_k, torch.int64), host(val_k, dtype), host(idx_l, torch.int64),
+                            host(val_l, dtype), zero_diagonal)
 
 
 @register("cknna_sums", "cuda", devices=("cuda",), dtypes=VALUE_DTYPES, max_k=cuda_max_list_k,

@@ -30,8 +30,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .._backends import MIN_CUDA_CAPABILITY, register, resolve
-from .._checks import check_features, check_int, check_topk, max_abs, unit_exponent, warn_memory
+from .._backends import MIN_CUDA_CAPABILITY, backends_of, register, resolve
+from .._checks import check_features, check_int, check_topk, unit_exponent, warn_memory
+from ..rows import RowSource, TensorRows, as_rows
 
 _UNSET = object()
 
@@ -61,8 +62,9 @@ SAFE_EXPONENT = 32
 RESCORE_BLOCK_ELEMENTS = 1 << 21
 
 
-def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    """float64 if any input is float64, else float32 (half types accumulate in float32)."""
+def compute_dtype(*tensors) -> torch.dtype:
+    """float64 if any input (tensor or row source) is float64, else float32 (half types
+    accumulate in float32)."""
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
@@ -131,18 +133,9 @@ def knn(x, k, exclude_self=_UNSET, *, backend: str = "auto"):
     return search(x, None, k, exclude_self=exclude, backend=backend)
 
 
-def _scale_exponent(t: torch.Tensor) -> int:
-    """e such that t · 2**-e has its largest magnitude near 1; 0 when t is already in the safe range."""
-    return unit_exponent(max_abs(t), SAFE_EXPONENT)
-
-
-def _scaled(t: torch.Tensor, e: int) -> torch.Tensor:
-    return t if e == 0 else t * (2.0 ** -e)  # a power of two: exact in every float dtype
-
-
-def search(queries: torch.Tensor, keys: torch.Tensor | None, k: int, *, exclude_self: bool,
-           backend: str = "auto", unscale: bool = True):
-    """Exact kNN of validated features (``keys=None``: the self form).
+def search(queries, keys, k: int, *, exclude_self: bool, backend: str = "auto", unscale: bool = True):
+    """Exact kNN of validated features (``keys=None``: the self form); tensors or row sources
+    (:mod:`platonic_fast.rows`). Lists are for the rows the process owns, indices global.
 
     Returns ``(values, indices)``; with ``unscale=False``, ``(values, indices, e)`` where the true
     scores are ``values · 2**e`` (metrics that only scale-invariantly use the values take these).
@@ -152,37 +145,99 @@ def search(queries: torch.Tensor, keys: torch.Tensor | None, k: int, *, exclude_
     ValueError
         ``unscale`` and a score does not fit the output dtype (float32 for float32/half inputs).
     """
-    symmetric = keys is None
-    eq = _scale_exponent(queries)
-    q = _scaled(queries, eq)
-    ek = eq if symmetric else _scale_exponent(keys)
-    kt = None if symmetric else _scaled(keys, ek)
-    keys_ = q if symmetric else kt
-    n_cand = keys_.shape[0] - (1 if symmetric and exclude_self else 0)
-    name, impl = resolve("knn", backend, q.device, dtypes=(q.dtype, keys_.dtype), k=k)
-    from .._backends import backends_of
+    q = as_rows(queries)
+    vals, idx, e = search_rows(q, None if keys is None else as_rows(keys), k, exclude_self=exclude_self,
+                               backend=backend)
+    if not unscale:
+        return vals, idx, e
+    with q.comm.step():
+        vals = unscaled(vals, e)
+    return vals, idx
 
+
+def unscaled(vals: torch.Tensor, e: int) -> torch.Tensor:
+    """The true scores ``vals · 2**e`` in vals' dtype; ValueError when they do not fit it."""
+    if not e:
+        return vals
+    out = vals.to(torch.float64) * 2.0 ** e
+    if vals.dtype != torch.float64 and bool((out.abs() > torch.finfo(vals.dtype).max).any()):
+        raise ValueError(
+            f"kNN scores reach {float(out.abs().max()):.3g}, beyond {vals.dtype}; pass float64 features "
+            "(the neighbour lists are exact either way: metrics are unaffected)")
+    return out.to(vals.dtype)
+
+
+def search_rows(queries: RowSource, keys: RowSource | None, k: int, *, exclude_self: bool, backend: str = "auto",
+                more=None):
+    """The one kNN pass over row sources: scale, candidates (GEMM tiles and the top-k merger, or
+    the backend the registry picks), ordering pass (``more``: as :func:`settle`). Collective on
+    sharded sources.
+
+    Returns ``(values, indices, e)`` for the owned rows: true scores ``values · 2**e``.
+    """
+    symmetric = keys is None
+    eq = unit_exponent(queries.max_abs(), SAFE_EXPONENT)
+    q = queries.scaled(eq)
+    ek = eq if symmetric else unit_exponent(keys.max_abs(), SAFE_EXPONENT)
+    keys_ = q if symmetric else keys.scaled(ek)
+    n_cand = keys_.n - (1 if symmetric and exclude_self else 0)
+    with q.comm.step():
+        name, impl = resolve("knn", backend, q.device, dtypes=(q.dtype, keys_.dtype), k=k)
     limit = backends_of("knn")[name].limit_k()
     kk = min(k + RESCORE_EXTRA, n_cand, limit if limit is not None else n_cand)
     # values and indices, held about six times over by the merger, its outputs, the ordering pass
     # and a metric's own copies (measured: +1.3 GB for cknna with k = N - 1 at N = 5000)
-    warn_memory(f"kNN with k={k} over N={q.shape[0]}", 6.0 * q.shape[0] * kk * (vals_bytes(q) + 8),
+    where = f"N={q.n}" if q.n_local == q.n else f"{q.n_local} rows of N={q.n}"
+    warn_memory(f"kNN with k={k} over {where}", 6.0 * q.n_local * kk * (vals_bytes(q) + 8),
                 "neighbour metrics rarely need k near N (the paper uses k = 10)")
-    vals, idx = impl(q, kt, kk, exclude_self=exclude_self)
-    vals, idx = _settle(q, keys_, vals, idx, k, exclude_self=symmetric and exclude_self, n_cand=n_cand)
-    if not unscale:
-        return vals, idx, eq + ek
-    if eq + ek:
-        out = vals.to(torch.float64) * 2.0 ** (eq + ek)
-        if vals.dtype != torch.float64 and bool((out.abs() > torch.finfo(vals.dtype).max).any()):
-            raise ValueError(
-                f"kNN scores reach {float(out.abs().max()):.3g}, beyond {vals.dtype}; pass float64 features "
-                "(the neighbour lists are exact either way: metrics are unaffected)")
-        vals = out.to(vals.dtype)
-    return vals, idx
+    with torch.no_grad():
+        vals, idx = candidates(q, None if symmetric else keys_, kk, exclude_self, name, impl)
+        vals, idx = settle(q, keys_, vals, idx, k, exclude_self=symmetric and exclude_self, n_cand=n_cand,
+                           more=more)
+    return vals, idx, eq + ek
 
 
-def vals_bytes(x: torch.Tensor) -> int:
+def candidates(q: RowSource, keys: RowSource | None, kk: int, exclude_self: bool, name: str, impl):
+    """The top-kk of each owned row by computed score (values, global indices): the compiled CPU
+    tiles on the CPU (the source's panels; a shard's pairs of blocks multiplied once), else the
+    backend on the owned rows and every other block. Collective on sharded sources."""
+    dtype = compute_dtype(q, q if keys is None else keys)
+    cpu = name == "cpu" and q.device.type == "cpu"
+    if keys is not None:  # the cross form (sources that own every row)
+        if cpu:
+            return cpu_lists(q, keys, kk, exclude_self=False)
+        return impl(q.block(0, q.n_local), keys.block(0, keys.n_local), kk, exclude_self=False)
+    parts: list[tuple[torch.Tensor, torch.Tensor]] = []
+    with q.comm.step():
+        own = min(kk, q.n_local - (1 if exclude_self else 0))
+        if own > 0:
+            v, i = cpu_lists(q, None, own, exclude_self) if cpu else \
+                impl(q.block(0, q.n_local), None, own, exclude_self=exclude_self)
+            parts.append((v.to(dtype), i.to(torch.int64) + q.start))
+    parts += q.exchange_candidates(kk, dtype, None if cpu else impl)
+    with q.comm.step():
+        if not parts:
+            return empty_lists(q.n_local, kk, dtype, q.device)
+        return merge_lists(parts, kk)
+
+
+def empty_lists(n: int, kk: int, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.full((n, kk), -torch.inf, dtype=dtype, device=device),
+            torch.full((n, kk), -1, dtype=torch.int64, device=device))
+
+
+def merge_lists(parts: list[tuple[torch.Tensor, torch.Tensor]], kk: int):
+    """The best kk of candidate lists laid side by side (:func:`topk_merge`)."""
+    if len(parts) == 1 and parts[0][0].shape[1] == kk:
+        return parts[0]
+    from .topk_merge import topk_merge
+
+    v = torch.cat([p[0] for p in parts], dim=1)
+    i = torch.cat([p[1] for p in parts], dim=1)
+    return topk_merge(v, i, min(kk, v.shape[1]))
+
+
+def vals_bytes(x) -> int:
     return 8 if x.dtype == torch.float64 else 4
 
 
@@ -208,39 +263,59 @@ def _rounding_bound(d: int, u: float) -> float:
     return math.expm1(BOUND_LAMBDA * math.sqrt(d) * u + d * u * u / (1.0 - u))
 
 
-def _settle(q: torch.Tensor, keys: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor, k: int, *,
-            exclude_self: bool, n_cand: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k by exact score, ties to the smaller index, from a backend's top-kk (kk >= k).
+def settle(q: RowSource, keys: RowSource, vals: torch.Tensor, idx: torch.Tensor, k: int, *,
+           exclude_self: bool, n_cand: int, unit_roundoff: float | None = None, more=None):
+    """Top-k by exact score, ties to the smaller index, from the top-kk candidates (kk >= k) of
+    the owned rows of ``q`` among ``keys`` (``keys is q``: the self form). Collective on shards.
 
     Only the clusters of candidates whose computed scores lie within the rounding bound of a
-    neighbour (:func:`_rounding_bound`) are rescored in float64 and reordered; the rest of each
-    list is already certain.
+    neighbour (:func:`_rounding_bound`; ``unit_roundoff`` of the tile producer, by default the
+    GEMM's) are rescored in float64 and reordered; the rest of each list is already certain.
+    Member key rows are fetched from the source. Rows whose clusters reach past their
+    candidates get more (``more``, default :func:`more_candidates`) until none does. The rows
+    run in chunks of the source's ``settle_rows``: rows are independent, and the one thing a
+    chunk changes is which of several bitwise-identical keys stands for the others, whose
+    float64 scores are identical anyway.
     """
-    gamma = _rounding_bound(q.shape[1], _unit_roundoff(compute_dtype(q, keys)))
-    with torch.no_grad():
-        q_norm = _row_norms(q)
-        k_norm = q_norm if keys is q else _row_norms(keys)
-        # two computed scores can be out of order only when they are within 2γ̃‖x‖max‖y‖
-        delta = 2.0 * gamma * q_norm * k_norm.max()
-        out_v, out_i = vals[:, :k].clone(), idx[:, :k].clone()
-        rows = torch.arange(q.shape[0], device=q.device)
-        first_round = True
-        while rows.numel():
-            kk = idx.shape[1]
-            member, beyond = cluster_marks(vals, delta[rows], k, all_candidates=kk == n_cand)
-            busy = member.any(dim=1) & ~beyond
-            if bool(busy.any()):
-                sv, si = _reorder_clusters(q, keys, rows[busy], vals[busy], idx[busy], member[busy])
-                out_v[rows[busy]], out_i[rows[busy]] = sv[:, :k], si[:, :k]
-            if first_round:
-                first_round = False  # out_v, out_i already hold the backend's order
-            else:
-                calm = ~member.any(dim=1)
-                out_v[rows[calm]], out_i[rows[calm]] = vals[calm, :k], idx[calm, :k]
-            rows = rows[beyond]
-            if rows.numel():
-                vals, idx = _more_candidates(q, keys, rows, min(2 * kk, n_cand), exclude_self)
-    return out_v, out_i
+    comm, more = q.comm, more or more_candidates
+    with comm.step():
+        u = unit_roundoff if unit_roundoff is not None else _unit_roundoff(compute_dtype(q, keys))
+        gamma = _rounding_bound(q.width, u)
+        q_norm = source_norms(q)
+        top = float(q_norm.max()) if q_norm.numel() else 0.0
+        if keys is not q:
+            k_norm = source_norms(keys)
+            top = float(k_norm.max()) if k_norm.numel() else 0.0
+    # two computed scores can be out of order only when they are within 2γ̃‖x‖max‖y‖
+    delta = 2.0 * gamma * q_norm * comm.max(top)
+    out_v, out_i = vals[:, :k].clone(), idx[:, :k].clone()
+    rows = torch.arange(q.n_local, device=vals.device)
+    local = q.local()
+    first_round = True
+    while True:
+        kk = idx.shape[1]
+        step = q.settle_rows or max(1, rows.numel())
+        beyond_rows = []
+        for c0 in range(0, step * max(1, int(comm.max(-(-rows.numel() // step)))), step):
+            with comm.step():
+                v, ix, r = vals[c0: c0 + step], idx[c0: c0 + step], rows[c0: c0 + step]
+                member, beyond = cluster_marks(v, delta[r], k, all_candidates=kk == n_cand)
+                busy = member.any(dim=1) & ~beyond
+                want = torch.unique(ix[busy][member[busy]])
+            fetched = keys.fetch(want)
+            with comm.step():
+                if bool(busy.any()):
+                    sv, si = _reorder_clusters(local, fetched, r[busy], v[busy], ix[busy], member[busy])
+                    out_v[r[busy]], out_i[r[busy]] = sv[:, :k], si[:, :k]
+                if not first_round:  # the first round's out_v, out_i already hold the candidates' order
+                    calm = ~member.any(dim=1)
+                    out_v[r[calm]], out_i[r[calm]] = v[calm, :k], ix[calm, :k]
+                beyond_rows.append(r[beyond])
+        first_round = False
+        rows = torch.cat(beyond_rows)
+        if not comm.any(rows.numel() > 0):
+            return out_v, out_i
+        vals, idx = more(q, keys, rows, min(2 * kk, n_cand), exclude_self)
 
 
 def cluster_marks(vals: torch.Tensor, delta: torch.Tensor, k: int, *, all_candidates: bool):
@@ -327,16 +402,38 @@ def _dot64(q: torch.Tensor, keys: torch.Tensor, qi: torch.Tensor, ki: torch.Tens
     return out
 
 
-def _more_candidates(q: torch.Tensor, keys: torch.Tensor, rows: torch.Tensor, kk: int, exclude_self: bool):
-    """The top-kk candidates of query ``rows`` by the torch reference (no k limit, any device)."""
-    vals, idx = knn_torch(q[rows], keys, min(kk + exclude_self, keys.shape[0]), exclude_self=False)
-    if not exclude_self:
-        return vals, idx
-    # drop each row's own index (or, where rounding left it out, the last candidate)
-    own = idx == rows[:, None]
-    drop = torch.where(own.any(dim=1), own.to(torch.int8).argmax(dim=1), idx.shape[1] - 1)
-    keep = torch.ones_like(own).scatter_(1, drop[:, None], False)
-    return vals[keep].view(len(rows), -1)[:, :kk], idx[keep].view(len(rows), -1)[:, :kk]
+def more_candidates(q: RowSource, keys: RowSource, rows: torch.Tensor, kk: int, exclude_self: bool):
+    """The top-kk candidates of owned ``rows`` (local positions) over every key block of
+    ``keys``, by the torch reference's chunked products and exact top-k (no k limit, any
+    device), without each row's own index when excluded. Collective on shards."""
+    dtype = compute_dtype(q, keys)
+    with q.comm.step():
+        qs = q.local()[rows].to(dtype) if rows.numel() else None
+        own = rows.to(qs.device if qs is not None else q.device) + q.start  # global indices
+    running: list = []
+    for first, block in keys.key_blocks():
+        with q.comm.step():
+            nb = block.shape[0]
+            mine = exclude_self and bool(((own >= first) & (own < first + nb)).any())
+            m = min(kk, nb - (1 if mine else 0))
+            if qs is not None and m > 0:
+                kb = block.to(dtype)
+                chunk = max(1, TORCH_CHUNK_ELEMENTS // max(1, nb))
+                vs, is_ = [], []
+                for c0 in range(0, rows.numel(), chunk):
+                    s = qs[c0: c0 + chunk] @ kb.T
+                    if mine:  # each row's own score out of the running
+                        g = own[c0: c0 + chunk] - first
+                        at = ((g >= 0) & (g < nb)).nonzero().squeeze(1)
+                        s[at, g[at]] = -torch.inf
+                    v, i = _exact_topk(s, m)
+                    vs.append(v)
+                    is_.append(i)
+                running = [merge_lists(running + [(torch.cat(vs), torch.cat(is_) + first)], kk)]
+        del block
+    if not running:
+        return empty_lists(rows.numel(), kk, dtype, q.device)
+    return running[0]
 
 
 def _row_norms(t: torch.Tensor) -> torch.Tensor:
@@ -346,46 +443,129 @@ def _row_norms(t: torch.Tensor) -> torch.Tensor:
                       for i in range(0, t.shape[0], step)])
 
 
+def source_norms(s: RowSource) -> torch.Tensor:
+    """‖x_i‖ in float64 of the owned rows of a source, read a block at a time."""
+    step = max(1, RESCORE_BLOCK_ELEMENTS // max(1, s.width))
+    if not s.n_local:
+        return torch.zeros(0, dtype=torch.float64, device=s.device)
+    return torch.cat([torch.linalg.vector_norm(s.block(r0, r1).to(torch.float64), dim=1)
+                      for r0, r1 in s.blocks(step)])
+
+
 def _blocks(n: int, size: int):
     return [(s, min(n, s + size)) for s in range(0, n, size)]
+
+
+_DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64"}
+
+
+def new_merger(n_rows: int, k: int, dtype: torch.dtype):
+    """The compiled running top-k of ``n_rows`` rows (float32 or float64 tiles)."""
+    from .. import _core
+
+    return _core.KnnMerger(n_rows, k, _DTYPE_NAMES[dtype])
+
+
+def gemm(qb: torch.Tensor, kb: torch.Tensor, out: torch.Tensor) -> None:
+    """The default tile producer: out = qb · kbᵀ (MKL/oneDNN sgemm on the CPU)."""
+    torch.mm(qb, kb.T, out=out)
+
+
+def tile_loop(get_q, get_k, q_blocks, k_blocks, merge, *, dtype: torch.dtype, symmetric: bool = False,
+              panel: int = 1, product=gemm, bar=None) -> None:
+    """The one CPU tile loop: every tile of query blocks x key blocks (``symmetric``: the upper
+    triangle only, the score matrix being symmetric), produced by ``product(qb, kb, out)`` and
+    handed to ``merge(scores, q0, k0, mirror)`` (``mirror``: an off-diagonal tile of the
+    symmetric form, to be merged into its columns as well). ``get_q(r0, r1)`` / ``get_k`` read
+    rows. Only one tile of scores exists at a time.
+
+    ``panel`` query blocks are held while every (later) key block is read once: 1 in memory
+    (where a block is a free view), more for sources whose reads cost (a file's panels). A
+    different tile producer (a screen in a cheaper precision) plugs in as ``product``; its
+    rounding bound goes to :func:`settle`.
+    """
+    rows = max(r1 - r0 for r0, r1 in q_blocks)
+    buf = torch.empty(rows, max(r1 - r0 for r0, r1 in k_blocks), dtype=dtype)
+    for p0 in range(0, len(q_blocks), panel):
+        p1 = min(len(q_blocks), p0 + panel)
+        # .to().contiguous() is free for contiguous float32 input; converts half types per block.
+        held = {bi: get_q(*q_blocks[bi]).to(dtype).contiguous() for bi in range(p0, p1)}
+        for bj in range(p0 if symmetric else 0, len(k_blocks)):
+            k0, k1 = k_blocks[bj]
+            kb = held[bj] if symmetric and bj in held else get_k(k0, k1).to(dtype).contiguous()
+            for bi in range(p0, min(p1, bj + 1) if symmetric else p1):
+                q0, q1 = q_blocks[bi]
+                tile = buf[: q1 - q0, : k1 - k0]
+                product(held[bi], kb, tile)
+                merge(tile.numpy(), q0, k0, symmetric and bj > bi)
+                if bar is not None:
+                    bar.update()
+            del kb
+        del held
+
+
+def cpu_lists(q: RowSource, keys: RowSource | None, k: int, exclude_self: bool, *, product=gemm):
+    """Top-k lists of the owned rows of ``q`` among its own rows (``keys=None``: symmetric tiles,
+    each computed once and merged both ways) or among ``keys``, by the compiled merger; indices
+    local to the block of keys. The tiles are ``cpu_tile_rows`` rows; the source's
+    ``panel_blocks`` say how many query blocks are held at once."""
+    symmetric = keys is None
+    keys_ = q if symmetric else keys
+    dtype = compute_dtype(q, keys_)
+    merger = new_merger(q.n_local, k, dtype)
+    rows = cpu_tile_rows(max(q.n_local, keys_.n_local))
+    q_blocks = q.blocks(rows)
+    k_blocks = q_blocks if symmetric else keys_.blocks(rows)
+    n_tiles = len(q_blocks) * (len(q_blocks) + 1) // 2 if symmetric else len(q_blocks) * len(k_blocks)
+    flops = 2.0 * q.n_local * keys_.n_local * q.width * (0.5 if symmetric else 1.0)
+    # disable=None: tqdm shows the bar only when stderr is a terminal (no log spam in batch jobs).
+    bar = tqdm(total=n_tiles, desc=f"knn N={q.n_local}", unit="tile", leave=False,
+               disable=None if flops >= PROGRESS_MIN_FLOPS else True)
+
+    def merge(scores, q0, k0, mirror):
+        merger.add_rows(scores, q0, k0, exclude_self)
+        if mirror:
+            merger.add_cols(scores, q0, k0, exclude_self)
+
+    tile_loop(q.block, keys_.block, q_blocks, k_blocks, merge, dtype=dtype, symmetric=symmetric,
+              panel=q.panel_blocks, product=product, bar=bar)
+    bar.close()
+    values, indices = merger.finalize()
+    return torch.from_numpy(values), torch.from_numpy(indices)
+
+
+def pair_lists(q: torch.Tensor, block: torch.Tensor, a: tuple[int, int], b: tuple[int, int], q_start: int,
+               b_start: int, rows_merger, kk: int, dtype: torch.dtype, *, product=gemm):
+    """CPU tiles of ``q[a0:a1] x block[b0:b1]ᵀ`` (two different row sets, each pair of blocks
+    multiplied once): rows merged into ``rows_merger`` (candidates ``b_start + ..``, global),
+    columns into a new merger whose top-kk for block rows [b0, b1) it returns (candidates
+    ``q_start + ..``, global)."""
+    (a0, a1), (b0, b1) = a, b
+    cols_merger = new_merger(b1 - b0, kk, dtype) if b1 > b0 else None
+    if a1 > a0 and b1 > b0:
+        rows = cpu_tile_rows(max(a1 - a0, b1 - b0))
+
+        def merge(scores, q0, k0, mirror):
+            rows_merger.add_rows(scores, q0, b_start + k0, False)
+            cols_merger.add_cols(scores, q_start + q0, k0 - b0, False)
+
+        tile_loop(lambda r0, r1: q[r0:r1], lambda r0, r1: block[r0:r1], _blocks_from(a0, a1, rows),
+                  _blocks_from(b0, b1, rows), merge, dtype=dtype, product=product)
+    if cols_merger is None:
+        return empty_lists(0, kk, dtype, q.device)
+    v, i = cols_merger.finalize()
+    return torch.from_numpy(v), torch.from_numpy(i)
+
+
+def _blocks_from(r0: int, r1: int, size: int):
+    return [(s, min(r1, s + size)) for s in range(r0, r1, size)]
 
 
 @register("knn", "cpu", devices=("cpu",), needs=("core",))
 def knn_cpu(queries: torch.Tensor, keys: torch.Tensor | None, k: int, *, exclude_self: bool):
     """CPU backend. ``keys=None`` means the self form (symmetric tiles, each computed once)."""
-    from .. import _core
-
-    symmetric = keys is None
-    keys_ = queries if symmetric else keys
-    dtype = compute_dtype(queries, keys_)
-    merger = (_core.KnnMergerF64 if dtype == torch.float64 else _core.KnnMergerF32)(queries.shape[0], k)
-    rows = cpu_tile_rows(max(queries.shape[0], keys_.shape[0]))
-    q_blocks = _blocks(queries.shape[0], rows)
-    k_blocks = q_blocks if symmetric else _blocks(keys_.shape[0], rows)
-    buf = torch.empty(min(rows, queries.shape[0]), min(rows, keys_.shape[0]), dtype=dtype)
-    n_tiles = len(q_blocks) * (len(q_blocks) + 1) // 2 if symmetric else len(q_blocks) * len(k_blocks)
-    flops = 2.0 * queries.shape[0] * keys_.shape[0] * queries.shape[1] * (0.5 if symmetric else 1.0)
-    # disable=None: tqdm shows the bar only when stderr is a terminal (no log spam in batch jobs).
-    bar = tqdm(total=n_tiles, desc=f"knn N={queries.shape[0]}", unit="tile", leave=False,
-               disable=None if flops >= PROGRESS_MIN_FLOPS else True)
     with torch.no_grad():
-        for bi, (q0, q1) in enumerate(q_blocks):
-            # .to().contiguous() is free for contiguous float32 input; converts half types per block.
-            qb = queries[q0:q1].to(dtype).contiguous()
-            for bj, (k0, k1) in enumerate(k_blocks):
-                if symmetric and bj < bi:
-                    continue  # already merged from the transposed tile
-                kb = qb if (symmetric and bj == bi) else keys_[k0:k1].to(dtype).contiguous()
-                tile = buf[: q1 - q0, : k1 - k0]
-                torch.mm(qb, kb.T, out=tile)
-                scores = tile.numpy()
-                merger.add_rows(scores, q0, k0, exclude_self)
-                if symmetric and bj > bi:
-                    merger.add_cols(scores, q0, k0, exclude_self)
-                bar.update()
-    bar.close()
-    values, indices = merger.finalize()
-    return torch.from_numpy(values), torch.from_numpy(indices)
+        return cpu_lists(TensorRows(queries), None if keys is None else TensorRows(keys), k, exclude_self)
 
 
 def _triton_max_k() -> int:
