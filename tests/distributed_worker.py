@@ -201,7 +201,8 @@ def battery(rank: int, world: int) -> dict:
 def failures(rank: int, world: int) -> dict:
     """Failures that every rank must see (recorded per item: the error each rank raised)."""
     import platonic_fast.distributed as pfd
-    from platonic_fast.distributed import _knn
+    from platonic_fast.ops import knn as _knn  # the pair tiles of the shards' block exchange
+    from platonic_fast.rows import ShardRows
 
     out: dict = {}
     rows = bounds(sizes(N, world), rank)
@@ -223,39 +224,39 @@ def failures(rank: int, world: int) -> dict:
         return pfd.measure("mutual_knn", x, b[rows], topk=5)
 
     item("nan_on_one_rank", nan_on_last)
-    real = _knn._cross_tiles
-    real_each = _knn._blocks_each
+    real = _knn.pair_lists
+    real_each = ShardRows._every_block
 
     def broken(*args, **kwargs):
         if rank == 1:
             raise MemoryError("injected failure in the ring")
         return real(*args, **kwargs)
 
-    _knn._cross_tiles = broken
+    _knn.pair_lists = broken
     item("fail_mid_ring", lambda: pfd.knn(a[rows], 5))
-    _knn._cross_tiles = real
+    _knn.pair_lists = real
     item("ok_after_failures", lambda: pfd.measure("cka", a[rows], b[rows]))
     item("width_mismatch", lambda: pfd.knn(a[rows] if rank else a[rows, :5], 3))
     item("rows_mismatch", lambda: pfd.measure("cka", a[rows], b[rows][: max(0, rows.stop - rows.start - rank)]))
-    assert _knn._blocks_each is real_each
+    assert ShardRows._every_block is real_each
     return out
 
 
 def dies(rank: int, world: int) -> dict:
     """Rank 1 exits abruptly in the middle of the kNN ring: the others must raise."""
     import platonic_fast.distributed as pfd
-    from platonic_fast.distributed import _knn
+    from platonic_fast.ops import knn as _knn
 
     rows = bounds(sizes(N, world), rank)
     a, _ = pair(1, torch.float32)
-    real = _knn._cross_tiles
+    real = _knn.pair_lists
 
     def crash(*args, **kwargs):
         if rank == 1:
             os._exit(17)
         return real(*args, **kwargs)
 
-    _knn._cross_tiles = crash
+    _knn.pair_lists = crash
     t0 = time.perf_counter()
     try:
         pfd.knn(a[rows], 5, timeout=5)

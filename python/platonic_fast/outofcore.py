@@ -51,9 +51,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from ._checks import ConstantFeaturesError, DegenerateInputWarning, unit_exponent, warn_memory
+from ._checks import ConstantFeaturesError, DegenerateInputWarning, unit_exponent
 from .features.blocks import FeatureFile
 from .metrics import METRICS, Neighbours, Prepared, _cknna_state, metric_spec, prepare
 from .ops.knn import more_candidates as _more_candidates

@@ -19,6 +19,14 @@ Whatever the backend, two steps make the answer exact (:func:`search`):
   in float64, identical keys getting the identical number, and sorted by (score, index). A few
   extra candidates per row (``RESCORE_EXTRA``) cover the k-th place; a row whose near-ties reach
   past them gets more candidates from the torch reference until they do not.
+
+One pass whatever the storage (:func:`search_rows`): the rows come from a row source
+(:mod:`platonic_fast.rows`: a tensor, a memory-mapped feature file, a rank's shard), and the
+source decides how it is read -- panels of query rows for a file, pairs of rank blocks
+exchanged through the communicator for a shard. The tile loop (:func:`tile_loop`), the merger,
+the ordering pass (:func:`settle`) and the extra candidates (:func:`more_candidates`) exist
+once; the backend registry picks the backend for every source. The module is long because it
+is the whole engine of the op, the public wrapper and its three backends included.
 """
 
 from __future__ import annotations
@@ -436,13 +444,6 @@ def more_candidates(q: RowSource, keys: RowSource, rows: torch.Tensor, kk: int, 
     return running[0]
 
 
-def _row_norms(t: torch.Tensor) -> torch.Tensor:
-    """‖t_i‖ in float64, a block of rows at a time (no float64 copy of the whole matrix)."""
-    step = max(1, RESCORE_BLOCK_ELEMENTS // max(1, t.shape[1]))
-    return torch.cat([torch.linalg.vector_norm(t[i: i + step].to(torch.float64), dim=1)
-                      for i in range(0, t.shape[0], step)])
-
-
 def source_norms(s: RowSource) -> torch.Tensor:
     """‖x_i‖ in float64 of the owned rows of a source, read a block at a time."""
     step = max(1, RESCORE_BLOCK_ELEMENTS // max(1, s.width))
@@ -450,10 +451,6 @@ def source_norms(s: RowSource) -> torch.Tensor:
         return torch.zeros(0, dtype=torch.float64, device=s.device)
     return torch.cat([torch.linalg.vector_norm(s.block(r0, r1).to(torch.float64), dim=1)
                       for r0, r1 in s.blocks(step)])
-
-
-def _blocks(n: int, size: int):
-    return [(s, min(n, s + size)) for s in range(0, n, size)]
 
 
 _DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64"}
