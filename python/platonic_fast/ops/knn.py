@@ -141,6 +141,11 @@ def knn(x, k, exclude_self=_UNSET, *, backend: str = "auto"):
     return search(x, None, k, exclude_self=exclude, backend=backend)
 
 
+def gemm(qb: torch.Tensor, kb: torch.Tensor, out: torch.Tensor) -> None:
+    """The default tile producer: out = qb · kbᵀ (MKL/oneDNN sgemm on the CPU)."""
+    torch.mm(qb, kb.T, out=out)
+
+
 def search(queries, keys, k: int, *, exclude_self: bool, backend: str = "auto", unscale: bool = True):
     """Exact kNN of validated features (``keys=None``: the self form); tensors or row sources
     (:mod:`platonic_fast.rows`). Lists are for the rows the process owns, indices global.
@@ -176,10 +181,13 @@ def unscaled(vals: torch.Tensor, e: int) -> torch.Tensor:
 
 
 def search_rows(queries: RowSource, keys: RowSource | None, k: int, *, exclude_self: bool, backend: str = "auto",
-                more=None):
+                more=None, product=gemm, unit_roundoff: float | None = None):
     """The one kNN pass over row sources: scale, candidates (GEMM tiles and the top-k merger, or
-    the backend the registry picks), ordering pass (``more``: as :func:`settle`). Collective on
-    sharded sources.
+    the backend the registry picks), ordering pass. Collective on sharded sources.
+
+    The CPU tiles come from ``product`` (see :func:`tile_loop`) and the ordering pass rescores
+    within the rounding bound of ``unit_roundoff`` (see :func:`settle`): a cheaper tile producer
+    (a screen) plugs in with its bound, and the pass stays exact. ``more``: as :func:`settle`.
 
     Returns ``(values, indices, e)`` for the owned rows: true scores ``values · 2**e``.
     """
@@ -199,13 +207,14 @@ def search_rows(queries: RowSource, keys: RowSource | None, k: int, *, exclude_s
     warn_memory(f"kNN with k={k} over {where}", 6.0 * q.n_local * kk * (vals_bytes(q) + 8),
                 "neighbour metrics rarely need k near N (the paper uses k = 10)")
     with torch.no_grad():
-        vals, idx = candidates(q, None if symmetric else keys_, kk, exclude_self, name, impl)
+        vals, idx = candidates(q, None if symmetric else keys_, kk, exclude_self, name, impl, product=product)
         vals, idx = settle(q, keys_, vals, idx, k, exclude_self=symmetric and exclude_self, n_cand=n_cand,
-                           more=more)
+                           more=more, unit_roundoff=unit_roundoff)
     return vals, idx, eq + ek
 
 
-def candidates(q: RowSource, keys: RowSource | None, kk: int, exclude_self: bool, name: str, impl):
+def candidates(q: RowSource, keys: RowSource | None, kk: int, exclude_self: bool, name: str, impl, *,
+               product=None):
     """The top-kk of each owned row by computed score (values, global indices): the compiled CPU
     tiles on the CPU (the source's panels; a shard's pairs of blocks multiplied once), else the
     backend on the owned rows and every other block. Collective on sharded sources."""
@@ -213,13 +222,13 @@ def candidates(q: RowSource, keys: RowSource | None, kk: int, exclude_self: bool
     cpu = name == "cpu" and q.device.type == "cpu"
     if keys is not None:  # the cross form (sources that own every row)
         if cpu:
-            return cpu_lists(q, keys, kk, exclude_self=False)
+            return cpu_lists(q, keys, kk, exclude_self=False, product=product or gemm)
         return impl(q.block(0, q.n_local), keys.block(0, keys.n_local), kk, exclude_self=False)
     parts: list[tuple[torch.Tensor, torch.Tensor]] = []
     with q.comm.step():
         own = min(kk, q.n_local - (1 if exclude_self else 0))
         if own > 0:
-            v, i = cpu_lists(q, None, own, exclude_self) if cpu else \
+            v, i = cpu_lists(q, None, own, exclude_self, product=product or gemm) if cpu else \
                 impl(q.block(0, q.n_local), None, own, exclude_self=exclude_self)
             parts.append((v.to(dtype), i.to(torch.int64) + q.start))
     parts += q.exchange_candidates(kk, dtype, None if cpu else impl)
@@ -461,11 +470,6 @@ def new_merger(n_rows: int, k: int, dtype: torch.dtype):
     from .. import _core
 
     return _core.KnnMerger(n_rows, k, _DTYPE_NAMES[dtype])
-
-
-def gemm(qb: torch.Tensor, kb: torch.Tensor, out: torch.Tensor) -> None:
-    """The default tile producer: out = qb · kbᵀ (MKL/oneDNN sgemm on the CPU)."""
-    torch.mm(qb, kb.T, out=out)
 
 
 def tile_loop(get_q, get_k, q_blocks, k_blocks, merge, *, dtype: torch.dtype, symmetric: bool = False,
