@@ -19,8 +19,8 @@ PKG = Path(__file__).resolve().parents[1] / "python" / "platonic_fast"
 
 
 class SmallBlocks(rows_mod.TensorRows):
-    """A tensor read as a file would be: key blocks of 100 rows, panels of 2 query blocks, the
-    ordering pass in chunks of 16 rows, rows fetched as copies."""
+    """A tensor read as a file would be: key blocks of 100 rows, panels of 2 query tile blocks,
+    the ordering pass in chunks of 16 rows, rows fetched as copies."""
 
     panel_blocks, settle_rows = 2, 16
 
@@ -38,13 +38,14 @@ class SmallBlocks(rows_mod.TensorRows):
 @pytest.fixture
 def ties():
     g = torch.Generator().manual_seed(3)
-    x = torch.nn.functional.normalize(torch.randn(1300, 24, generator=g), dim=1)
-    x[100:170] = x[400]  # 71 identical rows: clusters reach past k + 4 candidates
+    x = torch.nn.functional.normalize(torch.randn(700, 16, generator=g), dim=1)
+    x[100:150] = x[400]  # 51 identical rows: clusters reach past k + 4 candidates
     return x
 
 
-@pytest.mark.parametrize("k,exclude", [(10, True), (5, False), (90, True)])
+@pytest.mark.parametrize("k,exclude", [(10, True), (5, False), (60, True)])
 def test_a_new_source_gives_the_in_memory_lists(ties, k, exclude, monkeypatch):
+    monkeypatch.setattr(knn_mod, "SMALL_N_TILE_ROWS", 128)  # 6 tile blocks: 3 panels of 2
     calls = []
     real = knn_mod.more_candidates
     monkeypatch.setattr(knn_mod, "more_candidates", lambda *a: calls.append(1) or real(*a))
