@@ -388,6 +388,26 @@ def test_bad_inputs_end_in_one_line(root, capsys, tmp_path):
     assert not (tmp_path / "never").exists()
 
 
+def test_cnn_from_a_local_folder_extracts_every_stage_with_spatial_pooling(root, capsys, tmp_path, monkeypatch):
+    """A CNN's weights in a local folder (how weights shipped in a package are read): without --pool it
+    takes the spatial mean; --pool cls fails before its weights load."""
+    import importlib
+
+    from timm.models import save_for_hf
+
+    torch.manual_seed(2)
+    cnn = timm.create_model("test_efficientnet", pretrained=False, num_classes=0)
+    save_for_hf(cnn, str(tmp_path / "cnn"), model_args={"num_classes": 0}, safe_serialization=True)
+    extract(capsys, tmp_path, tmp_path / "cnn", "--images", root / "imgs")
+    f = features.load(tmp_path / "feats/cnn_pool-mean.safetensors")
+    assert f.meta["pooling"] == "mean" and len(f.layers) == 5 and f.layers[0].shape[0] == N
+    monkeypatch.setattr(importlib.import_module("platonic_fast.features.vision"), "_load",
+                        lambda *a, **k: pytest.fail("weights loaded before the pool was checked"))
+    code, _, err = run(capsys, "extract", tmp_path / "cnn", "--images", root / "imgs", "--pool", "cls",
+                       "--out", tmp_path / "never", "--no-progress")
+    assert code == 2 and "use pool='mean'" in err and not (tmp_path / "never").exists()
+
+
 def test_uncached_hub_id_is_a_runtime_error_with_suggestions(root, capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     code, _, err = run(capsys, "extract", "bigscience/bloomz-560", "--texts", root / "caps.txt", "--out",

@@ -342,6 +342,54 @@ def test_vision_stage_model_gives_list_of_layers(images):
         features.vision(cnn, images[:1], transform=tr, pool="cls")
 
 
+def _small(img):
+    return torch.from_numpy(np.asarray(img.resize((32, 32)), dtype=np.float32)).permute(2, 0, 1) / 255
+
+
+@pytest.mark.parametrize("name, source, stages", [("test_resnet", "forward_intermediates", 5),
+                                                   ("test_efficientnet", "blocks (forward hooks)", 5),
+                                                   ("test_convnext", "forward_intermediates", 4)])
+def test_vision_cnns_give_every_stage_spatially_pooled(images, name, source, stages):
+    torch.manual_seed(5)
+    cnn = timm.create_model(name, pretrained=False, num_classes=0).eval()
+    f = features.vision(cnn, images[:3], transform=_small, pool="mean", batch_size=2, progress=False)
+    assert f.meta["layer_source"] == source and len(f.layers) == stages
+    assert all(t.shape[0] == 3 and t.dtype == torch.float32 for t in f.layers)
+    from PIL import Image
+
+    x = torch.stack([_small(Image.fromarray(a)) for a in images[:3]])
+    with torch.no_grad():
+        if source == "forward_intermediates":
+            maps = cnn.forward_intermediates(x, intermediates_only=True)
+        else:  # EfficientNet: the stem, then every stage in ``blocks``
+            h, maps = cnn.bn1(cnn.conv_stem(x)), []
+            for stage in cnn.blocks:
+                h = stage(h)
+                maps.append(h)
+    for got, fmap in zip(f.layers, maps):
+        torch.testing.assert_close(got, fmap.mean(dim=(2, 3)), atol=ATOL, rtol=0)
+
+
+def test_vision_cnn_pool_is_checked_before_any_weights_load(images, monkeypatch):
+    import importlib
+
+    mod = importlib.import_module("platonic_fast.features.vision")
+
+    def no_load(*a, **k):
+        raise AssertionError("weights loaded before the pool was checked")
+
+    monkeypatch.setattr(mod, "_load", no_load)
+    for name in ("test_resnet", "test_efficientnet", "test_convnext"):
+        with pytest.raises(ValueError, match="pool='mean'"):
+            features.vision(name, images[:1], pool="cls", progress=False)
+        assert mod.default_pool(name) == "mean"
+    assert mod.default_pool("test_vit") == "cls"
+    monkeypatch.undo()
+    f = features.vision("test_efficientnet", images[:2], transform=_small, pool="mean", random_init=True,
+                        progress=False)
+    assert len(f.layers) == 5 and f.meta["random_init"] is True
+
+
 def test_vision_argument_errors(vit, images):
     with pytest.raises(ValueError, match="pool"):
         features.vision(vit, images, pool="avg")

@@ -75,7 +75,8 @@ def add_parsers(sub, debug_parent) -> None:
     model.add_argument("--modality", choices=["language", "vision"],
                        help="force the kind of every model (default: from the model: timm names and timm folders "
                        "are vision, transformers ones language)")
-    model.add_argument("--pool", help="language: avg (default) or last; vision: cls (default) or mean")
+    model.add_argument("--pool", help="language: avg (default) or last; vision: cls (the default for models with a class "
+                       "token) or mean (patch-token mean; for CNNs, the spatial mean of every stage, their default)")
     model.add_argument("--batch-size", type=int, default=None)
     model.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     model.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: fp32 on CPU, bf16 on GPU)")
@@ -150,6 +151,7 @@ class Job:
     kind: str  # "language" | "vision"
     stem: str  # output file stem
     from_set: bool = False
+    pool: str = "avg"  # --pool, else the model's default (a CNN's is "mean": it has no class token)
 
 
 def run_extract(args) -> int:
@@ -284,23 +286,27 @@ def _jobs(args) -> list[Job]:
                 C.check_kind(source, kind)  # a forced --modality that the folder contradicts
             except ValueError as e:
                 raise UsageError(f"--modality {kind}: {e}") from None
-        if kind == "vision" and not local:
-            from .vision import timm_name
+        pool = args.pool or "avg"
+        if kind == "vision":
+            from .vision import check_source_pool, default_pool
 
-            try:
-                timm_name(source, args.revision)
+            try:  # the name and the pool are checked here, before any weights load
+                if args.pool is None:
+                    pool = default_pool(source, None if local else args.revision)
+                else:
+                    check_source_pool(source, args.pool, None if local else args.revision)
             except ValueError as e:
                 raise UsageError(f"{label}: {e}") from None
         if local and args.revision is not None:
             raise UsageError(f"--revision applies to hub models; {label!r} is a local folder (for the dataset's "
                              "revision use --dataset-revision)")
         stem = name or _stem(source, local)
-        stem += f"_pool-{args.pool or ('avg' if kind == 'language' else 'cls')}"
+        stem += f"_pool-{pool}"
         if args.revision is not None:
             stem += "_rev-" + re.sub(r"[^A-Za-z0-9._-]", "_", args.revision)
         if args.random_init:
             stem += "_random-init"
-        jobs.append(Job(label, source, kind, stem, from_set))
+        jobs.append(Job(label, source, kind, stem, from_set, pool))
     seen: dict[str, Job] = {}
     for job in jobs:
         other = seen.get(job.stem)
@@ -402,7 +408,7 @@ def _wanted(job: Job, samples, args) -> dict:
     from . import _common as C
 
     return {"model_id": C.model_identity(job.source), "modality": job.kind,
-            "pooling": args.pool or ("avg" if job.kind == "language" else "cls"), "revision": args.revision,
+            "pooling": job.pool, "revision": args.revision,
             "random_init": bool(args.random_init), "seed": args.seed if args.random_init else None,
             "fingerprint": samples.fingerprint, "spec": samples.spec_for(job.kind)}
 
@@ -451,7 +457,7 @@ def _plan(jobs: list[Job], samples, out: Path, args) -> list[tuple[Job, Path, bo
 def _extract_one(job: Job, path: Path, samples, args, opts: dict) -> None:
     from . import language, vision
 
-    kwargs = {"pool": args.pool or ("avg" if job.kind == "language" else "cls"), "device": opts["device"],
+    kwargs = {"pool": job.pool, "device": opts["device"],
               "dtype": opts["dtype"], "progress": not args.no_progress, "revision": args.revision,
               "random_init": args.random_init, "seed": args.seed, "dataset": samples.label}
     if args.batch_size is not None:

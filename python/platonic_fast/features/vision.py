@@ -6,8 +6,11 @@ reference's ``blocks.{i}.add_1`` feature-extractor nodes return. ``pool="cls"`` 
 token, ``pool="mean"`` the mean of the patch tokens (class and register tokens excluded, as
 timm's own ``global_pool="avg"``). Only ``forward_features`` runs: the head is skipped.
 
-Models without ``blocks`` but with timm's ``forward_intermediates`` (CNNs, Swin, ...) give every
-stage's output there; they have no class token, so only ``pool="mean"`` (spatial mean) applies.
+CNNs (ResNet, EfficientNet, ConvNeXt, ...) have no class token: ``pool="mean"`` takes the spatial
+mean of every stage's feature map. EfficientNet/MobileNet keep their stages in ``blocks`` (hooked
+like a ViT's, pooled over height and width); the others give every stage through timm's
+``forward_intermediates``. Whether a model has a class token is read from its architecture built
+on the meta device (no weights, no memory) before anything loads, so a wrong ``pool`` fails at once.
 """
 
 from __future__ import annotations
@@ -115,16 +118,20 @@ def _load(source: str, dtype: torch.dtype, opts: C.LoadOptions):
 class _BlockHooks:
     """Forward hooks pooling each block's output as soon as it is produced (no B x T x D kept)."""
 
-    def __init__(self, blocks, pool: str, prefix: int):
-        self.pool, self.prefix = pool, prefix
+    def __init__(self, blocks, pool: str, prefix: int, channels_last: bool = False):
+        self.pool, self.prefix, self.channels_last = pool, prefix, channels_last
         self.outputs: list[torch.Tensor | None] = [None] * len(blocks)
         self.handles = [b.register_forward_hook(self._hook(i)) for i, b in enumerate(blocks)]
 
     def _hook(self, i: int):
         def hook(module, args, output):
             x = output[0] if isinstance(output, (tuple, list)) else output
+            if x.dim() == 4 and self.pool == "mean":  # a CNN stage's feature map: spatial mean
+                self.outputs[i] = x.float().mean(dim=(1, 2) if self.channels_last else (2, 3))
+                return
             if x.dim() != 3:
-                raise ValueError(f"block {i} returned shape {tuple(x.shape)}; expected batch x tokens x width")
+                raise ValueError(f"block {i} returned shape {tuple(x.shape)}; expected batch x tokens x width "
+                                 "(or a batch x channels x height x width feature map, with pool='mean')")
             self.outputs[i] = x[:, 0].float() if self.pool == "cls" else x[:, self.prefix:].float().mean(dim=1)
         return hook
 
@@ -146,17 +153,10 @@ def _pool_intermediate(x: torch.Tensor) -> torch.Tensor:
 def _run(model, images, transform, pool, batch_size, device, dtype, progress, desc):
     n = len(images)
     hooks = None
+    check_model_pool(model, pool)
     if _has_blocks(model):
-        prefix = int(getattr(model, "num_prefix_tokens", 1 if getattr(model, "cls_token", None) is not None else 0))
-        if pool == "cls" and (getattr(model, "cls_token", None) is None or prefix == 0):
-            raise ValueError(f"pool='cls' needs a class token; {type(model).__name__} has none: use pool='mean'")
-        hooks = _BlockHooks(model.blocks, pool, prefix)
-    elif hasattr(model, "forward_intermediates"):
-        if pool == "cls":
-            raise ValueError(f"pool='cls' needs a class token; {type(model).__name__} has no 'blocks': use pool='mean'")
-    else:
-        raise ValueError(f"{type(model).__name__} has neither 'blocks' nor 'forward_intermediates'; "
-                         "only timm models are supported")
+        hooks = _BlockHooks(model.blocks, pool, _prefix_tokens(model),
+                            channels_last=getattr(model, "output_fmt", "NCHW") == "NHWC")
     buffer = C.LayerBuffer(n)
     bar = tqdm(total=n, desc=desc, unit="image", disable=not progress)
     try:
@@ -203,7 +203,9 @@ def vision(model, images: Sequence[Any], transform=None, pool: str = "cls", batc
         PIL image -> C x H x W tensor. Default: timm's evaluation transform for the model
         (``resolve_model_data_config`` + ``create_transform``).
     pool : {"cls", "mean"}, default "cls"
-        The class token, or the mean of the patch tokens, of every block's output.
+        The class token, or the mean of the patch tokens, of every block's output. CNNs have no
+        class token: ``"mean"`` is the spatial mean of every stage's feature map (``"cls"`` on a
+        CNN named by a string fails before its weights load).
     batch_size : int, default 32
     device : str or torch.device, optional
         Default: a built model's device, else CUDA when available, else CPU.
@@ -271,6 +273,7 @@ def vision(model, images: Sequence[Any], transform=None, pool: str = "cls", batc
         name = (getattr(model, "pretrained_cfg", None) or {}).get("architecture") or type(model).__name__
         return _extract(model, images, transform, pool, batch_size, dev, dt, progress,
                         {"model": name, "model_id": name, "dataset": dataset, "samples": samples}, restore=True)
+    check_source_pool(source, pool, opts.revision)  # a wrong pool fails here, before any weights load
     dev = C.resolve_device(device)
     dt = C.resolve_dtype(dtype, dev)
     loaded = _load(source, dt, opts)
@@ -283,6 +286,54 @@ def vision(model, images: Sequence[Any], transform=None, pool: str = "cls", batc
     finally:
         del loaded  # the only reference: the model goes with it
         C.release_memory()
+
+
+def _prefix_tokens(model) -> int:
+    return int(getattr(model, "num_prefix_tokens", 1 if getattr(model, "cls_token", None) is not None else 0))
+
+
+def model_pools(model) -> tuple[str, ...]:
+    """The pools ``model``'s architecture admits: ("cls", "mean") with a class token, else ("mean",)."""
+    if not _has_blocks(model) and not hasattr(model, "forward_intermediates"):
+        raise ValueError(f"{type(model).__name__} has neither 'blocks' nor 'forward_intermediates'; "
+                         "only timm models are supported")
+    has_cls = _has_blocks(model) and getattr(model, "cls_token", None) is not None and _prefix_tokens(model) > 0
+    return ("cls", "mean") if has_cls else ("mean",)
+
+
+def check_model_pool(model, pool: str, label: str | None = None) -> None:
+    C.check_pool(pool, POOLS)
+    if pool not in model_pools(model):
+        raise ValueError(f"pool='cls' needs a class token; {label or type(model).__name__} has none (a CNN, or a "
+                         "model without one): use pool='mean' (--pool mean), the mean over patch tokens or, for a "
+                         "CNN, the spatial mean of every stage's feature map")
+
+
+def _skeleton(source: str, revision: str | None):
+    """The architecture named ``source`` built on the meta device (no weights read, no memory taken),
+    or None when it cannot be built that way (then the pool is checked once the model has loaded)."""
+    import timm
+
+    name = timm_name(source, revision)
+    try:
+        with C.hub_loading(source, "timm"), torch.device("meta"):
+            return timm.create_model(name, pretrained=False)
+    except (RuntimeError, NotImplementedError, TypeError, AttributeError, OSError):
+        return None
+
+
+def check_source_pool(source: str, pool: str, revision: str | None = None) -> None:
+    """Refuse a pool the named model's architecture does not admit, before any weights load."""
+    skeleton = _skeleton(source, revision)
+    if skeleton is not None:
+        check_model_pool(skeleton, pool, repr(source))
+
+
+def default_pool(source: str, revision: str | None = None) -> str:
+    """"cls" for a model with a class token (or one whose architecture cannot be read before
+    loading), "mean" for a CNN: what ``extract`` uses without ``--pool``."""
+    skeleton = _skeleton(source, revision)
+    return "cls" if skeleton is None or "cls" in model_pools(skeleton) else "mean"
 
 
 def _has_blocks(model) -> bool:
