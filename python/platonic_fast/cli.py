@@ -56,9 +56,9 @@ def main(argv: list[str] | None = None) -> int:
 
     meas.add_argument("--metric", default="mutual_knn", choices=SUPPORTED_METRICS, metavar="METRIC",
                       help=f"one of {', '.join(SUPPORTED_METRICS)} (default mutual_knn)")
-    meas.add_argument("--topk", type=int, nargs="+", default=[10], metavar="K",
-                      help="neighbours for the kNN metrics and cknna (default 10); several values (--topk 5 10 20) "
-                      "give one result per value from one kNN pass at the largest")
+    meas.add_argument("--topk", type=int, nargs="+", default=None, metavar="K",
+                      help="neighbours for the kNN metrics and cknna (default 10; an error for the other metrics); "
+                      "several values (--topk 5 10 20) give one result per value from one kNN pass at the largest")
     opt = meas.add_argument_group("metric options (each only for the metrics that take it)")
     opt.add_argument("--kernel", choices=["ip", "rbf"], default=None,
                      help="cka, unbiased_cka: linear (ip, the default) or RBF kernel")
@@ -110,7 +110,10 @@ def main(argv: list[str] | None = None) -> int:
                       help="read .safetensors/.npy feature files a block of rows at a time (never a whole model in "
                       "memory; same scores, CKA up to summation order). Default: when the largest file is over a "
                       "quarter of the memory available")
-    meas.add_argument("--no-progress", action="store_true")
+    meas.add_argument("--threads", type=int, default=None, metavar="N",
+                      help="CPU threads for torch and the compiled core (default: every core; on a machine shared "
+                      "with other jobs, fewer threads than cores is often much faster)")
+    meas.add_argument("--no-progress", action="store_true", help="no progress bar")
     meas.add_argument("--allow-mismatched-samples", action="store_true",
                       help="pair feature files whose sample fingerprints differ (extracted from other samples or "
                       "in another order); recorded in the results")
@@ -208,7 +211,8 @@ def _dispatch(parser, args) -> int:
 
         try:
             options = _metric_options(args)
-            res = measure_sets(args.x, args.against, metric=args.metric, topk=args.topk, out_dir=args.out,
+            _set_threads(args.threads)
+            res = measure_sets(args.x, args.against, metric=args.metric, topk=args.topk or [10], out_dir=args.out,
                                q=args.q, exact=args.exact, concat=args.concat, progress=not args.no_progress,
                                wait=args.wait, allow_mismatched_samples=args.allow_mismatched_samples,
                                permutations=args.permutations, alpha=args.alpha, seed=args.seed,
@@ -290,6 +294,10 @@ def _metric_options(args) -> dict:
     from .metrics import METRICS
 
     spec = METRICS[args.metric]
+    if args.topk is not None and not spec.takes_topk:
+        takers = [m for m, s in METRICS.items() if s.takes_topk]
+        raise ValueError(f"--topk does not apply to --metric {args.metric} (it has no neighbour lists); it is for "
+                         f"{', '.join(takers)}")
     options = {}
     for attr, (flag, name) in _METRIC_FLAGS.items():
         value = getattr(args, attr)
@@ -300,6 +308,17 @@ def _metric_options(args) -> dict:
             raise ValueError(f"{flag} does not apply to --metric {args.metric}; it is for {', '.join(takers)}")
         options[name] = value
     return options
+
+
+def _set_threads(threads: int | None) -> None:
+    """``--threads``: torch's intra-op threads, which the compiled core's OpenMP loops share."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def _one_line(exc: BaseException) -> str:

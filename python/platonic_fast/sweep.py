@@ -801,7 +801,8 @@ def _sweep_at(files_x, files_y, pairs, symmetric, out, settings, opts_by_k, inpu
                 layers = _open_streamed(path, fingerprints[path], rows, q=q, exact=exact, concat=concat,
                                         verified=inputs.setdefault("verified", set()))
                 streamed.append(layers)
-                prepared[path] = prepare_file(layers, metric, opts_by_k[largest], device=device)
+                with _stage_bar(bar, layers.num_layers, f"layers of {path.stem}") as sub:
+                    prepared[path] = prepare_file(layers, metric, opts_by_k[largest], device=device, bar=sub)
                 if settings["ci"] is not None:
                     kept[path] = _LayerLoader(layers, device)
                 elif not reads_file(metric, opts_by_k[largest], device):  # else open until scored
@@ -818,7 +819,8 @@ def _sweep_at(files_x, files_y, pairs, symmetric, out, settings, opts_by_k, inpu
                 layers = prepare_layers(layers, path.name, q=q, exact=exact, concat=concat)
                 if settings["ci"] is not None:
                     kept[path] = layers
-                prepared[path] = prepare_states(layers, metric, opts_by_k[largest])
+                with _stage_bar(bar, len(layers), f"layers of {path.stem}") as sub:
+                    prepared[path] = prepare_states(layers, metric, opts_by_k[largest], bar=sub)
         if k == largest:
             return prepared[path]
         if (path, k) not in truncated:
@@ -839,7 +841,7 @@ def _sweep_at(files_x, files_y, pairs, symmetric, out, settings, opts_by_k, inpu
                 if record is None:
                     sx, sy = states_of(fx, k), states_of(fy, k)
                     record = _compute_record(key, sx, sy, metric, opts_by_k[k], n, key["settings"],
-                                             (kept.get(fx), kept.get(fy)), shard=shard)
+                                             (kept.get(fx), kept.get(fy)), shard=shard, bar=bar)
                     if shard is None or shard.writer:
                         write_atomic(record_path, lambda tmp, r=record: Path(tmp).write_text(_dumps(r)))
                 records[k][(i, j)] = record
@@ -997,10 +999,11 @@ def _check_seed(seed) -> int:
 
 
 def _compute_record(key: dict, sx: list, sy: list, metric: str, opts: dict, n: int, settings: dict,
-                    layers=None, shard=None) -> dict:
+                    layers=None, shard=None, bar=None) -> dict:
     """Score one model pair's layer grid (and, with permutations, calibrate it; with a CI
     setting, an interval for its best pair from ``layers``, the two models' layers): its record.
-    ``shard``: the states are sharded (:mod:`platonic_fast.distributed._sweep`), scored collectively."""
+    ``shard``: the states are sharded (:mod:`platonic_fast.distributed._sweep`), scored collectively.
+    ``bar``: the sweep's bar; the permutations get a bar of their own beneath it."""
     sharded = None if shard is None else shard.compute_record(sx, sy, metric, opts, n, settings)
     res = score_states(sx, sy, metric, opts, concat=settings["concat"]) if shard is None else sharded["res"]
     record = {"key": key, "score": res.best, "best_layers": list(res.best_layers) if res.best_layers else None,
@@ -1020,15 +1023,24 @@ def _compute_record(key: dict, sx: list, sy: list, metric: str, opts: dict, n: i
     if settings["permutations"] is not None:
         # The same permutations for every pair: a fresh generator per pair, not one shared stream.
         generator = torch.Generator().manual_seed(settings["seed"])
-        cal = sharded["calibration"] if shard is not None else calibrate_states(
-            sx, sy, res.scores, metric, opts, permutations=settings["permutations"], alpha=settings["alpha"],
-            generator=generator)
+        if shard is not None:
+            cal = sharded["calibration"]
+        else:
+            with _stage_bar(bar, settings["permutations"], "permutations") as sub:
+                cal = calibrate_states(sx, sy, res.scores, metric, opts, permutations=settings["permutations"],
+                                       alpha=settings["alpha"], generator=generator, bar=sub)
         record["chance"] = _matrix(cal.chance)
         record["calibration"] = _jsonable(cal.as_dict())
         del record["calibration"]["chance"]  # the record's "chance": stored once
     else:
         record["chance"] = _exact_chance(sx, sy, metric, opts, n) if shard is None else sharded["chance"]
     return record
+
+
+def _stage_bar(outer, total: int, desc: str):
+    """A bar beneath the sweep's (which counts model pairs) for one stage of one pair (its layers,
+    its permutations), so a long single pair still shows it is moving; gone when the stage ends."""
+    return tqdm(total=total, desc=f"  {desc}", leave=False, disable=outer is None or outer.disable)
 
 
 def _exact_chance(sx: list, sy: list, metric: str, opts: dict, n: int) -> list | None:

@@ -17,21 +17,24 @@ def add_parsers(sub, debug_parent) -> None:
         "zero, align their hidden states. Function classes: dense, sparse(k=K), sine(lo=,hi=), combo(alpha=) "
         "(evaluation only), relu(h=); mixtures as '0.5*dense + 0.5*sparse(k=2)'.",
     )
-    cmds = icl.add_subparsers(dest="icl_command", required=True)
+    cmds = icl.add_subparsers(dest="icl_command", required=True, metavar="{train,eval,align,study}",
+                              help="train: pretrain a model; eval: NSE curves; align: hidden-state alignment; "
+                              "study: all of them, end to end")
 
     def common(p):
         p.add_argument("--preset", default="cpu", help="sizes: cpu (default) or paper (d=20, 12x256, for a GPU)")
         p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-        p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-        p.add_argument("--no-progress", action="store_true")
+        p.add_argument("--threads", type=int, default=None,
+                       help="torch CPU threads (default: every core; fewer on a shared machine)")
+        p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     tr = cmds.add_parser("train", parents=[debug_parent], help="pretrain one model (resumes from --out)")
     tr.add_argument("--mixture", required=True, help="e.g. dense, sparse(k=2), '0.5*dense + 0.5*sine'")
     tr.add_argument("--out", required=True, help="folder of the checkpoint (running again resumes)")
     tr.add_argument("--steps", type=int, default=None, help="override the preset's steps")
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--lr", type=float, default=None)
-    tr.add_argument("--batch-size", type=int, default=None)
+    tr.add_argument("--seed", type=int, default=0, help="seeds the weights and the training sequences (default 0)")
+    tr.add_argument("--lr", type=float, default=None, help="override the preset's peak learning rate")
+    tr.add_argument("--batch-size", type=int, default=None, help="override the preset's sequences per step")
     tr.add_argument("--curriculum", default=None, metavar="D0,N0,EVERY",
                     help="start at dimension D0 and N0 points, +1 dimension and +2 points every EVERY steps")
     common(tr)
@@ -40,7 +43,9 @@ def add_parsers(sub, debug_parent) -> None:
     ev.add_argument("checkpoints", nargs="+", help="checkpoint files or run folders")
     ev.add_argument("--task", action="append", required=True, help="a class or mixture spec (repeatable)")
     ev.add_argument("--count", type=int, default=1280, help="evaluation sequences per task (default 1280)")
-    ev.add_argument("--baselines", nargs="*", default=["least_squares", "ridge", "lasso", "knn3", "averaging", "zero"])
+    ev.add_argument("--baselines", nargs="*", default=["least_squares", "ridge", "lasso", "knn3", "averaging", "zero"],
+                    help="baselines to evaluate beside the models (default: least_squares ridge lasso knn3 "
+                    "averaging zero; none: give the flag alone)")
     ev.add_argument("--out", default=None, help="write eval.json there")
     common(ev)
 
@@ -49,8 +54,9 @@ def add_parsers(sub, debug_parent) -> None:
     al.add_argument("checkpoints", nargs="+", help="checkpoint files or run folders (at least 2)")
     al.add_argument("--bank", default=None, help="mixture of the bank (default 1/3 dense, sparse, sine)")
     al.add_argument("--sequences", type=int, default=None, help="bank sequences (N = sequences x points)")
-    al.add_argument("--metric", nargs="+", default=["mutual_knn", "cknna"])
-    al.add_argument("--topk", type=int, default=None)
+    al.add_argument("--metric", nargs="+", default=["mutual_knn", "cknna"],
+                    help="alignment metrics, one result each (default: mutual_knn cknna)")
+    al.add_argument("--topk", type=int, default=None, help="neighbours for the kNN metrics (default: the preset's, 10)")
     al.add_argument("--permutations", type=int, default=None, help="row permutations of the null (0: none)")
     al.add_argument("--out", default="icl_align", help="output folder (default ./icl_align)")
     common(al)
@@ -62,8 +68,10 @@ def add_parsers(sub, debug_parent) -> None:
     st.add_argument("--jobs", type=int, default=1, help="models trained at once, one process each")
     st.add_argument("--steps", type=int, default=None, help="override the preset's steps per model")
     st.add_argument("--eval-count", type=int, default=None, help="evaluation sequences per task")
-    st.add_argument("--bank-sequences", type=int, default=None)
-    st.add_argument("--permutations", type=int, default=None)
+    st.add_argument("--bank-sequences", type=int, default=None,
+                    help="sequences in the alignment bank (N = sequences x points; default: the preset's)")
+    st.add_argument("--permutations", type=int, default=None,
+                    help="row permutations of the alignment null (default: the preset's; 0: none)")
     common(st)
 
 
