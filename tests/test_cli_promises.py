@@ -104,3 +104,20 @@ def test_every_icl_option_and_subcommand_has_help(capsys):
             elif not action.help and action.dest != "help":
                 missing.append(f"{' '.join(path)} {'/'.join(action.option_strings) or action.dest}")
     assert not missing, missing
+
+
+def test_files_without_fingerprints_are_paired_with_a_warning(one_pair, capsys):
+    from platonic_fast.features import Features
+
+    assert _exit_code(["measure", one_pair / "a.npy", "--against", one_pair / "b.npy", "--topk", "5",
+                       "--out", one_pair / "o", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "a.npy, b.npy record no sample fingerprint" in err and "cannot be checked" in err
+    # Files that record their samples are checked instead: no warning.
+    for name in ("a", "b"):
+        Features(torch.from_numpy(np.load(one_pair / f"{name}.npy")), None,
+                 {"model": name, "samples": {"fingerprint": "samples:v1:" + "0" * 64, "spec": {}}}).save(
+            one_pair / f"{name}.safetensors")
+    assert _exit_code(["measure", one_pair / "a.safetensors", "--against", one_pair / "b.safetensors", "--topk",
+                       "5", "--out", one_pair / "o2", "--no-progress"]) == 0
+    assert "fingerprint" not in capsys.readouterr().err

@@ -212,6 +212,7 @@ def _dispatch(parser, args) -> int:
         try:
             options = _metric_options(args)
             _set_threads(args.threads)
+            _warn_unchecked_pairing(args.x, args.against)
             res = measure_sets(args.x, args.against, metric=args.metric, topk=args.topk or [10], out_dir=args.out,
                                q=args.q, exact=args.exact, concat=args.concat, progress=not args.no_progress,
                                wait=args.wait, allow_mismatched_samples=args.allow_mismatched_samples,
@@ -308,6 +309,30 @@ def _metric_options(args) -> dict:
             raise ValueError(f"{flag} does not apply to --metric {args.metric}; it is for {', '.join(takers)}")
         options[name] = value
     return options
+
+
+def _warn_unchecked_pairing(x, against) -> None:
+    """A warning on stderr when some files to be paired record no sample fingerprint (.npy, .pt,
+    files written before fingerprints): that their rows are the same samples in the same order
+    cannot be checked. Unreadable paths are left to the sweep, which reports them."""
+    from pathlib import Path
+
+    from .features.provenance import provenance
+    from .sweep import feature_files
+
+    try:
+        files = list(dict.fromkeys(p.resolve() for p in feature_files(x) + feature_files(against or [])))
+        unknown = [f for f in files if provenance(f)["fingerprint"] is None]
+    except (ValueError, TypeError, OSError):
+        return
+    if len(files) < 2 or not unknown:
+        return
+    shown = ", ".join(Path(f).name for f in unknown[:4]) + (f" and {len(unknown) - 4} more" if len(unknown) > 4
+                                                             else "")
+    print(f"warning: {shown} record{'s' if len(unknown) == 1 else ''} no sample fingerprint (.npy and .pt files, "
+          "or files written before fingerprints): whether the files' rows are the same samples in the same order "
+          "cannot be checked, and the scores are meaningless if they are not (platonic-fast extract records it)",
+          file=sys.stderr)
 
 
 def _set_threads(threads: int | None) -> None:
