@@ -742,7 +742,7 @@ def reconcile(pf, got: float, e: Expect, x: dict, msg: str) -> str | None:
                            else x[name].astype(np.float64), k, exclude_self=exclude)
         if check_knn_result((vals, idx), ek) is not None:
             return msg
-        lists.append(idx)
+        lists.append(torch.as_tensor(idx))
     if all(torch.equal(li, lr) for li, lr in zip(lists, (lists_for(e.metric, x["a64"], k, e.opts),
                                                           lists_for(e.metric, x["b64"], k, e.opts)))):
         return msg
@@ -752,6 +752,8 @@ def reconcile(pf, got: float, e: Expect, x: dict, msg: str) -> str | None:
 
 def check_knn_result(res, e: Expect) -> str | None:
     vals, idx = res
+    if isinstance(vals, np.ndarray) and isinstance(idx, np.ndarray):  # NumPy in, NumPy out
+        vals, idx = torch.from_numpy(vals), torch.from_numpy(idx)
     if not (isinstance(vals, torch.Tensor) and isinstance(idx, torch.Tensor)):
         return f"returned {type(vals).__name__}, {type(idx).__name__}"
     n, k = e.idx.shape
