@@ -212,7 +212,6 @@ def _dispatch(parser, args) -> int:
         try:
             options = _metric_options(args)
             _set_threads(args.threads)
-            _warn_unchecked_pairing(args.x, args.against)
             res = measure_sets(args.x, args.against, metric=args.metric, topk=args.topk or [10], out_dir=args.out,
                                q=args.q, exact=args.exact, concat=args.concat, progress=not args.no_progress,
                                wait=args.wait, allow_mismatched_samples=args.allow_mismatched_samples,
@@ -223,6 +222,7 @@ def _dispatch(parser, args) -> int:
                                out_of_core=args.out_of_core, **options)
         except (ValueError, TypeError, OSError, OutputFolderLocked) as exc:
             parser.exit(2, f"platonic-fast measure: error: {_one_line(exc)}\n")
+        _warn_unchecked_pairing(args.x, args.against)  # beside the results (errors above stay one line)
         for k, r in res.by_topk.items():
             if len(res.by_topk) > 1:
                 print(f"=== topk={k} ===")

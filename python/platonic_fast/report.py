@@ -398,12 +398,14 @@ def report_figure(out: dict, entry: dict):
     ImportError
         matplotlib is missing (the ``plot`` extra).
     """
-    from .sweep_views import _figure_class, wrap_name
+    from .sweep_views import _figure_class, _wrapped, display_names, wrap_name
 
     figure = _figure_class()
     kinds = ["raw"] + (["calibrated"] if any(m["alignment_calibrated"] is not None for m in entry["models"]) else [])
     caps = out["capabilities"]
-    fig = figure(figsize=(3.6 * len(caps) + 0.4, 3.2 * len(kinds) + 0.8), layout="constrained")
+    width = 3.6 * len(caps) + 0.4
+    fig = figure(figsize=(width, 3.2 * len(kinds) + 1.0), layout="constrained")
+    labels = dict(zip((m["name"] for m in entry["models"]), display_names([m["name"] for m in entry["models"]])))
     axes = fig.subplots(len(kinds), len(caps), squeeze=False)
     corr = {(c["capability"], c["scores"]): c for c in entry["correlations"]}
     ref_name = out["reference_set"]["name"]
@@ -419,7 +421,7 @@ def report_figure(out: dict, entry: dict):
                            marker="o" if kind == "raw" else "s",
                            facecolors="C0" if kind == "raw" else "none", edgecolors="C0" if kind == "raw" else "C3")
                 for x, y, name in pts:
-                    ax.annotate(wrap_name(name, 24), (x, y), fontsize=5.5, xytext=(3, 3), textcoords="offset points",
+                    ax.annotate(wrap_name(labels[name], 24), (x, y), fontsize=5.5, xytext=(3, 3), textcoords="offset points",
                                 alpha=0.8)
             stats = corr[(cap, kind)]
             if stats["rho"] is not None:
@@ -432,9 +434,10 @@ def report_figure(out: dict, entry: dict):
             ax.set_ylabel(f"{'calibrated ' if kind == 'calibrated' else ''}{metric}\nto {ref_name} (mean)",
                           fontsize=8)
             ax.grid(alpha=0.3)
+            ax.margins(x=0.2, y=0.1)  # room for the names beside the points
     topk = f", topk={entry['topk']}" if entry.get("topk") is not None else ""
-    fig.suptitle(f"{out['subject_set']['name']}: alignment to {ref_name} vs capability ({out['metric']}{topk}, "
-                 f"N={out['n']})", fontsize=9)
+    fig.suptitle(_wrapped(f"{out['subject_set']['name']}: alignment to {ref_name} vs capability ({out['metric']}"
+                          f"{topk}, N={out['n']})", width, 9), fontsize=9)
     return fig
 
 
