@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-import dense_reference as R
 from platonic_fast import compat
 from platonic_fast.compat import metrics as C
+
+import dense_reference as R
 
 # name -> the reference's parameters, in order, with defaults
 SIGNATURES = {

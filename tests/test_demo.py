@@ -238,6 +238,10 @@ def test_quick_run_writes_outputs(quick_run):
     for name in ("minilm", "minilm_random_weights", "minilm_shuffled", "vision_pmi"):
         assert 0.0 < reps[name]["procrustes"] <= 1.0 + 1e-9
     assert on_disk["vision"]["photographs"] == list(cd.PHOTOGRAPHS)
+    # the figure's uncertainty: permutation p-values, and ranges on halves for trained vs random
+    for name in ("minilm", "minilm_random_weights", "minilm_shuffled", "vision_pmi"):
+        assert 0 < reps[name]["uncertainty"]["p_value"] <= 1
+    assert all(len(reps[n]["uncertainty"]["half_interval"]) == 2 for n in ("minilm", "minilm_random_weights"))
 
 
 def test_quick_run_baselines_score_lower(quick_run):

@@ -1,7 +1,6 @@
 """Figures fit for a paper: the names given, the best layer pair (embeddings named) and intervals,
 one model pair's full layer matrix, the n-grid's calibrated panel and bands, titles that fit."""
 
-import numpy as np
 import pytest
 import torch
 
@@ -9,8 +8,7 @@ pytest.importorskip("matplotlib")
 
 from platonic_fast import sweep  # noqa: E402
 from platonic_fast.features import Features  # noqa: E402
-from platonic_fast.sweep_views import (display_names, format_table, heatmap_figure, layer_name,  # noqa: E402
-                                       n_grid_figure)
+from platonic_fast.sweep_views import display_names, format_table, heatmap_figure, layer_name, n_grid_figure  # noqa: E402
 
 N = 120
 

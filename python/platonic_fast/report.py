@@ -421,7 +421,8 @@ def report_figure(out: dict, entry: dict):
                            marker="o" if kind == "raw" else "s",
                            facecolors="C0" if kind == "raw" else "none", edgecolors="C0" if kind == "raw" else "C3")
                 for x, y, name in pts:
-                    ax.annotate(wrap_name(labels[name], 24), (x, y), fontsize=5.5, xytext=(3, 3), textcoords="offset points",
+                    ax.annotate(wrap_name(labels[name], 24), (x, y), fontsize=5.5, xytext=(3, 3),
+                                textcoords="offset points",
                                 alpha=0.8)
             stats = corr[(cap, kind)]
             if stats["rho"] is not None:

@@ -181,7 +181,8 @@ def compute_distance(X, Y, dist_fn):
     X, Y = torch.as_tensor(X), torch.as_tensor(Y)
     if X.dim() != 2 or X.shape != Y.shape:
         raise ValueError(f"X and Y must be N x k of one shape, got {tuple(X.shape)} and {tuple(Y.shape)}")
-    kind = "lcs_lengths" if dist_fn is lcs_length else "edit_distances" if _is_torchaudio_edit_distance(dist_fn) else None
+    kind = ("lcs_lengths" if dist_fn is lcs_length
+            else "edit_distances" if _is_torchaudio_edit_distance(dist_fn) else None)
     # the compiled op takes neighbour lists: integers, no repeats within a row
     if kind is not None and not X.is_floating_point() and not Y.is_floating_point() and _distinct_rows(X) \
             and _distinct_rows(Y):

@@ -88,7 +88,48 @@ def table(reps: dict) -> str:
     return "\n".join(lines)
 
 
-def figure(reps: dict, rgb: np.ndarray, path: str | os.PathLike, *, topk: int) -> Path:
+def _uncertainty_text(r: dict) -> str:
+    u = r.get("uncertainty")
+    if u is None:
+        return ""
+    text = f"\np = {u['p_value']:.3g} (K={u['permutations']}), calibrated {u['calibrated']:.3f}"
+    if "half_interval" in u:
+        lo, hi = u["half_interval"]
+        text += f"\n{u['level']:.0%} range on random halves (N={u['half_n']}): [{lo:.3f}, {hi:.3f}]"
+    return text
+
+
+def notes(reps: dict, vision_info: dict | None) -> str:
+    """What the figure's reader needs to know: the uncertainty shown, the vision representation,
+    why some layouts are small."""
+    lines = []
+    u = [reps[k]["uncertainty"] for k in ("minilm", "minilm_random_weights")
+         if "half_interval" in reps.get(k, {}).get("uncertainty", {})]
+    if len(u) == 2:
+        (a_lo, a_hi), (b_lo, b_hi) = u[0]["half_interval"], u[1]["half_interval"]
+        verdict = "do not overlap" if a_lo > b_hi or b_lo > a_hi else "overlap"
+        lines.append(f"Uncertainty: p-values from {u[0]['permutations']} permutations of the colour rows "
+                     f"(calibrated score: 0 = no better than chance); ranges: mutual kNN on "
+                     f"{u[0]['half_subsamples']} random halves of the colours (neighbours recomputed; scores at N/2, "
+                     f"not intervals of the full-N score). Trained vs random-weight MiniLM: the ranges {verdict}.")
+    if vision_info:
+        lines.append(
+            f"Vision representation (pixel PMI): pixel pairs at most {vision_info['max_pixel_distance']:g} px apart "
+            f"in {len(vision_info['photographs'])} photographs, colours quantised to a "
+            f"{vision_info['grid_levels_per_channel']}³ RGB grid; a cell's vector is its row of the positive part "
+            "of the pointwise-mutual-information "
+            f"kernel of co-occurrence ({vision_info['eigenvectors']} eigenvectors). A colour takes its cell's vector; "
+            f"{vision_info['fallback_colours']} of {len(reps['cielab']['_x'])} colours fall in cells seen fewer than "
+            f"{vision_info['min_cell_count']} times and take the nearest seen cell's, so only "
+            f"{vision_info['distinct_representations']} distinct vision vectors exist (colours sharing one sit on "
+            "one dot).")
+    lines.append("Layouts: 3-D metric MDS of each representation's distances, fitted to CIELAB by a similarity "
+                 "transform with a least-squares scale; the less a layout agrees with CIELAB, the smaller that scale, "
+                 "so weakly aligned panels shrink towards the centre (the Procrustes residual measures it).")
+    return "\n".join(lines)
+
+
+def figure(reps: dict, rgb: np.ndarray, path: str | os.PathLike, *, topk: int, vision_info: dict | None = None) -> Path:
     """Draw the study's figure: four aligned layouts on the a*b* plane, per-layer mutual kNN, the table.
 
     Parameters
@@ -112,9 +153,16 @@ def figure(reps: dict, rgb: np.ndarray, path: str | os.PathLike, *, topk: int) -
     import matplotlib.pyplot as plt
 
     panels = ["cielab", "minilm", "minilm_random_weights", "vision_pmi"]
-    fig = plt.figure(figsize=(17, 9.2))
-    grid = fig.add_gridspec(2, 4, height_ratios=[1.0, 0.8], hspace=0.38, wspace=0.22,
-                            left=0.045, right=0.985, top=0.89, bottom=0.06)
+    import textwrap
+
+    note = notes(reps, vision_info)
+    wrapped = "\n".join(textwrap.fill(line, 230) for line in note.split("\n"))
+    note_lines = wrapped.count("\n") + 1
+    height = 10.4 + 0.2 * note_lines
+    fig = plt.figure(figsize=(17, height))
+    grid = fig.add_gridspec(2, 4, height_ratios=[1.0, 0.8], hspace=0.5, wspace=0.22,
+                            left=0.045, right=0.985, top=1 - 0.95 / height, bottom=(0.75 + 0.2 * note_lines) / height)
+    fig.text(0.045, 0.12 / height, wrapped, fontsize=9, va="bottom", ha="left", linespacing=1.35)
     lab_ab = reps["cielab"]["_layout"][:, 1:]
     lim = np.abs(lab_ab).max() * 1.08
     # Light colours last, so the lightness order is the same in every panel.
@@ -130,8 +178,8 @@ def figure(reps: dict, rgb: np.ndarray, path: str | os.PathLike, *, topk: int) -
         ax.set_aspect("equal")
         r = reps[name]
         layer = f", layer {r['best_layer']}" if "best_layer" in r else ""
-        ax.set_title(f"{LABELS[name]}{layer}\nmutual kNN {r['mutual_knn']:.3f}   Procrustes {r['procrustes']:.3f}",
-                     fontsize=11)
+        ax.set_title(f"{LABELS[name]}{layer}\nmutual kNN {r['mutual_knn']:.3f}   Procrustes {r['procrustes']:.3f}"
+                     + _uncertainty_text(r), fontsize=10 if "uncertainty" in r else 11)
         ax.set_xlabel("a*" if col == 0 else "aligned a*", fontsize=9)
         ax.set_ylabel("b*" if col == 0 else "aligned b*", fontsize=9)
         ax.tick_params(labelsize=8)

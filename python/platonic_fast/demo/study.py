@@ -111,6 +111,47 @@ def colour_space_scores(coords: np.ndarray, target: EuclideanTarget) -> dict:
     }
 
 
+# Uncertainty of the mutual kNN scores: permutations of the colour rows (p-value, calibrated
+# score) and subsamples of half the colours (an interval), for the representations compared.
+# Intervals only where the figure compares two scores (trained vs random weights): each half
+# costs two kNN passes, a permutation almost nothing.
+PERMUTATIONS = 200
+SUBSAMPLES = 20
+UNCERTAIN = {"minilm": SUBSAMPLES, "minilm_random_weights": SUBSAMPLES, "minilm_shuffled": 0, "vision_pmi": 0}
+
+
+def mutual_knn_uncertainty(layer: torch.Tensor, coords: np.ndarray, topk: int, *, seed: int,
+                           permutations: int = PERMUTATIONS, subsamples: int = SUBSAMPLES,
+                           level: float = 0.95) -> dict:
+    """The mutual kNN of a prepared layer against a colour space, with its permutation p-value and
+    calibrated score (the rows of the layer permuted, its lists relabelled, no kNN recomputed)
+    and, with ``subsamples`` >= 2, a ``level`` range of the score on that many random halves of
+    the colours (each half's neighbours recomputed on both sides, so it covers the
+    neighbourhoods too; a score at N/2, comparable between representations, not an interval of
+    the full-N score)."""
+    target = EuclideanTarget(coords, topk)
+    own = pf.prepare("mutual_knn", layer, topk=topk)
+    score = pf.score(own, target.mutual)
+    gen = torch.Generator().manual_seed(seed)
+    null = torch.tensor([pf.score(own.permute(torch.randperm(layer.shape[0], generator=gen)), target.mutual)
+                         for _ in range(permutations)], dtype=torch.float64)
+    p, _, calibrated = pf.null_calibration(score, null, alpha=0.05, s_max=1.0)
+    out = {"p_value": float(p), "calibrated": float(calibrated), "chance": float(null.mean()),
+           "permutations": permutations}
+    if subsamples < 2:
+        return out
+    rng = np.random.default_rng(seed)
+    n = layer.shape[0]
+    halves = []
+    for _ in range(subsamples):
+        rows = np.sort(rng.choice(n, n // 2, replace=False))
+        sub = EuclideanTarget(coords[rows], topk)
+        halves.append(pf.score(pf.prepare("mutual_knn", layer[torch.from_numpy(rows)], topk=topk), sub.mutual))
+    lo, hi = np.quantile(halves, [(1 - level) / 2, (1 + level) / 2])
+    return {**out, "half_interval": [float(lo), float(hi)], "half_subsamples": subsamples, "half_n": n // 2,
+            "level": level}
+
+
 LAYOUTS = ("cielab", "minilm", "minilm_random_weights", "minilm_shuffled", "vision_pmi", "srgb")
 ORDER = ("cielab", "minilm", "minilm_random_weights", "minilm_shuffled", "vision_pmi", "srgb", "rgb_grid_cell")
 
@@ -189,6 +230,9 @@ def run(out_dir: str | Path = "platonic_fast_demo", quick: bool = False, seed: i
     cells = data.grid_cells(rgb, vision_info["grid_levels_per_channel"])
     for name, coords in (("cielab", lab), ("srgb", rgb), ("rgb_grid_cell", cells)):
         reps[name] = {**colour_space_scores(coords, target), "spearman": spearman(coords), "_x": coords}
+    for name, halves in UNCERTAIN.items():
+        reps[name]["uncertainty"] = mutual_knn_uncertainty(torch.from_numpy(reps[name]["_x"]).float(), lab, TOPK,
+                                                           seed=seed, subsamples=halves)
     t = tick("alignment", t)
 
     iters = 15 if quick else 300
@@ -204,7 +248,7 @@ def run(out_dir: str | Path = "platonic_fast_demo", quick: bool = False, seed: i
 
     record = report.record(reps, names, quick=quick, seed=seed, topk=TOPK, vision_info=vision_info,
                            language_shape=tuple(trained.shape[1:]))
-    png = report.figure(reps, rgb, out / "colour_study.png", topk=TOPK)
+    png = report.figure(reps, rgb, out / "colour_study.png", topk=TOPK, vision_info=vision_info)
     t = tick("figure", t)
     timings["total"] = round(time.perf_counter() - t_start, 3)
     record["seconds"] = timings

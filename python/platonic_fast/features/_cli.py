@@ -75,8 +75,9 @@ def add_parsers(sub, debug_parent) -> None:
     model.add_argument("--modality", choices=["language", "vision"],
                        help="force the kind of every model (default: from the model: timm names and timm folders "
                        "are vision, transformers ones language)")
-    model.add_argument("--pool", help="language: avg (default) or last; vision: cls (the default for models with a class "
-                       "token) or mean (patch-token mean; for CNNs, the spatial mean of every stage, their default)")
+    model.add_argument("--pool", help="language: avg (default) or last; vision: cls (the default for models with a "
+                       "class token) or mean (patch-token mean; for CNNs, the spatial mean of every stage, their "
+                       "default)")
     model.add_argument("--batch-size", type=int, default=None)
     model.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     model.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: fp32 on CPU, bf16 on GPU)")
