@@ -42,6 +42,7 @@ def test_names_and_layer_names():
     assert layer_name(vis, 0) == "L0" and layer_name(None, 2) == "L2"
 
 
+@pytest.mark.slow  # a sweep with permutations and intervals, then a figure
 def test_heatmap_and_table_show_best_layers_and_intervals(files, tmp_path):
     res = sweep.measure_sets(files / "x", files / "y", topk=5, out_dir=tmp_path / "o", progress=False,
                              ci_repeats=6, permutations=9, set_names=("language", "vision"))
@@ -58,6 +59,7 @@ def test_heatmap_and_table_show_best_layers_and_intervals(files, tmp_path):
     assert "L2 × L" in table  # minilm's last layer, named by index
 
 
+@pytest.mark.slow  # a sweep with permutations and intervals, then a figure
 def test_one_model_pair_gets_its_layer_matrix(files, tmp_path):
     res = sweep.measure_sets(files / "x" / "minilm_pool-avg.safetensors", files / "y" / "vit-tiny_pool-cls.safetensors",
                              topk=5, out_dir=tmp_path / "o", progress=False, ci_repeats=6)
@@ -69,6 +71,7 @@ def test_one_model_pair_gets_its_layer_matrix(files, tmp_path):
     assert "interval" in fig._suptitle.get_text() and "minilm vs vit-tiny" in fig._suptitle.get_text()
 
 
+@pytest.mark.slow  # a sweep with permutations and intervals, then a figure
 def test_n_grid_has_calibrated_panel_bands_and_outside_legend(files, tmp_path):
     res = sweep.measure_sets(files / "x", files / "y", topk=5, out_dir=tmp_path / "o", progress=False,
                              ci_repeats=6, permutations=9, n_grid=[60, N])
