@@ -346,7 +346,6 @@ def _small(img):
     return torch.from_numpy(np.asarray(img.resize((32, 32)), dtype=np.float32)).permute(2, 0, 1) / 255
 
 
-@pytest.mark.slow  # builds and runs three CNNs (about 2 s each)
 @pytest.mark.parametrize("name, source, stages", [("test_resnet", "forward_intermediates", 5),
                                                    ("test_efficientnet", "blocks (forward hooks)", 5),
                                                    ("test_convnext", "forward_intermediates", 4)])
@@ -371,7 +370,6 @@ def test_vision_cnns_give_every_stage_spatially_pooled(images, name, source, sta
         torch.testing.assert_close(got, fmap.mean(dim=(2, 3)), atol=ATOL, rtol=0)
 
 
-@pytest.mark.slow  # builds CNN skeletons and runs one
 def test_vision_cnn_pool_is_checked_before_any_weights_load(images, monkeypatch):
     import importlib
 
