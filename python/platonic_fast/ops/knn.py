@@ -80,7 +80,7 @@ def _is_array(x: Any) -> bool:
     return isinstance(x, (torch.Tensor, np.ndarray))
 
 
-def knn(x, k, exclude_self=_UNSET, *, backend: str = "auto"):
+def knn(x, k, exclude_self=_UNSET, *, backend: str = "auto", screen: str | None = None):
     """Exact k nearest neighbours by inner product.
 
     Two forms::
@@ -100,6 +100,11 @@ def knn(x, k, exclude_self=_UNSET, *, backend: str = "auto"):
     backend : {"auto", "cpu", "triton", "torch"}
         "auto" picks the fastest backend that serves the call (device, dtype, k); an explicit
         one that cannot serve it raises (``python -m platonic_fast.env`` lists the limits).
+    screen : {None, "auto", "on", "off", "bf16", "tf32"}
+        The certified screen (docs/bf16-screen.md): None reads PLATONIC_FAST_KNN_SCREEN
+        (default "auto": the CPU backend screens in bf16 where the CPU has bf16 instructions and
+        the call is large enough); "off" forces the plain float32 tiles; "bf16"/"tf32" ask the
+        Triton backend for its bf16 or tf32 screen. The answer is the same.
 
     Returns
     -------
@@ -132,13 +137,13 @@ def knn(x, k, exclude_self=_UNSET, *, backend: str = "auto"):
         if queries.device != keys.device:
             raise ValueError(f"queries are on {queries.device} but keys on {keys.device}")
         k = check_int(exclude_self, "k", low=1, high=keys.shape[0], hint=f" (there are {keys.shape[0]} keys)")
-        return search(queries, keys, k, exclude_self=False, backend=backend)
+        return search(queries, keys, k, exclude_self=False, backend=backend, screen=screen)
     x = check_features(x, "x")
     exclude = True if exclude_self is _UNSET else exclude_self
     if not isinstance(exclude, bool):
         raise TypeError(f"exclude_self must be True or False, got {exclude!r}")
     k = check_topk(k, x.shape[0], name="k", self_excluded=exclude)
-    return search(x, None, k, exclude_self=exclude, backend=backend)
+    return search(x, None, k, exclude_self=exclude, backend=backend, screen=screen)
 
 
 def gemm(qb: torch.Tensor, kb: torch.Tensor, out: torch.Tensor) -> None:
@@ -146,7 +151,8 @@ def gemm(qb: torch.Tensor, kb: torch.Tensor, out: torch.Tensor) -> None:
     torch.mm(qb, kb.T, out=out)
 
 
-def search(queries, keys, k: int, *, exclude_self: bool, backend: str = "auto", unscale: bool = True):
+def search(queries, keys, k: int, *, exclude_self: bool, backend: str = "auto", unscale: bool = True,
+           screen: str | None = None):
     """Exact kNN of validated features (``keys=None``: the self form); tensors or row sources
     (:mod:`platonic_fast.rows`). Lists are for the rows the process owns, indices global.
 
@@ -160,7 +166,7 @@ def search(queries, keys, k: int, *, exclude_self: bool, backend: str = "auto", 
     """
     q = as_rows(queries)
     vals, idx, e = search_rows(q, None if keys is None else as_rows(keys), k, exclude_self=exclude_self,
-                               backend=backend)
+                               backend=backend, screen=screen)
     if not unscale:
         return vals, idx, e
     with q.comm.step():
@@ -181,13 +187,14 @@ def unscaled(vals: torch.Tensor, e: int) -> torch.Tensor:
 
 
 def search_rows(queries: RowSource, keys: RowSource | None, k: int, *, exclude_self: bool, backend: str = "auto",
-                more=None, product=gemm, unit_roundoff: float | None = None):
+                more=None, product=gemm, unit_roundoff: float | None = None, screen: str | None = None):
     """The one kNN pass over row sources: scale, candidates (GEMM tiles and the top-k merger, or
     the backend the registry picks), ordering pass. Collective on sharded sources.
 
     The CPU tiles come from ``product`` (see :func:`tile_loop`) and the ordering pass rescores
     within the rounding bound of ``unit_roundoff`` (see :func:`settle`): a cheaper tile producer
     (a screen) plugs in with its bound, and the pass stays exact. ``more``: as :func:`settle`.
+    ``screen``: the certified bf16 screen's option (:mod:`.knn_screen`; None: the environment).
 
     Returns ``(values, indices, e)`` for the owned rows: true scores ``values · 2**e``.
     """
@@ -207,7 +214,16 @@ def search_rows(queries: RowSource, keys: RowSource | None, k: int, *, exclude_s
     warn_memory(f"kNN with k={k} over {where}", 6.0 * q.n_local * kk * (vals_bytes(q) + 8),
                 "neighbour metrics rarely need k near N (the paper uses k = 10)")
     with torch.no_grad():
-        vals, idx = candidates(q, None if symmetric else keys_, kk, exclude_self, name, impl, product=product)
+        # --- bf16 screen hook (issue 20, ops/knn_screen.py): other candidates, the same ordering pass ---
+        from . import knn_screen
+
+        if product is gemm and knn_screen.serves(q, keys_, k, name, option=screen):
+            vals, idx = knn_screen.candidates(q, None if symmetric else keys_, k, kk, exclude_self=exclude_self,
+                                              n_cand=n_cand, more=more or more_candidates, backend=name,
+                                              option=screen)
+        # --- end bf16 screen hook ---
+        else:
+            vals, idx = candidates(q, None if symmetric else keys_, kk, exclude_self, name, impl, product=product)
         vals, idx = settle(q, keys_, vals, idx, k, exclude_self=symmetric and exclude_self, n_cand=n_cand,
                            more=more, unit_roundoff=unit_roundoff)
     return vals, idx, eq + ek
@@ -288,6 +304,8 @@ def settle(q: RowSource, keys: RowSource, vals: torch.Tensor, idx: torch.Tensor,
     Only the clusters of candidates whose computed scores lie within the rounding bound of a
     neighbour (:func:`_rounding_bound`; ``unit_roundoff`` of the tile producer, by default the
     GEMM's) are rescored in float64 and reordered; the rest of each list is already certain.
+    The top k are always rescored: every returned value is the float64 score rounded once, so
+    values do not depend on what produced the candidates (tiles, the bf16 screen, shards, files).
     Member key rows are fetched from the source. Rows whose clusters reach past their
     candidates get more (``more``, default :func:`more_candidates`) until none does. The rows
     run in chunks of the source's ``settle_rows``: rows are independent, and the one thing a
@@ -339,8 +357,8 @@ def cluster_marks(vals: torch.Tensor, delta: torch.Tensor, k: int, *, all_candid
     """(member, beyond) for rows of computed top-kk scores ``vals`` and their rounding bounds
     ``delta`` (one per row: two scores closer than it may be out of order).
 
-    ``member[r, p]``: position p belongs to a cluster of possibly misordered candidates that
-    matters for the top-k (past the k-th place, only the cluster reaching across it).
+    ``member[r, p]``: position p is rescored: the top k, and past the k-th place the cluster of
+    possibly misordered candidates reaching across it.
     ``beyond[r]``: that cluster reaches the last candidate, so contenders may lie past the list
     (never when the list holds ``all_candidates``).
     """
@@ -357,6 +375,9 @@ def cluster_marks(vals: torch.Tensor, delta: torch.Tensor, k: int, *, all_candid
         beyond = torch.zeros(vals.shape[0], dtype=torch.bool, device=vals.device)
     else:  # with no candidate past the k-th (a backend's k limit), the boundary is unknown
         beyond = member[:, -1] if kk > k else torch.ones(vals.shape[0], dtype=torch.bool, device=vals.device)
+    # canonical values: the top k are always rescored, so every returned value is the float64
+    # score rounded once, whichever tiles, screen, shard or file block produced the candidates
+    member[:, :k] = True
     return member, beyond
 
 
@@ -390,16 +411,20 @@ def _first_duplicates(keys: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
 def _reorder_clusters(q, keys, rows, vals, idx, member):
     """Rescore the cluster members of each row in float64 and sort the row by (score, index).
 
-    A member's score is computed once per (row, first identical key), so duplicated keys get the
-    very same number and fall back on the index rule.
+    Duplicated keys must get the very same number and fall back on the index rule: the compiled
+    kernel's fixed summation order gives it them directly; otherwise a member's score is computed
+    once per (row, first identical key).
     """
     r_pos, c_pos = member.nonzero(as_tuple=True)
-    n_keys = keys.shape[0]
     cand = idx[r_pos, c_pos]
-    which, slot = torch.unique(cand, return_inverse=True)
-    pair = rows[r_pos] * n_keys + _first_duplicates(keys, which)[slot]
-    unique, back = torch.unique(pair, return_inverse=True)
-    s64 = _dot64(q, keys, unique // n_keys, unique % n_keys)[back]
+    if _compiled_dot64(q, keys):
+        s64 = _dot64(q, keys, rows[r_pos], cand)
+    else:
+        n_keys = keys.shape[0]
+        which, slot = torch.unique(cand, return_inverse=True)
+        pair = rows[r_pos] * n_keys + _first_duplicates(keys, which)[slot]
+        unique, back = torch.unique(pair, return_inverse=True)
+        s64 = _dot64(q, keys, unique // n_keys, unique % n_keys)[back]
     key = vals.to(torch.float64)  # outside the clusters the computed order is certain
     key[r_pos, c_pos] = s64
     order = idx.argsort(dim=1, stable=True)
@@ -408,8 +433,31 @@ def _reorder_clusters(q, keys, rows, vals, idx, member):
     return key.gather(1, order).to(vals.dtype), idx.gather(1, order)
 
 
+def _compiled_dot64(q, keys) -> bool:
+    """True when the compiled pair kernel serves these rows (CPU float32/float64 tensors of one
+    dtype): its fixed summation order gives a pair the same number wherever it is computed."""
+    if not (isinstance(q, torch.Tensor) and isinstance(keys, torch.Tensor)):
+        return False  # e.g. a file's lazy row view
+    if q.device.type != "cpu" or q.dtype != keys.dtype or q.dtype not in (torch.float32, torch.float64):
+        return False
+    if any(t.dim() != 2 or t.stride(1) != 1 or (t.shape[0] > 1 and t.stride(0) < t.shape[1]) for t in (q, keys)):
+        return False  # the kernel reads rows with contiguous columns (not expanded views)
+    from .._backends import core_available
+
+    if not core_available():
+        return False
+    from .. import _core
+
+    return hasattr(_core, "knn_dot64")
+
+
 def _dot64(q: torch.Tensor, keys: torch.Tensor, qi: torch.Tensor, ki: torch.Tensor) -> torch.Tensor:
     """float64 ⟨q[qi], keys[ki]⟩ for paired index vectors, a block of pairs at a time."""
+    if _compiled_dot64(q, keys):
+        from .. import _core
+
+        return torch.from_numpy(_core.knn_dot64(q.numpy(), keys.numpy(), qi.contiguous().numpy(),
+                                                ki.contiguous().numpy()))
     out = torch.empty(qi.shape[0], dtype=torch.float64, device=q.device)
     step = max(1, RESCORE_BLOCK_ELEMENTS // max(1, q.shape[1]))
     for i in range(0, qi.shape[0], step):
@@ -633,12 +681,13 @@ def _exact_topk(s: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return vals.gather(1, order), idx.gather(1, order)
 
 
-def neighbours(x: torch.Tensor, k: int, *, exclude_self: bool = True, backend: str = "auto"):
+def neighbours(x: torch.Tensor, k: int, *, exclude_self: bool = True, backend: str = "auto",
+               screen: str | None = None):
     """knn of already-validated features (internal: metrics validate once, then call this).
 
     Returns ``(values, indices, e)``: the true scores are ``values · 2**e`` (see :func:`search`).
     """
-    return search(x, None, k, exclude_self=exclude_self, backend=backend, unscale=False)
+    return search(x, None, k, exclude_self=exclude_self, backend=backend, unscale=False, screen=screen)
 
 
 __all__ = ["knn", "neighbours", "compute_dtype"]
