@@ -37,9 +37,10 @@ SCREEN_MODES = ("auto", "on", "off", "bf16", "tf32")
 GPU_SCREENS = ("bf16", "tf32")
 # tf32 conversion inside the tensor cores may truncate: |x − tf32(x)| ≤ 2^-10·|x| per entry.
 TF32_INPUT_U = 2.0 ** -10
-# Below these sizes the float32 path is as fast (the screen's conversions and rescoring cost
-# about as much as the GEMM it saves).
-SCREEN_MIN_KEYS = 4096
+# Below these sizes the float32 path is as fast (the screen's tile copies, conversions and
+# rescoring cost about as much as the GEMM it saves: measured slower at N = 4096-8192 on a
+# loaded 2-core EPYC). Provisional until bench/bench_knn_screen.py runs on a quiet machine.
+SCREEN_MIN_KEYS = 16384
 SCREEN_MAX_K = 128
 BF16_U = 2.0 ** -8  # unit roundoff of bfloat16: 8 significant bits, round to nearest even
 FP32_U = 2.0 ** -24
