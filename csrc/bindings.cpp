@@ -18,6 +18,7 @@
 #include "common/parallel.h"
 #include "cpu/cknna_sums.h"
 #include "cpu/knn.h"
+#include "cpu/knn_screen.h"
 #include "cpu/neighbour_lists.h"
 #include "cpu/outliers.h"
 #include "cpu/permute_lists.h"
@@ -348,6 +349,46 @@ PYBIND11_MODULE(_core, m) {
           py::arg("tile"), py::arg("row0"), py::arg("col0"), py::arg("exclude_self"),
           "The transposed use of a tile: merged into rows col0 .., candidates row0 + r.")
       .def("finalize", &KnnMerger::finalize, "(values, indices): the sorted best k per row.");
+
+  // knn_screen (issue 20): the CPU features the certified bf16 screen is chosen from
+  m.def("knn_screen_cpu_features", [] {
+    const pf::CpuFeatures& f = pf::cpu_features();
+    py::dict d;
+    d["avx512f"] = f.avx512f;
+    d["avx512bw"] = f.avx512bw;
+    d["avx512vl"] = f.avx512vl;
+    d["avx512_bf16"] = f.avx512_bf16;
+    d["amx_tile"] = f.amx_tile;
+    d["amx_bf16"] = f.amx_bf16;
+    d["amx_permitted"] = f.amx_permitted;
+    d["amx_note"] = f.amx_note;
+    return d;
+  }, "CPU features detected at run time (cpuid, xgetbv; AMX: the Linux permission request).");
+  m.def("knn_dot64", [](const py::array& q, const py::array& keys, const IndexArray& qi, const IndexArray& ki) {
+    PF_CHECK(q.dtype().is(keys.dtype()), "knn_dot64: q and keys must have the same dtype");
+    PF_CHECK(qi.ndim() == 1 && ki.ndim() == 1 && qi.shape(0) == ki.shape(0),
+             "knn_dot64: qi and ki must be 1-D of the same length");
+    const int64_t n = qi.shape(0);
+    py::array_t<double> out(n);
+    double* dst = out.mutable_data();
+    auto run = [&](auto tag) {
+      using T = decltype(tag);
+      const auto a = as_matrix<T>(q, "q");
+      const auto b = as_matrix<T>(keys, "keys");
+      PF_CHECK(a.cols == b.cols, "knn_dot64: q and keys must have the same width");
+      const int64_t* pi = qi.data();
+      const int64_t* pk = ki.data();
+      for (int64_t p = 0; p < n; ++p)
+        PF_CHECK(pi[p] >= 0 && pi[p] < a.rows && pk[p] >= 0 && pk[p] < b.rows, "knn_dot64: index out of range");
+      py::gil_scoped_release release;
+      pf::dot64_pairs<T>(a.data, a.ld, b.data, b.ld, a.cols, pi, pk, n, dst);
+    };
+    if (q.dtype().is(py::dtype::of<double>())) run(double{});
+    else run(float{});
+    return out;
+  }, py::arg("q"), py::arg("keys"), py::arg("qi"), py::arg("ki"),
+     "float64 <q[qi[p]], keys[ki[p]]> per pair, in a fixed summation order (float32 or float64 rows).");
+  // end knn_screen
 
   // neighbour_lists
   m.def("neighbour_lists", &neighbour_lists, py::arg("name"), py::arg("a"), py::arg("b"),

@@ -4,7 +4,7 @@ One op, one name: ``knn`` (KnnMerger), ``neighbour_lists``, ``cknna_sums``, ``ou
 the CUDA-only ``topk_merge``, as in csrc/cpu/<op>.cpp and kernels/cuda/<op>.cu.
 """
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -28,6 +28,11 @@ class KnnMerger:
     def add_rows(self, tile: npt.NDArray[np.floating], row0: int, col0: int, exclude_self: bool) -> None: ...
     def add_cols(self, tile: npt.NDArray[np.floating], row0: int, col0: int, exclude_self: bool) -> None: ...
     def finalize(self) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.int64]]: ...
+
+# knn_screen: avx512f, avx512bw, avx512vl, avx512_bf16, amx_tile, amx_bf16, amx_permitted (bool), amx_note (str)
+def knn_screen_cpu_features() -> dict[str, bool | str]: ...
+# float64 dot product per pair (q[qi[p]], keys[ki[p]]), fixed summation order; float32 or float64 rows
+def knn_dot64(q: npt.NDArray[Any], keys: npt.NDArray[Any], qi: npt.NDArray[np.int64], ki: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]: ...
 
 # neighbour_lists: ValueError for any other name
 def neighbour_lists(name: _ListMetric, a: npt.NDArray[np.int64], b: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]: ...

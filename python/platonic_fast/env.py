@@ -55,6 +55,22 @@ def _gpu_check() -> tuple[bool, str | None]:
     return False, "no GPU"
 
 
+def _screen_report() -> dict:
+    """The CPU kNN's bf16 screen (ops/knn_screen.py): the features found, and whether it runs."""
+    try:
+        from .ops import knn_screen
+    except ImportError as exc:  # pragma: no cover - the package always has it
+        return {"error": str(exc)}
+    try:
+        use, why = knn_screen.knn_screen_choice(65536, 10)
+    except ValueError as exc:  # a misspelt PLATONIC_FAST_KNN_SCREEN
+        use, why = False, str(exc)
+    f = knn_screen.cpu_features()
+    return {"cpu_features": f, "bf16_instructions": knn_screen.bf16_hardware(),
+            "env": os.environ.get(knn_screen.SCREEN_ENV), "runs": use, "why": why,
+            "min_keys": knn_screen.SCREEN_MIN_KEYS, "max_k": knn_screen.SCREEN_MAX_K}
+
+
 def report() -> dict:
     """Build options, devices and the usable backend of every op, as a dict."""
     import torch
@@ -94,6 +110,7 @@ def report() -> dict:
     except ImportError:
         info["triton"] = None
     info["backend_override"] = os.environ.get("PLATONIC_FAST_BACKEND")
+    info["knn_screen"] = _screen_report()
     info["backends"] = {}
     for op in _backends.ops():
         rows = {}
@@ -134,6 +151,13 @@ def main() -> None:
     print(f"CPU: {info['cpu']}, torch threads: {info['cpu_threads']}")
     print(f"GPUs: {', '.join(info['cuda_devices']) or info['gpu']}"
           + ("  (the CUDA and Triton kernels need sm_80 or newer)" if info["cuda_devices"] else ""))
+    sc = info["knn_screen"]
+    if "error" not in sc:
+        f = sc["cpu_features"]
+        found = ", ".join(n for n in ("avx512f", "avx512_bf16", "amx_bf16") if f.get(n)) or "none of avx512f/avx512_bf16/amx_bf16"
+        amx = "" if f.get("amx_permitted") else f"; AMX: {f.get('amx_note') or 'unknown (core predates the screen)'}"
+        print(f"kNN bf16 screen (CPU): {'runs' if sc['runs'] else 'off'} for N >= {sc['min_keys']}, k <= {sc['max_k']} "
+              f"({sc['why']}); CPU features: {found}{amx}; PLATONIC_FAST_KNN_SCREEN={sc['env'] or 'unset (auto)'}")
     if info["backend_override"]:
         print(f"PLATONIC_FAST_BACKEND={info['backend_override']} overrides 'auto'")
     print("backends: what each serves, and whether it runs here (auto takes the first that serves a call)")

@@ -89,7 +89,8 @@ SMALL_BATCH_QUERIES = 64
 SMALL_BATCH_SCORES = 1 << 23
 
 
-def knn(x, k, exclude_self=_UNSET, *, metric: str = "ip", backend: str = "auto"):
+def knn(x, k, exclude_self=_UNSET, *, metric: str = "ip", backend: str = "auto",
+        screen: str | None = None):
     """Exact k nearest neighbours by inner product, cosine similarity or Euclidean distance.
 
     Two forms::
@@ -119,6 +120,11 @@ def knn(x, k, exclude_self=_UNSET, *, metric: str = "ip", backend: str = "auto")
         one that cannot serve it raises (``python -m platonic_fast.env`` lists the limits).
         With "auto", a cross search of a few queries on the CPU (queries x keys up to
         ``SMALL_BATCH_SCORES``) scores them in one GEMM, with the same exact result.
+    screen : {None, "auto", "on", "off", "bf16", "tf32"}
+        The certified screen (docs/bf16-screen.md): None reads PLATONIC_FAST_KNN_SCREEN
+        (default "auto": the CPU backend screens in bf16 where the CPU has bf16 instructions and
+        the call is large enough); "off" forces the plain float32 tiles; "bf16"/"tf32" ask the
+        Triton backend for its bf16 or tf32 screen. The answer is the same.
 
     Returns
     -------
@@ -174,11 +180,12 @@ def knn(x, k, exclude_self=_UNSET, *, metric: str = "ip", backend: str = "auto")
         queries = _unit_rows(queries, "queries" if cross else "x")
         keys = _unit_rows(keys, "keys") if cross else queries
     if metric == "l2":
-        vals, idx = _l2_search(queries, keys, k, exclude_self=exclude, symmetric=not cross, backend=backend)
+        vals, idx = _l2_search(queries, keys, k, exclude_self=exclude, symmetric=not cross, backend=backend,
+                              screen=screen)
     elif cross:
-        vals, idx = _cross_search(queries, keys, k, backend)
+        vals, idx = _cross_search(queries, keys, k, backend, screen=screen)
     else:
-        vals, idx = search(queries, None, k, exclude_self=exclude, backend=backend)
+        vals, idx = search(queries, None, k, exclude_self=exclude, backend=backend, screen=screen)
     if numpy_out:
         return vals.cpu().numpy(), idx.cpu().numpy()
     return vals, idx
@@ -191,12 +198,13 @@ def _small(queries: torch.Tensor, keys: torch.Tensor, backend: str) -> bool:
             and queries.shape[0] <= SMALL_BATCH_QUERIES and queries.shape[0] * keys.shape[0] <= SMALL_BATCH_SCORES)
 
 
-def _cross_search(queries: torch.Tensor, keys: torch.Tensor, k: int, backend: str, key_norm: float | None = None):
+def _cross_search(queries: torch.Tensor, keys: torch.Tensor, k: int, backend: str, key_norm: float | None = None,
+                  screen: str | None = None):
     """Validated queries; keys validated too unless :func:`_small` (then the fast path checks them).
     ``key_norm``: the keys' largest row norm, where the caller knows it."""
     if _small(queries, keys, backend):
         return _small_batch(queries, keys, k, key_norm)
-    return search(queries, keys, k, exclude_self=False, backend=backend)
+    return search(queries, keys, k, exclude_self=False, backend=backend, screen=screen)
 
 
 def _small_batch(queries: torch.Tensor, keys: torch.Tensor, k: int, key_norm: float | None = None):
@@ -243,7 +251,7 @@ def _unit_rows(t: torch.Tensor, name: str) -> torch.Tensor:
 
 
 def _l2_search(queries: torch.Tensor, keys: torch.Tensor, k: int, *, exclude_self: bool, symmetric: bool,
-               backend: str):
+               backend: str, screen: str | None = None):
     """Smallest squared distances, as the largest inner products of augmented rows:
     ‖q − y‖² = ‖q‖² − (2q·y − ‖y‖²), so q' = (2q, −1, −1) and y' = (y, h, l) with h + l = ‖y‖²
     (float64 norms split into two parts of the input's precision: the ranking keeps them whole).
@@ -257,7 +265,7 @@ def _l2_search(queries: torch.Tensor, keys: torch.Tensor, k: int, *, exclude_sel
     q_aug = torch.cat([2 * queries.to(dtype), minus], dim=1)
     want = k + 1 if symmetric and exclude_self else k
     key_norm = math.sqrt(float((sq + hi.to(torch.float64) ** 2 + lo.to(torch.float64) ** 2).max()))
-    _, idx = _cross_search(q_aug, keys_aug, want, backend, key_norm)
+    _, idx = _cross_search(q_aug, keys_aug, want, backend, key_norm, screen=screen)
     if symmetric and exclude_self:
         own = idx == torch.arange(idx.shape[0], device=idx.device)[:, None]
         # self is among the k + 1 nearest unless k earlier duplicates tie with it: then drop the last
@@ -282,7 +290,8 @@ def gemm(qb: torch.Tensor, kb: torch.Tensor, out: torch.Tensor) -> None:
     torch.mm(qb, kb.T, out=out)
 
 
-def search(queries, keys, k: int, *, exclude_self: bool, backend: str = "auto", unscale: bool = True):
+def search(queries, keys, k: int, *, exclude_self: bool, backend: str = "auto", unscale: bool = True,
+           screen: str | None = None):
     """Exact kNN of validated features (``keys=None``: the self form); tensors or row sources
     (:mod:`platonic_fast.rows`). Lists are for the rows the process owns, indices global.
 
@@ -296,7 +305,7 @@ def search(queries, keys, k: int, *, exclude_self: bool, backend: str = "auto", 
     """
     q = as_rows(queries)
     vals, idx, e = search_rows(q, None if keys is None else as_rows(keys), k, exclude_self=exclude_self,
-                               backend=backend)
+                               backend=backend, screen=screen)
     if not unscale:
         return vals, idx, e
     with q.comm.step():
@@ -317,13 +326,14 @@ def unscaled(vals: torch.Tensor, e: int) -> torch.Tensor:
 
 
 def search_rows(queries: RowSource, keys: RowSource | None, k: int, *, exclude_self: bool, backend: str = "auto",
-                more=None, product=gemm, unit_roundoff: float | None = None):
+                more=None, product=gemm, unit_roundoff: float | None = None, screen: str | None = None):
     """The one kNN pass over row sources: scale, candidates (GEMM tiles and the top-k merger, or
     the backend the registry picks), ordering pass. Collective on sharded sources.
 
     The CPU tiles come from ``product`` (see :func:`tile_loop`) and the ordering pass rescores
     within the rounding bound of ``unit_roundoff`` (see :func:`settle`): a cheaper tile producer
     (a screen) plugs in with its bound, and the pass stays exact. ``more``: as :func:`settle`.
+    ``screen``: the certified bf16 screen's option (:mod:`.knn_screen`; None: the environment).
 
     Returns ``(values, indices, e)`` for the owned rows: true scores ``values · 2**e``.
     """
@@ -343,7 +353,16 @@ def search_rows(queries: RowSource, keys: RowSource | None, k: int, *, exclude_s
     warn_memory(f"kNN with k={k} over {where}", 6.0 * q.n_local * kk * (vals_bytes(q) + 8),
                 "neighbour metrics rarely need k near N (the paper uses k = 10)")
     with torch.no_grad():
-        vals, idx = candidates(q, None if symmetric else keys_, kk, exclude_self, name, impl, product=product)
+        # --- bf16 screen hook (issue 20, ops/knn_screen.py): other candidates, the same ordering pass ---
+        from . import knn_screen
+
+        if product is gemm and knn_screen.serves(q, keys_, k, name, option=screen):
+            vals, idx = knn_screen.candidates(q, None if symmetric else keys_, k, kk, exclude_self=exclude_self,
+                                              n_cand=n_cand, more=more or more_candidates, backend=name,
+                                              option=screen)
+        # --- end bf16 screen hook ---
+        else:
+            vals, idx = candidates(q, None if symmetric else keys_, kk, exclude_self, name, impl, product=product)
         vals, idx = settle(q, keys_, vals, idx, k, exclude_self=symmetric and exclude_self, n_cand=n_cand,
                            more=more, unit_roundoff=unit_roundoff)
     return vals, idx, eq + ek
@@ -424,6 +443,8 @@ def settle(q: RowSource, keys: RowSource, vals: torch.Tensor, idx: torch.Tensor,
     Only the clusters of candidates whose computed scores lie within the rounding bound of a
     neighbour (:func:`_rounding_bound`; ``unit_roundoff`` of the tile producer, by default the
     GEMM's) are rescored in float64 and reordered; the rest of each list is already certain.
+    The top k are always rescored: every returned value is the float64 score rounded once, so
+    values do not depend on what produced the candidates (tiles, the bf16 screen, shards, files).
     Member key rows are fetched from the source. Rows whose clusters reach past their
     candidates get more (``more``, default :func:`more_candidates`) until none does. The rows
     run in chunks of the source's ``settle_rows``: rows are independent, and the one thing a
@@ -475,8 +496,8 @@ def cluster_marks(vals: torch.Tensor, delta: torch.Tensor, k: int, *, all_candid
     """(member, beyond) for rows of computed top-kk scores ``vals`` and their rounding bounds
     ``delta`` (one per row: two scores closer than it may be out of order).
 
-    ``member[r, p]``: position p belongs to a cluster of possibly misordered candidates that
-    matters for the top-k (past the k-th place, only the cluster reaching across it).
+    ``member[r, p]``: position p is rescored: the top k, and past the k-th place the cluster of
+    possibly misordered candidates reaching across it.
     ``beyond[r]``: that cluster reaches the last candidate, so contenders may lie past the list
     (never when the list holds ``all_candidates``).
     """
@@ -493,6 +514,9 @@ def cluster_marks(vals: torch.Tensor, delta: torch.Tensor, k: int, *, all_candid
         beyond = torch.zeros(vals.shape[0], dtype=torch.bool, device=vals.device)
     else:  # with no candidate past the k-th (a backend's k limit), the boundary is unknown
         beyond = member[:, -1] if kk > k else torch.ones(vals.shape[0], dtype=torch.bool, device=vals.device)
+    # canonical values: the top k are always rescored, so every returned value is the float64
+    # score rounded once, whichever tiles, screen, shard or file block produced the candidates
+    member[:, :k] = True
     return member, beyond
 
 
@@ -526,16 +550,20 @@ def _first_duplicates(keys: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
 def _reorder_clusters(q, keys, rows, vals, idx, member):
     """Rescore the cluster members of each row in float64 and sort the row by (score, index).
 
-    A member's score is computed once per (row, first identical key), so duplicated keys get the
-    very same number and fall back on the index rule.
+    Duplicated keys must get the very same number and fall back on the index rule: the compiled
+    kernel's fixed summation order gives it them directly; otherwise a member's score is computed
+    once per (row, first identical key).
     """
     r_pos, c_pos = member.nonzero(as_tuple=True)
-    n_keys = keys.shape[0]
     cand = idx[r_pos, c_pos]
-    which, slot = torch.unique(cand, return_inverse=True)
-    pair = rows[r_pos] * n_keys + _first_duplicates(keys, which)[slot]
-    unique, back = torch.unique(pair, return_inverse=True)
-    s64 = _dot64(q, keys, unique // n_keys, unique % n_keys)[back]
+    if _compiled_dot64(q, keys):
+        s64 = _dot64(q, keys, rows[r_pos], cand)
+    else:
+        n_keys = keys.shape[0]
+        which, slot = torch.unique(cand, return_inverse=True)
+        pair = rows[r_pos] * n_keys + _first_duplicates(keys, which)[slot]
+        unique, back = torch.unique(pair, return_inverse=True)
+        s64 = _dot64(q, keys, unique // n_keys, unique % n_keys)[back]
     key = vals.to(torch.float64)  # outside the clusters the computed order is certain
     key[r_pos, c_pos] = s64
     order = idx.argsort(dim=1, stable=True)
@@ -544,8 +572,31 @@ def _reorder_clusters(q, keys, rows, vals, idx, member):
     return key.gather(1, order).to(vals.dtype), idx.gather(1, order)
 
 
+def _compiled_dot64(q, keys) -> bool:
+    """True when the compiled pair kernel serves these rows (CPU float32/float64 tensors of one
+    dtype): its fixed summation order gives a pair the same number wherever it is computed."""
+    if not (isinstance(q, torch.Tensor) and isinstance(keys, torch.Tensor)):
+        return False  # e.g. a file's lazy row view
+    if q.device.type != "cpu" or q.dtype != keys.dtype or q.dtype not in (torch.float32, torch.float64):
+        return False
+    if any(t.dim() != 2 or t.stride(1) != 1 or (t.shape[0] > 1 and t.stride(0) < t.shape[1]) for t in (q, keys)):
+        return False  # the kernel reads rows with contiguous columns (not expanded views)
+    from .._backends import core_available
+
+    if not core_available():
+        return False
+    from .. import _core
+
+    return hasattr(_core, "knn_dot64")
+
+
 def _dot64(q: torch.Tensor, keys: torch.Tensor, qi: torch.Tensor, ki: torch.Tensor) -> torch.Tensor:
     """float64 ⟨q[qi], keys[ki]⟩ for paired index vectors, a block of pairs at a time."""
+    if _compiled_dot64(q, keys):
+        from .. import _core
+
+        return torch.from_numpy(_core.knn_dot64(q.numpy(), keys.numpy(), qi.contiguous().numpy(),
+                                                ki.contiguous().numpy()))
     out = torch.empty(qi.shape[0], dtype=torch.float64, device=q.device)
     step = max(1, RESCORE_BLOCK_ELEMENTS // max(1, q.shape[1]))
     for i in range(0, qi.shape[0], step):
@@ -769,12 +820,13 @@ def _exact_topk(s: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return vals.gather(1, order), idx.gather(1, order)
 
 
-def neighbours(x: torch.Tensor, k: int, *, exclude_self: bool = True, backend: str = "auto"):
+def neighbours(x: torch.Tensor, k: int, *, exclude_self: bool = True, backend: str = "auto",
+               screen: str | None = None):
     """knn of already-validated features (internal: metrics validate once, then call this).
 
     Returns ``(values, indices, e)``: the true scores are ``values · 2**e`` (see :func:`search`).
     """
-    return search(x, None, k, exclude_self=exclude_self, backend=backend, unscale=False)
+    return search(x, None, k, exclude_self=exclude_self, backend=backend, unscale=False, screen=screen)
 
 
 __all__ = ["knn", "neighbours", "compute_dtype"]
