@@ -14,9 +14,8 @@ import numbers
 import warnings
 
 import torch
-import torch.nn.functional as F
 
-from .._checks import FLOAT_DTYPES, ConstantFeaturesError, DegenerateInputWarning, as_tensor, max_abs, unit_exponent
+from .._checks import FLOAT_DTYPES, ConstantFeaturesError, DegenerateInputWarning, as_tensor, max_abs
 from ..align import AlignResult, layer_search_result, resolve_options
 from ..calibration import (
     Calibration,
@@ -31,6 +30,7 @@ from ..calibration import (
 )
 from ..metrics import metric_spec
 from ..ops.permute_lists import inverse_permutation
+from ..preparation import LayerScale, clamped_top, join, joined_scale, pre_exponent
 from . import _outliers
 from ._comm import Comm, Layout
 from ._knn import layout_of, local_features
@@ -77,30 +77,30 @@ def remove_outliers(feats, q: float = 0.95, exact: bool = False, *, group=None, 
     return out.numpy() if was_numpy else out
 
 
-def _global_exponent(comm: Comm, t: torch.Tensor) -> int:
-    with comm.step():
-        top = max_abs(t) if t.numel() else 0.0
-    return unit_exponent(comm.max(top), 20)
+def _global_tops(comm: Comm, tops: torch.Tensor) -> list[float]:
+    """Each layer's largest magnitude over all ranks."""
+    return comm.all_reduce(tops.double().cpu(), "max").tolist()
 
 
 def prepare_layers(comm: Comm, feats, name: str, *, q: float = 0.95, exact: bool = False, normalize: bool = True,
                    concat: bool = False) -> tuple[list[torch.Tensor], Layout]:
-    """Sharded :func:`platonic_fast.align.prepare_layers`: this rank's rows of every layer."""
+    """Sharded :func:`platonic_fast.align.prepare_layers`: this rank's rows of every layer (the one
+    preparation of :mod:`platonic_fast.preparation`, maxima and thresholds agreed by all ranks)."""
     if isinstance(feats, (list, tuple)):
         with comm.step():
             if not feats:
                 raise ValueError(f"{name} is an empty list; it needs at least one layer")
             layers = [local_features(f, f"{name}[{i}]") for i, f in enumerate(feats)]
+            local = torch.tensor([max_abs(l) if l.numel() else 0.0 for l in layers], dtype=torch.float64)
         layout = layout_of(comm, layers, [f"{name}[{i}]" for i in range(len(layers))])
-        exps = [_global_exponent(comm, l) if normalize else 0 for l in layers]
-        clamped = []
-        for l, e in zip(layers, exps):
-            x = (l * 2.0 ** -e if e else l).float()
-            clamped.append(x if q == 1 else x.clamp(*_pm(_threshold(comm, layout, x, q, exact))))
-        layers = clamped
-        joined = torch.cat([l * 2.0 ** (e - max(exps)) for l, e in zip(layers, exps)], dim=1) if concat else None
-        if normalize:
-            layers = [F.normalize(l, p=2, dim=-1) for l in layers]
+        tops = _global_tops(comm, local)
+        pres = [pre_exponent(t, normalize) for t in tops]
+        scales, clamped = [], []
+        for l, t, e in zip(layers, tops, pres):
+            x = LayerScale(e, None, 0).clamp(l)  # divided by 2**e, float32
+            thr = None if q == 1 else _threshold(comm, layout, x, q, exact)
+            scales.append(LayerScale.of(clamped_top(t, e, thr), e, thr, normalize))
+            clamped.append(x if thr is None else x.clamp(-thr, thr))
     else:
         with comm.step():
             t = as_tensor(feats, name)
@@ -110,21 +110,21 @@ def prepare_layers(comm: Comm, feats, name: str, *, q: float = 0.95, exact: bool
             if t.shape[1] == 0 or t.shape[2] == 0:
                 raise ValueError(f"{name} is empty (shape {tuple(t.shape)}); it needs layers and features")
             flat = local_features(t.reshape(t.shape[0], t.shape[1] * t.shape[2]), name)
+            local = torch.maximum(-t.amin(dim=(0, 2)), t.amax(dim=(0, 2))) if t.shape[0] else \
+                torch.zeros(t.shape[1])
         layout = layout_of(comm, [flat], [name])
-        e = _global_exponent(comm, t) if normalize else 0
-        x = (t * 2.0 ** -e if e else t).float()
-        clamped = x if q == 1 else x.clamp(*_pm(_threshold(comm, layout, x, q, exact)))
-        joined = clamped.reshape(clamped.shape[0], clamped.shape[1] * clamped.shape[2]) if concat else None
-        if normalize:
-            clamped = F.normalize(clamped, p=2, dim=-1)
-        layers = list(clamped.transpose(0, 1).contiguous().unbind(0))
+        tops = _global_tops(comm, local)
+        e = pre_exponent(max(tops), normalize)
+        x = LayerScale(e, None, 0).clamp(t)
+        thr = None if q == 1 else _threshold(comm, layout, x, q, exact)
+        scales = [LayerScale.of(clamped_top(top, e, thr), e, thr, normalize) for top in tops]
+        whole = x if thr is None else x.clamp(-thr, thr)
+        clamped = list(whole.transpose(0, 1).contiguous().unbind(0))
+    out = [s.finish(c) for s, c in zip(scales, clamped)]
     if concat:
-        layers.append(F.normalize(joined, p=2, dim=-1) if normalize else joined)
-    return layers, layout
-
-
-def _pm(thr: torch.Tensor):
-    return -thr, thr
+        shifts, joined = joined_scale(scales, [clamped_top(top, s.pre, s.threshold) for top, s in zip(tops, scales)])
+        out.append(join(clamped, shifts, joined))
+    return out, layout
 
 
 def prepare_states(comm: Comm, layout: Layout, layers: list[torch.Tensor], metric: str, opts: dict
