@@ -33,7 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ._checks import DegenerateInputWarning, check_pair
-from .metrics import Prepared, batched_null, metric_spec, score
+from .metrics import Prepared, batched_null, metric_spec, null_mean, score
 from .ops.permute_lists import check_permutation, inverse_permutation
 
 PermutationSource = torch.Tensor | Callable[[int, torch.device], torch.Tensor]
@@ -361,7 +361,7 @@ def calibrate(metric: str | Sequence[str], feats_A, feats_B, permutations: int |
     for (name, (pa,), (pb,), opts), sp, obs, null in zip(jobs, specs, observed, nulls):
         null = null[:, 0, 0]
         top = sp.max_score(opts) if auto else s_max
-        exact = sp.null_mean(pa.state, pb.state, n, **opts)
+        exact = null_mean(pa, pb)
         p, tau, calibrated = null_calibration(obs, null, alpha=alpha, s_max=top)
         chance = float(null.mean()) if exact is None else float(exact)
         out[name] = Calibration(name, "score", obs, null, p, tau, calibrated, alpha, top, chance, exact is not None)
@@ -399,7 +399,7 @@ def calibrate_states(states_x: list, states_y: list, scores: torch.Tensor, metri
 
     def pair_mean(i, j):
         sx, sy = states_x[i], states_y[j]
-        return None if sx is None or sy is None else spec.null_mean(sx.state, sy.state, n, **opts)
+        return None if sx is None or sy is None else null_mean(sx, sy)
 
     return summarise_null(metric, scores, null, pair_mean, alpha=alpha, s_max=s_max)
 
@@ -446,20 +446,24 @@ def summarise_null(metric: str, scores: torch.Tensor, null: torch.Tensor, pair_m
     return LayerCalibration(out["max"], out["mean"], null, pair_p, chance, exact)
 
 
-def exact_chance(states_x: list, states_y: list, metric: str, opts: dict) -> torch.Tensor | None:
+def exact_chance(states_x: list, states_y: list, metric: str | None = None, opts: dict | None = None, *,
+                 as_lists: bool = False) -> torch.Tensor | list | None:
     """Lx x Ly exact null means (the expectation over all row permutations of y) where the
     metric has a closed form (mutual_knn k/(N − 1), cka, unbiased_cka 0; NaN for constant
-    layers), else None: a chance level beside raw scores without running a null."""
-    spec = metric_spec(metric)
+    layers), else None: a chance level beside raw scores without running a null. Sharded states
+    (collective) or one process's alike. ``as_lists``: nested lists, non-finite values as None
+    (a record's JSON). ``metric`` and ``opts`` are the states' own (kept for callers)."""
     out = torch.full((len(states_x), len(states_y)), math.nan, dtype=torch.float64)
     for i, sx in enumerate(states_x):
         for j, sy in enumerate(states_y):
             if sx is None or sy is None:
                 continue
-            e = spec.null_mean(sx.state, sy.state, sx.n, **opts)
+            e = null_mean(sx, sy)
             if e is None:
                 return None
             out[i, j] = e
+    if as_lists:
+        return [[v if math.isfinite(v) else None for v in row] for row in out.tolist()]
     return out
 
 

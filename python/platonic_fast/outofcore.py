@@ -53,7 +53,7 @@ import torch
 
 from ._checks import ConstantFeaturesError, DegenerateInputWarning, unit_exponent
 from .features.blocks import FeatureFile
-from .metrics import METRICS, Neighbours, Prepared, _cknna_state, metric_spec, prepare
+from .metrics import METRICS, Prepared, metric_spec, prepare
 from .ops.knn import more_candidates as _more_candidates
 from .ops.outliers import per_sample_order_stats
 from .preparation import LayerScale, clamped_top, join, joined_scale, pre_exponent
@@ -61,8 +61,6 @@ from .rows import FileRows
 
 BLOCK_BYTES = 4 << 20  # float32 bytes per block of the statistics and threshold passes
 PANEL_BYTES = 16 << 20  # query rows held at once by the streamed kNN (a key block is 3 MiB at D=768)
-_NEIGHBOUR_METRICS = ("mutual_knn", "cycle_knn", "lcs_knn", "edit_distance_knn", "cknna")
-_HSIC_METRICS = ("cka", "unbiased_cka")
 
 
 def _blocks(n: int, size: int):
@@ -370,9 +368,10 @@ def streamable(metric: str, opts: dict, device=None) -> bool:
     block to a CUDA device); otherwise one whole layer at a time."""
     from ._backends import for_op, resolve
 
-    if metric in _HSIC_METRICS:  # torch GEMMs over blocks, on the CPU or a CUDA device
+    stream = METRICS[metric].stream
+    if stream == "hsic":  # torch GEMMs over blocks, on the CPU or a CUDA device
         return opts.get("backend", "auto") in ("auto", "cpu", "torch")
-    if metric not in _NEIGHBOUR_METRICS or (device is not None and torch.device(device).type != "cpu"):
+    if stream != "neighbours" or (device is not None and torch.device(device).type != "cpu"):
         return False
     try:
         name, _ = resolve("knn", for_op("knn", opts.get("backend", "auto"), METRICS[metric].ops),
@@ -455,8 +454,7 @@ def stream_kernel_stats(layers: StreamedLayers, layer: int, kernel: str = "ip", 
         rbf, scale, rbf_diag = H.rbf_form(sigma, 2.0 * float(torch.cat(norms).square().mean()), e)
         sq = torch.cat(sq).to(dtype)
         st = H.KernelStats(kernel, sigma, rbf, feats, sq, None, zeros, torch.full_like(zeros, rbf_diag), scale=scale)
-        u = float(torch.finfo(dtype).eps)
-        st.exact_close = rbf[2] == 1.0 and rbf[0] * (6 * u + 2 * d * u) * float(sq.max()) > 1e-7
+        st.exact_close = H.needs_exact_close(rbf, dtype, d, float(sq.max()))
         st.self_sum, st.row_sums = H.self_tile_sums(st)
         return st
 
@@ -515,7 +513,7 @@ def prepare_file(source, metric: str, opts: dict, *, name: str | None = None, q:
 
 def _prepare_layer(layers: StreamedLayers, i: int, spec, opts: dict, stream: bool, device, panel_bytes: int):
     n, d = layers.n, layers.widths[i]
-    if stream and spec.name in _HSIC_METRICS:
+    if stream and spec.stream == "hsic":
         _, constant = layers.stats(i)
         if constant:
             _warn_constant(i)
@@ -535,11 +533,9 @@ def _prepare_layer(layers: StreamedLayers, i: int, spec, opts: dict, stream: boo
         _warn_constant(i)
         return None
     o = spec.check_options(n, (d, d), opts)
-    cknna = spec.name == "cknna"
-    vals, idx, e = stream_neighbours(layers, i, o["topk"], exclude_self=o["unbiased"] if cknna else True,
+    vals, idx, e = stream_neighbours(layers, i, o["topk"], exclude_self=o.get("unbiased", True),
                                      panel_bytes=panel_bytes)
-    state = _cknna_state(idx, vals, o["unbiased"], o["backend"], scale_exp=e) if cknna else Neighbours(idx)
-    return Prepared(spec.name, o, state, n, d)
+    return Prepared(spec.name, o, spec.from_lists(idx, vals, e, o), n, d)
 
 
 _LIBC: dict = {}
@@ -632,7 +628,7 @@ def align_files(file_x, file_y, metric: str = "mutual_knn", topk: int = 10, *, q
 def reads_file(metric: str, opts: dict, device=None) -> bool:
     """Whether ``metric``'s out-of-core states read their file when scored (streamed HSIC): the
     file must then stay open until every score is taken."""
-    return metric in _HSIC_METRICS and streamable(metric, opts, device)
+    return METRICS[metric].stream == "hsic" and streamable(metric, opts, device)
 
 
 def memory_available() -> int | None:

@@ -60,7 +60,7 @@ def n_grid_figure(res: SweepResult):
     ax.minorticks_off()
     ax.set_xlabel("N (samples; nested random subsets)")
     ax.set_ylabel("score of the best layer pair")
-    if res.metric != "lcs_knn" and np.nanmax(np.abs(scores), initial=0.0) <= 1.0:
+    if _top(res) <= 1.0 and np.nanmax(np.abs(scores), initial=0.0) <= 1.0:
         ax.set_ylim(bottom=min(0.0, float(np.nanmin(scores, initial=0.0))))
     ax.grid(True, which="both", alpha=0.3)
     if len(pairs) <= 12:
@@ -96,6 +96,13 @@ def format_n_grid_table(res: SweepResult, *, digits: int = 4) -> str:
     level = [float(np.nanmean(c[idx])) if np.isfinite(c[idx]).any() else np.nan for c in chance]
     lines.append(row("chance level", level))
     return "\n".join(lines)
+
+
+def _top(res: SweepResult) -> float:
+    """The metric's largest value (its spec's; k for lcs_knn), 1 when topk is unknown."""
+    from .metrics import metric_spec
+
+    return float(metric_spec(res.metric).max_score({"topk": res.topk})) if res.topk is not None else 1.0
 
 
 def _heatmap(res: SweepResult, path: Path, auto_scale: bool = False) -> bool:
@@ -159,7 +166,7 @@ def heatmap_figure(res: SweepResult, *, auto_scale: bool = False):
     panels = [("raw score of the best layer pair", res.scores)]
     if k is not None:
         panels.append(("calibrated score (0: not above the null)", res.calibration_matrix("calibrated")))
-    top = float(res.topk) if res.metric == "lcs_knn" and res.topk is not None else 1.0
+    top = _top(res)
     x_labels = [wrap_name(n) for n in res.names_x]
     y_labels = [wrap_name(n) for n in res.names_y]
     x_lines = max(t.count("\n") + 1 for t in x_labels)

@@ -22,6 +22,7 @@ from ..calibration import (
     LayerCalibration,
     check_alpha,
     check_s_max,
+    exact_chance,
     metric_names,
     null_calibration,
     options_per_metric,
@@ -34,7 +35,8 @@ from ..preparation import LayerScale, clamped_top, join, joined_scale, pre_expon
 from . import _outliers
 from ._comm import Comm, Layout
 from ._knn import layout_of, local_features
-from ._metrics import ShardedPrepared, null_mean, permuted, prepare_local, score
+from ..metrics import null_mean
+from ._metrics import ShardedPrepared, permuted, prepare_local, score
 
 
 def _threshold(comm: Comm, layout: Layout, t: torch.Tensor, q: float, exact: bool) -> torch.Tensor:
@@ -151,21 +153,6 @@ def score_states(states_x, states_y, metric: str, opts: dict, *, concat: bool = 
         for j, sy in enumerate(states_y):
             scores[i, j] = float("nan") if sx is None or sy is None else score(sx, sy)
     return layer_search_result(scores, metric, opts, concat=concat)
-
-
-def exact_chance(states_x, states_y) -> torch.Tensor | None:
-    """Each layer pair's exact null expectation (NaN for constant layers), or None when the metric
-    has no closed form."""
-    out = torch.full((len(states_x), len(states_y)), math.nan, dtype=torch.float64)
-    for i, sx in enumerate(states_x):
-        for j, sy in enumerate(states_y):
-            if sx is None or sy is None:
-                continue
-            e = null_mean(sx, sy)
-            if e is None:
-                return None
-            out[i, j] = e
-    return out
 
 
 def align(feats_x, feats_y, metric: str = "mutual_knn", topk: int = 10, *, group=None, timeout=None, q: float = 0.95,
