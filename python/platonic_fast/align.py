@@ -200,12 +200,14 @@ def prepare_states(layers: list[torch.Tensor], metric: str, opts: dict, *, bar=N
 
 def score_states(states_x: list[Prepared], states_y: list[Prepared], metric: str, opts: dict, *,
                  concat: bool = False, bar=None) -> AlignResult:
-    """Score every pair of prepared layers and pick the best, as the reference does."""
+    """Score every pair of prepared layers and pick the best, as the reference does (on row
+    shards too: collective, every rank gets the same result)."""
     scores = torch.full((len(states_x), len(states_y)), float("nan"), dtype=torch.float64)
     live_x = [i for i, s in enumerate(states_x) if s is not None]
     live_y = [j for j, s in enumerate(states_y) if s is not None]
+    sharded = any(s.comm is not None for s in states_x + states_y if s is not None)
     grid = metric_spec(metric).grid([states_x[i].state for i in live_x], [states_y[j].state for j in live_y],
-                                    **opts) if live_x and live_y else None
+                                    **opts) if live_x and live_y and not sharded else None
     if grid is not None:  # every pair at once (streamed CKA: one pass over the files' rows)
         for a, i in enumerate(live_x):
             for b, j in enumerate(live_y):

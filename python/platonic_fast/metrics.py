@@ -503,6 +503,8 @@ def batched_null(metric: str, states_x: list, states_y: list, opts: dict):
     live_y = [j for j, s in enumerate(states_y) if s is not None]
     if not live_x or not live_y:
         return None
+    if any(states_x[i].comm is not None for i in live_x) or any(states_y[j].comm is not None for j in live_y):
+        return None  # row shards: the generic loop (the rows a permutation needs are fetched)
     sx = [states_x[i].state for i in live_x]
     sy = [states_y[j].state for j in live_y]
     if any(s.indices.device.type != "cpu" for s in sx + sy):
@@ -599,11 +601,7 @@ class Prepared:
         True
         """
         perm = check_permutation(perm, self.n)
-        if self.comm is not None:  # only the rows this rank needs are fetched
-            from .distributed._metrics import permuted
-
-            return permuted([self], perm, inverse_permutation(perm))[0]
-        return self._permuted(perm, inverse_permutation(perm))
+        return permute_states([self], perm, inverse_permutation(perm))[0]
 
     def truncated(self, topk: int) -> "Prepared":
         """This set prepared for a smaller ``topk``, from its lists (kNN metrics and cknna).
@@ -672,6 +670,17 @@ class Prepared:
         if opts["topk"] != k:
             raise ValueError(f"topk={opts['topk']} but the lists hold k={k} neighbours")
         return cls(metric, opts, spec.from_lists(indices.to(torch.int64), values, 0, opts), n, 0)
+
+
+def permute_states(states: list, perm: torch.Tensor, inverse: torch.Tensor) -> list:
+    """Every state of one model's layers (None for a constant layer) with rows permuted by one
+    checked permutation, without recomputing them; on row shards one fetch for all layers."""
+    live = [s for s in states if s is not None]
+    if live and live[0].comm is not None:
+        from .distributed._metrics import permuted
+
+        return permuted(states, perm, inverse)
+    return [None if s is None else s._permuted(perm, inverse) for s in states]
 
 
 def _prepare(spec: MetricSpec, x: torch.Tensor, opts: dict) -> Prepared:

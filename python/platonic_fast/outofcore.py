@@ -55,7 +55,7 @@ from ._checks import ConstantFeaturesError, DegenerateInputWarning, unit_exponen
 from .features.blocks import FeatureFile
 from .metrics import METRICS, Prepared, metric_spec, prepare
 from .ops.knn import more_candidates as _more_candidates
-from .ops.outliers import per_sample_order_stats
+from .ops.outliers import per_sample_order_stats, radix_select
 from .preparation import LayerScale, clamped_top, join, joined_scale, pre_exponent
 from .rows import FileRows
 
@@ -167,8 +167,8 @@ class StreamedLayers:
         width = self.file.num_layers * self.file.widths[0] if layer is None else self.file.widths[layer]
         blocks = _blocks(self.n, self._rows_per_block(width))
         if self.exact:
-            return _radix_select(lambda: (self._scaled_rows(layer, r0, r1) for r0, r1 in blocks),
-                                 int(self.q * self.n * width))
+            return radix_select(lambda: (self._scaled_rows(layer, r0, r1).reshape(-1) for r0, r1 in blocks),
+                                int(self.q * self.n * width), torch.float32)
         # per sample: torch.quantile's linear interpolation, then the mean over samples
         pos = self.q * (width - 1)
         lo = math.floor(pos)
@@ -265,25 +265,6 @@ class StreamedLayers:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _radix_select(blocks, position: int) -> torch.Tensor:
-    """The entry at 0-based ``position`` of the ascending sort of |x| over every block (a callable
-    returning a fresh iterator of float32 blocks), by two counting passes on the float bits:
-    for non-negative floats the order of the bit patterns is the order of the values."""
-    counts = torch.zeros(1 << 15, dtype=torch.int64)
-    for t in blocks():
-        bits = t.abs().reshape(-1).view(torch.int32)
-        counts += torch.bincount(bits >> 16, minlength=1 << 15)
-    cum = counts.cumsum(0)
-    high = int(torch.searchsorted(cum, torch.tensor([position]), right=True))
-    rank = position - (int(cum[high - 1]) if high else 0)
-    low_counts = torch.zeros(1 << 16, dtype=torch.int64)
-    for t in blocks():
-        bits = t.abs().reshape(-1).view(torch.int32)
-        low_counts += torch.bincount(bits[(bits >> 16) == high] & 0xFFFF, minlength=1 << 16)
-    low = int(torch.searchsorted(low_counts.cumsum(0), torch.tensor([rank]), right=True))
-    return torch.tensor([(high << 16) | low], dtype=torch.int32).view(torch.float32)[0]
 
 
 # --- the streamed kNN ---------------------------------------------------------------------------

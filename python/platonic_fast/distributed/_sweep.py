@@ -27,8 +27,8 @@ import sys
 import numpy as np
 import torch
 
-from ._align import calibrate_states, prepare_layers, prepare_states, score_states
 from ..calibration import exact_chance as layer_chance
+from ._align import calibrate_states, prepare_layers, prepare_states, score_states
 from ._comm import Comm
 
 _ACTIVE: "SweepShard | None" = None
