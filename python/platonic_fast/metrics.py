@@ -6,6 +6,11 @@ both). The spec also holds the metric's options and their validation, the ops it
 it is symmetric and whether it takes ``topk``; :data:`SUPPORTED_METRICS`, :func:`measure`,
 the layer search, the scorer, the sweeps and ``compat`` all read it.
 
+This module is long on purpose: it is the one metric table (issue 19). Every path -- one
+process, memory-mapped files, rank shards -- learns what it needs about a metric from its spec
+here (its sharded form, how it streams, its value range), and :class:`Prepared` is the one
+prepared state for all of them, so no other module tests a metric's name.
+
 The prepared-state API is public: :func:`prepare` one feature set once, then :func:`score` it
 against any other set prepared the same way. A single :func:`measure` call does both.
 """

@@ -167,8 +167,8 @@ class StreamedLayers:
         width = self.file.num_layers * self.file.widths[0] if layer is None else self.file.widths[layer]
         blocks = _blocks(self.n, self._rows_per_block(width))
         if self.exact:
-            return radix_select(lambda: (self._scaled_rows(layer, r0, r1).reshape(-1) for r0, r1 in blocks),
-                                int(self.q * self.n * width), torch.float32)
+            return _radix_select(lambda: (self._scaled_rows(layer, r0, r1) for r0, r1 in blocks),
+                                 int(self.q * self.n * width))
         # per sample: torch.quantile's linear interpolation, then the mean over samples
         pos = self.q * (width - 1)
         lo = math.floor(pos)
@@ -265,6 +265,11 @@ class StreamedLayers:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _radix_select(blocks, position: int) -> torch.Tensor:
+    """:func:`platonic_fast.ops.outliers.radix_select` of float32 blocks (the threshold pass's)."""
+    return radix_select(lambda: (t.reshape(-1) for t in blocks()), position, torch.float32)
 
 
 # --- the streamed kNN ---------------------------------------------------------------------------
