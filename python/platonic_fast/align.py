@@ -14,13 +14,13 @@ import warnings
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ._checks import ConstantFeaturesError, DegenerateInputWarning, as_tensor, check_features, max_abs, unit_exponent
+from ._checks import ConstantFeaturesError, DegenerateInputWarning, as_tensor, check_features, max_abs
 from .calibration import LayerCalibration, calibrate_states, check_alpha, exact_chance, permutation_source
 from .metrics import Prepared, metric_spec, prepare, score
 from .ops.outliers import remove_outliers
+from .preparation import LayerScale, join, joined_scale, pre_exponent
 
 
 @dataclass
@@ -57,19 +57,9 @@ class AlignResult:
     calibration: LayerCalibration | None = None
 
 
-def _unit_exponent(t: torch.Tensor) -> int:
-    """e such that ``t · 2**-e`` has its largest entry near 1; 0 when it is not far from 1.
-
-    Clamping is scale-equivariant and L2 normalisation scale-free, so dividing by 2**e (exact)
-    before either changes nothing but the float32 range: squares of entries near 1e20 would
-    overflow, and rows near 1e-20 would fall under normalize's 1e-12 floor.
-    """
-    return unit_exponent(max_abs(t), 20)
-
-
 def prepare_layers(feats, name: str, *, q: float = 0.95, exact: bool = False, normalize: bool = True,
                    concat: bool = False) -> list[torch.Tensor]:
-    """Clamp outliers, then L2-normalise each layer's rows.
+    """Clamp outliers, then L2-normalise each layer's rows (:mod:`platonic_fast.preparation`).
 
     As the reference pipeline: an N x L x D tensor is clamped as a whole (one threshold from all
     layers), a list of layers is clamped layer by layer. ``concat`` appends the concatenation of
@@ -83,12 +73,8 @@ def prepare_layers(feats, name: str, *, q: float = 0.95, exact: bool = False, no
         for i, l in enumerate(layers):
             if l.shape[0] != n:
                 raise ValueError(f"every layer of {name} needs the same N; layer 0 has {n}, layer {i} has {l.shape[0]}")
-        exps = [_unit_exponent(l) if normalize else 0 for l in layers]
-        layers = [remove_outliers((l * 2.0 ** -e if e else l).float(), q=q, exact=exact) for l, e in zip(layers, exps)]
-        # the concatenation keeps the layers' true relative scale
-        joined = torch.cat([l * 2.0 ** (e - max(exps)) for l, e in zip(layers, exps)], dim=1) if concat else None
-        if normalize:
-            layers = [F.normalize(l, p=2, dim=-1) for l in layers]
+        pres = [pre_exponent(max_abs(l), normalize) for l in layers]
+        clamped = [remove_outliers((l * 2.0 ** -e if e else l).float(), q=q, exact=exact) for l, e in zip(layers, pres)]
     else:
         t = as_tensor(feats, name)
         if t.dim() != 3:
@@ -100,16 +86,19 @@ def prepare_layers(feats, name: str, *, q: float = 0.95, exact: bool = False, no
             raise ValueError(f"{name} is empty (shape {tuple(t.shape)}); it needs samples, layers and features")
         # Validated as a whole (one pass), not layer by layer.
         check_features(t.reshape(t.shape[0], -1), name)
-        e = _unit_exponent(t) if normalize else 0
-        clamped = remove_outliers((t * 2.0 ** -e if e else t).float(), q=q, exact=exact)
-        joined = clamped.reshape(clamped.shape[0], -1) if concat else None
-        if normalize:  # one call over N x L x D: far faster than per strided layer view
-            clamped = F.normalize(clamped, p=2, dim=-1)
+        e = pre_exponent(max_abs(t), normalize)
+        whole = remove_outliers((t * 2.0 ** -e if e else t).float(), q=q, exact=exact)
         # One copy to L x N x D so that every layer is contiguous for the kNN GEMMs.
-        layers = list(clamped.transpose(0, 1).contiguous().unbind(0))
+        clamped = list(whole.transpose(0, 1).contiguous().unbind(0))
+        pres = [e] * len(clamped)
+    # each layer's largest clamped entry (one pass over contiguous rows, no temporary)
+    tops = [max_abs(c) if normalize else 0.0 for c in clamped]
+    scales = [LayerScale.of(top, e, None, normalize) for top, e in zip(tops, pres)]
+    out = [s.finish(c) for s, c in zip(scales, clamped)]
     if concat:
-        layers.append(F.normalize(joined, p=2, dim=-1) if normalize else joined)
-    return layers
+        shifts, joined = joined_scale(scales, tops)
+        out.append(join(clamped, shifts, joined))
+    return out
 
 
 def align(feats_x, feats_y, metric: str = "mutual_knn", topk: int = 10, *, q: float = 0.95,
@@ -211,12 +200,14 @@ def prepare_states(layers: list[torch.Tensor], metric: str, opts: dict, *, bar=N
 
 def score_states(states_x: list[Prepared], states_y: list[Prepared], metric: str, opts: dict, *,
                  concat: bool = False, bar=None) -> AlignResult:
-    """Score every pair of prepared layers and pick the best, as the reference does."""
+    """Score every pair of prepared layers and pick the best, as the reference does (on row
+    shards too: collective, every rank gets the same result)."""
     scores = torch.full((len(states_x), len(states_y)), float("nan"), dtype=torch.float64)
     live_x = [i for i, s in enumerate(states_x) if s is not None]
     live_y = [j for j, s in enumerate(states_y) if s is not None]
+    sharded = any(s.comm is not None for s in states_x + states_y if s is not None)
     grid = metric_spec(metric).grid([states_x[i].state for i in live_x], [states_y[j].state for j in live_y],
-                                    **opts) if live_x and live_y else None
+                                    **opts) if live_x and live_y and not sharded else None
     if grid is not None:  # every pair at once (streamed CKA: one pass over the files' rows)
         for a, i in enumerate(live_x):
             for b, j in enumerate(live_y):

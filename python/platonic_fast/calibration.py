@@ -33,7 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ._checks import DegenerateInputWarning, check_pair
-from .metrics import Prepared, batched_null, metric_spec, score
+from .metrics import Prepared, batched_null, metric_spec, null_mean, permute_states, score
 from .ops.permute_lists import check_permutation, inverse_permutation
 
 PermutationSource = torch.Tensor | Callable[[int, torch.device], torch.Tensor]
@@ -230,6 +230,15 @@ def permutation_source(n: int, permutations, perm: PermutationSource | None, gen
     return k, lambda i: torch.randperm(n, generator=generator, device=where)
 
 
+def shared_draws(states: list, draw: Callable[[int], torch.Tensor]) -> Callable[[int], torch.Tensor]:
+    """``draw`` as every rank must see it: for sets prepared on row shards each permutation is
+    drawn on rank 0 and broadcast (one process: ``draw`` itself)."""
+    comm = next((s.comm for s in states if s is not None and s.comm is not None), None)
+    if comm is None:
+        return draw
+    return lambda i: comm.broadcast(draw(i).to("cpu", torch.int64), 0)
+
+
 def check_permutation_count(k) -> int:
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"permutations must be an integer >= 1 (the null's size K, e.g. 200), got {k!r}")
@@ -265,8 +274,7 @@ def null_scores_many(jobs: list[tuple], k: int, draw, *, bar=None) -> list[torch
                     null[t0: t0 + perms.shape[0]] = engine(perms.cpu())
                     continue
                 for dt, perm in enumerate(perms):
-                    inv = inverse_permutation(perm)
-                    permuted = [None if s is None else s._permuted(perm, inv) for s in states_y]
+                    permuted = permute_states(states_y, perm, inverse_permutation(perm))
                     for i, sx in enumerate(states_x):
                         for j, sy in enumerate(permuted):
                             if sx is not None and sy is not None:
@@ -349,23 +357,32 @@ def calibrate(metric: str | Sequence[str], feats_A, feats_B, permutations: int |
     if not auto:
         s_max = check_s_max(s_max)
     k, draw = permutation_source(n, permutations, perm, generator, a.device)
-    jobs = []
-    for name, sp, opts in zip(names, specs, opts_list):
-        pa = Prepared(name, opts, sp.prepare(a, **opts), n, a.shape[1])
-        pb = Prepared(name, opts, sp.prepare(b, **opts), n, b.shape[1])
-        jobs.append((name, [pa], [pb], opts))
-    observed = [score(job[1][0], job[2][0]) for job in jobs]
+    pas = [Prepared(nm, o, sp.prepare(a, **o), n, a.shape[1]) for nm, sp, o in zip(names, specs, opts_list)]
+    pbs = [Prepared(nm, o, sp.prepare(b, **o), n, b.shape[1]) for nm, sp, o in zip(names, specs, opts_list)]
+    out = calibrate_prepared(pas, pbs, k, draw, alpha=alpha, s_max=s_max, progress=progress)
+    return out[names[0]] if isinstance(metric, str) else out
+
+
+def calibrate_prepared(pas: list[Prepared], pbs: list[Prepared], k: int, draw, *, alpha: float, s_max="auto",
+                       progress: bool = False) -> dict[str, Calibration]:
+    """:func:`calibrate` of sets already prepared (one per metric, validated ``alpha``/``s_max``;
+    on row shards too: collective, each permutation drawn on rank 0)."""
+    names = [p.metric for p in pas]
+    auto = isinstance(s_max, str) and s_max == "auto"
+    draw = shared_draws(pas + pbs, draw)
+    jobs = [(p.metric, [p], [q], p.options) for p, q in zip(pas, pbs)]
+    observed = [score(p, q) for p, q in zip(pas, pbs)]
     with tqdm(total=k, desc=f"null {'+'.join(names)}", disable=not progress, leave=False) as bar:
         nulls = null_scores_many(jobs, k, draw, bar=bar)
     out = {}
-    for (name, (pa,), (pb,), opts), sp, obs, null in zip(jobs, specs, observed, nulls):
+    for (name, (pa,), (pb,), opts), obs, null in zip(jobs, observed, nulls):
         null = null[:, 0, 0]
-        top = sp.max_score(opts) if auto else s_max
-        exact = sp.null_mean(pa.state, pb.state, n, **opts)
+        top = pa.spec.max_score(opts) if auto else s_max
+        exact = null_mean(pa, pb)
         p, tau, calibrated = null_calibration(obs, null, alpha=alpha, s_max=top)
         chance = float(null.mean()) if exact is None else float(exact)
         out[name] = Calibration(name, "score", obs, null, p, tau, calibrated, alpha, top, chance, exact is not None)
-    return out[names[0]] if isinstance(metric, str) else out
+    return out
 
 
 # --- a layer search -----------------------------------------------------------------------------
@@ -395,11 +412,11 @@ def calibrate_states(states_x: list, states_y: list, scores: torch.Tensor, metri
     n = (live_x or live_y)[0].n if (live_x or live_y) else 0
     device = _device_of(live_x + live_y)
     k, draw = permutation_source(n, permutations, perm, generator, device)
-    null = null_scores(metric, states_x, states_y, opts, k, draw, bar=bar)
+    null = null_scores(metric, states_x, states_y, opts, k, shared_draws(live_x + live_y, draw), bar=bar)
 
     def pair_mean(i, j):
         sx, sy = states_x[i], states_y[j]
-        return None if sx is None or sy is None else spec.null_mean(sx.state, sy.state, n, **opts)
+        return None if sx is None or sy is None else null_mean(sx, sy)
 
     return summarise_null(metric, scores, null, pair_mean, alpha=alpha, s_max=s_max)
 
@@ -446,20 +463,24 @@ def summarise_null(metric: str, scores: torch.Tensor, null: torch.Tensor, pair_m
     return LayerCalibration(out["max"], out["mean"], null, pair_p, chance, exact)
 
 
-def exact_chance(states_x: list, states_y: list, metric: str, opts: dict) -> torch.Tensor | None:
+def exact_chance(states_x: list, states_y: list, metric: str | None = None, opts: dict | None = None, *,
+                 as_lists: bool = False) -> torch.Tensor | list | None:
     """Lx x Ly exact null means (the expectation over all row permutations of y) where the
     metric has a closed form (mutual_knn k/(N − 1), cka, unbiased_cka 0; NaN for constant
-    layers), else None: a chance level beside raw scores without running a null."""
-    spec = metric_spec(metric)
+    layers), else None: a chance level beside raw scores without running a null. Sharded states
+    (collective) or one process's alike. ``as_lists``: nested lists, non-finite values as None
+    (a record's JSON). ``metric`` and ``opts`` are the states' own (kept for callers)."""
     out = torch.full((len(states_x), len(states_y)), math.nan, dtype=torch.float64)
     for i, sx in enumerate(states_x):
         for j, sy in enumerate(states_y):
             if sx is None or sy is None:
                 continue
-            e = spec.null_mean(sx.state, sy.state, sx.n, **opts)
+            e = null_mean(sx, sy)
             if e is None:
                 return None
             out[i, j] = e
+    if as_lists:
+        return [[v if math.isfinite(v) else None for v in row] for row in out.tolist()]
     return out
 
 

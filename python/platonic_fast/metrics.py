@@ -6,6 +6,11 @@ both). The spec also holds the metric's options and their validation, the ops it
 it is symmetric and whether it takes ``topk``; :data:`SUPPORTED_METRICS`, :func:`measure`,
 the layer search, the scorer, the sweeps and ``compat`` all read it.
 
+This module is long on purpose: it is the one metric table (issue 19). Every path -- one
+process, memory-mapped files, rank shards -- learns what it needs about a metric from its spec
+here (its sharded form, how it streams, its value range), and :class:`Prepared` is the one
+prepared state for all of them, so no other module tests a metric's name.
+
 The prepared-state API is public: :func:`prepare` one feature set once, then :func:`score` it
 against any other set prepared the same way. A single :func:`measure` call does both.
 """
@@ -13,6 +18,7 @@ against any other set prepared the same way. A single :func:`measure` call does 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -48,6 +54,29 @@ class Neighbours:
 
 
 # --- the spec ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sharded:
+    """A metric on row-sharded sets: what :mod:`platonic_fast.distributed` runs for it.
+
+    Each callable is collective (every rank calls it at the same point) and takes the
+    communicator and the row layout; states hold this rank's rows and the set's global sums.
+
+    Attributes
+    ----------
+    prepare : (comm, layout, x, **options) -> state
+    pair : (comm, layout, state_a, state_b, **options) -> float
+    null_mean : (comm, state_a, state_b, n, **options) -> float or None
+    rows : state -> dict of per-row tensors (what a row permutation moves between ranks)
+    with_rows : (state, rows, inverse) -> state with those rows (lists relabelled by ``inverse``)
+    """
+
+    prepare: Callable[..., Any]
+    pair: Callable[..., float]
+    rows: Callable[[Any], dict]
+    with_rows: Callable[..., Any]
+    null_mean: Callable[..., float | None] = lambda comm, sa, sb, n, **opts: None
 
 
 def _check_bool(value, name: str) -> bool:
@@ -88,6 +117,20 @@ class MetricSpec:
     grid : callable (states_x, states_y, **options) -> list of lists of float, or None
         Every pair's score at once where that is cheaper than pair by pair (cka on features
         read from files: one pass over the rows), else None; the layer search tries it first.
+    sharded : Sharded
+        The same metric on row-sharded sets (:mod:`platonic_fast.distributed`): its
+        prepare / pair / null_mean with the sums over rows taken over every rank, and the
+        per-row tensors a permutation moves between ranks.
+    from_lists : callable (indices, values, scale_exp, options, comm, layout) -> state, or None
+        The state from neighbour lists (kNN metrics and cknna): lists computed elsewhere, a
+        smaller ``topk`` (:meth:`Prepared.truncated`), the out-of-core kNN. ``comm`` None: one process.
+    stream : "neighbours", "hsic" or None
+        How the out-of-core search prepares a layer without holding it: the streamed kNN
+        (then ``from_lists``), the streamed kernel statistics, or not at all (whole layers).
+    value_range : callable (options) -> (low, high)
+        Where the metric's values provably lie (the confidence intervals clip there).
+    check_widths : callable (options, width_a, width_b) -> None
+        Raises when two prepared sets' widths cannot be scored together (svcca's cca_dim).
     """
 
     name: str
@@ -103,6 +146,11 @@ class MetricSpec:
     null_mean: Callable[..., float | None] = lambda sa, sb, n, **opts: None
     fixed: dict = field(default_factory=dict)
     grid: Callable[..., list | None] = lambda sx, sy, **opts: None
+    sharded: "Sharded | None" = None
+    from_lists: Callable[..., Any] | None = None
+    stream: str | None = None
+    value_range: Callable[[dict], tuple[float, float]] = lambda opts: (-math.inf, math.inf)
+    check_widths: Callable[[dict, int, int], None] = lambda opts, wa, wb: None
 
     def check_options(self, n: int, widths: tuple[int, int], options: dict) -> dict:
         """Validated, complete options (``backend`` included) for N samples and two widths."""
@@ -138,9 +186,27 @@ def _relabelled(st: Neighbours, perm: torch.Tensor, inverse: torch.Tensor, backe
 _LIST_METRICS: dict[str, tuple[str, Callable[[int, int, int], float]]] = {}
 
 
+def _shard_lists(comm, layout, x, k: int, exclude_self: bool, backend: str, ops: tuple[str, ...]):
+    from .distributed._knn import neighbours as sharded_neighbours
+
+    return sharded_neighbours(comm, layout, x, k, exclude_self=exclude_self, backend=for_op("knn", backend, ops))
+
+
+def _list_rows(st: Neighbours) -> dict:
+    return {"indices": st.indices} if st.values is None else {"indices": st.indices, "values": st.values}
+
+
+def _list_with_rows(st: Neighbours, rows: dict, inverse: torch.Tensor) -> Neighbours:
+    # CKNNA's self sums are sums over a set's own (i, j) pairs: relabelling both ends keeps them.
+    idx = inverse.to(rows["indices"].device)[rows["indices"]]
+    return Neighbours(idx, rows.get("values"), st.self_sums, st.scale_exp)
+
+
 def _list_metric(name: str, kind: str, from_total: Callable[[int, int, int], float], *,
-                 symmetric: bool, max_score=lambda opts: 1.0, null_mean=lambda sa, sb, n, **opts: None
-                 ) -> MetricSpec:
+                 symmetric: bool, max_score=lambda opts: 1.0, null_mean=lambda sa, sb, n, **opts: None,
+                 across_rows: bool = False) -> MetricSpec:
+    """A metric of the per-row totals of one neighbour_lists kind. ``across_rows``: a row's
+    value reads other rows' lists (cycle kNN), so sharded rows exchange lists."""
     ops = ("knn", "neighbour_lists", "permute_lists")
 
     def prepare(x, *, topk, backend="auto"):
@@ -155,9 +221,25 @@ def _list_metric(name: str, kind: str, from_total: Callable[[int, int, int], flo
     def permute(st: Neighbours, perm, inverse, *, topk=None, backend="auto"):
         return _relabelled(st, perm, inverse, backend, ops)
 
+    def shard_prepare(comm, layout, x, *, topk, backend="auto"):
+        return Neighbours(_shard_lists(comm, layout, x, topk, True, backend, ops)[1])
+
+    def shard_pair(comm, layout, sa: Neighbours, sb: Neighbours, *, topk=None, backend="auto"):
+        from .distributed import _lists
+
+        if across_rows:
+            total = _lists.cycle_total(comm, layout, sa.indices, sb.indices)
+        else:
+            total = _lists.row_totals(comm, kind, sa.indices, sb.indices, for_op("neighbour_lists", backend, ops))
+        return from_total(total, layout.n, sa.indices.shape[1])
+
+    sharded = Sharded(shard_prepare, shard_pair, _list_rows, _list_with_rows,
+                      null_mean=lambda comm, sa, sb, n, **opts: null_mean(sa, sb, n, **opts))
     _LIST_METRICS[name] = (kind, from_total)
     return MetricSpec(name, ops, {"topk": 10}, _validate_topk, prepare, pair, symmetric=symmetric,
-                      takes_topk=True, max_score=max_score, permute=permute, null_mean=null_mean)
+                      takes_topk=True, max_score=max_score, permute=permute, null_mean=null_mean,
+                      sharded=sharded, from_lists=lambda idx, vals, e, opts, comm=None, layout=None: Neighbours(idx),
+                      stream="neighbours", value_range=lambda opts: (0.0, float(max_score(opts))))
 
 
 # A random relabelling makes π⁻¹(kNN_B(π(i))) a uniform k-subset of the N - 1 other samples,
@@ -165,7 +247,7 @@ def _list_metric(name: str, kind: str, from_total: Callable[[int, int, int], flo
 # Each list metric is a function of its per-row total (an exact integer), N and k.
 _MUTUAL = _list_metric("mutual_knn", "mutual_overlap", lambda total, n, k: total / n / k, symmetric=True,
                        null_mean=lambda sa, sb, n, *, topk, **opts: topk / (n - 1))
-_CYCLE = _list_metric("cycle_knn", "cycle_hits", lambda total, n, k: total / n, symmetric=False)
+_CYCLE = _list_metric("cycle_knn", "cycle_hits", lambda total, n, k: total / n, symmetric=False, across_rows=True)
 _LCS = _list_metric("lcs_knn", "lcs_lengths", lambda total, n, k: total / n, symmetric=True,
                     max_score=lambda opts: float(opts["topk"]))
 _EDIT = _list_metric("edit_distance_knn", "edit_distances", lambda total, n, k: 1.0 - total / n / k,
@@ -195,9 +277,15 @@ def _cknna_similarity(s: dict, n: int, *, unbiased: bool, distance_agnostic: boo
 
 
 def _cknna_state(idx: torch.Tensor, vals: torch.Tensor, unbiased: bool, backend: str,
-                 scale_exp: int = 0) -> Neighbours:
+                 scale_exp: int = 0, comm=None, layout=None) -> Neighbours:
+    """A set's lists with its own masked sums (over every rank's rows when ``comm`` is given)."""
     st = Neighbours(idx, vals, scale_exp=scale_exp)
-    st.self_sums = _masked_sums(st, st, zero_diagonal=unbiased, backend=backend)
+    if comm is None:
+        st.self_sums = _masked_sums(st, st, zero_diagonal=unbiased, backend=backend)
+    else:
+        from .distributed import _lists
+
+        st.self_sums = _lists.cknna_sums(comm, layout, idx, vals, idx, vals, zero_diagonal=unbiased)
     return st
 
 
@@ -209,13 +297,12 @@ def _cknna_prepare(x, *, topk, unbiased=True, distance_agnostic=False, backend="
 def _cknna_pair(sa: Neighbours, sb: Neighbours, *, topk=None, unbiased=True, distance_agnostic=False,
                 backend="auto"):
     sums = _masked_sums(sa, sb, zero_diagonal=unbiased, backend=backend)
-    return _cknna_from_sums(sums, sa, sb, unbiased=unbiased, distance_agnostic=distance_agnostic)
+    return _cknna_from_sums(sums, sa, sb, sa.indices.shape[0], unbiased=unbiased, distance_agnostic=distance_agnostic)
 
 
-def _cknna_from_sums(sums: dict, sa: Neighbours, sb: Neighbours, *, unbiased: bool, distance_agnostic: bool,
-                     warn: bool = True) -> float:
-    """The score from the pair's masked sums and each set's own (SPEC §1, CKNNA)."""
-    n = sa.indices.shape[0]
+def _cknna_from_sums(sums: dict, sa: Neighbours, sb: Neighbours, n: int, *, unbiased: bool,
+                     distance_agnostic: bool, warn: bool = True) -> float:
+    """The score from the pair's masked sums and each set's own (SPEC §1, CKNNA), N samples."""
     opts = dict(unbiased=unbiased, distance_agnostic=distance_agnostic)
     kl = _cknna_similarity(sums, n, **opts)
     kk = _cknna_similarity(sa.self_sums, n, **opts)
@@ -240,9 +327,32 @@ def _cknna_permute(st: Neighbours, perm, inverse, *, backend="auto", **opts):
     return _relabelled(st, perm, inverse, backend, _CKNNA_OPS)
 
 
+def _cknna_from_lists(idx, vals, e, opts, comm=None, layout=None):
+    if not isinstance(vals, torch.Tensor) or vals.shape != idx.shape:
+        raise ValueError("cknna needs values: an N x k tensor of kernel values shaped like indices "
+                         f"{tuple(idx.shape)}")
+    if vals.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"values must be float32 or float64, got {vals.dtype}")
+    return _cknna_state(idx, vals.to(idx.device), opts["unbiased"], opts["backend"], e, comm, layout)
+
+
+def _cknna_shard_prepare(comm, layout, x, *, topk, unbiased=True, distance_agnostic=False, backend="auto"):
+    vals, idx, e = _shard_lists(comm, layout, x, topk, unbiased, backend, _CKNNA_OPS)
+    return _cknna_state(idx, vals, unbiased, backend, e, comm, layout)
+
+
+def _cknna_shard_pair(comm, layout, sa, sb, *, topk=None, unbiased=True, distance_agnostic=False, backend="auto"):
+    from .distributed import _lists
+
+    sums = _lists.cknna_sums(comm, layout, sa.indices, sa.values, sb.indices, sb.values, zero_diagonal=unbiased)
+    return _cknna_from_sums(sums, sa, sb, layout.n, unbiased=unbiased, distance_agnostic=distance_agnostic)
+
+
 _CKNNA = MetricSpec("cknna", _CKNNA_OPS, {"topk": 10, "distance_agnostic": False, "unbiased": True},
                     _cknna_validate, _cknna_prepare, _cknna_pair, symmetric=False, takes_topk=True,
-                    permute=_cknna_permute)
+                    permute=_cknna_permute,
+                    sharded=Sharded(_cknna_shard_prepare, _cknna_shard_pair, _list_rows, _list_with_rows),
+                    from_lists=_cknna_from_lists, stream="neighbours")
 
 
 # --- CKA --------------------------------------------------------------------------------------
@@ -279,10 +389,46 @@ def _cka_validate(opts: dict, n: int, widths) -> dict:
     return {"kernel_metric": opts["kernel_metric"], "rbf_sigma": sigma, "unbiased": unbiased}
 
 
+def _cka_shard_prepare(comm, layout, x, *, kernel_metric="ip", rbf_sigma=1.0, unbiased=False, backend="auto"):
+    from .distributed import _hsic
+
+    return _hsic.kernel_stats(comm, layout, x, kernel_metric, rbf_sigma)
+
+
+def _cka_shard_pair(comm, layout, sa, sb, *, unbiased=False, **opts):
+    from .distributed import _hsic
+
+    return _hsic.cka(comm, layout, sa, sb, unbiased=unbiased)
+
+
+def _cka_shard_null_mean(comm, sa, sb, n, *, unbiased=False, **opts):
+    from .distributed import _hsic
+
+    return _hsic.cka_null_mean(comm, sa, sb, unbiased=unbiased)
+
+
+def _cka_rows(st) -> dict:
+    from .distributed import _hsic
+
+    return {f: getattr(st.local, f) for f in _hsic.row_fields(st)}
+
+
+def _cka_with_rows(st, rows: dict, inverse):
+    from .distributed import _hsic
+
+    return _hsic.permuted(st, rows)
+
+
+_CKA_SHARDED = Sharded(_cka_shard_prepare, _cka_shard_pair, _cka_rows, _cka_with_rows, null_mean=_cka_shard_null_mean)
+
+
 def _cka_spec(name: str, fixed: dict) -> MetricSpec:
+    # biased CKA of positive semi-definite kernels lies in [0, 1]; unbiased HSIC can go negative
     return MetricSpec(name, ("hsic",), {"kernel_metric": "ip", "rbf_sigma": 1.0, "unbiased": False},
                       _cka_validate, _cka_prepare, _cka_pair, symmetric=True, takes_topk=False,
-                      permute=_cka_permute, null_mean=_cka_null_mean, fixed=fixed, grid=_cka_grid)
+                      permute=_cka_permute, null_mean=_cka_null_mean, fixed=fixed, grid=_cka_grid,
+                      sharded=_CKA_SHARDED, stream="hsic",
+                      value_range=lambda opts: (-math.inf, math.inf) if opts.get("unbiased") else (0.0, 1.0))
 
 
 # --- SVCCA ------------------------------------------------------------------------------------
@@ -304,9 +450,29 @@ def _svcca_validate(opts: dict, n: int, widths) -> dict:
                                  hint=f" (min(N, D_A, D_B) = {limit})")}
 
 
+def _svcca_check_widths(opts: dict, wa: int, wb: int) -> None:
+    if opts["cca_dim"] > min(wa, wb):
+        raise ValueError(f"cca_dim={opts['cca_dim']} exceeds the narrower width {min(wa, wb)}")
+
+
+def _svcca_shard_prepare(comm, layout, x, *, cca_dim=10, backend="auto"):
+    from .distributed import _svcca
+
+    return _svcca.basis(comm, layout, x, cca_dim)
+
+
+def _svcca_shard_pair(comm, layout, ua, ub, **opts):
+    from .distributed import _svcca
+
+    return _svcca.score(comm, ua, ub)
+
+
 _SVCCA = MetricSpec("svcca", ("svcca",), {"cca_dim": 10}, _svcca_validate, _svcca_prepare, _svcca_pair,
                     symmetric=True, takes_topk=False,
-                    permute=lambda u, perm, inverse, **opts: u[perm.to(u.device)])
+                    permute=lambda u, perm, inverse, **opts: u[perm.to(u.device)],
+                    sharded=Sharded(_svcca_shard_prepare, _svcca_shard_pair, lambda u: {"basis": u},
+                                    lambda u, rows, inverse: rows["basis"]),
+                    value_range=lambda opts: (0.0, 1.0), check_widths=_svcca_check_widths)
 
 # In the reference's order (its SUPPORTED_METRICS).
 METRICS: dict[str, MetricSpec] = {s.name: s for s in (
@@ -342,6 +508,8 @@ def batched_null(metric: str, states_x: list, states_y: list, opts: dict):
     live_y = [j for j, s in enumerate(states_y) if s is not None]
     if not live_x or not live_y:
         return None
+    if any(states_x[i].comm is not None for i in live_x) or any(states_y[j].comm is not None for j in live_y):
+        return None  # row shards: the generic loop (the rows a permutation needs are fetched)
     sx = [states_x[i].state for i in live_x]
     sy = [states_y[j].state for j in live_y]
     if any(s.indices.device.type != "cpu" for s in sx + sy):
@@ -359,7 +527,7 @@ def batched_null(metric: str, states_x: list, states_y: list, opts: dict):
                 for i, a in enumerate(sx):
                     for j, b in enumerate(sy):
                         d = dict(zip(_CKNNA_SUM_NAMES, sums[t, i, j].tolist()))
-                        block[t, i, j] = _cknna_from_sums(d, a, b, unbiased=opts["unbiased"],
+                        block[t, i, j] = _cknna_from_sums(d, a, b, n, unbiased=opts["unbiased"],
                                                           distance_agnostic=opts["distance_agnostic"], warn=False)
         else:
             kind, from_total = _LIST_METRICS[metric]
@@ -388,6 +556,10 @@ class Prepared:
         The metric's per-set state (neighbour lists, kernel statistics, singular vectors).
     n, width : int
         Samples and features of the prepared set (``width`` is 0 when built from lists).
+    comm, layout
+        None for a set held by one process. A set prepared on row shards
+        (:func:`platonic_fast.distributed.prepare`) holds the communicator and row layout:
+        ``state`` is then this rank's rows' part, and every method is collective.
     """
 
     metric: str
@@ -395,6 +567,12 @@ class Prepared:
     state: Any
     n: int
     width: int
+    layout: Any = field(default=None, compare=False)
+    comm: Any = field(default=None, compare=False, repr=False)
+
+    @property
+    def spec(self) -> MetricSpec:
+        return METRICS[self.metric]
 
     @property
     def indices(self) -> torch.Tensor | None:
@@ -428,7 +606,7 @@ class Prepared:
         True
         """
         perm = check_permutation(perm, self.n)
-        return self._permuted(perm, inverse_permutation(perm))
+        return permute_states([self], perm, inverse_permutation(perm))[0]
 
     def truncated(self, topk: int) -> "Prepared":
         """This set prepared for a smaller ``topk``, from its lists (kNN metrics and cknna).
@@ -451,11 +629,8 @@ class Prepared:
             raise ValueError(f"topk must be an integer in [1, {have}] (the lists hold {have}), got {topk!r}")
         opts = spec.check_options(self.n, (self.width, self.width), {**self.options, "topk": topk})
         st = self.state
-        if self.metric == "cknna":
-            state = _cknna_state(st.indices[:, :topk].contiguous(), st.values[:, :topk].contiguous(),
-                                 opts["unbiased"], opts["backend"], scale_exp=st.scale_exp)
-        else:
-            state = Neighbours(st.indices[:, :topk].contiguous())
+        vals = None if st.values is None else st.values[:, :topk].contiguous()
+        state = spec.from_lists(st.indices[:, :topk].contiguous(), vals, st.scale_exp, opts, self.comm, self.layout)
         return dataclasses.replace(self, options=opts, state=state)
 
     def _permuted(self, perm: torch.Tensor, inverse: torch.Tensor) -> "Prepared":
@@ -499,16 +674,18 @@ class Prepared:
         opts = spec.check_options(n, (k, k), {"topk": k, **options})
         if opts["topk"] != k:
             raise ValueError(f"topk={opts['topk']} but the lists hold k={k} neighbours")
-        indices = indices.to(torch.int64)
-        if metric != "cknna":
-            return cls(metric, opts, Neighbours(indices), n, 0)
-        if not isinstance(values, torch.Tensor) or values.shape != indices.shape:
-            raise ValueError("cknna needs values: an N x k tensor of kernel values shaped like indices "
-                             f"{tuple(indices.shape)}")
-        if values.dtype not in (torch.float32, torch.float64):
-            raise TypeError(f"values must be float32 or float64, got {values.dtype}")
-        state = _cknna_state(indices, values.to(indices.device), opts["unbiased"], opts["backend"])
-        return cls(metric, opts, state, n, 0)
+        return cls(metric, opts, spec.from_lists(indices.to(torch.int64), values, 0, opts), n, 0)
+
+
+def permute_states(states: list, perm: torch.Tensor, inverse: torch.Tensor) -> list:
+    """Every state of one model's layers (None for a constant layer) with rows permuted by one
+    checked permutation, without recomputing them; on row shards one fetch for all layers."""
+    live = [s for s in states if s is not None]
+    if live and live[0].comm is not None:
+        from .distributed._metrics import permuted
+
+        return permuted(states, perm, inverse)
+    return [None if s is None else s._permuted(perm, inverse) for s in states]
 
 
 def _prepare(spec: MetricSpec, x: torch.Tensor, opts: dict) -> Prepared:
@@ -561,15 +738,32 @@ def score(a: Prepared, b: Prepared) -> float:
     for name, p in (("a", a), ("b", b)):
         if not isinstance(p, Prepared):
             raise TypeError(f"{name} must be a Prepared (from platonic_fast.prepare), got {type(p).__name__}")
+    if (a.comm is None) != (b.comm is None):
+        raise ValueError("a and b must both be prepared on row shards (platonic_fast.distributed.prepare) "
+                         "or both in one process")
     if a.metric != b.metric:
         raise ValueError(f"a was prepared for {a.metric} and b for {b.metric}")
     if a.options != b.options:
         raise ValueError(f"a and b were prepared with different options: {a.options} and {b.options}")
+    if a.comm is not None and a.layout.offsets != b.layout.offsets:
+        raise ValueError(f"a and b must hold the same rows on every rank: offsets {a.layout.offsets} and "
+                         f"{b.layout.offsets}")
     if a.n != b.n:
         raise ValueError(f"a and b must describe the same samples: N={a.n} and N={b.n}")
-    if a.metric == "svcca" and a.options["cca_dim"] > min(a.width, b.width):
-        raise ValueError(f"cca_dim={a.options['cca_dim']} exceeds the narrower width {min(a.width, b.width)}")
-    return float(METRICS[a.metric].pair(a.state, b.state, **a.options))
+    spec = METRICS[a.metric]
+    spec.check_widths(a.options, a.width, b.width)
+    if a.comm is not None:
+        return float(spec.sharded.pair(a.comm, a.layout, a.state, b.state, **a.options))
+    return float(spec.pair(a.state, b.state, **a.options))
+
+
+def null_mean(a: Prepared, b: Prepared) -> float | None:
+    """The exact mean of ``score(a, b[π])`` over all row permutations π, where the metric has a
+    closed form (mutual_knn, cka, unbiased_cka), else None. Collective for sharded sets."""
+    spec = METRICS[a.metric]
+    if a.comm is not None:
+        return spec.sharded.null_mean(a.comm, a.state, b.state, a.n, **a.options)
+    return spec.null_mean(a.state, b.state, a.n, **a.options)
 
 
 # --- by name and one function per metric ------------------------------------------------------

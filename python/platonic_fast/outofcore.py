@@ -6,7 +6,7 @@ stay in their file (:class:`~platonic_fast.features.blocks.FeatureFile`: safeten
 pages handed back after every read) and the same numbers come from passes over row blocks:
 
 1. statistics, one pass over the rows (all layers of a row at once for an N x L x D file):
-   NaN/Inf, the largest magnitude (the power of two every layer is divided by first);
+   NaN/Inf, each layer's largest magnitude (the powers of two of :mod:`platonic_fast.preparation`);
 2. the clamp threshold, one more pass: with ``exact=False`` each sample's interpolated
    q-quantile of its |x| (the compiled per-row selection, as in memory), with ``exact=True`` the
    whole tensor's order statistic by a two-pass radix selection on the float bits (counts of
@@ -50,19 +50,17 @@ import warnings
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ._checks import ConstantFeaturesError, DegenerateInputWarning, unit_exponent
 from .features.blocks import FeatureFile
-from .metrics import METRICS, Neighbours, Prepared, _cknna_state, metric_spec, prepare
+from .metrics import METRICS, Prepared, metric_spec, prepare
 from .ops.knn import more_candidates as _more_candidates
-from .ops.outliers import per_sample_order_stats
+from .ops.outliers import per_sample_order_stats, radix_select
+from .preparation import LayerScale, clamped_top, join, joined_scale, pre_exponent
 from .rows import FileRows
 
 BLOCK_BYTES = 4 << 20  # float32 bytes per block of the statistics and threshold passes
 PANEL_BYTES = 16 << 20  # query rows held at once by the streamed kNN (a key block is 3 MiB at D=768)
-_NEIGHBOUR_METRICS = ("mutual_knn", "cycle_knn", "lcs_knn", "edit_distance_knn", "cknna")
-_HSIC_METRICS = ("cka", "unbiased_cka")
 
 
 def _blocks(n: int, size: int):
@@ -106,19 +104,21 @@ class StreamedLayers:
         self.block_bytes = block_bytes
         self.n = self.file.n
         f = self.file
-        try:
+        try:  # the one layer preparation (platonic_fast.preparation), its maxima and thresholds by passes
             if f.stacked:
-                self._check_and_scale_stacked()
+                tops = self._check_stacked()
+                self._pres = [pre_exponent(max(tops), normalize)] * f.num_layers
                 self.thresholds = [self._threshold(None)] * f.num_layers
             else:
-                self.exps, self.thresholds = [], []
-                for layer in range(f.num_layers):
-                    top = self._check_layer(layer)
-                    self.exps.append(unit_exponent(top, 20) if normalize else 0)
-                    self.thresholds.append(self._threshold(layer))
+                tops = [self._check_layer(layer) for layer in range(f.num_layers)]
+                self._pres = [pre_exponent(top, normalize) for top in tops]
+                self.thresholds = [self._threshold(layer) for layer in range(f.num_layers)]
         except BaseException:
             self.close()
             raise
+        tops = [clamped_top(t, e, thr) for t, e, thr in zip(tops, self._pres, self.thresholds)]
+        self.scales = [LayerScale.of(t, e, thr, normalize) for t, e, thr in zip(tops, self._pres, self.thresholds)]
+        self._join = joined_scale(self.scales, tops)
         self.num_layers = f.num_layers + (1 if concat else 0)
         self.widths = list(f.widths) + ([sum(f.widths)] if concat else [])
         self._stats: dict[int, tuple] = {}
@@ -130,16 +130,17 @@ class StreamedLayers:
         # float32 after conversion: the block's working size, whatever the stored dtype
         return max(1, self.block_bytes // max(1, width * 4))
 
-    def _check_and_scale_stacked(self) -> None:
-        """NaN/Inf over the whole N x L x D tensor and its largest magnitude -> one exponent."""
-        f, top = self.file, 0.0
+    def _check_stacked(self) -> list[float]:
+        """NaN/Inf over the whole N x L x D tensor and each layer's largest magnitude."""
+        f, lo, hi = self.file, None, None
         for r0, r1 in _blocks(self.n, self._rows_per_block(f.num_layers * f.widths[0])):
-            lo, hi = torch.aminmax(f.read_all(r0, r1))
-            if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
-                raise ValueError(f"{self.name} contains NaN or Inf; clean or drop those samples first")
-            top = max(top, -float(lo), float(hi))
-        e = unit_exponent(top, 20) if self.normalize else 0
-        self.exps = [e] * f.num_layers
+            t = f.read_all(r0, r1)
+            b_lo, b_hi = t.amin(dim=(0, 2)), t.amax(dim=(0, 2))
+            lo = b_lo if lo is None else torch.minimum(lo, b_lo)
+            hi = b_hi if hi is None else torch.maximum(hi, b_hi)
+        if not (bool(torch.isfinite(lo).all()) and bool(torch.isfinite(hi).all())):
+            raise ValueError(f"{self.name} contains NaN or Inf; clean or drop those samples first")
+        return torch.maximum(-lo, hi).double().tolist()
 
     def _check_layer(self, layer: int) -> float:
         top = 0.0
@@ -154,9 +155,9 @@ class StreamedLayers:
         """Rows [r0, r1), divided by the power of two and in float32, before clamping:
         all layers (b x L x D) when ``layer`` is None."""
         if layer is None:
-            t, e = self.file.read_all(r0, r1), self.exps[0]
+            t, e = self.file.read_all(r0, r1), self._pres[0]
         else:
-            t, e = self.file.read(layer, r0, r1), self.exps[layer]
+            t, e = self.file.read(layer, r0, r1), self._pres[layer]
         return (t * 2.0 ** -e if e else t).float()
 
     def _threshold(self, layer) -> torch.Tensor | None:
@@ -180,38 +181,29 @@ class StreamedLayers:
 
     # -- prepared rows -------------------------------------------------------------------------
 
-    def _clamped(self, layer: int, t: torch.Tensor) -> torch.Tensor:
-        e = self.exps[layer]
-        t = (t * 2.0 ** -e if e else t).float()
-        thr = self.thresholds[layer]
-        return t if thr is None else t.clamp(-thr, thr)
-
-    def _joined(self, parts: list[torch.Tensor]) -> torch.Tensor:
-        """The concatenation's rows from each layer's clamped rows (as prepare_layers joins them)."""
-        if self.file.stacked:
-            return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-        top = max(self.exps)
-        return torch.cat([p * 2.0 ** (e - top) for p, e in zip(parts, self.exps)], dim=1)
+    def _joined(self, read) -> torch.Tensor:
+        """The concatenation's prepared rows; ``read(layer)`` gives a layer's raw rows, ``read(None)``
+        the stacked file's b x L x D rows."""
+        shifts, scale = self._join
+        if self.file.stacked:  # as prepare_layers: the clamped N x L x D rows, flattened
+            t = self.scales[0].clamp(read(None))
+            return join([t.reshape(t.shape[0], -1)], [0], scale)
+        return join([s.clamp(read(i)) for i, s in enumerate(self.scales)], shifts, scale)
 
     def block(self, layer: int, r0: int, r1: int) -> torch.Tensor:
         """Prepared rows [r0, r1) of ``layer`` (float32, contiguous)."""
         if layer == self.file.num_layers:  # the concatenation
-            if self.file.stacked:  # as prepare_layers: the clamped N x L x D rows, flattened
-                t = self._clamped(0, self.file.read_all(r0, r1)).reshape(r1 - r0, -1)
-            else:
-                t = self._joined([self._clamped(i, self.file.read(i, r0, r1)) for i in range(self.file.num_layers)])
-        else:
-            t = self._clamped(layer, self.file.read(layer, r0, r1))
-        return (F.normalize(t, p=2, dim=-1) if self.normalize else t).contiguous()
+            return self._joined(lambda i: self.file.read_all(r0, r1) if i is None else self.file.read(i, r0, r1))
+        return self.scales[layer].rows(self.file.read(layer, r0, r1))
 
     def gather(self, layer: int, index) -> torch.Tensor:
         """Prepared rows at ``index`` (any order) of ``layer``."""
         if layer == self.file.num_layers:
-            parts = [self._clamped(i, self.file.gather(i, index)) for i in range(self.file.num_layers)]
-            t = self._joined(parts)
-        else:
-            t = self._clamped(layer, self.file.gather(layer, index))
-        return (F.normalize(t, p=2, dim=-1) if self.normalize else t).contiguous()
+            if self.file.stacked:
+                return self._joined(lambda i: torch.stack(
+                    [self.file.gather(j, index) for j in range(self.file.num_layers)], dim=1))
+            return self._joined(lambda i: self.file.gather(i, index))
+        return self.scales[layer].rows(self.file.gather(layer, index))
 
     def rows_per_block(self, layer: int) -> int:
         return self._rows_per_block(self.widths[layer])
@@ -276,22 +268,8 @@ class StreamedLayers:
 
 
 def _radix_select(blocks, position: int) -> torch.Tensor:
-    """The entry at 0-based ``position`` of the ascending sort of |x| over every block (a callable
-    returning a fresh iterator of float32 blocks), by two counting passes on the float bits:
-    for non-negative floats the order of the bit patterns is the order of the values."""
-    counts = torch.zeros(1 << 15, dtype=torch.int64)
-    for t in blocks():
-        bits = t.abs().reshape(-1).view(torch.int32)
-        counts += torch.bincount(bits >> 16, minlength=1 << 15)
-    cum = counts.cumsum(0)
-    high = int(torch.searchsorted(cum, torch.tensor([position]), right=True))
-    rank = position - (int(cum[high - 1]) if high else 0)
-    low_counts = torch.zeros(1 << 16, dtype=torch.int64)
-    for t in blocks():
-        bits = t.abs().reshape(-1).view(torch.int32)
-        low_counts += torch.bincount(bits[(bits >> 16) == high] & 0xFFFF, minlength=1 << 16)
-    low = int(torch.searchsorted(low_counts.cumsum(0), torch.tensor([rank]), right=True))
-    return torch.tensor([(high << 16) | low], dtype=torch.int32).view(torch.float32)[0]
+    """:func:`platonic_fast.ops.outliers.radix_select` of float32 blocks (the threshold pass's)."""
+    return radix_select(lambda: (t.reshape(-1) for t in blocks()), position, torch.float32)
 
 
 # --- the streamed kNN ---------------------------------------------------------------------------
@@ -376,9 +354,10 @@ def streamable(metric: str, opts: dict, device=None) -> bool:
     block to a CUDA device); otherwise one whole layer at a time."""
     from ._backends import for_op, resolve
 
-    if metric in _HSIC_METRICS:  # torch GEMMs over blocks, on the CPU or a CUDA device
+    stream = METRICS[metric].stream
+    if stream == "hsic":  # torch GEMMs over blocks, on the CPU or a CUDA device
         return opts.get("backend", "auto") in ("auto", "cpu", "torch")
-    if metric not in _NEIGHBOUR_METRICS or (device is not None and torch.device(device).type != "cpu"):
+    if stream != "neighbours" or (device is not None and torch.device(device).type != "cpu"):
         return False
     try:
         name, _ = resolve("knn", for_op("knn", opts.get("backend", "auto"), METRICS[metric].ops),
@@ -461,8 +440,7 @@ def stream_kernel_stats(layers: StreamedLayers, layer: int, kernel: str = "ip", 
         rbf, scale, rbf_diag = H.rbf_form(sigma, 2.0 * float(torch.cat(norms).square().mean()), e)
         sq = torch.cat(sq).to(dtype)
         st = H.KernelStats(kernel, sigma, rbf, feats, sq, None, zeros, torch.full_like(zeros, rbf_diag), scale=scale)
-        u = float(torch.finfo(dtype).eps)
-        st.exact_close = rbf[2] == 1.0 and rbf[0] * (6 * u + 2 * d * u) * float(sq.max()) > 1e-7
+        st.exact_close = H.needs_exact_close(rbf, dtype, d, float(sq.max()))
         st.self_sum, st.row_sums = H.self_tile_sums(st)
         return st
 
@@ -521,7 +499,7 @@ def prepare_file(source, metric: str, opts: dict, *, name: str | None = None, q:
 
 def _prepare_layer(layers: StreamedLayers, i: int, spec, opts: dict, stream: bool, device, panel_bytes: int):
     n, d = layers.n, layers.widths[i]
-    if stream and spec.name in _HSIC_METRICS:
+    if stream and spec.stream == "hsic":
         _, constant = layers.stats(i)
         if constant:
             _warn_constant(i)
@@ -541,11 +519,9 @@ def _prepare_layer(layers: StreamedLayers, i: int, spec, opts: dict, stream: boo
         _warn_constant(i)
         return None
     o = spec.check_options(n, (d, d), opts)
-    cknna = spec.name == "cknna"
-    vals, idx, e = stream_neighbours(layers, i, o["topk"], exclude_self=o["unbiased"] if cknna else True,
+    vals, idx, e = stream_neighbours(layers, i, o["topk"], exclude_self=o.get("unbiased", True),
                                      panel_bytes=panel_bytes)
-    state = _cknna_state(idx, vals, o["unbiased"], o["backend"], scale_exp=e) if cknna else Neighbours(idx)
-    return Prepared(spec.name, o, state, n, d)
+    return Prepared(spec.name, o, spec.from_lists(idx, vals, e, o), n, d)
 
 
 _LIBC: dict = {}
@@ -638,7 +614,7 @@ def align_files(file_x, file_y, metric: str = "mutual_knn", topk: int = 10, *, q
 def reads_file(metric: str, opts: dict, device=None) -> bool:
     """Whether ``metric``'s out-of-core states read their file when scored (streamed HSIC): the
     file must then stay open until every score is taken."""
-    return metric in _HSIC_METRICS and streamable(metric, opts, device)
+    return METRICS[metric].stream == "hsic" and streamable(metric, opts, device)
 
 
 def memory_available() -> int | None:

@@ -107,7 +107,7 @@ def n_grid_figure(res: SweepResult):
         ax.set_xlabel("N (samples; nested random subsets)")
         if p == 0:
             ax.set_ylabel("raw score of the best layer pair")
-            if res.metric != "lcs_knn" and np.nanmax(np.abs(scores), initial=0.0) <= 1.0:
+            if _top(res) <= 1.0 and np.nanmax(np.abs(scores), initial=0.0) <= 1.0:
                 ax.set_ylim(bottom=min(0.0, float(np.nanmin(scores, initial=0.0))))
             band = (f"; bands: {ci['level']:.0%} intervals ({ci['method']}, {ci['repeats']} subsamples)"
                     if ci is not None and np.isfinite(low).any() else "")
@@ -151,6 +151,13 @@ def format_n_grid_table(res: SweepResult, *, digits: int = 4) -> str:
     level = [float(np.nanmean(c[idx])) if np.isfinite(c[idx]).any() else np.nan for c in chance]
     lines.append(row("chance level", level))
     return "\n".join(lines)
+
+
+def _top(res: SweepResult) -> float:
+    """The metric's largest value (its spec's; k for lcs_knn), 1 when topk is unknown."""
+    from .metrics import metric_spec
+
+    return float(metric_spec(res.metric).max_score({"topk": res.topk})) if res.topk is not None else 1.0
 
 
 def _heatmap(res: SweepResult, path: Path, auto_scale: bool = False) -> bool:
@@ -216,7 +223,7 @@ def heatmap_figure(res: SweepResult, *, auto_scale: bool = False):
     panels = [("raw score of the best layer pair", res.scores)]
     if k is not None:
         panels.append(("calibrated score (0: not above the null)", res.calibration_matrix("calibrated")))
-    top = float(res.topk) if res.metric == "lcs_knn" and res.topk is not None else 1.0
+    top = _top(res)
     x_labels = [wrap_name(n) for n in display_names(res.names_x)]
     y_labels = [wrap_name(n) for n in display_names(res.names_y)]
     x_lines = max(t.count("\n") + 1 for t in x_labels)
@@ -318,7 +325,7 @@ def _pair_layers_figure(res: SweepResult, *, auto_scale: bool = False):
     info_y = (res.models_y or [None])[0]
     rows = [layer_name(info_x, i) for i in range(lx)]
     cols = [layer_name(info_y, j) for j in range(ly)]
-    top = float(res.topk) if res.metric == "lcs_knn" and res.topk is not None else 1.0
+    top = _top(res)
     finite = mat[np.isfinite(mat)]
     lo, hi = (float(finite.min()), float(finite.max())) if auto_scale and finite.size else (0.0, top)
     hi = lo + 1.0 if hi <= lo else hi

@@ -212,10 +212,7 @@ def _check_options_at(spec: MetricSpec, m: int, fraction: float, widths, options
 
 def _value_range(spec: MetricSpec, opts: dict) -> tuple[float, float]:
     """Where the metric's values provably lie (no clipping where they need not, e.g. unbiased HSIC)."""
-    if spec.name in ("mutual_knn", "cycle_knn", "lcs_knn", "edit_distance_knn", "svcca") or (
-            spec.name == "cka" and not opts.get("unbiased", False)):
-        return 0.0, float(spec.max_score(opts))
-    return -math.inf, math.inf
+    return spec.value_range(opts)
 
 
 # --- the subsets ------------------------------------------------------------------------------

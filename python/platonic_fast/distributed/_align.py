@@ -14,27 +14,25 @@ import numbers
 import warnings
 
 import torch
-import torch.nn.functional as F
 
-from .._checks import FLOAT_DTYPES, ConstantFeaturesError, DegenerateInputWarning, as_tensor, max_abs, unit_exponent
-from ..align import AlignResult, layer_search_result, resolve_options
+from .._checks import FLOAT_DTYPES, ConstantFeaturesError, DegenerateInputWarning, as_tensor, max_abs
+from ..align import AlignResult, resolve_options, score_states
 from ..calibration import (
-    Calibration,
     LayerCalibration,
+    calibrate_prepared,
     check_alpha,
     check_s_max,
+    exact_chance,
     metric_names,
-    null_calibration,
     options_per_metric,
     permutation_source,
-    summarise_null,
 )
-from ..metrics import metric_spec
-from ..ops.permute_lists import inverse_permutation
+from ..calibration import calibrate_states as _calibrate_states
+from ..preparation import LayerScale, clamped_top, join, joined_scale, pre_exponent
 from . import _outliers
 from ._comm import Comm, Layout
 from ._knn import layout_of, local_features
-from ._metrics import ShardedPrepared, null_mean, permuted, prepare_local, score
+from ._metrics import ShardedPrepared, prepare_local
 
 
 def _threshold(comm: Comm, layout: Layout, t: torch.Tensor, q: float, exact: bool) -> torch.Tensor:
@@ -77,30 +75,30 @@ def remove_outliers(feats, q: float = 0.95, exact: bool = False, *, group=None, 
     return out.numpy() if was_numpy else out
 
 
-def _global_exponent(comm: Comm, t: torch.Tensor) -> int:
-    with comm.step():
-        top = max_abs(t) if t.numel() else 0.0
-    return unit_exponent(comm.max(top), 20)
+def _global_tops(comm: Comm, tops: torch.Tensor) -> list[float]:
+    """Each layer's largest magnitude over all ranks."""
+    return comm.all_reduce(tops.double().cpu(), "max").tolist()
 
 
 def prepare_layers(comm: Comm, feats, name: str, *, q: float = 0.95, exact: bool = False, normalize: bool = True,
                    concat: bool = False) -> tuple[list[torch.Tensor], Layout]:
-    """Sharded :func:`platonic_fast.align.prepare_layers`: this rank's rows of every layer."""
+    """Sharded :func:`platonic_fast.align.prepare_layers`: this rank's rows of every layer (the one
+    preparation of :mod:`platonic_fast.preparation`, maxima and thresholds agreed by all ranks)."""
     if isinstance(feats, (list, tuple)):
         with comm.step():
             if not feats:
                 raise ValueError(f"{name} is an empty list; it needs at least one layer")
             layers = [local_features(f, f"{name}[{i}]") for i, f in enumerate(feats)]
+            local = torch.tensor([max_abs(l) if l.numel() else 0.0 for l in layers], dtype=torch.float64)
         layout = layout_of(comm, layers, [f"{name}[{i}]" for i in range(len(layers))])
-        exps = [_global_exponent(comm, l) if normalize else 0 for l in layers]
-        clamped = []
-        for l, e in zip(layers, exps):
-            x = (l * 2.0 ** -e if e else l).float()
-            clamped.append(x if q == 1 else x.clamp(*_pm(_threshold(comm, layout, x, q, exact))))
-        layers = clamped
-        joined = torch.cat([l * 2.0 ** (e - max(exps)) for l, e in zip(layers, exps)], dim=1) if concat else None
-        if normalize:
-            layers = [F.normalize(l, p=2, dim=-1) for l in layers]
+        tops = _global_tops(comm, local)
+        pres = [pre_exponent(t, normalize) for t in tops]
+        scales, clamped = [], []
+        for l, t, e in zip(layers, tops, pres):
+            x = LayerScale(e, None, 0).clamp(l)  # divided by 2**e, float32
+            thr = None if q == 1 else _threshold(comm, layout, x, q, exact)
+            scales.append(LayerScale.of(clamped_top(t, e, thr), e, thr, normalize))
+            clamped.append(x if thr is None else x.clamp(-thr, thr))
     else:
         with comm.step():
             t = as_tensor(feats, name)
@@ -110,21 +108,21 @@ def prepare_layers(comm: Comm, feats, name: str, *, q: float = 0.95, exact: bool
             if t.shape[1] == 0 or t.shape[2] == 0:
                 raise ValueError(f"{name} is empty (shape {tuple(t.shape)}); it needs layers and features")
             flat = local_features(t.reshape(t.shape[0], t.shape[1] * t.shape[2]), name)
+            local = torch.maximum(-t.amin(dim=(0, 2)), t.amax(dim=(0, 2))) if t.shape[0] else \
+                torch.zeros(t.shape[1])
         layout = layout_of(comm, [flat], [name])
-        e = _global_exponent(comm, t) if normalize else 0
-        x = (t * 2.0 ** -e if e else t).float()
-        clamped = x if q == 1 else x.clamp(*_pm(_threshold(comm, layout, x, q, exact)))
-        joined = clamped.reshape(clamped.shape[0], clamped.shape[1] * clamped.shape[2]) if concat else None
-        if normalize:
-            clamped = F.normalize(clamped, p=2, dim=-1)
-        layers = list(clamped.transpose(0, 1).contiguous().unbind(0))
+        tops = _global_tops(comm, local)
+        e = pre_exponent(max(tops), normalize)
+        x = LayerScale(e, None, 0).clamp(t)
+        thr = None if q == 1 else _threshold(comm, layout, x, q, exact)
+        scales = [LayerScale.of(clamped_top(top, e, thr), e, thr, normalize) for top in tops]
+        whole = x if thr is None else x.clamp(-thr, thr)
+        clamped = list(whole.transpose(0, 1).contiguous().unbind(0))
+    out = [s.finish(c) for s, c in zip(scales, clamped)]
     if concat:
-        layers.append(F.normalize(joined, p=2, dim=-1) if normalize else joined)
-    return layers, layout
-
-
-def _pm(thr: torch.Tensor):
-    return -thr, thr
+        shifts, joined = joined_scale(scales, [clamped_top(top, s.pre, s.threshold) for top, s in zip(tops, scales)])
+        out.append(join(clamped, shifts, joined))
+    return out, layout
 
 
 def prepare_states(comm: Comm, layout: Layout, layers: list[torch.Tensor], metric: str, opts: dict
@@ -142,30 +140,6 @@ def prepare_states(comm: Comm, layout: Layout, layers: list[torch.Tensor], metri
             continue
         states.append(prepare_local(metric, comm, layout, layer, opts))
     return states
-
-
-def score_states(states_x, states_y, metric: str, opts: dict, *, concat: bool = False) -> AlignResult:
-    """Every pair scored (collectively) and the best picked as :func:`platonic_fast.align` does."""
-    scores = torch.empty(len(states_x), len(states_y), dtype=torch.float64)
-    for i, sx in enumerate(states_x):
-        for j, sy in enumerate(states_y):
-            scores[i, j] = float("nan") if sx is None or sy is None else score(sx, sy)
-    return layer_search_result(scores, metric, opts, concat=concat)
-
-
-def exact_chance(states_x, states_y) -> torch.Tensor | None:
-    """Each layer pair's exact null expectation (NaN for constant layers), or None when the metric
-    has no closed form."""
-    out = torch.full((len(states_x), len(states_y)), math.nan, dtype=torch.float64)
-    for i, sx in enumerate(states_x):
-        for j, sy in enumerate(states_y):
-            if sx is None or sy is None:
-                continue
-            e = null_mean(sx, sy)
-            if e is None:
-                return None
-            out[i, j] = e
-    return out
 
 
 def align(feats_x, feats_y, metric: str = "mutual_knn", topk: int = 10, *, group=None, timeout=None, q: float = 0.95,
@@ -202,46 +176,13 @@ def align(feats_x, feats_y, metric: str = "mutual_knn", topk: int = 10, *, group
     return result
 
 
-def _draws(comm: Comm, n: int, permutations, perm, generator, device):
-    """(K, draw): permutation i as drawn on rank 0 (one broadcast each)."""
-    k, draw = permutation_source(n, permutations, perm, generator, device)
-
-    def shared(i: int) -> torch.Tensor:
-        return comm.broadcast(draw(i).to("cpu", torch.int64), 0)
-
-    return k, shared
-
-
-def null_scores(states_x, states_y, k: int, draw, comm: Comm) -> torch.Tensor:
-    """K x Lx x Ly scores with y's rows permuted by each of the K permutations."""
-    null = torch.full((k, len(states_x), len(states_y)), math.nan, dtype=torch.float64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DegenerateInputWarning)
-        for t in range(k):
-            perm = draw(t)
-            moved = permuted(states_y, perm, inverse_permutation(perm))
-            for i, sx in enumerate(states_x):
-                for j, sy in enumerate(moved):
-                    if sx is not None and sy is not None:
-                        null[t, i, j] = score(sx, sy)
-    return null
-
-
 def calibrate_states(comm: Comm, states_x, states_y, scores: torch.Tensor, metric: str, opts: dict, n: int, *,
                      permutations=None, alpha: float = 0.05, generator=None, perm=None, s_max="auto",
                      device=None) -> LayerCalibration:
-    """:func:`platonic_fast.calibration.calibrate_states` on sharded states."""
-    spec = metric_spec(metric)
-    alpha = check_alpha(alpha)
-    s_max = spec.max_score(opts) if isinstance(s_max, str) and s_max == "auto" else check_s_max(s_max)
-    k, draw = _draws(comm, n, permutations, perm, generator, device or torch.device("cpu"))
-    null = null_scores(states_x, states_y, k, draw, comm)
-
-    def pair_mean(i, j):
-        sx, sy = states_x[i], states_y[j]
-        return None if sx is None or sy is None else null_mean(sx, sy)
-
-    return summarise_null(metric, scores, null, pair_mean, alpha=alpha, s_max=s_max)
+    """:func:`platonic_fast.calibration.calibrate_states` on sharded states (the same code: the
+    states carry the communicator; each permutation is drawn on rank 0 and broadcast)."""
+    return _calibrate_states(states_x, states_y, scores, metric, opts, permutations=permutations, alpha=alpha,
+                             generator=generator, perm=perm, s_max=s_max)
 
 
 def calibrate(metric, feats_A, feats_B, permutations: int | None = None, alpha: float = 0.05, generator=None,
@@ -254,30 +195,12 @@ def calibrate(metric, feats_A, feats_B, permutations: int | None = None, alpha: 
         a = local_features(feats_A, "feats_A")
         b = local_features(feats_B, "feats_B")
     layout = layout_of(comm, [a, b], ["feats_A", "feats_B"], metric=names[0])
-    n = layout.n
-    opts_list = options_per_metric(specs, n, (a.shape[1], b.shape[1]), options)
+    opts_list = options_per_metric(specs, layout.n, (a.shape[1], b.shape[1]), options)
     alpha = check_alpha(alpha)
-    auto = isinstance(s_max, str) and s_max == "auto"
-    if not auto:
+    if not (isinstance(s_max, str) and s_max == "auto"):
         s_max = check_s_max(s_max)
-    k, draw = _draws(comm, n, permutations, perm, generator, a.device)
+    k, draw = permutation_source(layout.n, permutations, perm, generator, a.device)
     pas = [prepare_local(name, comm, layout, a, o) for name, o in zip(names, opts_list)]
     pbs = [prepare_local(name, comm, layout, b, o) for name, o in zip(names, opts_list)]
-    observed = [score(pa, pb) for pa, pb in zip(pas, pbs)]
-    nulls = torch.full((k, len(names)), math.nan, dtype=torch.float64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DegenerateInputWarning)
-        for t in range(k):
-            p = draw(t)
-            moved = permuted(pbs, p, inverse_permutation(p))
-            for m, (pa, pb) in enumerate(zip(pas, moved)):
-                nulls[t, m] = score(pa, pb)
-    out = {}
-    for m, (name, sp, opts, obs) in enumerate(zip(names, specs, opts_list, observed)):
-        null = nulls[:, m].clone()
-        top = sp.max_score(opts) if auto else s_max
-        exact = null_mean(pas[m], pbs[m])
-        p, tau, cal = null_calibration(obs, null, alpha=alpha, s_max=top)
-        chance = float(null.mean()) if exact is None else float(exact)
-        out[name] = Calibration(name, "score", obs, null, p, tau, cal, alpha, top, chance, exact is not None)
+    out = calibrate_prepared(pas, pbs, k, draw, alpha=alpha, s_max=s_max)
     return out[names[0]] if isinstance(metric, str) else out

@@ -73,9 +73,7 @@ def kernel_stats(comm: Comm, layout: Layout, x: torch.Tensor, kernel: str = "ip"
             sq = sq64.to(feats.dtype)
             st = H.KernelStats(kernel, sigma, rbf, feats, sq, None, zeros, torch.full_like(zeros, rbf_diag),
                                scale=scale)
-            u = float(torch.finfo(feats.dtype).eps)
-            top_sq = comm.max(float(sq.max()) if x.shape[0] else 0.0)
-            st.exact_close = rbf[2] == 1.0 and rbf[0] * (6 * u + 2 * d * u) * top_sq > 1e-7
+            st.exact_close = H.needs_exact_close(rbf, feats.dtype, d, comm.max(float(sq.max()) if x.shape[0] else 0.0))
         self_sum, rows = _tile_sums(comm, layout, [st], [st])
         st.self_sum = self_sum
         if kernel == "rbf":
@@ -140,31 +138,16 @@ def cross_sum(comm: Comm, layout: Layout, sa: ShardStats, sb: ShardStats) -> flo
 
 
 def _parts(comm: Comm, sa: ShardStats, sb: ShardStats) -> list[float]:
-    """The all-reduced row sums HSIC needs besides the cross term: Σ K1·L1, Σ K1, Σ L1,
-    Σ diag K·diag L, Σ diag K, Σ diag L, Σ (K1 − diag K)·(L1 − diag L)."""
-    ra, rb, da, db = sa.local.row_sums, sb.local.row_sums, sa.local.diag, sb.local.diag
-    return comm.sum([float(ra @ rb), float(ra.sum()), float(rb.sum()), float(da @ db), float(da.sum()),
-                     float(db.sum()), float((ra - da) @ (rb - db))])
-
-
-def hsic_from_parts(cross: float, parts: list[float], n: int, *, unbiased: bool) -> float:
-    """:func:`platonic_fast.ops.hsic.hsic_from_sums` from the all-reduced sums."""
-    s_rab, s_ra, s_rb, s_dab, s_da, s_db, s_t = parts
-    if not unbiased:
-        return cross - 2.0 * s_rab / n + s_ra * s_rb / n**2
-    if n < 4:
-        raise ValueError(f"unbiased HSIC needs N >= 4 samples, got N={n}")
-    cross_t = cross - s_dab
-    sum_a, sum_b = s_ra - s_da, s_rb - s_db
-    return (cross_t + sum_a * sum_b / ((n - 1) * (n - 2)) - 2.0 * s_t / (n - 2)) / (n * (n - 3))
+    """:func:`platonic_fast.ops.hsic.row_parts`, all-reduced (each is a sum over rows)."""
+    return comm.sum(H.row_parts(sa.local, sb.local))
 
 
 def _own(st: ShardStats, unbiased: bool) -> float:
-    return hsic_from_parts(st.local.self_sum, st.self_parts, st.n, unbiased=unbiased)
+    return H.hsic_from_parts(st.local.self_sum, st.self_parts, st.n, unbiased=unbiased)
 
 
 def cka(comm: Comm, layout: Layout, sa: ShardStats, sb: ShardStats, *, unbiased: bool) -> float:
-    hkl = hsic_from_parts(cross_sum(comm, layout, sa, sb), _parts(comm, sa, sb), sa.n, unbiased=unbiased)
+    hkl = H.hsic_from_parts(cross_sum(comm, layout, sa, sb), _parts(comm, sa, sb), sa.n, unbiased=unbiased)
     hkk, hll = _own(sa, unbiased), _own(sb, unbiased)
     return guarded_ratio("cka", hkl, max(hkk * hll, 0.0) ** 0.5, -H._true_units(sa.local, sb.local))
 
@@ -174,11 +157,8 @@ def cka_null_mean(comm: Comm, sa: ShardStats, sb: ShardStats, *, unbiased: bool)
     needs are the sets' own, all-reduced when they were prepared)."""
     if unbiased:
         return 0.0
-    hkk, hll = _own(sa, False), _own(sb, False)
-    trace_a = sa.self_parts[4] - sa.self_parts[1] / sa.n  # Σ diag − Σ K1 / N
-    trace_b = sb.self_parts[4] - sb.self_parts[1] / sb.n
-    mean = trace_a * trace_b / (sa.n - 1)
-    return guarded_ratio("cka", mean, max(hkk * hll, 0.0) ** 0.5, -H._true_units(sa.local, sb.local), warn=False)
+    return H.null_mean_from_parts(sa.self_parts, sb.self_parts, sa.n, _own(sa, False), _own(sb, False),
+                                  H._true_units(sa.local, sb.local))
 
 
 def permuted(st: ShardStats, rows: dict[str, torch.Tensor]) -> ShardStats:

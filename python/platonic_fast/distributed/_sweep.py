@@ -27,8 +27,8 @@ import sys
 import numpy as np
 import torch
 
+from ..calibration import exact_chance as layer_chance
 from ._align import calibrate_states, prepare_layers, prepare_states, score_states
-from ._align import exact_chance as layer_chance
 from ._comm import Comm
 
 _ACTIVE: "SweepShard | None" = None
@@ -105,8 +105,7 @@ class SweepShard:
 
     def exact_chance(self, sx: list, sy: list) -> list | None:
         """The records' chance levels: the sharded layer search's, non-finite (constant layers) as None."""
-        grid = layer_chance(sx, sy)
-        return None if grid is None else [[v if np.isfinite(v) else None for v in row] for row in grid.tolist()]
+        return layer_chance(sx, sy, as_lists=True)
 
     def shared(self, value):
         """Rank 0's JSON-able ``value`` on every rank (Paths as str)."""

@@ -108,6 +108,14 @@ def block_tile(st: KernelStats, xi: torch.Tensor, sqi, xj: torch.Tensor, sqj, *,
     return _shifted_rbf(sq, st.rbf)
 
 
+def needs_exact_close(rbf: tuple, dtype: torch.dtype, width: int, top_sq: float) -> bool:
+    """Whether an RBF kernel's tiles must recompute near-zero distances from differences: the
+    no-shift form (b = 1) with γ times d²'s rounding error past float32 precision. ``top_sq``:
+    the largest squared row norm of the set (over every row, every rank)."""
+    u = float(torch.finfo(dtype).eps)
+    return rbf[2] == 1.0 and rbf[0] * (6 * u + 2 * width * u) * top_sq > 1e-7
+
+
 def _exact_close_distances(sq, ni, nj, xi, xj, same: bool) -> None:
     """Recompute, from explicit differences, the squared distances within rounding error of 0.
 
@@ -243,9 +251,7 @@ def kernel_stats(x: torch.Tensor, kernel: str = "ip", sigma: float = 1.0) -> Ker
             sq = feats.to(torch.float64).square().sum(dim=1).to(feats.dtype)
             st = KernelStats(kernel, sigma, rbf, feats, sq, None, zeros, torch.full_like(zeros, rbf_diag),
                              scale=scale)
-            # the no-shift form (b = 1) with γ times d²'s rounding error past float32 precision
-            u = float(torch.finfo(feats.dtype).eps)
-            st.exact_close = rbf[2] == 1.0 and rbf[0] * (6 * u + 2 * d * u) * float(sq.max()) > 1e-7
+            st.exact_close = needs_exact_close(rbf, feats.dtype, d, float(sq.max()))
         st.self_sum, rows = self_tile_sums(st)
         if kernel == "rbf":
             st.row_sums = rows
@@ -345,20 +351,43 @@ def cross_sum(ka: KernelStats, kb: KernelStats) -> float:
         return total
 
 
-def hsic_from_sums(cross: float, ka: KernelStats, kb: KernelStats, *, unbiased: bool) -> float:
-    """Biased HSIC tr(KHLH) or the unbiased estimator of Song et al. (2012), from the sums."""
-    n = ka.n
-    ra, rb = ka.row_sums, kb.row_sums
+def row_parts(ka: KernelStats, kb: KernelStats) -> list[float]:
+    """The sums over rows HSIC needs besides the cross term Σ K̂∘L̂: Σ K1·L1, Σ K1, Σ L1,
+    Σ diag K·diag L, Σ diag K, Σ diag L, Σ (K1 − diag K)·(L1 − diag L). Each is a sum over
+    rows, so on row shards the ranks' parts add up (:mod:`platonic_fast.distributed._hsic`)."""
+    da, db = ka.diag, kb.diag
+    ra = torch.zeros_like(da) if ka.row_sums is None else ka.row_sums
+    rb = torch.zeros_like(db) if kb.row_sums is None else kb.row_sums
+    return [float(ra @ rb), float(ra.sum()), float(rb.sum()), float(da @ db), float(da.sum()), float(db.sum()),
+            float((ra - da) @ (rb - db))]
+
+
+def hsic_from_parts(cross: float, parts: list[float], n: int, *, unbiased: bool) -> float:
+    """Biased HSIC tr(KHLH) or the unbiased estimator of Song et al. (2012), from the cross
+    term and :func:`row_parts` (SPEC §1)."""
+    s_rab, s_ra, s_rb, s_dab, s_da, s_db, s_t = parts
     if not unbiased:
-        return cross - 2.0 * float(ra @ rb) / n + float(ra.sum()) * float(rb.sum()) / n**2
+        return cross - 2.0 * s_rab / n + s_ra * s_rb / n**2
     if n < 4:
         raise ValueError(f"unbiased HSIC needs N >= 4 samples, got N={n}")
-    da, db = ka.diag, kb.diag
-    cross_t = cross - float(da @ db)
-    sum_a = float(ra.sum() - da.sum())
-    sum_b = float(rb.sum() - db.sum())
-    rows_t = float((ra - da) @ (rb - db))
-    return (cross_t + sum_a * sum_b / ((n - 1) * (n - 2)) - 2.0 * rows_t / (n - 2)) / (n * (n - 3))
+    sum_a, sum_b = s_ra - s_da, s_rb - s_db
+    return (cross - s_dab + sum_a * sum_b / ((n - 1) * (n - 2)) - 2.0 * s_t / (n - 2)) / (n * (n - 3))
+
+
+def hsic_from_sums(cross: float, ka: KernelStats, kb: KernelStats, *, unbiased: bool) -> float:
+    """:func:`hsic_from_parts` of two sets held by one process."""
+    return hsic_from_parts(cross, row_parts(ka, kb), ka.n, unbiased=unbiased)
+
+
+def null_mean_from_parts(parts_a: list[float], parts_b: list[float], n: int, hkk: float, hll: float,
+                         units: float) -> float:
+    """The biased CKA's exact permutation mean from each set's own :func:`row_parts` and HSIC:
+    tr(K̄)·tr(L̄)/(N − 1) over the guard (see :func:`cka_null_mean`); ``units``: log2 of the
+    factor to true units."""
+    # tr(HK̂H) = tr(K̂) − 1ᵀK̂1/N; one sample: the centred kernels are 0, and so is every HSIC
+    trace_a, trace_b = parts_a[4] - parts_a[1] / n, parts_b[4] - parts_b[1] / n
+    mean = trace_a * trace_b / (n - 1) if n > 1 else 0.0
+    return guarded_ratio("cka", mean, max(hkk * hll, 0.0) ** 0.5, -units, warn=False)
 
 
 def _true_units(ka: KernelStats, kb: KernelStats) -> float:
@@ -468,12 +497,6 @@ def permute_stats(st: KernelStats, perm: torch.Tensor) -> KernelStats:
                                row_sums=rows(st.row_sums), diag=rows(st.diag), source=rows(st.source))
 
 
-def _centred_trace(st: KernelStats) -> float:
-    """tr(HK̂H) = tr(K̂) − 1ᵀK̂1/N, in K̂ units (the features of a linear kernel are centred)."""
-    rows = 0.0 if st.row_sums is None else float(st.row_sums.sum())
-    return float(st.diag.sum()) - rows / st.n
-
-
 def cka_null_mean(ka: KernelStats, kb: KernelStats, *, unbiased: bool) -> float:
     """The exact mean of CKA(K, L_π) over all row permutations π of the second set.
 
@@ -487,8 +510,7 @@ def cka_null_mean(ka: KernelStats, kb: KernelStats, *, unbiased: bool) -> float:
         return 0.0
     if ka.fused or kb.fused:  # the Triton stats hold no row sums yet: take them from a pass
         cka_from_stats(ka, kb, unbiased=False)
-    hkk = hsic_from_sums(ka.self_sum, ka, ka, unbiased=False)
-    hll = hsic_from_sums(kb.self_sum, kb, kb, unbiased=False)
-    # One sample: the centred kernels are 0, and so is every HSIC (the one permutation included).
-    mean = _centred_trace(ka) * _centred_trace(kb) / (ka.n - 1) if ka.n > 1 else 0.0
-    return guarded_ratio("cka", mean, max(hkk * hll, 0.0) ** 0.5, -_true_units(ka, kb), warn=False)
+    pa, pb = row_parts(ka, ka), row_parts(kb, kb)
+    hkk = hsic_from_parts(ka.self_sum, pa, ka.n, unbiased=False)
+    hll = hsic_from_parts(kb.self_sum, pb, kb.n, unbiased=False)
+    return null_mean_from_parts(pa, pb, ka.n, hkk, hll, _true_units(ka, kb))

@@ -6,6 +6,7 @@ than 2**24 elements; the result is the same order statistic.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 
@@ -52,6 +53,48 @@ def per_sample_order_stats_torch(rows: torch.Tensor, lo: int, hi: int):
     mag = rows.abs().to(torch.float64 if rows.dtype == torch.float64 else torch.float32)
     v_lo, v_hi = _ascending_order_stats(mag, [lo, hi])
     return v_lo, v_hi
+
+
+_INT_VIEW = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def radix_select(blocks, position: int, dtype: torch.dtype, *, total=None, step=contextlib.nullcontext
+                 ) -> torch.Tensor:
+    """The entry at 0-based ``position`` of the ascending sort of |x| over every block, without
+    holding them: for non-negative floats the order of the bit patterns is the order of the
+    values, so one histogram per 16-bit digit (from the top) finds it (2 passes for float32).
+
+    ``blocks()`` returns a fresh iterator of 1-D blocks of ``dtype`` (file blocks out of core,
+    chunks of this rank's rows when sharded); ``total`` sums a histogram over every rank and
+    ``step`` wraps the local work (:meth:`platonic_fast.distributed._comm.Comm.step`); both are
+    the identity in one process.
+    """
+    size = torch.finfo(dtype).bits // 8
+    digits, top = [], 8 * size - 1  # the sign bit of |x| is 0
+    while top > 0:
+        width = min(16, top)
+        digits.append((top - width, width))
+        top -= width
+    rem, prefix, mask, device = position, 0, 0, None
+    for shift, width in digits:
+        with step():
+            hist = torch.zeros(1 << width, dtype=torch.int64)
+            for t in blocks():
+                b = t.abs().view(_INT_VIEW[size]).to(torch.int64)
+                device = b.device
+                if mask:
+                    b = b[(b & mask) == prefix]
+                hist += torch.bincount((b >> shift) & ((1 << width) - 1), minlength=1 << width).cpu()
+        if total is not None:
+            hist = total(hist)
+        cum = hist.cumsum(0)
+        digit = int(torch.searchsorted(cum, torch.tensor([rem]), right=True)[0])
+        if digit:
+            rem -= int(cum[digit - 1])
+        prefix |= digit << shift
+        mask |= ((1 << width) - 1) << shift
+    out = torch.tensor([prefix], dtype=torch.int64).to(_INT_VIEW[size]).view(dtype)[0]
+    return out if device is None else out.to(device)
 
 
 def outlier_threshold(feats: torch.Tensor, q: float, exact: bool) -> torch.Tensor:
