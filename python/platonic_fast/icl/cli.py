@@ -20,16 +20,21 @@ def add_parsers(sub, debug_parent) -> None:
     cmds = icl.add_subparsers(dest="icl_command", required=True)
 
     def common(p):
-        p.add_argument("--preset", default="cpu", help="sizes: cpu (default) or paper (d=20, 12x256, for a GPU)")
+        p.add_argument("--preset", default="cpu", help="sizes: cpu (default), fair (d=8, 3x96, 24k steps: issue 21) or paper (d=20, 12x256, for a GPU)")
         p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
         p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
         p.add_argument("--no-progress", action="store_true")
 
     tr = cmds.add_parser("train", parents=[debug_parent], help="pretrain one model (resumes from --out)")
-    tr.add_argument("--mixture", required=True, help="e.g. dense, sparse(k=2), '0.5*dense + 0.5*sine'")
-    tr.add_argument("--out", required=True, help="folder of the checkpoint (running again resumes)")
+    tr.add_argument("--mixture", default=None, help="e.g. dense, sparse(k=2), '0.5*dense + 0.5*sine' "
+                    "(or --model)")
+    tr.add_argument("--model", default=None, metavar="NAME[@R]",
+                    help="one of the preset's models (mixture and seed from the preset); NAME@R is its R-th "
+                    "further seed (seed + 100*R)")
+    tr.add_argument("--out", default=None, help="folder of the checkpoint (running again resumes); "
+                    "default results/icl-<preset>/<model> with --model")
     tr.add_argument("--steps", type=int, default=None, help="override the preset's steps")
-    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--seed", type=int, default=None, help="default: the preset model's seed, else 0")
     tr.add_argument("--lr", type=float, default=None)
     tr.add_argument("--batch-size", type=int, default=None)
     tr.add_argument("--curriculum", default=None, metavar="D0,N0,EVERY",
@@ -114,10 +119,31 @@ def _check_settings(args, preset) -> None:
         raise ValueError("--jobs must be at least 1")
 
 
+def _resolve_model(args, preset):
+    """(mixture, seed, out) of a train command: --model picks them from the preset."""
+    from .presets import replica
+
+    if (args.model is None) == (args.mixture is None):
+        raise ValueError("icl train needs exactly one of --mixture and --model")
+    if args.model is None:
+        if args.out is None:
+            raise ValueError("icl train --mixture needs --out")
+        return args.mixture, 0 if args.seed is None else args.seed, args.out
+    name, _, r = args.model.partition("@")
+    try:
+        r = int(r) if r else 0
+    except ValueError:
+        raise ValueError(f"--model takes NAME or NAME@R with R an integer, got {args.model!r}") from None
+    run, mixture, seed = replica(preset, name, r)
+    out = args.out or str(Path("results") / f"icl-{preset.name}" / run)
+    return mixture, seed if args.seed is None else args.seed, out
+
+
 def _train_config(args, preset):
     from .train import Curriculum
 
-    cfg = preset.train_config(args.mixture, args.seed)
+    mixture, seed, _ = _resolve_model(args, preset)
+    cfg = preset.train_config(mixture, seed)
     changes = {}
     if args.steps is not None:
         changes["steps"] = args.steps
@@ -137,8 +163,19 @@ def _train_config(args, preset):
 def _train(args, preset, progress) -> int:
     from .train import train
 
+    import sys
+    import time
+
     cfg = _train_config(args, preset)
-    res = train(preset.model, cfg, args.out, device=args.device, threads=args.threads, progress=progress)
+    out = _resolve_model(args, preset)[2]
+
+    def report(line):
+        print(time.strftime("%Y-%m-%dT%H:%M:%SZ ", time.gmtime()) + line, flush=True)
+
+    report(f"training {cfg.mixture} (seed {cfg.seed}, preset {preset.name}) into {out}; pid {__import__('os').getpid()}")
+    res = train(preset.model, cfg, out, device=args.device, threads=args.threads, progress=progress,
+                report=None if progress else report)
+    sys.stdout.flush()
     last = res.history[-1][1] if res.history else float("nan")
     print(f"trained {cfg.mixture} to step {res.step} in {res.seconds:.0f} s (resumed from {res.resumed_from}); "
           f"last logged loss {last:.4f}; checkpoint {res.path}")
