@@ -60,6 +60,15 @@ def add_parsers(sub, debug_parent) -> None:
     al.add_argument("--out", default="icl_align", help="output folder (default ./icl_align)")
     common(al)
 
+    ga = cmds.add_parser("gate", parents=[debug_parent],
+                         help="has a sparse specialist learned its class? (issue 21's gate; exit 0 pass, 1 fail)")
+    ga.add_argument("checkpoint", help="a sparse specialist's checkpoint file or run folder")
+    ga.add_argument("--count", type=int, default=512, help="evaluation sequences (default 512)")
+    ga.add_argument("--share", type=float, default=0.5,
+                    help="the share of the Lasso's gain over least squares the model must reach (default 0.5)")
+    ga.add_argument("--json", default=None, help="also write the numbers there")
+    common(ga)
+
     st = cmds.add_parser("study", parents=[debug_parent],
                          help="train every model, evaluate the four findings, align; JSON and figures")
     st.add_argument("--out", default="results/icl",
@@ -89,6 +98,14 @@ def run(args) -> int:
         return _eval(args, preset)
     if args.icl_command == "align":
         return _align(args, preset)
+    if args.icl_command == "gate":
+        from .study import format_gate, sparse_gate, write_json
+
+        g = sparse_gate(args.checkpoint, count=args.count, share=args.share, device=args.device)
+        print(format_gate(g))
+        if args.json:
+            write_json(args.json, g)
+        return 0 if g["passed"] else 1
     if args.icl_command == "study":
         from .study import run_study
 
@@ -115,6 +132,8 @@ def _check_settings(args, preset) -> None:
             raise ValueError("--count must be at least 2")
     elif args.icl_command == "align" and args.bank:
         parse_mixture(args.bank)
+    elif args.icl_command == "gate" and (args.count < 2 or not 0 < args.share <= 1):
+        raise ValueError("icl gate needs --count >= 2 and 0 < --share <= 1")
     elif args.icl_command == "study" and args.jobs < 1:
         raise ValueError("--jobs must be at least 1")
 

@@ -232,6 +232,51 @@ def _mean(values):
     return sum(values) / len(values) if values else float("nan")
 
 
+# --- the gate (issue 21) ------------------------------------------------------------------------
+
+def sparse_gate(checkpoint, *, count: int = 512, share: float = 0.5, seed: int = 1, device=None) -> dict:
+    """Has a sparse specialist learned its class? On its own sparse(k) task, over 1..d−1 examples,
+    it must beat least squares by at least ``share`` of the Lasso's gain over least squares:
+    NSE(LS) − NSE(model) >= share · (NSE(LS) − NSE(Lasso)). The evaluation bank is drawn with
+    ``seed`` (1: apart from the findings' bank, seed 0), ``count`` sequences; the interval is a
+    paired 90% bootstrap of the margin (LS − model) − share · (LS − Lasso) over sequences.
+    The exact Bayes posterior mean is reported beside (the floor no predictor can beat)."""
+    model, info = load_model(checkpoint, device=device)
+    cfg = info["model_config"]
+    classes = parse_mixture(info["train_config"].mixture).classes
+    sparse = [c for c in classes if c.name == "sparse"]
+    if not sparse:
+        raise ValueError(f"{checkpoint}: the gate is for a sparse specialist; this model was trained on "
+                         f"{info['train_config'].mixture}")
+    k = sparse[0].param("k")
+    task = f"sparse(k={k})"
+    win = _windows(cfg.d, cfg.n_points)["under"]
+    xs, ys = ev.eval_sequences(task, cfg.d, cfg.n_points, count=count, seed=seed)
+    preds = {"model": ev.predict(model, xs, ys).double()}
+    preds.update({k_: v for k_, v in ev.baselines(xs, ys, names=("least_squares", "lasso", "bayes_sparse"),
+                                                  sparse_k=k).items() if isinstance(v, torch.Tensor)})
+    err = {m: _window_values(ev.squared_errors(p, ys), win) for m, p in preds.items()}
+    idx = ev.bootstrap_indices(count)
+    nse = {m: ev.summary(v, idx=idx) for m, v in err.items() if m in ("model", "least_squares", "lasso", "bayes_sparse")}
+    gap = nse["least_squares"]["mean"] - nse["lasso"]["mean"]
+    margin = nse["least_squares"]["mean"] - nse["model"]["mean"]
+    excess = ev.summary((err["least_squares"] - err["model"]) - share * (err["least_squares"] - err["lasso"]), idx=idx)
+    return {"checkpoint": str(checkpoint), "step": info["step"], "task": task, "window_examples": win,
+            "count": count, "nse": nse, "lasso_gap": gap, "model_gain": margin, "share": share,
+            "required_gain": share * gap, "margin_minus_required": excess, "passed": bool(margin >= share * gap)}
+
+
+def format_gate(g: dict) -> str:
+    n = g["nse"]
+    e = g["margin_minus_required"]
+    return (f"gate at step {g['step']} ({g['checkpoint']}): {g['task']}, mean NSE over "
+            f"{g['window_examples'][0]}..{g['window_examples'][-1]} examples ({g['count']} sequences): model "
+            f"{n['model']['mean']:.3f}, least squares {n['least_squares']['mean']:.3f}, Lasso {n['lasso']['mean']:.3f}, "
+            f"Bayes {n['bayes_sparse']['mean']:.3f}; the model's gain over least squares {g['model_gain']:+.3f}, "
+            f"required {g['share']:g} x Lasso gap {g['lasso_gap']:.3f} = {g['required_gain']:.3f} "
+            f"(excess {e['mean']:+.3f} [{e['lo']:+.3f}, {e['hi']:+.3f}]): {'PASS' if g['passed'] else 'FAIL'}")
+
+
 # --- the bridge ---------------------------------------------------------------------------------
 
 def bank_spec(preset: Preset) -> str:
