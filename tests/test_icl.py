@@ -279,3 +279,99 @@ def test_spearman_matches_scipy():
 
     a, b = [3, 1, 2, 2, 5, 0.5], [1.0, 0.2, 0.3, 0.1, 0.9, 0.0]
     assert abs(spearman(a, b) - stats.spearmanr(a, b).statistic) < 1e-12
+
+
+# --- issue 21: the Bayes baseline, the gate, stopping, snapshots ---------------------------------
+
+def test_bayes_sparse_is_the_posterior_mean():
+    """Against the textbook form: per support, y ~ N(0, σ_w² X_S X_Sᵀ + σ² I) (scipy's density)
+    and E[y_q | y, S] = σ_w² x_q,Sᵀ X_Sᵀ Σ⁻¹ y, averaged over the supports' posterior."""
+    import itertools
+
+    stats = pytest.importorskip("scipy.stats")
+    g = gen(3)
+    xs, ys, _ = parse_mixture("sparse(k=2)").sample(3, 6, 5, g)
+    ys = ys + 0.1 * torch.randn(ys.shape, generator=g)
+    got = ev.baseline_bayes_sparse(xs, ys, 2, noise=0.01).numpy()
+    x, y = xs.double().numpy(), ys.double().numpy()
+    for q in range(3):
+        assert got[q, 0] == 0
+        for i in range(1, 6):
+            logs, means = [], []
+            for s in itertools.combinations(range(5), 2):
+                xsup = x[q, :i][:, list(s)]
+                cov = 0.5 * xsup @ xsup.T + 0.01 * np.eye(i)
+                logs.append(stats.multivariate_normal(np.zeros(i), cov).logpdf(y[q, :i]))
+                means.append(0.5 * x[q, i, list(s)] @ xsup.T @ np.linalg.solve(cov, y[q, :i]))
+            w = np.exp(np.array(logs) - max(logs))
+            assert abs(got[q, i] - w @ np.array(means) / w.sum()) < 1e-10
+
+
+def test_bayes_sparse_beats_lasso_on_its_class():
+    xs, ys = ev.eval_sequences("sparse(k=1)", 6, 8, count=64, seed=3)
+    b = ev.baselines(xs, ys, names=("least_squares", "bayes_sparse"), sparse_k=1)
+    err = {k: float(ev.squared_errors(v, ys)[:, 1:6].mean()) for k, v in b.items()}
+    assert err["bayes_sparse"] < 0.5 * err["least_squares"]
+    with pytest.raises(ValueError, match="sparse_k="):
+        ev.baselines(xs, ys, names=("bayes_sparse",))
+    with pytest.raises(ValueError, match="1 <= k <= d=6"):
+        ev.baseline_bayes_sparse(xs, ys, 7)
+
+
+def test_sigterm_saves_and_resumes_bitwise(tmp_path):
+    import os
+    import signal
+
+    cfg = TrainConfig(mixture="sparse(k=1)", steps=6, batch_size=8, lr=1e-3, save_every=2, log_every=2,
+                      snapshots=(2, 6))
+    whole = train(TINY, cfg, tmp_path / "a", progress=False)
+    lines = []
+
+    def report(line):  # SIGTERM arrives right after the first save (step 2): the run ends there
+        lines.append(line)
+        if len(lines) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    part = train(TINY, cfg, tmp_path / "b", progress=False, report=report)
+    assert part.step == 2 and len(lines) == 1 and lines[0].startswith("step 2/6 loss")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL   # the handler is put back
+    rest = train(TINY, cfg, tmp_path / "b", progress=False)
+    assert rest.resumed_from == 2
+    for p, q in zip(whole.model.state_dict().values(), rest.model.state_dict().values()):
+        assert torch.equal(p, q)
+    _, info = load_model(tmp_path / "a" / "snapshots" / "step-000002.safetensors")
+    assert info["step"] == 2 and not info["complete"]
+    assert (tmp_path / "a" / "snapshots" / "step-000006.safetensors").exists()
+
+
+def test_gate_reads_a_checkpoint(tmp_path, capsys):
+    from platonic_fast.cli import main
+    from platonic_fast.icl.study import sparse_gate
+
+    cfg = TrainConfig(mixture="sparse(k=1)", steps=2, batch_size=8, lr=1e-3)
+    train(TINY, cfg, tmp_path / "s", progress=False)
+    g = sparse_gate(tmp_path / "s", count=16)
+    assert g["step"] == 2 and g["window_examples"] == [1, 2, 3] and not g["passed"]
+    assert g["nse"]["bayes_sparse"]["mean"] < g["nse"]["least_squares"]["mean"]
+    assert abs(g["required_gain"] - 0.5 * g["lasso_gap"]) < 1e-12
+    assert main(["icl", "gate", str(tmp_path / "s"), "--count", "16", "--json", str(tmp_path / "g.json")]) == 1
+    assert "FAIL" in capsys.readouterr().out and (tmp_path / "g.json").exists()
+    train(TINY, TrainConfig(mixture="dense", steps=1, batch_size=4), tmp_path / "d", progress=False)
+    with pytest.raises(ValueError, match="sparse specialist"):
+        sparse_gate(tmp_path / "d", count=8)
+
+
+def test_cli_train_model_of_a_preset(tmp_path, monkeypatch, capsys):
+    from platonic_fast.cli import main
+    from platonic_fast.icl.presets import replica
+
+    p = get_preset("fair")
+    assert replica(p, "sparse", 2) == ("sparse@2", "sparse(k=1)", 201)
+    monkeypatch.chdir(tmp_path)
+    assert main(["icl", "train", "--preset", "fair", "--model", "sparse@1", "--steps", "1", "--no-progress",
+                 "--threads", "1"]) == 0
+    _, info = load_model(tmp_path / "results" / "icl-fair" / "sparse@1")
+    assert info["train_config"].seed == 101 and info["train_config"].mixture == "sparse(k=1)"
+    assert "step 1/1" in capsys.readouterr().out
+    assert main(["icl", "train", "--preset", "fair", "--model", "sine", "--steps", "1"]) == 2
+    assert "has no model 'sine'" in capsys.readouterr().err
