@@ -44,6 +44,17 @@ def test_unit_output_variance(spec):
     assert abs(float(ys.mean())) < 0.05, spec
 
 
+@pytest.mark.parametrize("spec, var", [("dense(raw=1)", 6.0), ("sparse(k=2,raw=1)", 2.0)])
+def test_unnormalised_targets(spec, var):
+    mix = parse_mixture(spec)
+    assert mix.output_variance(6) == var and parse_mixture(mix.spec) == mix
+    xs, ys, _ = mix.sample(8000, 8, 6, gen(1))
+    assert abs(float(ys.var()) / var - 1) < 0.06, spec
+    assert parse_mixture("dense(raw=0)").spec == "dense" and parse_mixture("sparse(k=2)").spec == "sparse(k=2)"
+    with pytest.raises(ValueError, match="raw is 0"):
+        parse_class("dense(raw=2)")
+
+
 def test_mixture_proportions_per_sequence():
     mix = parse_mixture("0.2*dense + 0.8*sparse(k=2)")
     xs, ys, which = mix.sample(20000, 8, 5, gen(2))

@@ -26,7 +26,9 @@ about half an hour).
     against 0.05–0.13 at d = 6), 16 points, 3 layers × 96 dimensions and 4 heads, "xy" tokens,
     batch 64, Adam at 1e-3 with 500 warm-up steps and a cosine decay to 1e-4, a curriculum from
     d = 3 and 6 points (+1 and +2 every 300 steps: full size at step 1,500), 24,000 steps. Only the
-    three linear models (``dense``, ``sparse``, ``dense+sparse``), each with its own seed; further
+    three linear models (``dense``, ``sparse``, ``dense+sparse``), each with its own seed, and the
+    same three on unnormalised targets (``dense-raw``, ``sparse-raw``, ``dense+sparse-raw``: Garg et
+    al.'s scale, output variance d and k; see :mod:`.tasks`), started when the CPU allows; further
     seeds of the same model are ``<name>@<r>`` with seed + 100·r (:func:`replica`). Checkpoints every
     250 steps or 2 minutes, weight snapshots at the steps in ``snapshots`` (the capability family of
     the convergence study). The gate at step 8,000 (``platonic-fast icl gate``) decides whether the
@@ -105,7 +107,9 @@ PRESETS["fair"] = Preset(
     train=TrainConfig(mixture="dense", steps=24_000, batch_size=64, lr=1e-3, warmup=500, schedule="cosine",
                       curriculum=Curriculum(d_start=3, n_start=6, every=300, d_inc=1, n_inc=2),
                       save_every=250, log_every=50, save_seconds=120.0, snapshots=FAIR_SNAPSHOTS),
-    sparse_k=1, models=_models(1)[:3], bank_sequences=200, permutations=100,
+    sparse_k=1, models=_models(1)[:3] + (("dense-raw", "dense(raw=1)", 10), ("sparse-raw", "sparse(k=1,raw=1)", 11),
+                                         ("dense+sparse-raw", "0.5*dense(raw=1) + 0.5*sparse(k=1,raw=1)", 12)),
+    bank_sequences=200, permutations=100,
     note="issue 21's fair test of findings 1 and 2 on a CPU: d 20 -> 8, 40 -> 16 points, 12x256 -> 3x96 "
          "(4 heads), 500k -> 24k steps, sparse 2 of 20 -> 1 of 8, y tokens carry their x",
     extra={"gate_step": 8000, "seeds_per_model": 3})

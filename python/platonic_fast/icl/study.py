@@ -110,9 +110,13 @@ def evaluate_task(models: dict, task: str, preset: Preset, baselines=(), *, coun
     xs, ys = ev.eval_sequences(task, cfg.d, cfg.n_points, count=count or preset.eval_count, seed=seed)
     preds = {name: ev.predict(m, xs, ys).double() for name, m in models.items()}
     if baselines:
-        base = ev.baselines(xs, ys, names=baselines)
+        base = ev.baselines(xs, ys, names=baselines, sparse_k=preset.sparse_k)
         preds.update({k: v for k, v in base.items() if isinstance(v, torch.Tensor)})
-    return {"xs": xs, "ys": ys, "preds": preds}
+    scale = parse_mixture(task).output_variance(cfg.d)
+    if scale != 1.0:   # unnormalised targets (raw=1): errors in units of the task's output variance
+        ys = ys / math.sqrt(scale)
+        preds = {k: v / math.sqrt(scale) for k, v in preds.items()}
+    return {"xs": xs, "ys": ys, "preds": preds, "output_variance": scale}
 
 
 def _summaries(ev_out: dict, positions, names, idx) -> dict:
