@@ -8,7 +8,7 @@ from ..files import write_atomic
 
 COLOURS = {"dense": "#1f77b4", "sparse": "#d62728", "dense+sparse": "#9467bd", "sine": "#2ca02c",
            "dense+sine": "#ff7f0e", "dense#2": "#17becf", "least_squares": "#555555", "lasso": "#8c564b",
-           "ridge": "#bcbd22", "knn3": "#7f7f7f", "averaging": "#e377c2", "zero": "#000000"}
+           "ridge": "#bcbd22", "bayes_sparse": "#8c8c00", "knn3": "#7f7f7f", "averaging": "#e377c2", "zero": "#000000"}
 BASELINE_STYLE = {"linestyle": "--", "linewidth": 1.2}
 
 
@@ -31,7 +31,7 @@ def _save(fig, path: Path) -> Path:
 
 
 def _is_baseline(name):
-    return name in ("least_squares", "lasso", "ridge", "knn3", "averaging", "zero")
+    return name in ("least_squares", "lasso", "bayes_sparse", "ridge", "knn3", "averaging", "zero")
 
 
 def study_figures(r: dict, out) -> list[Path]:
@@ -61,7 +61,9 @@ def fig_model_selection(r, path):
     ms = r["model_selection"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, t in zip(axes, ms["tasks"].values()):
-        for name in ("dense", "sparse", "dense+sparse", "least_squares", "lasso", "knn3", "averaging"):
+        for name in ("dense", "sparse", "dense+sparse", "least_squares", "lasso", "bayes_sparse", "knn3", "averaging"):
+            if name not in t["curves"]:   # studies from before the Bayes baseline
+                continue
             c = t["curves"][name]
             x = range(len(c["mean"]))
             style = BASELINE_STYLE if _is_baseline(name) else {"linewidth": 2}

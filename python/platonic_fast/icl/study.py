@@ -109,10 +109,11 @@ def evaluate_task(models: dict, task: str, preset: Preset, baselines=(), *, coun
     cfg = preset.model
     xs, ys = ev.eval_sequences(task, cfg.d, cfg.n_points, count=count or preset.eval_count, seed=seed)
     preds = {name: ev.predict(m, xs, ys).double() for name, m in models.items()}
-    if baselines:
-        base = ev.baselines(xs, ys, names=baselines, sparse_k=preset.sparse_k)
-        preds.update({k: v for k, v in base.items() if isinstance(v, torch.Tensor)})
     scale = parse_mixture(task).output_variance(cfg.d)
+    if baselines:   # bayes_sparse's prior: the trained k, at the task's scale
+        base = ev.baselines(xs, ys, names=baselines, sparse_k=preset.sparse_k,
+                            prior_var=None if scale == 1.0 else 1.0)
+        preds.update({k: v for k, v in base.items() if isinstance(v, torch.Tensor)})
     if scale != 1.0:   # unnormalised targets (raw=1): errors in units of the task's output variance
         ys = ys / math.sqrt(scale)
         preds = {k: v / math.sqrt(scale) for k, v in preds.items()}
@@ -140,7 +141,7 @@ def finding_model_selection(models: dict, preset: Preset, log=print) -> dict:
     win = _windows(d, n)["under"]
     k = preset.sparse_k
     mine = ["dense", "sparse", "dense+sparse"]
-    base = ("least_squares", "lasso", "ridge", "knn3", "averaging", "zero")
+    base = ("least_squares", "lasso", "bayes_sparse", "ridge", "knn3", "averaging", "zero")
     out = {"window_examples": win, "tasks": {}}
     for task_name, task, specialist, other in (("dense", "dense", "dense", "sparse"),
                                               ("sparse", f"sparse(k={k})", "sparse", "dense")):
@@ -160,7 +161,7 @@ def finding_model_selection(models: dict, preset: Preset, log=print) -> dict:
         }
         w = out["tasks"][task_name]["window_nse"]
         log(f"  finding 1, {task}: mean NSE over 1..{d - 1} examples: "
-            + ", ".join(f"{m} {w[m]['mean']:.3f}" for m in names[:5]) + f"  ({time.perf_counter() - t0:.0f} s)")
+            + ", ".join(f"{m} {w[m]['mean']:.3f}" for m in names[:6]) + f"  ({time.perf_counter() - t0:.0f} s)")
     return out
 
 
@@ -253,13 +254,15 @@ def sparse_gate(checkpoint, *, count: int = 512, share: float = 0.5, seed: int =
         raise ValueError(f"{checkpoint}: the gate is for a sparse specialist; this model was trained on "
                          f"{info['train_config'].mixture}")
     k = sparse[0].param("k")
-    task = f"sparse(k={k})"
+    task = sparse[0].spec               # sparse(k=K), or sparse(k=K,raw=1) for unnormalised targets
     win = _windows(cfg.d, cfg.n_points)["under"]
     xs, ys = ev.eval_sequences(task, cfg.d, cfg.n_points, count=count, seed=seed)
+    scale = parse_mixture(task).output_variance(cfg.d)
     preds = {"model": ev.predict(model, xs, ys).double()}
-    preds.update({k_: v for k_, v in ev.baselines(xs, ys, names=("least_squares", "lasso", "bayes_sparse"),
-                                                  sparse_k=k).items() if isinstance(v, torch.Tensor)})
-    err = {m: _window_values(ev.squared_errors(p, ys), win) for m, p in preds.items()}
+    base = ev.baselines(xs, ys, names=("least_squares", "lasso", "bayes_sparse"), sparse_k=k,
+                        prior_var=None if scale == 1.0 else 1.0)
+    preds.update({name: v for name, v in base.items() if isinstance(v, torch.Tensor)})
+    err = {m: _window_values(ev.squared_errors(p, ys), win) / scale for m, p in preds.items()}
     idx = ev.bootstrap_indices(count)
     nse = {m: ev.summary(v, idx=idx) for m, v in err.items() if m in ("model", "least_squares", "lasso", "bayes_sparse")}
     gap = nse["least_squares"]["mean"] - nse["lasso"]["mean"]
@@ -501,7 +504,8 @@ def headline(r: dict) -> dict:
     ms = r["model_selection"]["tasks"]
     for task in ("dense", "sparse"):
         w = ms[task]["window_nse"]
-        h[f"f1_{task}"] = {m: w[m]["mean"] for m in ("dense", "sparse", "dense+sparse", "least_squares", "lasso")}
+        h[f"f1_{task}"] = {m: w[m]["mean"] for m in ("dense", "sparse", "dense+sparse", "least_squares", "lasso",
+                                                            "bayes_sparse") if m in w}
         h[f"f1_{task}_mixture_excess"] = ms[task]["mixture_minus_specialist"]
     h["f2_position"] = {row["k"]: row["position"] for row in r["sparsity"]["rows"]}
     h["f3_mixture_nse"] = {row["alpha"]: row["window_nse"]["dense+sine"]["mean"] for row in r["alpha"]["rows"]}
