@@ -386,3 +386,34 @@ def test_cli_train_model_of_a_preset(tmp_path, monkeypatch, capsys):
     assert "step 1/1" in capsys.readouterr().out
     assert main(["icl", "train", "--preset", "fair", "--model", "sine", "--steps", "1"]) == 2
     assert "has no model 'sine'" in capsys.readouterr().err
+
+
+def test_tiny_run_says_it_is_tiny(tmp_path, monkeypatch):
+    """Issue 24, item 5: findings resting on untrained models are withheld; training.png of a
+    short run shows its points."""
+    import copy
+    import json
+    from pathlib import Path
+
+    from platonic_fast.icl import plots
+    from platonic_fast.icl.study import competence_check, format_headline, headline
+
+    committed = json.loads((Path(__file__).parents[1] / "results" / "icl" / "study.json").read_text())
+    check = competence_check(committed)
+    assert check["untrained"] == [] and all(f["above"] for f in check["alignment_above_floor"].values())
+    r = copy.deepcopy(committed)
+    r["bridge"]["competence"]["sine"]["sine"] = 1.3
+    for view in r["bridge"]["analysis"]["cknna"].values():
+        view["untrained_mean"] = {"untrained": 0.99}
+    r["headline"] = h = headline(r)
+    assert h["check"]["tiny"] and h["check"]["untrained"] == ["sine"] and h["check"]["withheld"] == ["f3", "f4"]
+    assert not h["check"]["alignment_above_floor"]["cknna"]["above"]
+    text = format_headline(r)
+    assert "TOO SHORT" in text and "sine 1.30" in text
+    assert sum("[withheld" in line for line in text.splitlines()) == 1 + 6   # 3., and 4. for six predictors
+    figs = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figs.append(fig) or path)
+    r["training"] = {"dense": {"mixture": "dense", "steps": 3, "history": [[3, 0.97]]}}
+    plots.fig_training(r, tmp_path / "t.png")
+    (line,) = figs[0].axes[0].get_lines()
+    assert line.get_marker() == "o" and "findings withheld" in " ".join(t.get_text() for t in figs[0].axes[0].texts)

@@ -44,15 +44,26 @@ def study_figures(r: dict, out) -> list[Path]:
 def fig_training(r, path):
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.6))
+    logged = False
     for name, t in r["training"].items():
         if t["history"]:
             steps, loss = zip(*t["history"])
-            ax.plot(steps, loss, label=f"{name} ({t['mixture']})", color=COLOURS.get(name))
+            # a short run logs a point or two (every log_every steps and the last): markers keep them visible
+            ax.plot(steps, loss, label=f"{name} ({t['mixture']})", color=COLOURS.get(name),
+                    marker="o" if len(steps) < 20 else None, markersize=4)
+            logged = True
+    if not logged:
+        ax.text(0.5, 0.5, "no training loss logged", ha="center", va="center", transform=ax.transAxes)
+    steps_run = max((t.get("steps", 0) for t in r["training"].values()), default=0)
+    if r.get("headline", {}).get("check", {}).get("tiny"):
+        ax.text(0.02, 0.02, f"short run ({steps_run} steps): models untrained, findings withheld",
+                transform=ax.transAxes, fontsize=8, color="#b00000")
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("training loss (NSE)")
     ax.set_title("pretraining")
-    ax.legend(fontsize=7)
+    if logged:
+        ax.legend(fontsize=7)
     return _save(fig, path)
 
 

@@ -498,9 +498,46 @@ def _preset_dict(p: Preset) -> dict:
             "topk": p.topk, "permutations": p.permutations, "note": p.note}
 
 
+# a model whose in-context error on its own classes is at least this has learned nothing the zero
+# predictor does not know: its findings are no evidence (issue 24, item 5)
+UNTRAINED_NSE = 1.0
+FINDING_MODELS = {"f1": ("dense", "sparse", "dense+sparse"), "f2": ("dense", "sparse", "dense+sparse"),
+                  "f3": ("dense", "sine", "dense+sine"), "f4": ("sine", "dense+sine", "dense")}
+
+
+def competence_check(r: dict) -> dict:
+    """Which models have learned their classes, and whether alignment beats the untrained floor.
+
+    ``nse_own``: each trained model's mean NSE on the bank's sequences of its own pretraining
+    classes (positions with at least one example); ``untrained`` lists the models at or above
+    ``UNTRAINED_NSE``; ``withheld`` the findings that rest on one of them; ``alignment_above_floor``
+    per metric: is the mean over trained pairs above the untrained model's mean alignment to them?"""
+    b = r["bridge"]
+    nse = {}
+    for name in b["models"]:
+        classes = classes_of(b["mixtures"].get(name, ""))
+        own = [b["competence"][name][c] for c in classes if c in b["competence"][name]]
+        if own:
+            nse[name] = _mean(own)
+    untrained = sorted(m for m, v in nse.items() if not v < UNTRAINED_NSE)
+    withheld = sorted(f for f, models in FINDING_MODELS.items() if any(m in untrained for m in models if m in nse))
+    floor = {}
+    for metric, views in b["analysis"].items() if isinstance(b.get("analysis"), dict) else ():
+        if metric in ("pairs", "jaccard"):
+            continue
+        best = views["best"]
+        trained_mean = _mean(best["scores"])
+        untrained_mean = _mean(best["untrained_mean"].values())
+        floor[metric] = {"trained_pairs": trained_mean, "untrained": untrained_mean,
+                         "above": bool(trained_mean > untrained_mean)}
+    tiny = bool(untrained) or any(not f["above"] for f in floor.values())
+    return {"threshold": UNTRAINED_NSE, "nse_own": nse, "untrained": untrained, "withheld": withheld,
+            "alignment_above_floor": floor, "tiny": tiny}
+
+
 def headline(r: dict) -> dict:
     """The one number per finding (and the bridge's), for the README and the terminal."""
-    h = {}
+    h = {"check": competence_check(r)}
     ms = r["model_selection"]["tasks"]
     for task in ("dense", "sparse"):
         w = ms[task]["window_nse"]
@@ -526,25 +563,40 @@ def headline(r: dict) -> dict:
 
 def format_headline(r: dict) -> str:
     h = r["headline"]
+    c = h.get("check")
     lines = ["", "headline numbers"]
+    if c and c["tiny"]:
+        lines.append("  THIS RUN IS TOO SHORT TO TEST THE FINDINGS: "
+                     + ("; ".join(filter(None, [
+                         (f"untrained models (NSE on their own classes >= {c['threshold']:g}): "
+                          + ", ".join(f"{m} {c['nse_own'][m]:.2f}" for m in c["untrained"])) if c["untrained"] else "",
+                         ", ".join(f"{metric} alignment of trained pairs {f['trained_pairs']:.3f} not above the "
+                                   f"untrained model's {f['untrained']:.3f}"
+                                   for metric, f in c["alignment_above_floor"].items() if not f["above"])]))))
+    withheld = set(c["withheld"]) if c else set()
+
+    def mark(key):
+        return "  [withheld: rests on an untrained model] " if key in withheld else "  "
+
     for task in ("dense", "sparse"):
         e = h[f"f1_{task}_mixture_excess"]
-        lines.append(f"  1. {task} tasks, mean NSE over 1..d-1 examples: "
+        lines.append(f"{mark('f1')}1. {task} tasks, mean NSE over 1..d-1 examples: "
                      + ", ".join(f"{m} {v:.3f}" for m, v in h[f"f1_{task}"].items())
                      + f"; mixture - specialist {e['mean']:+.3f} [{e['lo']:+.3f}, {e['hi']:+.3f}]")
-    lines.append("  2. mixture's position between the specialists (0 = sparse, 1 = dense) by k: "
+    lines.append(f"{mark('f2')}2. mixture's position between the specialists (0 = sparse, 1 = dense) by k: "
                  + ", ".join(f"{k}: {v:.2f}" for k, v in h["f2_position"].items()))
-    lines.append("  3. dense+sine NSE by alpha (late window): "
+    lines.append(f"{mark('f3')}3. dense+sine NSE by alpha (late window): "
                  + ", ".join(f"{a:g}: {v:.3f}" for a, v in h["f3_mixture_nse"].items()))
     lines.append("     best specialist:                       "
                  + ", ".join(f"{a:g}: {v:.3f}" for a, v in h["f3_best_specialist_nse"].items()))
     for m, g in h["f4_groups"].items():
-        lines.append(f"  4. {m:>13} NSE below / inside / above the pretraining frequencies: "
+        lines.append(f"{mark('f4')}4. {m:>13} NSE below / inside / above the pretraining frequencies: "
                      f"{g['below']:.3f} / {g['inside']:.3f} / {g['above']:.3f}")
     for metric, views in [*h["bridge"].items(), *((f"{m}, final position", v)
                                                   for m, v in h["bridge_final_position"].items())]:
         for view, b in views.items():
-            lines.append(f"  bridge {metric} ({view}): pairs sharing a class {b['mean_sharing_a_class']:.3f}, "
+            above = (c or {}).get("alignment_above_floor", {}).get(metric.split(",")[0], {}).get("above", True)
+            lines.append(("  [not above the untrained floor] " if not above else "  ") + f"bridge {metric} ({view}): pairs sharing a class {b['mean_sharing_a_class']:.3f}, "
                          f"sharing none {b['mean_sharing_none']:.3f}; Spearman vs overlap "
                          f"{b['spearman_vs_jaccard']:+.2f}, vs prediction distance "
                          f"{b['spearman_vs_prediction_distance']:+.2f}, model mean vs bank NSE "
