@@ -417,3 +417,22 @@ def test_tiny_run_says_it_is_tiny(tmp_path, monkeypatch):
     plots.fig_training(r, tmp_path / "t.png")
     (line,) = figs[0].axes[0].get_lines()
     assert line.get_marker() == "o" and "findings withheld" in " ".join(t.get_text() for t in figs[0].axes[0].texts)
+
+
+@pytest.mark.slow
+def test_gpu_plan_and_dry_run(tmp_path):
+    """Issue 21 item 8: the throughput calibration's arithmetic, and the whole GPU path at tiny
+    sizes on the CPU."""
+    from platonic_fast.icl import gpu
+
+    assert gpu.plan_steps(40.0, 70.0, 2400, budget_s=480, reserve_s=90, max_steps=20_000) == 2400 + 40 * 320
+    assert gpu.plan_steps(100.0, 70.0, 2400, budget_s=480, reserve_s=90, max_steps=20_000) == 20_000
+    assert gpu.plan_steps(1.0, 500.0, 7, budget_s=480, reserve_s=90, max_steps=20_000) == 7
+    with pytest.raises(ValueError, match="positive"):
+        gpu.plan_steps(0.0, 1.0, 1, budget_s=480, reserve_s=90, max_steps=10)
+    res = gpu.run(tmp_path, dry_run=True, log=lambda *_: None)
+    assert res["dry_run"] and res["train"]["steps"] == 12 and len(res["models"]) == 6
+    assert set(res["finding1"]["sparse(k=1)"]["gate"]) == {"sparse", "sparse@1"}
+    _, info = load_model(tmp_path / "sparse@1" / "weights.safetensors")
+    assert info["train_config"].seed == 101 and info["step"] == 12
+    assert (tmp_path / "icl_gpu.json").exists()
