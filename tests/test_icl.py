@@ -436,3 +436,47 @@ def test_gpu_plan_and_dry_run(tmp_path):
     _, info = load_model(tmp_path / "sparse@1" / "weights.safetensors")
     assert info["train_config"].seed == 101 and info["step"] == 12
     assert (tmp_path / "icl_gpu.json").exists()
+
+
+# --- the convergence study (issue 21 item 6), on tiny models --------------------------------------
+
+def test_fixed_query_bank_and_truth():
+    from platonic_fast.icl.convergence import fixed_query_bank
+
+    b = fixed_query_bank(["dense", "sparse(k=1)"], 5, 4, 6, probes=8)
+    assert b["xs"].shape == (10, 6, 4) and b["truth"].shape == (10, 8)
+    assert torch.equal(b["xs"][:, -1], b["query"].expand(10, 4))        # one shared query
+    assert b["labels"].tolist() == [0] * 5 + [1] * 5
+    with pytest.raises(ValueError, match="per_class >= 2"):
+        fixed_query_bank(["dense"], 1, 4, 6)
+
+
+@pytest.mark.slow
+def test_mantel_exact_and_sampled():
+    from platonic_fast.icl.convergence import mantel
+
+    g = gen(0)
+    x = torch.randn(5, 3, generator=g)
+    m = torch.cdist(x, x)
+    exact = mantel(m, m)
+    assert exact["exact"] and exact["permutations"] == 120 and abs(exact["statistic"] - 1) < 1e-12
+    assert exact["p_value"] <= 2 / 120 + 1e-12      # only the identity (and any symmetry of m) reaches 1
+    sampled = mantel(m, m, permutations=50)
+    assert not sampled["exact"] and sampled["permutations"] == 51
+    with pytest.raises(ValueError, match="n >= 3"):
+        mantel(torch.zeros(2, 2), torch.zeros(2, 2))
+
+
+@pytest.mark.slow
+def test_capability_family_on_tiny_checkpoints(tmp_path):
+    from platonic_fast.icl.convergence import capability_family, fixed_query_bank
+
+    cfg = TrainConfig(mixture="dense", steps=3, batch_size=8, lr=1e-3, snapshots=(1, 2, 3))
+    train(TINY, cfg, tmp_path / "r", progress=False)
+    ckpts = {f"r@{s}": ("r", s, tmp_path / "r" / "snapshots" / f"step-{s:06d}.safetensors") for s in (1, 2, 3)}
+    bank = fixed_query_bank(["dense", "sparse(k=1)"], 8, TINY.d, TINY.n_points, probes=6)
+    out = capability_family(ckpts, bank, topk=3, permutations=3, trend_permutations=20)
+    assert [r["step"] for r in out["rows"]] == [1, 2, 3] and set(out["spearman_per_run"]) == {"r"}
+    pm = out["alignment"]["per_model"]["r@3"]
+    assert 0 <= pm["hidden_vs_truth"]["best"] <= 1 and "calibrated" in pm["hidden_vs_truth"]
+    assert len(out["alignment"]["pairs"]) == 3 and 0 < out["p_within_run_permutation"] <= 1
