@@ -91,8 +91,10 @@ def test_nonzeros_above_d():
         parse_mixture("sparse(k=9)").check(8)
     with pytest.raises(ValueError, match="1 <= k <= d"):
         TrainConfig(mixture="0.5*dense + 0.5*sparse(k=5)").check(TINY)
-    with pytest.raises(ValueError, match="evaluation-only"):
-        TrainConfig(mixture="combo(alpha=0.5)").check(TINY)
+    from platonic_fast.icl.tasks import COMBOS
+
+    TrainConfig(mixture=COMBOS).check(TINY)        # finding 3's control trains on the combinations
+    assert len(parse_mixture(COMBOS).classes) == 11
 
 
 # --- the model ----------------------------------------------------------------------------------
@@ -480,3 +482,17 @@ def test_capability_family_on_tiny_checkpoints(tmp_path):
     pm = out["alignment"]["per_model"]["r@3"]
     assert 0 <= pm["hidden_vs_truth"]["best"] <= 1 and "calibrated" in pm["hidden_vs_truth"]
     assert len(out["alignment"]["pairs"]) == 3 and 0 < out["p_within_run_permutation"] <= 1
+
+
+@pytest.mark.slow
+def test_controls_on_tiny_models():
+    """Finding 3's competence check and finding 4's second range run end to end (untrained models)."""
+    from platonic_fast.icl.study import controls
+
+    p = replace(get_preset("controls"), model=TINY, eval_count=8)
+    models = {name: InContextModel(TINY, seed=s).eval() for name, _, s in p.models}
+    out = controls(models, p, log=lambda *_: None)
+    assert set(out["mixture_competence"]) == {"alpha=1", "alpha=0"}
+    assert isinstance(out["mixture_competent"], bool)
+    assert [r["omega"] for r in out["frequency"]["rows"]][-3:] == [3.0, 3.5, 4.0]
+    assert "sine-hi" in out["frequency"]["groups"]

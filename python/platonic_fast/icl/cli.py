@@ -15,7 +15,7 @@ def add_parsers(sub, debug_parent) -> None:
         description="Transformers pretrained on sequences (x1, f(x1), x2, f(x2), ...) with f drawn from a mixture "
         "of function classes: train them, evaluate them against least squares, Lasso, ridge, 3-NN, averaging and "
         "zero, align their hidden states. Function classes: dense, sparse(k=K), sine(lo=,hi=), combo(alpha=) "
-        "(evaluation only), relu(h=); mixtures as '0.5*dense + 0.5*sparse(k=2)'.",
+        "(the convex combinations of dense and sine), relu(h=); mixtures as '0.5*dense + 0.5*sparse(k=2)'.",
     )
     cmds = icl.add_subparsers(dest="icl_command", required=True)
 

@@ -45,7 +45,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from .model import ModelConfig
-from .tasks import SINE_HI, SINE_LO
+from .tasks import COMBOS, SINE_HI, SINE_LO
 from .train import Curriculum, TrainConfig
 
 
@@ -113,6 +113,17 @@ PRESETS["fair"] = Preset(
     note="issue 21's fair test of findings 1 and 2 on a CPU: d 20 -> 8, 40 -> 16 points, 12x256 -> 3x96 "
          "(4 heads), 500k -> 24k steps, sparse 2 of 20 -> 1 of 8, y tokens carry their x",
     extra={"gate_step": 8000, "seeds_per_model": 3})
+
+
+# the controls of findings 3 and 4 at the fair sizes (issue 21, item 3): code ready, not yet trained
+PRESETS["controls"] = replace(
+    PRESETS["fair"], name="controls",
+    models=(("dense", "dense", 0), ("sine", f"sine(lo={SINE_LO},hi={SINE_HI})", 3),
+            ("dense+sine", f"0.5*dense + 0.5*sine(lo={SINE_LO},hi={SINE_HI})", 4),
+            ("combos", COMBOS, 6), ("sine-hi", "sine(lo=2.0,hi=4.0)", 7)),
+    note="finding 3's and 4's controls at the fair sizes: the linear/sine mixture's competence at alpha = 0 "
+         "and 1, a model trained on the combinations, a sine model on omega in [2, 4]",
+    extra={})
 
 
 def replica(preset: Preset, name: str, r: int = 0) -> tuple[str, str, int]:

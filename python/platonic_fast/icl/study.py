@@ -192,33 +192,36 @@ def _distance(preds, a, b, win, idx) -> dict:
     return ev.summary(_window_values((preds[a] - preds[b]).pow(2), win), idx=idx)
 
 
-def finding_alpha(models: dict, preset: Preset, log=print) -> dict:
+def finding_alpha(models: dict, preset: Preset, log=print, *, model_names=("dense", "sine", "dense+sine"),
+                  alphas=ALPHAS) -> dict:
     d, n = preset.model.d, preset.model.n_points
     win = _windows(d, n)["late"]
-    names = ["dense", "sine", "dense+sine", "least_squares", "ridge", "knn3"]
+    names = [*model_names, "least_squares", "ridge", "knn3"]
+    k = len(model_names)
     rows = []
-    for a in ALPHAS:
+    for a in alphas:
         task = f"combo(alpha={a})"
-        res = evaluate_task({m: models[m] for m in names[:3]}, task, preset,
+        res = evaluate_task({m: models[m] for m in names[:k]}, task, preset,
                             baselines=("least_squares", "ridge", "knn3"))
         idx = ev.bootstrap_indices(res["ys"].shape[0])
         summ = _summaries(res, win, names, idx)
         unstable = {m: float((_window_values(ev.squared_errors(res["preds"][m], res["ys"]), win) > 1).double()
                              .mean()) for m in names}
         rows.append({"alpha": a, "task": task, "window_nse": summ, "share_above_1": unstable,
-                     "curves": _curves(res, names[:3], idx)})
+                     "curves": _curves(res, names[:k], idx)})
         log(f"  finding 3, alpha={a}: " + ", ".join(f"{m} {summ[m]['mean']:.3f}" for m in names))
     return {"window_examples": win, "rows": rows}
 
 
-def finding_frequency(models: dict, preset: Preset, log=print) -> dict:
+def finding_frequency(models: dict, preset: Preset, log=print, *, model_names=("sine", "dense+sine", "dense"),
+                      frequencies=FREQUENCIES) -> dict:
     d, n = preset.model.d, preset.model.n_points
     win = _windows(d, n)["late"]
-    names = ["sine", "dense+sine", "dense", "knn3", "ridge", "least_squares"]
+    names = [*model_names, "knn3", "ridge", "least_squares"]
     rows = []
-    for w in FREQUENCIES:
+    for w in frequencies:
         task = f"sine(lo={w},hi={w})"
-        res = evaluate_task({m: models[m] for m in names[:3]}, task, preset,
+        res = evaluate_task({m: models[m] for m in names[:len(model_names)]}, task, preset,
                             baselines=("knn3", "ridge", "least_squares"))
         idx = ev.bootstrap_indices(res["ys"].shape[0])
         summ = _summaries(res, win, names, idx)
@@ -235,6 +238,36 @@ def finding_frequency(models: dict, preset: Preset, log=print) -> dict:
 def _mean(values):
     values = list(values)
     return sum(values) / len(values) if values else float("nan")
+
+
+# --- controls for findings 3 and 4 (issue 21, item 3) ---------------------------------------------
+
+# the linear/sine mixture is competent at an end of the α range when its late-window NSE is within
+# this much of the matching specialist's (absolute) or within this factor of it
+COMPETENCE_SLACK, COMPETENCE_FACTOR = 0.02, 1.25
+
+
+def controls(models: dict, preset: Preset, log=print) -> dict:
+    """Finding 3's competence check and combination model, finding 4's second frequency range.
+
+    ``models`` needs ``dense``, ``sine``, ``dense+sine``, ``combos`` (pretrained on the
+    combinations themselves) and ``sine-hi`` (ω in [2, 4]). Competence: the mixture at α = 1
+    against ``dense`` and at α = 0 against ``sine`` (late window); until it passes both, its
+    behaviour in between is no evidence. Finding 4: both sine models across the frequencies of
+    both ranges: if ``sine-hi`` predicts well where ``sine`` fails, the failure is about
+    pretraining coverage, not about those frequencies being harder to predict."""
+    alpha = finding_alpha(models, preset, log, model_names=("dense", "sine", "dense+sine", "combos"))
+    ends = {r["alpha"]: r["window_nse"] for r in alpha["rows"] if r["alpha"] in (0.0, 1.0)}
+    competence = {}
+    for a, specialist in ((1.0, "dense"), (0.0, "sine")):
+        mix, spec = ends[a]["dense+sine"]["mean"], ends[a][specialist]["mean"]
+        competence[f"alpha={a:g}"] = {"mixture": mix, "specialist": specialist, "specialist_nse": spec,
+                                      "competent": bool(mix <= spec + COMPETENCE_SLACK or mix <= COMPETENCE_FACTOR * spec)}
+    freqs = tuple(sorted(set(FREQUENCIES) | {2.5, 3.5}))
+    freq = finding_frequency(models, preset, log, model_names=("sine", "sine-hi"), frequencies=freqs)
+    return {"alpha": alpha, "mixture_competence": competence,
+            "mixture_competent": all(c["competent"] for c in competence.values()), "frequency": freq,
+            "criterion": f"competent: NSE <= specialist + {COMPETENCE_SLACK} or <= {COMPETENCE_FACTOR} x specialist"}
 
 
 # --- the gate (issue 21) ------------------------------------------------------------------------

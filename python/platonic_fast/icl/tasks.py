@@ -29,7 +29,7 @@ Unit output variance
     f(x) = √2 · sin(ω ⟨u, x⟩ + φ): u uniform on the unit sphere (so ⟨u, x⟩ ~ N(0, 1)), ω ~ U[lo, hi],
     φ ~ U[0, 2π). For any fixed ω, E_φ[sin²] = 1/2 and E_φ[sin] = 0, so the √2 makes the variance
     exactly 1. ``sine(lo=w, hi=w)`` fixes the frequency (the frequency scan).
-``combo(alpha, lo, hi)`` (evaluation only)
+``combo(alpha, lo, hi)`` (evaluation; trainable for finding 3's control, see ``COMBOS``)
     (α · f_dense + (1 − α) · f_sine(lo, hi)) / √(α² + (1 − α)²), both parts drawn independently: they
     are uncorrelated, so dividing by √(α² + (1 − α)²) restores unit variance. α = 1 is ``dense``,
     α = 0 is ``sine``.
@@ -161,6 +161,10 @@ def _sine(p, xs):
     return math.sqrt(2.0) * torch.sin(p["omega"][:, None] * z + p["phase"][:, None])
 
 
+# finding 3's control: a model pretrained on the convex combinations themselves, α = 0, 0.1, …, 1
+COMBOS = " + ".join(f"{1 / 11!r}*combo(alpha={round(0.1 * i, 1)!r})" for i in range(11))
+
+
 # --- parsing ------------------------------------------------------------------------------------
 
 # name -> {parameter: (type, default)}
@@ -174,7 +178,6 @@ CLASSES: dict[str, dict[str, tuple]] = {
 # parameters left out of a spec string at their default (added after specs were in use: old
 # checkpoints and evaluation banks, whose seeds hash the spec, keep their spec)
 _HIDDEN_DEFAULTS = {("raw", 0)}
-TRAINABLE = ("dense", "sparse", "sine", "relu")  # combo is for evaluation only
 
 _CLASS_RE = re.compile(r"^\s*([A-Za-z_]+)\s*(?:\((.*)\))?\s*$")
 
@@ -254,11 +257,9 @@ class Mixture:
         """The mixture's E[f(x)²] at d active coordinates (the weights' average of its classes')."""
         return sum(w * c.output_variance(d) for c, w in zip(self.classes, self.weights))
 
-    def check(self, d: int, *, training: bool = False) -> None:
+    def check(self, d: int) -> None:
         for c in self.classes:
             c.check(d)
-            if training and c.name not in TRAINABLE:
-                raise ValueError(f"{c.spec} is an evaluation-only class; pretrain on {', '.join(TRAINABLE)}")
 
     def sample(self, batch: int, n_points: int, d: int, gen: torch.Generator, *, d_eff: int | None = None):
         """``batch`` sequences of ``n_points`` (x, y) pairs: xs (B, n, d), ys (B, n), class index (B,)."""

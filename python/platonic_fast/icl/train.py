@@ -90,7 +90,7 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.schedule must be 'constant' or 'cosine', got {self.schedule!r}")
 
     def check(self, model: ModelConfig) -> None:
-        parse_mixture(self.mixture).check(model.d, training=True)
+        parse_mixture(self.mixture).check(model.d)
         c = self.curriculum
         if c is not None:
             if not 1 <= c.d_start <= model.d:
