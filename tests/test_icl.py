@@ -496,3 +496,32 @@ def test_controls_on_tiny_models():
     assert isinstance(out["mixture_competent"], bool)
     assert [r["omega"] for r in out["frequency"]["rows"]][-3:] == [3.0, 3.5, 4.0]
     assert "sine-hi" in out["frequency"]["groups"]
+
+
+def test_seed_interval_matches_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    from platonic_fast.icl.study import seed_interval
+
+    v = [0.31, 0.27, 0.35]
+    got = seed_interval(v)
+    lo, hi = stats.t.interval(0.9, 2, loc=np.mean(v), scale=stats.sem(v))
+    assert abs(got["lo"] - lo) < 1e-12 and abs(got["hi"] - hi) < 1e-12 and got["seeds"] == 3
+    one = seed_interval([0.3])
+    assert one["mean"] == 0.3 and math.isnan(one["lo"])
+
+
+@pytest.mark.slow
+def test_fair_findings_over_replicas(tmp_path):
+    from platonic_fast.icl.study import fair_findings
+
+    p = replace(get_preset("fair"), model=TINY, eval_count=8)
+    for run, mixture, seed in (("dense", "dense", 0), ("sparse", "sparse(k=1)", 1),
+                               ("dense+sparse", "0.5*dense + 0.5*sparse(k=1)", 2), ("dense@1", "dense", 100),
+                               ("sparse@1", "sparse(k=1)", 101), ("dense+sparse@1", "0.5*dense + 0.5*sparse(k=1)", 102),
+                               ("dense@2", "dense", 200)):                  # an incomplete third set: ignored
+        train(TINY, TrainConfig(mixture=mixture, steps=1, batch_size=4, seed=seed), tmp_path / run, progress=False)
+    out = fair_findings(tmp_path, preset=p, log=lambda *_: None)
+    assert [s["replica"] for s in out["replicas"]] == [0, 1]
+    iv = out["over_seeds"]["f1_sparse"]["bayes_sparse"]
+    assert iv["seeds"] == 2 and iv["lo"] <= iv["mean"] <= iv["hi"]
+    assert set(out["over_seeds"]["f2_position"]) == {1, 2, 3, 4}

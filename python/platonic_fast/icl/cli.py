@@ -69,6 +69,13 @@ def add_parsers(sub, debug_parent) -> None:
     ga.add_argument("--json", default=None, help="also write the numbers there")
     common(ga)
 
+    ff = cmds.add_parser("fair", parents=[debug_parent],
+                         help="findings 1 and 2 over the fair preset's seeds (intervals over training seeds)")
+    ff.add_argument("--root", default="results/icl-fair", help="the runs' folder (default results/icl-fair)")
+    ff.add_argument("--count", type=int, default=None, help="evaluation sequences per task (default 1280)")
+    ff.add_argument("--out", default=None, help="JSON output (default <root>/findings.json)")
+    common(ff)
+
     st = cmds.add_parser("study", parents=[debug_parent],
                          help="train every model, evaluate the four findings, align; JSON and figures")
     st.add_argument("--out", default="results/icl",
@@ -106,6 +113,23 @@ def run(args) -> int:
         if args.json:
             write_json(args.json, g)
         return 0 if g["passed"] else 1
+    if args.icl_command == "fair":
+        from .study import fair_findings, write_json
+
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        res = fair_findings(args.root, eval_count=args.count)
+        path = write_json(args.out or Path(args.root) / "findings.json", res)
+        for key, v in res["over_seeds"].items():
+            if key.endswith("minus_specialist"):
+                print(f"{key}: {v['mean']:+.3f} [{v['lo']:+.3f}, {v['hi']:+.3f}] over {v['seeds']} seeds")
+            elif key.startswith("f1_"):
+                print(f"{key}: " + ", ".join(f"{m} {x['mean']:.3f} [{x['lo']:.3f}, {x['hi']:.3f}]"
+                                             for m, x in v.items()))
+        print(f"wrote {path}")
+        return 0
     if args.icl_command == "study":
         from .study import run_study
 

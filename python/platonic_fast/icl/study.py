@@ -270,6 +270,57 @@ def controls(models: dict, preset: Preset, log=print) -> dict:
             "criterion": f"competent: NSE <= specialist + {COMPETENCE_SLACK} or <= {COMPETENCE_FACTOR} x specialist"}
 
 
+# --- findings 1 and 2 over training seeds (the fair preset) --------------------------------------
+
+def seed_interval(values, level: float = 0.9) -> dict:
+    """Mean over training seeds with a Student-t interval (scipy); the seed is the larger source of
+    variance, so these are the intervals that a claim about the recipe needs."""
+    from scipy.stats import t as student
+
+    v = torch.tensor(list(values), dtype=torch.float64)
+    n = v.numel()
+    if n < 2:
+        return {"mean": float(v.mean()) if n else float("nan"), "lo": float("nan"), "hi": float("nan"), "seeds": n,
+                "level": level}
+    half = float(student.ppf((1 + level) / 2, n - 1)) * float(v.std(unbiased=True)) / math.sqrt(n)
+    return {"mean": float(v.mean()), "lo": float(v.mean()) - half, "hi": float(v.mean()) + half, "seeds": n,
+            "level": level}
+
+
+def fair_findings(root="results/icl-fair", *, preset="fair", eval_count: int | None = None, log=print) -> dict:
+    """Findings 1 and 2 for every complete replica set (dense, sparse, dense+sparse with the same
+    ``@R``) under ``root``, and their means over sets with seed intervals."""
+    p = get_preset(preset) if isinstance(preset, str) else preset
+    if eval_count is not None:
+        p = replace(p, eval_count=eval_count)
+    root = Path(root)
+    names = ("dense", "sparse", "dense+sparse")
+    sets, steps = [], {}
+    for r in range(0, 100):
+        runs = [name if r == 0 else f"{name}@{r}" for name in names]
+        if not all((root / run / "checkpoint.safetensors").exists() for run in runs):
+            if r > 0:
+                break
+            raise ValueError(f"{root} lacks a checkpoint of {', '.join(runs)}")
+        models = {}
+        for name, run in zip(names, runs):
+            models[name], info = load_model(root / run)
+            steps[run] = info["step"]
+        log(f"replica {r}: steps " + ", ".join(f"{run} {steps[run]}" for run in runs))
+        sets.append({"replica": r, "f1": finding_model_selection(models, p, log=log),
+                     "f2": finding_sparsity(models, p, log=log)})
+    over = {}
+    for task in ("dense", "sparse"):
+        keys = sets[0]["f1"]["tasks"][task]["window_nse"]
+        over[f"f1_{task}"] = {m: seed_interval(s["f1"]["tasks"][task]["window_nse"][m]["mean"] for s in sets)
+                              for m in keys}
+        over[f"f1_{task}_mixture_minus_specialist"] = seed_interval(
+            s["f1"]["tasks"][task]["mixture_minus_specialist"]["mean"] for s in sets)
+    over["f2_position"] = {row["k"]: seed_interval(s["f2"]["rows"][i]["position"] for s in sets)
+                           for i, row in enumerate(sets[0]["f2"]["rows"])}
+    return {"root": str(root), "steps": steps, "replicas": sets, "over_seeds": over}
+
+
 # --- the gate (issue 21) ------------------------------------------------------------------------
 
 def sparse_gate(checkpoint, *, count: int = 512, share: float = 0.5, seed: int = 1, device=None) -> dict:
