@@ -525,3 +525,19 @@ def test_fair_findings_over_replicas(tmp_path):
     iv = out["over_seeds"]["f1_sparse"]["bayes_sparse"]
     assert iv["seeds"] == 2 and iv["lo"] <= iv["mean"] <= iv["hi"]
     assert set(out["over_seeds"]["f2_position"]) == {1, 2, 3, 4}
+
+
+@pytest.mark.slow
+def test_cli_converge_on_snapshots(tmp_path, capsys):
+    import json
+
+    from platonic_fast.cli import main
+
+    for run, seed in (("a", 0), ("b", 1), ("c", 2)):
+        train(TINY, TrainConfig(mixture="dense", steps=2, batch_size=4, seed=seed, snapshots=(1, 2)), tmp_path / run,
+              progress=False)
+    assert main(["icl", "converge", "--root", str(tmp_path), "--per-class", "6", "--permutations", "2"]) == 0
+    assert "competence vs alignment to the truth" in capsys.readouterr().out
+    res = json.loads((tmp_path / "convergence.json").read_text())
+    assert len(res["family"]["rows"]) == 6 and res["newest"] == ["a@step2", "b@step2", "c@step2"]
+    assert res["mantel_hidden_vs_predictions"]["exact"]

@@ -76,6 +76,14 @@ def add_parsers(sub, debug_parent) -> None:
     ff.add_argument("--out", default=None, help="JSON output (default <root>/findings.json)")
     common(ff)
 
+    cv = cmds.add_parser("converge", parents=[debug_parent],
+                         help="alignment to the true functions across every run's snapshots (the capability family)")
+    cv.add_argument("--root", default="results/icl-fair", help="the runs' folder (default results/icl-fair)")
+    cv.add_argument("--per-class", type=int, default=100, help="functions per class in the fixed-query bank")
+    cv.add_argument("--permutations", type=int, default=100)
+    cv.add_argument("--out", default=None, help="JSON output (default <root>/convergence.json)")
+    common(cv)
+
     st = cmds.add_parser("study", parents=[debug_parent],
                          help="train every model, evaluate the four findings, align; JSON and figures")
     st.add_argument("--out", default="results/icl",
@@ -113,6 +121,19 @@ def run(args) -> int:
         if args.json:
             write_json(args.json, g)
         return 0 if g["passed"] else 1
+    if args.icl_command == "converge":
+        from .convergence import convergence_study
+        from .study import write_json
+
+        res = convergence_study(args.root, per_class=args.per_class, permutations=args.permutations)
+        fam = res["family"]
+        for row in fam["rows"]:
+            print(f"  {row['label']:>28}  NSE {row['nse']:.3f}  hidden vs truth {row['truth_best']:.3f}  "
+                  f"predictions vs truth {row['predictions_truth']:.3f}")
+        print(f"competence vs alignment to the truth: Spearman {fam['spearman_pooled']:+.2f} "
+              f"(p {fam['p_within_run_permutation']:.3f}, steps shuffled within runs)")
+        print(f"wrote {write_json(args.out or Path(args.root) / 'convergence.json', res)}")
+        return 0
     if args.icl_command == "fair":
         from .study import fair_findings, write_json
 

@@ -32,6 +32,7 @@ Capability family
 from __future__ import annotations
 
 import itertools
+import json
 import math
 
 import torch
@@ -178,3 +179,47 @@ def capability_family(checkpoints: dict, bank: dict, *, metric: str = "mutual_kn
         hits += abs(float(spearmanr(competence.numpy(), shuffled.numpy()).statistic)) >= abs(pooled) - 1e-12
     return {"alignment": res, "rows": rows, "spearman_per_run": per_run, "spearman_pooled": pooled,
             "p_within_run_permutation": hits / (trend_permutations + 1) if len(rows) >= 3 else float("nan")}
+
+
+def convergence_study(root, *, classes=("dense", "sparse(k=1)"), per_class: int = 100, probes: int = 32,
+                      metric: str = "mutual_knn", topk: int = 10, permutations: int = 100, seed: int = 0,
+                      log=print) -> dict:
+    """Every run's snapshots under ``root`` (``<run>/snapshots/step-*.safetensors``) as one
+    capability family on one fixed-query bank; then the newest snapshot of every run against the
+    others: a Mantel test of hidden-state alignment against prediction alignment (does the
+    representation agree beyond what the read-out already shares?)."""
+    from pathlib import Path
+
+    from .train import read_checkpoint
+
+    root = Path(root)
+    ckpts = {}
+    for snap in sorted(root.glob("*/snapshots/step-*.safetensors")):
+        run, step = snap.parent.parent.name, int(snap.stem.split("-")[1])
+        ckpts[f"{run}@step{step}"] = (run, step, snap)
+    if len(ckpts) < 3:
+        raise ValueError(f"{root}: the convergence study needs at least 3 snapshots, found {len(ckpts)}")
+    _, meta = read_checkpoint(next(iter(ckpts.values()))[2])
+    cfg = json.loads(meta["model_config"])
+    bank = fixed_query_bank(list(classes), per_class, cfg["d"], cfg["n_points"], probes=probes, seed=seed)
+    log(f"convergence: {len(ckpts)} snapshots of {len({c[0] for c in ckpts.values()})} runs, "
+        f"{per_class * len(classes)} functions, {probes} probes")
+    fam = capability_family(ckpts, bank, metric=metric, topk=topk, permutations=permutations, seed=seed)
+    newest = {}
+    for label, (run, step, _) in ckpts.items():
+        if run not in newest or step > ckpts[newest[run]][1]:
+            newest[run] = label
+    labels = list(newest.values())
+    out = {"bank": {"classes": bank["classes"], "per_class": per_class, "probes": probes}, "family": fam,
+           "newest": labels}
+    if len(labels) >= 3:
+        n = len(labels)
+        hid = torch.eye(n, dtype=torch.float64)
+        pred = torch.eye(n, dtype=torch.float64)
+        for i, j in itertools.combinations(range(n), 2):
+            pair = fam["alignment"]["pairs"].get(f"{labels[i]}|{labels[j]}") or \
+                fam["alignment"]["pairs"][f"{labels[j]}|{labels[i]}"]
+            hid[i, j] = hid[j, i] = pair["hidden"]["best"]
+            pred[i, j] = pred[j, i] = pair["predictions"]["best"]
+        out["mantel_hidden_vs_predictions"] = mantel(hid, pred, seed=seed)
+    return out
