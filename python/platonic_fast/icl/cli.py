@@ -252,8 +252,13 @@ def _load(paths, device):
     models, mixtures, config = {}, {}, None
     for p in paths:
         model, info = load_model(p, device=device)
-        name = Path(p).stem if Path(p).is_file() and Path(p).stem != "checkpoint" else \
-            (Path(p).parent.name if Path(p).is_file() else Path(p).name)
+        path = Path(p)
+        if path.is_file() and path.parent.name == "snapshots":   # <run>/snapshots/step-N: name it run@step-N
+            name = f"{path.parent.parent.name}@{path.stem}"
+        elif path.is_file():
+            name = path.stem if path.stem != "checkpoint" else path.parent.name
+        else:
+            name = path.name
         if name in models:
             name = f"{name}#{len(models)}"
         if config is not None and info["model_config"].d != config.d:
