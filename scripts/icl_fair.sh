@@ -8,11 +8,13 @@
 #   scripts/icl_fair.sh pause | resume    SIGSTOP / SIGCONT every running run (for benchmarks)
 #   scripts/icl_fair.sh stop              SIGTERM: each run saves its checkpoint and exits
 #
-# Checkpoints: results/icl-fair/<run>/checkpoint.safetensors (+ snapshots/); logs and pid files
-# in results/icl-fair/logs/. Starting a run that is already running does nothing.
+# Checkpoints: results/icl-<preset>/<run>/checkpoint.safetensors (+ snapshots/); logs and pid files
+# in results/icl-<preset>/logs/. Starting a run that is already running does nothing.
+# ICL_PRESET=fair-deep selects another preset (default fair).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=results/icl-fair
+PRESET=${ICL_PRESET:-fair}
+ROOT=results/icl-$PRESET
 LOGS=$ROOT/logs
 PY=${PYTHON:-.venv/bin/python}
 mkdir -p "$LOGS"
@@ -27,7 +29,7 @@ case $cmd in
     [[ $# -gt 0 ]] || set -- dense sparse dense+sparse
     for run in "$@"; do
       if alive "$run"; then echo "$run: already running (pid $(cat "$(pidfile "$run")"))"; continue; fi
-      OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 setsid nohup nice -n 19 "$PY" -m platonic_fast icl train --preset fair \
+      OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 setsid nohup nice -n 19 "$PY" -m platonic_fast icl train --preset "$PRESET" \
         --model "$run" --threads 1 --no-progress >>"$LOGS/$run.log" 2>&1 < /dev/null &
       echo $! >"$(pidfile "$run")"
       echo "$run: started (pid $!, log $LOGS/$run.log)"
