@@ -20,7 +20,9 @@ def add_parsers(sub, debug_parent) -> None:
     cmds = icl.add_subparsers(dest="icl_command", required=True)
 
     def common(p):
-        p.add_argument("--preset", default="cpu", help="sizes: cpu (default), fair (d=8, 3x96, 24k steps: issue 21) or paper (d=20, 12x256, for a GPU)")
+        p.add_argument("--preset", default="cpu",
+                       help="sizes: cpu (default), fair (d=8, 3x96, 24k steps: issue 21), fair-deep (6x64), "
+                       "controls, or paper (d=20, 12x256, for a GPU)")
         p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
         p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
         p.add_argument("--no-progress", action="store_true")
@@ -225,10 +227,10 @@ def _train_config(args, preset):
 
 
 def _train(args, preset, progress) -> int:
-    from .train import train
-
     import sys
     import time
+
+    from .train import train
 
     cfg = _train_config(args, preset)
     out = _resolve_model(args, preset)[2]
@@ -236,7 +238,8 @@ def _train(args, preset, progress) -> int:
     def report(line):
         print(time.strftime("%Y-%m-%dT%H:%M:%SZ ", time.gmtime()) + line, flush=True)
 
-    report(f"training {cfg.mixture} (seed {cfg.seed}, preset {preset.name}) into {out}; pid {__import__('os').getpid()}")
+    report(f"training {cfg.mixture} (seed {cfg.seed}, preset {preset.name}) into {out}; "
+           f"pid {__import__('os').getpid()}")
     res = train(preset.model, cfg, out, device=args.device, threads=args.threads, progress=progress,
                 report=None if progress else report)
     sys.stdout.flush()

@@ -33,7 +33,8 @@ about half an hour).
     250 steps or 2 minutes, weight snapshots at the steps in ``snapshots`` (the capability family of
     the convergence study). The gate at step 8,000 (``platonic-fast icl gate``) decides whether the
     run is worth its budget.
-The ``cpu`` and ``paper`` presets train the same models: ``dense``, ``sparse`` (k = sparse_k), ``dense+sparse`` (50/50), ``sine``,
+The ``cpu`` and ``paper`` presets train the same models: ``dense``, ``sparse`` (k = sparse_k),
+``dense+sparse`` (50/50), ``sine``,
 ``dense+sine`` (50/50, the linear/sinusoid mixture: its linear class is ``dense``), and a second
 seed of ``dense`` (``dense#2``) that tells how alike two runs on the same data become, the
 reference for every other pair in the alignment bridge. Every model has its own seed (its
@@ -144,7 +145,8 @@ def replica(preset: Preset, name: str, r: int = 0) -> tuple[str, str, int]:
     for model, mixture, seed in preset.models:
         if model == name:
             return (model if r == 0 else f"{model}@{r}"), mixture, seed + 100 * r
-    raise ValueError(f"preset {preset.name!r} has no model {name!r}; it has {', '.join(m for m, _, _ in preset.models)}")
+    known = ", ".join(m for m, _, _ in preset.models)
+    raise ValueError(f"preset {preset.name!r} has no model {name!r}; it has {known}")
 
 
 def get_preset(name: str) -> Preset:

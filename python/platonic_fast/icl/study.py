@@ -262,7 +262,8 @@ def controls(models: dict, preset: Preset, log=print) -> dict:
     for a, specialist in ((1.0, "dense"), (0.0, "sine")):
         mix, spec = ends[a]["dense+sine"]["mean"], ends[a][specialist]["mean"]
         competence[f"alpha={a:g}"] = {"mixture": mix, "specialist": specialist, "specialist_nse": spec,
-                                      "competent": bool(mix <= spec + COMPETENCE_SLACK or mix <= COMPETENCE_FACTOR * spec)}
+                                      "competent": bool(mix <= spec + COMPETENCE_SLACK
+                                                        or mix <= COMPETENCE_FACTOR * spec)}
     freqs = tuple(sorted(set(FREQUENCIES) | {2.5, 3.5}))
     freq = finding_frequency(models, preset, log, model_names=("sine", "sine-hi"), frequencies=freqs)
     return {"alpha": alpha, "mixture_competence": competence,
@@ -348,7 +349,7 @@ def sparse_gate(checkpoint, *, count: int = 512, share: float = 0.5, seed: int =
     preds.update({name: v for name, v in base.items() if isinstance(v, torch.Tensor)})
     err = {m: _window_values(ev.squared_errors(p, ys), win) / scale for m, p in preds.items()}
     idx = ev.bootstrap_indices(count)
-    nse = {m: ev.summary(v, idx=idx) for m, v in err.items() if m in ("model", "least_squares", "lasso", "bayes_sparse")}
+    nse = {m: ev.summary(v, idx=idx) for m, v in err.items() if "[" not in m}   # not each penalty
     gap = nse["least_squares"]["mean"] - nse["lasso"]["mean"]
     margin = nse["least_squares"]["mean"] - nse["model"]["mean"]
     excess = ev.summary((err["least_squares"] - err["model"]) - share * (err["least_squares"] - err["lasso"]), idx=idx)
@@ -362,7 +363,8 @@ def format_gate(g: dict) -> str:
     e = g["margin_minus_required"]
     return (f"gate at step {g['step']} ({g['checkpoint']}): {g['task']}, mean NSE over "
             f"{g['window_examples'][0]}..{g['window_examples'][-1]} examples ({g['count']} sequences): model "
-            f"{n['model']['mean']:.3f}, least squares {n['least_squares']['mean']:.3f}, Lasso {n['lasso']['mean']:.3f}, "
+            f"{n['model']['mean']:.3f}, least squares {n['least_squares']['mean']:.3f}, "
+            f"Lasso {n['lasso']['mean']:.3f}, "
             f"Bayes {n['bayes_sparse']['mean']:.3f}; the model's gain over least squares {g['model_gain']:+.3f}, "
             f"required {g['share']:g} x Lasso gap {g['lasso_gap']:.3f} = {g['required_gain']:.3f} "
             f"(excess {e['mean']:+.3f} [{e['lo']:+.3f}, {e['hi']:+.3f}]): {'PASS' if g['passed'] else 'FAIL'}")
@@ -680,7 +682,8 @@ def format_headline(r: dict) -> str:
                                                   for m, v in h["bridge_final_position"].items())]:
         for view, b in views.items():
             above = (c or {}).get("alignment_above_floor", {}).get(metric.split(",")[0], {}).get("above", True)
-            lines.append(("  [not above the untrained floor] " if not above else "  ") + f"bridge {metric} ({view}): pairs sharing a class {b['mean_sharing_a_class']:.3f}, "
+            flag = "  [not above the untrained floor] " if not above else "  "
+            lines.append(flag + f"bridge {metric} ({view}): pairs sharing a class {b['mean_sharing_a_class']:.3f}, "
                          f"sharing none {b['mean_sharing_none']:.3f}; Spearman vs overlap "
                          f"{b['spearman_vs_jaccard']:+.2f}, vs prediction distance "
                          f"{b['spearman_vs_prediction_distance']:+.2f}, model mean vs bank NSE "

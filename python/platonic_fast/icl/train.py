@@ -194,7 +194,8 @@ def train(model_config: ModelConfig, train_config: TrainConfig, out=None, *, dev
             if path is not None and step in train_config.snapshots:
                 save_weights(path.parent / "snapshots" / f"step-{step:06d}.safetensors", model, model_config,
                              train_config, step, history)
-            timed = train_config.save_seconds is not None and time.perf_counter() - last_save >= train_config.save_seconds
+            timed = (train_config.save_seconds is not None
+                     and time.perf_counter() - last_save >= train_config.save_seconds)
             if path is not None and (step % train_config.save_every == 0 or step == end or timed or stop.raised):
                 save_checkpoint(path, model, opt, gen, model_config, train_config, step, history, window)
                 now = time.perf_counter()
