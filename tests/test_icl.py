@@ -44,6 +44,17 @@ def test_unit_output_variance(spec):
     assert abs(float(ys.mean())) < 0.05, spec
 
 
+@pytest.mark.parametrize("spec, var", [("dense(raw=1)", 6.0), ("sparse(k=2,raw=1)", 2.0)])
+def test_unnormalised_targets(spec, var):
+    mix = parse_mixture(spec)
+    assert mix.output_variance(6) == var and parse_mixture(mix.spec) == mix
+    xs, ys, _ = mix.sample(8000, 8, 6, gen(1))
+    assert abs(float(ys.var()) / var - 1) < 0.06, spec
+    assert parse_mixture("dense(raw=0)").spec == "dense" and parse_mixture("sparse(k=2)").spec == "sparse(k=2)"
+    with pytest.raises(ValueError, match="raw is 0"):
+        parse_class("dense(raw=2)")
+
+
 def test_mixture_proportions_per_sequence():
     mix = parse_mixture("0.2*dense + 0.8*sparse(k=2)")
     xs, ys, which = mix.sample(20000, 8, 5, gen(2))
@@ -80,8 +91,10 @@ def test_nonzeros_above_d():
         parse_mixture("sparse(k=9)").check(8)
     with pytest.raises(ValueError, match="1 <= k <= d"):
         TrainConfig(mixture="0.5*dense + 0.5*sparse(k=5)").check(TINY)
-    with pytest.raises(ValueError, match="evaluation-only"):
-        TrainConfig(mixture="combo(alpha=0.5)").check(TINY)
+    from platonic_fast.icl.tasks import COMBOS
+
+    TrainConfig(mixture=COMBOS).check(TINY)        # finding 3's control trains on the combinations
+    assert len(parse_mixture(COMBOS).classes) == 11
 
 
 # --- the model ----------------------------------------------------------------------------------
@@ -279,3 +292,252 @@ def test_spearman_matches_scipy():
 
     a, b = [3, 1, 2, 2, 5, 0.5], [1.0, 0.2, 0.3, 0.1, 0.9, 0.0]
     assert abs(spearman(a, b) - stats.spearmanr(a, b).statistic) < 1e-12
+
+
+# --- issue 21: the Bayes baseline, the gate, stopping, snapshots ---------------------------------
+
+def test_bayes_sparse_is_the_posterior_mean():
+    """Against the textbook form: per support, y ~ N(0, σ_w² X_S X_Sᵀ + σ² I) (scipy's density)
+    and E[y_q | y, S] = σ_w² x_q,Sᵀ X_Sᵀ Σ⁻¹ y, averaged over the supports' posterior."""
+    import itertools
+
+    stats = pytest.importorskip("scipy.stats")
+    g = gen(3)
+    xs, ys, _ = parse_mixture("sparse(k=2)").sample(3, 6, 5, g)
+    ys = ys + 0.1 * torch.randn(ys.shape, generator=g)
+    got = ev.baseline_bayes_sparse(xs, ys, 2, noise=0.01).numpy()
+    x, y = xs.double().numpy(), ys.double().numpy()
+    for q in range(3):
+        assert got[q, 0] == 0
+        for i in range(1, 6):
+            logs, means = [], []
+            for s in itertools.combinations(range(5), 2):
+                xsup = x[q, :i][:, list(s)]
+                cov = 0.5 * xsup @ xsup.T + 0.01 * np.eye(i)
+                logs.append(stats.multivariate_normal(np.zeros(i), cov).logpdf(y[q, :i]))
+                means.append(0.5 * x[q, i, list(s)] @ xsup.T @ np.linalg.solve(cov, y[q, :i]))
+            w = np.exp(np.array(logs) - max(logs))
+            assert abs(got[q, i] - w @ np.array(means) / w.sum()) < 1e-10
+
+
+def test_bayes_sparse_beats_lasso_on_its_class():
+    xs, ys = ev.eval_sequences("sparse(k=1)", 6, 8, count=64, seed=3)
+    b = ev.baselines(xs, ys, names=("least_squares", "bayes_sparse"), sparse_k=1)
+    err = {k: float(ev.squared_errors(v, ys)[:, 1:6].mean()) for k, v in b.items()}
+    assert err["bayes_sparse"] < 0.5 * err["least_squares"]
+    with pytest.raises(ValueError, match="sparse_k="):
+        ev.baselines(xs, ys, names=("bayes_sparse",))
+    with pytest.raises(ValueError, match="1 <= k <= d=6"):
+        ev.baseline_bayes_sparse(xs, ys, 7)
+
+
+def test_sigterm_saves_and_resumes_bitwise(tmp_path):
+    import os
+    import signal
+
+    cfg = TrainConfig(mixture="sparse(k=1)", steps=6, batch_size=8, lr=1e-3, save_every=2, log_every=2,
+                      snapshots=(2, 6))
+    whole = train(TINY, cfg, tmp_path / "a", progress=False)
+    lines = []
+
+    def report(line):  # SIGTERM arrives right after the first save (step 2): the run ends there
+        lines.append(line)
+        if len(lines) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    part = train(TINY, cfg, tmp_path / "b", progress=False, report=report)
+    assert part.step == 2 and len(lines) == 1 and lines[0].startswith("step 2/6 loss")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL   # the handler is put back
+    rest = train(TINY, cfg, tmp_path / "b", progress=False)
+    assert rest.resumed_from == 2
+    for p, q in zip(whole.model.state_dict().values(), rest.model.state_dict().values()):
+        assert torch.equal(p, q)
+    _, info = load_model(tmp_path / "a" / "snapshots" / "step-000002.safetensors")
+    assert info["step"] == 2 and not info["complete"]
+    assert (tmp_path / "a" / "snapshots" / "step-000006.safetensors").exists()
+
+
+def test_gate_reads_a_checkpoint(tmp_path, capsys):
+    from platonic_fast.cli import main
+    from platonic_fast.icl.study import sparse_gate
+
+    cfg = TrainConfig(mixture="sparse(k=1)", steps=2, batch_size=8, lr=1e-3)
+    train(TINY, cfg, tmp_path / "s", progress=False)
+    g = sparse_gate(tmp_path / "s", count=16)
+    assert g["step"] == 2 and g["window_examples"] == [1, 2, 3] and not g["passed"]
+    assert g["nse"]["bayes_sparse"]["mean"] < g["nse"]["least_squares"]["mean"]
+    assert abs(g["required_gain"] - 0.5 * g["lasso_gap"]) < 1e-12
+    assert main(["icl", "gate", str(tmp_path / "s"), "--count", "16", "--json", str(tmp_path / "g.json")]) == 1
+    assert "FAIL" in capsys.readouterr().out and (tmp_path / "g.json").exists()
+    train(TINY, TrainConfig(mixture="dense", steps=1, batch_size=4), tmp_path / "d", progress=False)
+    with pytest.raises(ValueError, match="sparse specialist"):
+        sparse_gate(tmp_path / "d", count=8)
+
+
+def test_cli_train_model_of_a_preset(tmp_path, monkeypatch, capsys):
+    from platonic_fast.cli import main
+    from platonic_fast.icl.presets import replica
+
+    p = get_preset("fair")
+    assert replica(p, "sparse", 2) == ("sparse@2", "sparse(k=1)", 201)
+    monkeypatch.chdir(tmp_path)
+    assert main(["icl", "train", "--preset", "fair", "--model", "sparse@1", "--steps", "1", "--no-progress",
+                 "--threads", "1"]) == 0
+    _, info = load_model(tmp_path / "results" / "icl-fair" / "sparse@1")
+    assert info["train_config"].seed == 101 and info["train_config"].mixture == "sparse(k=1)"
+    assert "step 1/1" in capsys.readouterr().out
+    assert main(["icl", "train", "--preset", "fair", "--model", "sine", "--steps", "1"]) == 2
+    assert "has no model 'sine'" in capsys.readouterr().err
+
+
+def test_tiny_run_says_it_is_tiny(tmp_path, monkeypatch):
+    """Issue 24, item 5: findings resting on untrained models are withheld; training.png of a
+    short run shows its points."""
+    import copy
+    import json
+    from pathlib import Path
+
+    from platonic_fast.icl import plots
+    from platonic_fast.icl.study import competence_check, format_headline, headline
+
+    committed = json.loads((Path(__file__).parents[1] / "results" / "icl" / "study.json").read_text())
+    check = competence_check(committed)
+    assert check["untrained"] == [] and all(f["above"] for f in check["alignment_above_floor"].values())
+    r = copy.deepcopy(committed)
+    r["bridge"]["competence"]["sine"]["sine"] = 1.3
+    for view in r["bridge"]["analysis"]["cknna"].values():
+        view["untrained_mean"] = {"untrained": 0.99}
+    r["headline"] = h = headline(r)
+    assert h["check"]["tiny"] and h["check"]["untrained"] == ["sine"] and h["check"]["withheld"] == ["f3", "f4"]
+    assert not h["check"]["alignment_above_floor"]["cknna"]["above"]
+    text = format_headline(r)
+    assert "TOO SHORT" in text and "sine 1.30" in text
+    assert sum("[withheld" in line for line in text.splitlines()) == 1 + 6   # 3., and 4. for six predictors
+    figs = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figs.append(fig) or path)
+    r["training"] = {"dense": {"mixture": "dense", "steps": 3, "history": [[3, 0.97]]}}
+    plots.fig_training(r, tmp_path / "t.png")
+    (line,) = figs[0].axes[0].get_lines()
+    assert line.get_marker() == "o" and "findings withheld" in " ".join(t.get_text() for t in figs[0].axes[0].texts)
+
+
+@pytest.mark.slow
+def test_gpu_plan_and_dry_run(tmp_path):
+    """Issue 21 item 8: the throughput calibration's arithmetic, and the whole GPU path at tiny
+    sizes on the CPU."""
+    from platonic_fast.icl import gpu
+
+    assert gpu.plan_steps(40.0, 70.0, 2400, budget_s=480, reserve_s=90, max_steps=20_000) == 2400 + 40 * 320
+    assert gpu.plan_steps(100.0, 70.0, 2400, budget_s=480, reserve_s=90, max_steps=20_000) == 20_000
+    assert gpu.plan_steps(1.0, 500.0, 7, budget_s=480, reserve_s=90, max_steps=20_000) == 7
+    with pytest.raises(ValueError, match="positive"):
+        gpu.plan_steps(0.0, 1.0, 1, budget_s=480, reserve_s=90, max_steps=10)
+    res = gpu.run(tmp_path, dry_run=True, log=lambda *_: None)
+    assert res["dry_run"] and res["train"]["steps"] == 12 and len(res["models"]) == 6
+    assert set(res["finding1"]["sparse(k=1)"]["gate"]) == {"sparse", "sparse@1"}
+    _, info = load_model(tmp_path / "sparse@1" / "weights.safetensors")
+    assert info["train_config"].seed == 101 and info["step"] == 12
+    assert (tmp_path / "icl_gpu.json").exists()
+
+
+# --- the convergence study (issue 21 item 6), on tiny models --------------------------------------
+
+def test_fixed_query_bank_and_truth():
+    from platonic_fast.icl.convergence import fixed_query_bank
+
+    b = fixed_query_bank(["dense", "sparse(k=1)"], 5, 4, 6, probes=8)
+    assert b["xs"].shape == (10, 6, 4) and b["truth"].shape == (10, 8)
+    assert torch.equal(b["xs"][:, -1], b["query"].expand(10, 4))        # one shared query
+    assert b["labels"].tolist() == [0] * 5 + [1] * 5
+    with pytest.raises(ValueError, match="per_class >= 2"):
+        fixed_query_bank(["dense"], 1, 4, 6)
+
+
+@pytest.mark.slow
+def test_mantel_exact_and_sampled():
+    from platonic_fast.icl.convergence import mantel
+
+    g = gen(0)
+    x = torch.randn(5, 3, generator=g)
+    m = torch.cdist(x, x)
+    exact = mantel(m, m)
+    assert exact["exact"] and exact["permutations"] == 120 and abs(exact["statistic"] - 1) < 1e-12
+    assert exact["p_value"] <= 2 / 120 + 1e-12      # only the identity (and any symmetry of m) reaches 1
+    sampled = mantel(m, m, permutations=50)
+    assert not sampled["exact"] and sampled["permutations"] == 51
+    with pytest.raises(ValueError, match="n >= 3"):
+        mantel(torch.zeros(2, 2), torch.zeros(2, 2))
+
+
+@pytest.mark.slow
+def test_capability_family_on_tiny_checkpoints(tmp_path):
+    from platonic_fast.icl.convergence import capability_family, fixed_query_bank
+
+    cfg = TrainConfig(mixture="dense", steps=3, batch_size=8, lr=1e-3, snapshots=(1, 2, 3))
+    train(TINY, cfg, tmp_path / "r", progress=False)
+    ckpts = {f"r@{s}": ("r", s, tmp_path / "r" / "snapshots" / f"step-{s:06d}.safetensors") for s in (1, 2, 3)}
+    bank = fixed_query_bank(["dense", "sparse(k=1)"], 8, TINY.d, TINY.n_points, probes=6)
+    out = capability_family(ckpts, bank, topk=3, permutations=3, trend_permutations=20)
+    assert [r["step"] for r in out["rows"]] == [1, 2, 3] and set(out["spearman_per_run"]) == {"r"}
+    pm = out["alignment"]["per_model"]["r@3"]
+    assert 0 <= pm["hidden_vs_truth"]["best"] <= 1 and "calibrated" in pm["hidden_vs_truth"]
+    assert len(out["alignment"]["pairs"]) == 3 and 0 < out["p_within_run_permutation"] <= 1
+
+
+@pytest.mark.slow
+def test_controls_on_tiny_models():
+    """Finding 3's competence check and finding 4's second range run end to end (untrained models)."""
+    from platonic_fast.icl.study import controls
+
+    p = replace(get_preset("controls"), model=TINY, eval_count=8)
+    models = {name: InContextModel(TINY, seed=s).eval() for name, _, s in p.models}
+    out = controls(models, p, log=lambda *_: None)
+    assert set(out["mixture_competence"]) == {"alpha=1", "alpha=0"}
+    assert isinstance(out["mixture_competent"], bool)
+    assert [r["omega"] for r in out["frequency"]["rows"]][-3:] == [3.0, 3.5, 4.0]
+    assert "sine-hi" in out["frequency"]["groups"]
+
+
+def test_seed_interval_matches_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    from platonic_fast.icl.study import seed_interval
+
+    v = [0.31, 0.27, 0.35]
+    got = seed_interval(v)
+    lo, hi = stats.t.interval(0.9, 2, loc=np.mean(v), scale=stats.sem(v))
+    assert abs(got["lo"] - lo) < 1e-12 and abs(got["hi"] - hi) < 1e-12 and got["seeds"] == 3
+    one = seed_interval([0.3])
+    assert one["mean"] == 0.3 and math.isnan(one["lo"])
+
+
+@pytest.mark.slow
+def test_fair_findings_over_replicas(tmp_path):
+    from platonic_fast.icl.study import fair_findings
+
+    p = replace(get_preset("fair"), model=TINY, eval_count=8)
+    for run, mixture, seed in (("dense", "dense", 0), ("sparse", "sparse(k=1)", 1),
+                               ("dense+sparse", "0.5*dense + 0.5*sparse(k=1)", 2), ("dense@1", "dense", 100),
+                               ("sparse@1", "sparse(k=1)", 101), ("dense+sparse@1", "0.5*dense + 0.5*sparse(k=1)", 102),
+                               ("dense@2", "dense", 200)):                  # an incomplete third set: ignored
+        train(TINY, TrainConfig(mixture=mixture, steps=1, batch_size=4, seed=seed), tmp_path / run, progress=False)
+    out = fair_findings(tmp_path, preset=p, log=lambda *_: None)
+    assert [s["replica"] for s in out["replicas"]] == [0, 1]
+    iv = out["over_seeds"]["f1_sparse"]["bayes_sparse"]
+    assert iv["seeds"] == 2 and iv["lo"] <= iv["mean"] <= iv["hi"]
+    assert set(out["over_seeds"]["f2_position"]) == {1, 2, 3, 4}
+
+
+@pytest.mark.slow
+def test_cli_converge_on_snapshots(tmp_path, capsys):
+    import json
+
+    from platonic_fast.cli import main
+
+    for run, seed in (("a", 0), ("b", 1), ("c", 2)):
+        train(TINY, TrainConfig(mixture="dense", steps=2, batch_size=4, seed=seed, snapshots=(1, 2)), tmp_path / run,
+              progress=False)
+    assert main(["icl", "converge", "--root", str(tmp_path), "--per-class", "6", "--permutations", "2"]) == 0
+    assert "competence vs alignment to the truth" in capsys.readouterr().out
+    res = json.loads((tmp_path / "convergence.json").read_text())
+    assert len(res["family"]["rows"]) == 6 and res["newest"] == ["a@step2", "b@step2", "c@step2"]
+    assert res["mantel_hidden_vs_predictions"]["exact"]

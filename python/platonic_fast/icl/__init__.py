@@ -10,9 +10,13 @@ Modules
     :mod:`.tasks`     function classes, mixtures, spec strings ("0.5*dense + 0.5*sparse(k=2)")
     :mod:`.model`     GPT-2 backbone with a linear read-in and read-out (transformers)
     :mod:`.train`     Adam, fresh samples, curriculum, resumable safetensors checkpoints
-    :mod:`.evaluate`  NSE curves, bootstrap intervals, baselines (least squares, ridge, Lasso, 3-NN, ...)
-    :mod:`.presets`   the ``cpu`` and ``paper`` sizes
-    :mod:`.study`     the four findings and the alignment bridge; ``platonic-fast icl study``
+    :mod:`.evaluate`  NSE curves, bootstrap intervals, baselines (least squares, ridge, Lasso, Bayes, 3-NN, ...)
+    :mod:`.presets`   the ``cpu``, ``fair``, ``controls`` and ``paper`` sizes
+    :mod:`.study`     the four findings, their controls, the gate, findings over seeds, the alignment bridge
+    :mod:`.convergence`  alignment to the true functions with a fixed query, the capability family, Mantel
+    :mod:`.gpu`       six models at once on one GPU in ~8 minutes (``scripts/icl_gpu.sh``)
+
+Documentation and the record of what was measured: ``docs/icl.md``.
 
 Needs the ``icl`` extra (transformers, safetensors, scikit-learn, matplotlib); importing
 ``platonic_fast`` alone never imports this package.

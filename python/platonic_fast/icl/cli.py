@@ -15,24 +15,33 @@ def add_parsers(sub, debug_parent) -> None:
         description="Transformers pretrained on sequences (x1, f(x1), x2, f(x2), ...) with f drawn from a mixture "
         "of function classes: train them, evaluate them against least squares, Lasso, ridge, 3-NN, averaging and "
         "zero, align their hidden states. Function classes: dense, sparse(k=K), sine(lo=,hi=), combo(alpha=) "
-        "(evaluation only), relu(h=); mixtures as '0.5*dense + 0.5*sparse(k=2)'.",
+        "(the convex combinations of dense and sine), relu(h=); mixtures as '0.5*dense + 0.5*sparse(k=2)'.",
     )
-    cmds = icl.add_subparsers(dest="icl_command", required=True, metavar="{train,eval,align,study}",
+    cmds = icl.add_subparsers(dest="icl_command", required=True, metavar="{train,eval,align,gate,fair,converge,study}",
                               help="train: pretrain a model; eval: NSE curves; align: hidden-state alignment; "
-                              "study: all of them, end to end")
+                              "gate: does a sparse model beat least squares; fair: findings 1-2 over seeds; "
+                              "converge: alignment to the truth against competence; study: all of them, end to end")
 
     def common(p):
-        p.add_argument("--preset", default="cpu", help="sizes: cpu (default) or paper (d=20, 12x256, for a GPU)")
+        p.add_argument("--preset", default="cpu",
+                       help="sizes: cpu (default), fair (d=8, 3x96, 24k steps: issue 21), fair-deep (6x64), "
+                       "controls, or paper (d=20, 12x256, for a GPU)")
         p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
         p.add_argument("--threads", type=int, default=None,
                        help="torch CPU threads (default: every core; fewer on a shared machine)")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     tr = cmds.add_parser("train", parents=[debug_parent], help="pretrain one model (resumes from --out)")
-    tr.add_argument("--mixture", required=True, help="e.g. dense, sparse(k=2), '0.5*dense + 0.5*sine'")
-    tr.add_argument("--out", required=True, help="folder of the checkpoint (running again resumes)")
+    tr.add_argument("--mixture", default=None, help="e.g. dense, sparse(k=2), '0.5*dense + 0.5*sine' "
+                    "(or --model)")
+    tr.add_argument("--model", default=None, metavar="NAME[@R]",
+                    help="one of the preset's models (mixture and seed from the preset); NAME@R is its R-th "
+                    "further seed (seed + 100*R)")
+    tr.add_argument("--out", default=None, help="folder of the checkpoint (running again resumes); "
+                    "default results/icl-<preset>/<model> with --model")
     tr.add_argument("--steps", type=int, default=None, help="override the preset's steps")
-    tr.add_argument("--seed", type=int, default=0, help="seeds the weights and the training sequences (default 0)")
+    tr.add_argument("--seed", type=int, default=None,
+                    help="seeds the weights and the training sequences (default: the preset model's seed, else 0)")
     tr.add_argument("--lr", type=float, default=None, help="override the preset's peak learning rate")
     tr.add_argument("--batch-size", type=int, default=None, help="override the preset's sequences per step")
     tr.add_argument("--curriculum", default=None, metavar="D0,N0,EVERY",
@@ -60,6 +69,30 @@ def add_parsers(sub, debug_parent) -> None:
     al.add_argument("--permutations", type=int, default=None, help="row permutations of the null (0: none)")
     al.add_argument("--out", default="icl_align", help="output folder (default ./icl_align)")
     common(al)
+
+    ga = cmds.add_parser("gate", parents=[debug_parent],
+                         help="has a sparse specialist learned its class? (issue 21's gate; exit 0 pass, 1 fail)")
+    ga.add_argument("checkpoint", help="a sparse specialist's checkpoint file or run folder")
+    ga.add_argument("--count", type=int, default=512, help="evaluation sequences (default 512)")
+    ga.add_argument("--share", type=float, default=0.5,
+                    help="the share of the Lasso's gain over least squares the model must reach (default 0.5)")
+    ga.add_argument("--json", default=None, help="also write the numbers there")
+    common(ga)
+
+    ff = cmds.add_parser("fair", parents=[debug_parent],
+                         help="findings 1 and 2 over the fair preset's seeds (intervals over training seeds)")
+    ff.add_argument("--root", default="results/icl-fair", help="the runs' folder (default results/icl-fair)")
+    ff.add_argument("--count", type=int, default=None, help="evaluation sequences per task (default 1280)")
+    ff.add_argument("--out", default=None, help="JSON output (default <root>/findings.json)")
+    common(ff)
+
+    cv = cmds.add_parser("converge", parents=[debug_parent],
+                         help="alignment to the true functions across every run's snapshots (the capability family)")
+    cv.add_argument("--root", default="results/icl-fair", help="the runs' folder (default results/icl-fair)")
+    cv.add_argument("--per-class", type=int, default=100, help="functions per class in the fixed-query bank")
+    cv.add_argument("--permutations", type=int, default=100)
+    cv.add_argument("--out", default=None, help="JSON output (default <root>/convergence.json)")
+    common(cv)
 
     st = cmds.add_parser("study", parents=[debug_parent],
                          help="train every model, evaluate the four findings, align; JSON and figures")
@@ -92,6 +125,44 @@ def run(args) -> int:
         return _eval(args, preset)
     if args.icl_command == "align":
         return _align(args, preset)
+    if args.icl_command == "gate":
+        from .study import format_gate, sparse_gate, write_json
+
+        g = sparse_gate(args.checkpoint, count=args.count, share=args.share, device=args.device)
+        print(format_gate(g))
+        if args.json:
+            write_json(args.json, g)
+        return 0 if g["passed"] else 1
+    if args.icl_command == "converge":
+        from .convergence import convergence_study
+        from .study import write_json
+
+        res = convergence_study(args.root, per_class=args.per_class, permutations=args.permutations)
+        fam = res["family"]
+        for row in fam["rows"]:
+            print(f"  {row['label']:>28}  NSE {row['nse']:.3f}  hidden vs truth {row['truth_best']:.3f}  "
+                  f"predictions vs truth {row['predictions_truth']:.3f}")
+        print(f"competence vs alignment to the truth: Spearman {fam['spearman_pooled']:+.2f} "
+              f"(p {fam['p_within_run_permutation']:.3f}, steps shuffled within runs)")
+        print(f"wrote {write_json(args.out or Path(args.root) / 'convergence.json', res)}")
+        return 0
+    if args.icl_command == "fair":
+        from .study import fair_findings, write_json
+
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        res = fair_findings(args.root, eval_count=args.count)
+        path = write_json(args.out or Path(args.root) / "findings.json", res)
+        for key, v in res["over_seeds"].items():
+            if key.endswith("minus_specialist"):
+                print(f"{key}: {v['mean']:+.3f} [{v['lo']:+.3f}, {v['hi']:+.3f}] over {v['seeds']} seeds")
+            elif key.startswith("f1_"):
+                print(f"{key}: " + ", ".join(f"{m} {x['mean']:.3f} [{x['lo']:.3f}, {x['hi']:.3f}]"
+                                             for m, x in v.items()))
+        print(f"wrote {path}")
+        return 0
     if args.icl_command == "study":
         from .study import run_study
 
@@ -118,14 +189,37 @@ def _check_settings(args, preset) -> None:
             raise ValueError("--count must be at least 2")
     elif args.icl_command == "align" and args.bank:
         parse_mixture(args.bank)
+    elif args.icl_command == "gate" and (args.count < 2 or not 0 < args.share <= 1):
+        raise ValueError("icl gate needs --count >= 2 and 0 < --share <= 1")
     elif args.icl_command == "study" and args.jobs < 1:
         raise ValueError("--jobs must be at least 1")
+
+
+def _resolve_model(args, preset):
+    """(mixture, seed, out) of a train command: --model picks them from the preset."""
+    from .presets import replica
+
+    if (args.model is None) == (args.mixture is None):
+        raise ValueError("icl train needs exactly one of --mixture and --model")
+    if args.model is None:
+        if args.out is None:
+            raise ValueError("icl train --mixture needs --out")
+        return args.mixture, 0 if args.seed is None else args.seed, args.out
+    name, _, r = args.model.partition("@")
+    try:
+        r = int(r) if r else 0
+    except ValueError:
+        raise ValueError(f"--model takes NAME or NAME@R with R an integer, got {args.model!r}") from None
+    run, mixture, seed = replica(preset, name, r)
+    out = args.out or str(Path("results") / f"icl-{preset.name}" / run)
+    return mixture, seed if args.seed is None else args.seed, out
 
 
 def _train_config(args, preset):
     from .train import Curriculum
 
-    cfg = preset.train_config(args.mixture, args.seed)
+    mixture, seed, _ = _resolve_model(args, preset)
+    cfg = preset.train_config(mixture, seed)
     changes = {}
     if args.steps is not None:
         changes["steps"] = args.steps
@@ -143,10 +237,22 @@ def _train_config(args, preset):
 
 
 def _train(args, preset, progress) -> int:
+    import sys
+    import time
+
     from .train import train
 
     cfg = _train_config(args, preset)
-    res = train(preset.model, cfg, args.out, device=args.device, threads=args.threads, progress=progress)
+    out = _resolve_model(args, preset)[2]
+
+    def report(line):
+        print(time.strftime("%Y-%m-%dT%H:%M:%SZ ", time.gmtime()) + line, flush=True)
+
+    report(f"training {cfg.mixture} (seed {cfg.seed}, preset {preset.name}) into {out}; "
+           f"pid {__import__('os').getpid()}")
+    res = train(preset.model, cfg, out, device=args.device, threads=args.threads, progress=progress,
+                report=None if progress else report)
+    sys.stdout.flush()
     last = res.history[-1][1] if res.history else float("nan")
     print(f"trained {cfg.mixture} to step {res.step} in {res.seconds:.0f} s (resumed from {res.resumed_from}); "
           f"last logged loss {last:.4f}; checkpoint {res.path}")
@@ -159,8 +265,13 @@ def _load(paths, device):
     models, mixtures, config = {}, {}, None
     for p in paths:
         model, info = load_model(p, device=device)
-        name = Path(p).stem if Path(p).is_file() and Path(p).stem != "checkpoint" else \
-            (Path(p).parent.name if Path(p).is_file() else Path(p).name)
+        path = Path(p)
+        if path.is_file() and path.parent.name == "snapshots":   # <run>/snapshots/step-N: name it run@step-N
+            name = f"{path.parent.parent.name}@{path.stem}"
+        elif path.is_file():
+            name = path.stem if path.stem != "checkpoint" else path.parent.name
+        else:
+            name = path.name
         if name in models:
             name = f"{name}#{len(models)}"
         if config is not None and info["model_config"].d != config.d:

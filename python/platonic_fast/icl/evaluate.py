@@ -19,6 +19,13 @@ Baselines (each predicts y_{i+1} from the first i pairs of its own sequence only
     for each α of a grid. For ridge and Lasso the reported curve takes, at every i, the penalty
     with the lowest mean error on the evaluation bank itself (an oracle choice, favourable to the
     baseline); every penalty's own curve is kept as well.
+    ``bayes_sparse``: the exact posterior mean for k-sparse linear functions — the Bayes-optimal
+    predictor for the ``sparse(k)`` class. Every support S of k coordinates (all C(d, k) of them,
+    uniform prior), w_S ~ N(0, σ_w² I_k) with σ_w² = 1/k (the classes' unit output variance; 1 for the
+    unnormalised targets), y = Xw + ε with known noise variance σ² (the classes are noise-free: a
+    tiny σ², 1e-6 by default, is the noise-free limit with a well-conditioned solve). Per support,
+    A = X_SᵀX_S/σ² + I/σ_w², b = X_Sᵀy/σ², mean A⁻¹b, log evidence ½ bᵀA⁻¹b − ½ log det A (+ terms
+    equal for every support); the prediction averages x_Sᵀ A⁻¹b over the supports' posterior.
 """
 
 from __future__ import annotations
@@ -35,7 +42,8 @@ from .tasks import parse_mixture
 
 RIDGE_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 LASSO_GRID = (1e-1, 1e-2, 1e-3)
-BASELINES = ("zero", "averaging", "knn3", "least_squares", "ridge", "lasso")
+BASELINES = ("zero", "averaging", "knn3", "least_squares", "ridge", "lasso", "bayes_sparse")
+BAYES_NOISE = 1e-6
 
 
 def eval_sequences(task, d: int, n_points: int, count: int = 1280, seed: int = 0):
@@ -165,6 +173,35 @@ def baseline_ridge(xs, ys, lam: float):
     return _prefix_solutions(xs, ys, solve)
 
 
+def baseline_bayes_sparse(xs, ys, k: int, *, prior_var: float | None = None, noise: float = BAYES_NOISE,
+                          chunk: int = 256):
+    """The exact posterior mean of y_{i+1} for k-sparse linear functions (see the module's docstring)."""
+    import itertools
+
+    s, n, d = xs.shape
+    if not isinstance(k, int) or not 1 <= k <= d:
+        raise ValueError(f"bayes_sparse needs 1 <= k <= d={d}, got k={k!r}")
+    if not noise > 0:
+        raise ValueError(f"bayes_sparse needs a positive noise variance, got {noise!r}")
+    prior_var = 1.0 / k if prior_var is None else float(prior_var)
+    supports = torch.tensor(list(itertools.combinations(range(d), k)), dtype=torch.long)   # (P, k)
+    out = torch.zeros(s, n, dtype=torch.float64)
+    eye = torch.eye(k, dtype=torch.float64) / prior_var
+    for c in range(0, s, chunk):
+        x, y = xs[c:c + chunk].double(), ys[c:c + chunk].double()
+        xsup = x[:, :, supports]                                       # (B, n, P, k)
+        for i in range(1, n):
+            xp = xsup[:, :i].permute(0, 2, 1, 3)                       # (B, P, i, k)
+            a = xp.transpose(2, 3) @ xp / noise + eye                  # (B, P, k, k)
+            b = (xp.transpose(2, 3) @ y[:, None, :i, None])[..., 0] / noise   # (B, P, k)
+            chol = torch.linalg.cholesky(a)
+            mean = torch.cholesky_solve(b[..., None], chol)[..., 0]
+            logev = 0.5 * (b * mean).sum(-1) - torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+            post = torch.softmax(logev, dim=1)                         # (B, P)
+            out[c:c + chunk, i] = (post * (xsup[:, i] * mean).sum(-1)).sum(1)
+    return out
+
+
 def baseline_lasso(xs, ys, alphas=LASSO_GRID) -> dict[float, torch.Tensor]:
     """scikit-learn's Lasso path at every prefix of every sequence: {alpha: predictions (S, n)}."""
     try:
@@ -186,12 +223,16 @@ def baseline_lasso(xs, ys, alphas=LASSO_GRID) -> dict[float, torch.Tensor]:
     return {float(a): torch.from_numpy(preds[j]) for j, a in enumerate(grid)}
 
 
-def baselines(xs, ys, names=BASELINES, *, ridge_grid=RIDGE_GRID, lasso_grid=LASSO_GRID) -> dict:
+def baselines(xs, ys, names=BASELINES, *, ridge_grid=RIDGE_GRID, lasso_grid=LASSO_GRID, sparse_k: int | None = None,
+              prior_var: float | None = None) -> dict:
     """{name: predictions (S, n)}; ridge and lasso with an oracle penalty per i, and each penalty
-    as ``ridge[lam]`` / ``lasso[alpha]``."""
+    as ``ridge[lam]`` / ``lasso[alpha]``; ``bayes_sparse`` needs ``sparse_k`` (its prior's k) and
+    takes ``prior_var`` (default 1/k)."""
     unknown = set(names) - set(BASELINES)
     if unknown:
         raise ValueError(f"unknown baselines {sorted(unknown)}; known: {', '.join(BASELINES)}")
+    if "bayes_sparse" in names and sparse_k is None:
+        raise ValueError("the bayes_sparse baseline needs sparse_k= (the k of its k-sparse prior)")
     out: dict = {}
     for name in names:
         if name == "zero":
@@ -210,6 +251,8 @@ def baselines(xs, ys, names=BASELINES, *, ridge_grid=RIDGE_GRID, lasso_grid=LASS
             per = baseline_lasso(xs, ys, lasso_grid)
             out.update({f"lasso[{a:g}]": p for a, p in per.items()})
             out[name], out["lasso_choice"] = _oracle(per, ys)
+        elif name == "bayes_sparse":
+            out[name] = baseline_bayes_sparse(xs, ys, sparse_k, prior_var=prior_var)
     return out
 
 

@@ -8,7 +8,7 @@ from ..files import write_atomic
 
 COLOURS = {"dense": "#1f77b4", "sparse": "#d62728", "dense+sparse": "#9467bd", "sine": "#2ca02c",
            "dense+sine": "#ff7f0e", "dense#2": "#17becf", "least_squares": "#555555", "lasso": "#8c564b",
-           "ridge": "#bcbd22", "knn3": "#7f7f7f", "averaging": "#e377c2", "zero": "#000000"}
+           "ridge": "#bcbd22", "bayes_sparse": "#8c8c00", "knn3": "#7f7f7f", "averaging": "#e377c2", "zero": "#000000"}
 BASELINE_STYLE = {"linestyle": "--", "linewidth": 1.2}
 
 
@@ -31,7 +31,7 @@ def _save(fig, path: Path) -> Path:
 
 
 def _is_baseline(name):
-    return name in ("least_squares", "lasso", "ridge", "knn3", "averaging", "zero")
+    return name in ("least_squares", "lasso", "bayes_sparse", "ridge", "knn3", "averaging", "zero")
 
 
 def study_figures(r: dict, out) -> list[Path]:
@@ -44,15 +44,26 @@ def study_figures(r: dict, out) -> list[Path]:
 def fig_training(r, path):
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.6))
+    logged = False
     for name, t in r["training"].items():
         if t["history"]:
             steps, loss = zip(*t["history"])
-            ax.plot(steps, loss, label=f"{name} ({t['mixture']})", color=COLOURS.get(name))
+            # a short run logs a point or two (every log_every steps and the last): markers keep them visible
+            ax.plot(steps, loss, label=f"{name} ({t['mixture']})", color=COLOURS.get(name),
+                    marker="o" if len(steps) < 20 else None, markersize=4)
+            logged = True
+    if not logged:
+        ax.text(0.5, 0.5, "no training loss logged", ha="center", va="center", transform=ax.transAxes)
+    steps_run = max((t.get("steps", 0) for t in r["training"].values()), default=0)
+    if r.get("headline", {}).get("check", {}).get("tiny"):
+        ax.text(0.02, 0.02, f"short run ({steps_run} steps): models untrained, findings withheld",
+                transform=ax.transAxes, fontsize=8, color="#b00000")
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("training loss (NSE)")
     ax.set_title("pretraining")
-    ax.legend(fontsize=7)
+    if logged:
+        ax.legend(fontsize=7)
     return _save(fig, path)
 
 
@@ -61,7 +72,9 @@ def fig_model_selection(r, path):
     ms = r["model_selection"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, t in zip(axes, ms["tasks"].values()):
-        for name in ("dense", "sparse", "dense+sparse", "least_squares", "lasso", "knn3", "averaging"):
+        for name in ("dense", "sparse", "dense+sparse", "least_squares", "lasso", "bayes_sparse", "knn3", "averaging"):
+            if name not in t["curves"]:   # studies from before the Bayes baseline
+                continue
             c = t["curves"][name]
             x = range(len(c["mean"]))
             style = BASELINE_STYLE if _is_baseline(name) else {"linewidth": 2}

@@ -109,10 +109,15 @@ def evaluate_task(models: dict, task: str, preset: Preset, baselines=(), *, coun
     cfg = preset.model
     xs, ys = ev.eval_sequences(task, cfg.d, cfg.n_points, count=count or preset.eval_count, seed=seed)
     preds = {name: ev.predict(m, xs, ys).double() for name, m in models.items()}
-    if baselines:
-        base = ev.baselines(xs, ys, names=baselines)
+    scale = parse_mixture(task).output_variance(cfg.d)
+    if baselines:   # bayes_sparse's prior: the trained k, at the task's scale
+        base = ev.baselines(xs, ys, names=baselines, sparse_k=preset.sparse_k,
+                            prior_var=None if scale == 1.0 else 1.0)
         preds.update({k: v for k, v in base.items() if isinstance(v, torch.Tensor)})
-    return {"xs": xs, "ys": ys, "preds": preds}
+    if scale != 1.0:   # unnormalised targets (raw=1): errors in units of the task's output variance
+        ys = ys / math.sqrt(scale)
+        preds = {k: v / math.sqrt(scale) for k, v in preds.items()}
+    return {"xs": xs, "ys": ys, "preds": preds, "output_variance": scale}
 
 
 def _summaries(ev_out: dict, positions, names, idx) -> dict:
@@ -136,7 +141,7 @@ def finding_model_selection(models: dict, preset: Preset, log=print) -> dict:
     win = _windows(d, n)["under"]
     k = preset.sparse_k
     mine = ["dense", "sparse", "dense+sparse"]
-    base = ("least_squares", "lasso", "ridge", "knn3", "averaging", "zero")
+    base = ("least_squares", "lasso", "bayes_sparse", "ridge", "knn3", "averaging", "zero")
     out = {"window_examples": win, "tasks": {}}
     for task_name, task, specialist, other in (("dense", "dense", "dense", "sparse"),
                                               ("sparse", f"sparse(k={k})", "sparse", "dense")):
@@ -156,7 +161,7 @@ def finding_model_selection(models: dict, preset: Preset, log=print) -> dict:
         }
         w = out["tasks"][task_name]["window_nse"]
         log(f"  finding 1, {task}: mean NSE over 1..{d - 1} examples: "
-            + ", ".join(f"{m} {w[m]['mean']:.3f}" for m in names[:5]) + f"  ({time.perf_counter() - t0:.0f} s)")
+            + ", ".join(f"{m} {w[m]['mean']:.3f}" for m in names[:6]) + f"  ({time.perf_counter() - t0:.0f} s)")
     return out
 
 
@@ -187,33 +192,36 @@ def _distance(preds, a, b, win, idx) -> dict:
     return ev.summary(_window_values((preds[a] - preds[b]).pow(2), win), idx=idx)
 
 
-def finding_alpha(models: dict, preset: Preset, log=print) -> dict:
+def finding_alpha(models: dict, preset: Preset, log=print, *, model_names=("dense", "sine", "dense+sine"),
+                  alphas=ALPHAS) -> dict:
     d, n = preset.model.d, preset.model.n_points
     win = _windows(d, n)["late"]
-    names = ["dense", "sine", "dense+sine", "least_squares", "ridge", "knn3"]
+    names = [*model_names, "least_squares", "ridge", "knn3"]
+    k = len(model_names)
     rows = []
-    for a in ALPHAS:
+    for a in alphas:
         task = f"combo(alpha={a})"
-        res = evaluate_task({m: models[m] for m in names[:3]}, task, preset,
+        res = evaluate_task({m: models[m] for m in names[:k]}, task, preset,
                             baselines=("least_squares", "ridge", "knn3"))
         idx = ev.bootstrap_indices(res["ys"].shape[0])
         summ = _summaries(res, win, names, idx)
         unstable = {m: float((_window_values(ev.squared_errors(res["preds"][m], res["ys"]), win) > 1).double()
                              .mean()) for m in names}
         rows.append({"alpha": a, "task": task, "window_nse": summ, "share_above_1": unstable,
-                     "curves": _curves(res, names[:3], idx)})
+                     "curves": _curves(res, names[:k], idx)})
         log(f"  finding 3, alpha={a}: " + ", ".join(f"{m} {summ[m]['mean']:.3f}" for m in names))
     return {"window_examples": win, "rows": rows}
 
 
-def finding_frequency(models: dict, preset: Preset, log=print) -> dict:
+def finding_frequency(models: dict, preset: Preset, log=print, *, model_names=("sine", "dense+sine", "dense"),
+                      frequencies=FREQUENCIES) -> dict:
     d, n = preset.model.d, preset.model.n_points
     win = _windows(d, n)["late"]
-    names = ["sine", "dense+sine", "dense", "knn3", "ridge", "least_squares"]
+    names = [*model_names, "knn3", "ridge", "least_squares"]
     rows = []
-    for w in FREQUENCIES:
+    for w in frequencies:
         task = f"sine(lo={w},hi={w})"
-        res = evaluate_task({m: models[m] for m in names[:3]}, task, preset,
+        res = evaluate_task({m: models[m] for m in names[:len(model_names)]}, task, preset,
                             baselines=("knn3", "ridge", "least_squares"))
         idx = ev.bootstrap_indices(res["ys"].shape[0])
         summ = _summaries(res, win, names, idx)
@@ -230,6 +238,136 @@ def finding_frequency(models: dict, preset: Preset, log=print) -> dict:
 def _mean(values):
     values = list(values)
     return sum(values) / len(values) if values else float("nan")
+
+
+# --- controls for findings 3 and 4 (issue 21, item 3) ---------------------------------------------
+
+# the linear/sine mixture is competent at an end of the α range when its late-window NSE is within
+# this much of the matching specialist's (absolute) or within this factor of it
+COMPETENCE_SLACK, COMPETENCE_FACTOR = 0.02, 1.25
+
+
+def controls(models: dict, preset: Preset, log=print) -> dict:
+    """Finding 3's competence check and combination model, finding 4's second frequency range.
+
+    ``models`` needs ``dense``, ``sine``, ``dense+sine``, ``combos`` (pretrained on the
+    combinations themselves) and ``sine-hi`` (ω in [2, 4]). Competence: the mixture at α = 1
+    against ``dense`` and at α = 0 against ``sine`` (late window); until it passes both, its
+    behaviour in between is no evidence. Finding 4: both sine models across the frequencies of
+    both ranges: if ``sine-hi`` predicts well where ``sine`` fails, the failure is about
+    pretraining coverage, not about those frequencies being harder to predict."""
+    alpha = finding_alpha(models, preset, log, model_names=("dense", "sine", "dense+sine", "combos"))
+    ends = {r["alpha"]: r["window_nse"] for r in alpha["rows"] if r["alpha"] in (0.0, 1.0)}
+    competence = {}
+    for a, specialist in ((1.0, "dense"), (0.0, "sine")):
+        mix, spec = ends[a]["dense+sine"]["mean"], ends[a][specialist]["mean"]
+        competence[f"alpha={a:g}"] = {"mixture": mix, "specialist": specialist, "specialist_nse": spec,
+                                      "competent": bool(mix <= spec + COMPETENCE_SLACK
+                                                        or mix <= COMPETENCE_FACTOR * spec)}
+    freqs = tuple(sorted(set(FREQUENCIES) | {2.5, 3.5}))
+    freq = finding_frequency(models, preset, log, model_names=("sine", "sine-hi"), frequencies=freqs)
+    return {"alpha": alpha, "mixture_competence": competence,
+            "mixture_competent": all(c["competent"] for c in competence.values()), "frequency": freq,
+            "criterion": f"competent: NSE <= specialist + {COMPETENCE_SLACK} or <= {COMPETENCE_FACTOR} x specialist"}
+
+
+# --- findings 1 and 2 over training seeds (the fair preset) --------------------------------------
+
+def seed_interval(values, level: float = 0.9) -> dict:
+    """Mean over training seeds with a Student-t interval (scipy); the seed is the larger source of
+    variance, so these are the intervals that a claim about the recipe needs."""
+    from scipy.stats import t as student
+
+    v = torch.tensor(list(values), dtype=torch.float64)
+    n = v.numel()
+    if n < 2:
+        return {"mean": float(v.mean()) if n else float("nan"), "lo": float("nan"), "hi": float("nan"), "seeds": n,
+                "level": level}
+    half = float(student.ppf((1 + level) / 2, n - 1)) * float(v.std(unbiased=True)) / math.sqrt(n)
+    return {"mean": float(v.mean()), "lo": float(v.mean()) - half, "hi": float(v.mean()) + half, "seeds": n,
+            "level": level}
+
+
+def fair_findings(root="results/icl-fair", *, preset="fair", eval_count: int | None = None, log=print) -> dict:
+    """Findings 1 and 2 for every complete replica set (dense, sparse, dense+sparse with the same
+    ``@R``) under ``root``, and their means over sets with seed intervals."""
+    p = get_preset(preset) if isinstance(preset, str) else preset
+    if eval_count is not None:
+        p = replace(p, eval_count=eval_count)
+    root = Path(root)
+    names = ("dense", "sparse", "dense+sparse")
+    sets, steps = [], {}
+    for r in range(0, 100):
+        runs = [name if r == 0 else f"{name}@{r}" for name in names]
+        if not all((root / run / "checkpoint.safetensors").exists() for run in runs):
+            if r > 0:
+                break
+            raise ValueError(f"{root} lacks a checkpoint of {', '.join(runs)}")
+        models = {}
+        for name, run in zip(names, runs):
+            models[name], info = load_model(root / run)
+            steps[run] = info["step"]
+        log(f"replica {r}: steps " + ", ".join(f"{run} {steps[run]}" for run in runs))
+        sets.append({"replica": r, "f1": finding_model_selection(models, p, log=log),
+                     "f2": finding_sparsity(models, p, log=log)})
+    over = {}
+    for task in ("dense", "sparse"):
+        keys = sets[0]["f1"]["tasks"][task]["window_nse"]
+        over[f"f1_{task}"] = {m: seed_interval(s["f1"]["tasks"][task]["window_nse"][m]["mean"] for s in sets)
+                              for m in keys}
+        over[f"f1_{task}_mixture_minus_specialist"] = seed_interval(
+            s["f1"]["tasks"][task]["mixture_minus_specialist"]["mean"] for s in sets)
+    over["f2_position"] = {row["k"]: seed_interval(s["f2"]["rows"][i]["position"] for s in sets)
+                           for i, row in enumerate(sets[0]["f2"]["rows"])}
+    return {"root": str(root), "steps": steps, "replicas": sets, "over_seeds": over}
+
+
+# --- the gate (issue 21) ------------------------------------------------------------------------
+
+def sparse_gate(checkpoint, *, count: int = 512, share: float = 0.5, seed: int = 1, device=None) -> dict:
+    """Has a sparse specialist learned its class? On its own sparse(k) task, over 1..d−1 examples,
+    it must beat least squares by at least ``share`` of the Lasso's gain over least squares:
+    NSE(LS) − NSE(model) >= share · (NSE(LS) − NSE(Lasso)). The evaluation bank is drawn with
+    ``seed`` (1: apart from the findings' bank, seed 0), ``count`` sequences; the interval is a
+    paired 90% bootstrap of the margin (LS − model) − share · (LS − Lasso) over sequences.
+    The exact Bayes posterior mean is reported beside (the floor no predictor can beat)."""
+    model, info = load_model(checkpoint, device=device)
+    cfg = info["model_config"]
+    classes = parse_mixture(info["train_config"].mixture).classes
+    sparse = [c for c in classes if c.name == "sparse"]
+    if not sparse:
+        raise ValueError(f"{checkpoint}: the gate is for a sparse specialist; this model was trained on "
+                         f"{info['train_config'].mixture}")
+    k = sparse[0].param("k")
+    task = sparse[0].spec               # sparse(k=K), or sparse(k=K,raw=1) for unnormalised targets
+    win = _windows(cfg.d, cfg.n_points)["under"]
+    xs, ys = ev.eval_sequences(task, cfg.d, cfg.n_points, count=count, seed=seed)
+    scale = parse_mixture(task).output_variance(cfg.d)
+    preds = {"model": ev.predict(model, xs, ys).double()}
+    base = ev.baselines(xs, ys, names=("least_squares", "lasso", "bayes_sparse"), sparse_k=k,
+                        prior_var=None if scale == 1.0 else 1.0)
+    preds.update({name: v for name, v in base.items() if isinstance(v, torch.Tensor)})
+    err = {m: _window_values(ev.squared_errors(p, ys), win) / scale for m, p in preds.items()}
+    idx = ev.bootstrap_indices(count)
+    nse = {m: ev.summary(v, idx=idx) for m, v in err.items() if "[" not in m}   # not each penalty
+    gap = nse["least_squares"]["mean"] - nse["lasso"]["mean"]
+    margin = nse["least_squares"]["mean"] - nse["model"]["mean"]
+    excess = ev.summary((err["least_squares"] - err["model"]) - share * (err["least_squares"] - err["lasso"]), idx=idx)
+    return {"checkpoint": str(checkpoint), "step": info["step"], "task": task, "window_examples": win,
+            "count": count, "nse": nse, "lasso_gap": gap, "model_gain": margin, "share": share,
+            "required_gain": share * gap, "margin_minus_required": excess, "passed": bool(margin >= share * gap)}
+
+
+def format_gate(g: dict) -> str:
+    n = g["nse"]
+    e = g["margin_minus_required"]
+    return (f"gate at step {g['step']} ({g['checkpoint']}): {g['task']}, mean NSE over "
+            f"{g['window_examples'][0]}..{g['window_examples'][-1]} examples ({g['count']} sequences): model "
+            f"{n['model']['mean']:.3f}, least squares {n['least_squares']['mean']:.3f}, "
+            f"Lasso {n['lasso']['mean']:.3f}, "
+            f"Bayes {n['bayes_sparse']['mean']:.3f}; the model's gain over least squares {g['model_gain']:+.3f}, "
+            f"required {g['share']:g} x Lasso gap {g['lasso_gap']:.3f} = {g['required_gain']:.3f} "
+            f"(excess {e['mean']:+.3f} [{e['lo']:+.3f}, {e['hi']:+.3f}]): {'PASS' if g['passed'] else 'FAIL'}")
 
 
 # --- the bridge ---------------------------------------------------------------------------------
@@ -446,13 +584,51 @@ def _preset_dict(p: Preset) -> dict:
             "topk": p.topk, "permutations": p.permutations, "note": p.note}
 
 
+# a model whose in-context error on its own classes is at least this has learned nothing the zero
+# predictor does not know: its findings are no evidence (issue 24, item 5)
+UNTRAINED_NSE = 1.0
+FINDING_MODELS = {"f1": ("dense", "sparse", "dense+sparse"), "f2": ("dense", "sparse", "dense+sparse"),
+                  "f3": ("dense", "sine", "dense+sine"), "f4": ("sine", "dense+sine", "dense")}
+
+
+def competence_check(r: dict) -> dict:
+    """Which models have learned their classes, and whether alignment beats the untrained floor.
+
+    ``nse_own``: each trained model's mean NSE on the bank's sequences of its own pretraining
+    classes (positions with at least one example); ``untrained`` lists the models at or above
+    ``UNTRAINED_NSE``; ``withheld`` the findings that rest on one of them; ``alignment_above_floor``
+    per metric: is the mean over trained pairs above the untrained model's mean alignment to them?"""
+    b = r["bridge"]
+    nse = {}
+    for name in b["models"]:
+        classes = classes_of(b["mixtures"].get(name, ""))
+        own = [b["competence"][name][c] for c in classes if c in b["competence"][name]]
+        if own:
+            nse[name] = _mean(own)
+    untrained = sorted(m for m, v in nse.items() if not v < UNTRAINED_NSE)
+    withheld = sorted(f for f, models in FINDING_MODELS.items() if any(m in untrained for m in models if m in nse))
+    floor = {}
+    for metric, views in b["analysis"].items() if isinstance(b.get("analysis"), dict) else ():
+        if metric in ("pairs", "jaccard"):
+            continue
+        best = views["best"]
+        trained_mean = _mean(best["scores"])
+        untrained_mean = _mean(best["untrained_mean"].values())
+        floor[metric] = {"trained_pairs": trained_mean, "untrained": untrained_mean,
+                         "above": bool(trained_mean > untrained_mean)}
+    tiny = bool(untrained) or any(not f["above"] for f in floor.values())
+    return {"threshold": UNTRAINED_NSE, "nse_own": nse, "untrained": untrained, "withheld": withheld,
+            "alignment_above_floor": floor, "tiny": tiny}
+
+
 def headline(r: dict) -> dict:
     """The one number per finding (and the bridge's), for the README and the terminal."""
-    h = {}
+    h = {"check": competence_check(r)}
     ms = r["model_selection"]["tasks"]
     for task in ("dense", "sparse"):
         w = ms[task]["window_nse"]
-        h[f"f1_{task}"] = {m: w[m]["mean"] for m in ("dense", "sparse", "dense+sparse", "least_squares", "lasso")}
+        h[f"f1_{task}"] = {m: w[m]["mean"] for m in ("dense", "sparse", "dense+sparse", "least_squares", "lasso",
+                                                            "bayes_sparse") if m in w}
         h[f"f1_{task}_mixture_excess"] = ms[task]["mixture_minus_specialist"]
     h["f2_position"] = {row["k"]: row["position"] for row in r["sparsity"]["rows"]}
     h["f3_mixture_nse"] = {row["alpha"]: row["window_nse"]["dense+sine"]["mean"] for row in r["alpha"]["rows"]}
@@ -473,25 +649,41 @@ def headline(r: dict) -> dict:
 
 def format_headline(r: dict) -> str:
     h = r["headline"]
+    c = h.get("check")
     lines = ["", "headline numbers"]
+    if c and c["tiny"]:
+        lines.append("  THIS RUN IS TOO SHORT TO TEST THE FINDINGS: "
+                     + ("; ".join(filter(None, [
+                         (f"untrained models (NSE on their own classes >= {c['threshold']:g}): "
+                          + ", ".join(f"{m} {c['nse_own'][m]:.2f}" for m in c["untrained"])) if c["untrained"] else "",
+                         ", ".join(f"{metric} alignment of trained pairs {f['trained_pairs']:.3f} not above the "
+                                   f"untrained model's {f['untrained']:.3f}"
+                                   for metric, f in c["alignment_above_floor"].items() if not f["above"])]))))
+    withheld = set(c["withheld"]) if c else set()
+
+    def mark(key):
+        return "  [withheld: rests on an untrained model] " if key in withheld else "  "
+
     for task in ("dense", "sparse"):
         e = h[f"f1_{task}_mixture_excess"]
-        lines.append(f"  1. {task} tasks, mean NSE over 1..d-1 examples: "
+        lines.append(f"{mark('f1')}1. {task} tasks, mean NSE over 1..d-1 examples: "
                      + ", ".join(f"{m} {v:.3f}" for m, v in h[f"f1_{task}"].items())
                      + f"; mixture - specialist {e['mean']:+.3f} [{e['lo']:+.3f}, {e['hi']:+.3f}]")
-    lines.append("  2. mixture's position between the specialists (0 = sparse, 1 = dense) by k: "
+    lines.append(f"{mark('f2')}2. mixture's position between the specialists (0 = sparse, 1 = dense) by k: "
                  + ", ".join(f"{k}: {v:.2f}" for k, v in h["f2_position"].items()))
-    lines.append("  3. dense+sine NSE by alpha (late window): "
+    lines.append(f"{mark('f3')}3. dense+sine NSE by alpha (late window): "
                  + ", ".join(f"{a:g}: {v:.3f}" for a, v in h["f3_mixture_nse"].items()))
     lines.append("     best specialist:                       "
                  + ", ".join(f"{a:g}: {v:.3f}" for a, v in h["f3_best_specialist_nse"].items()))
     for m, g in h["f4_groups"].items():
-        lines.append(f"  4. {m:>13} NSE below / inside / above the pretraining frequencies: "
+        lines.append(f"{mark('f4')}4. {m:>13} NSE below / inside / above the pretraining frequencies: "
                      f"{g['below']:.3f} / {g['inside']:.3f} / {g['above']:.3f}")
     for metric, views in [*h["bridge"].items(), *((f"{m}, final position", v)
                                                   for m, v in h["bridge_final_position"].items())]:
         for view, b in views.items():
-            lines.append(f"  bridge {metric} ({view}): pairs sharing a class {b['mean_sharing_a_class']:.3f}, "
+            above = (c or {}).get("alignment_above_floor", {}).get(metric.split(",")[0], {}).get("above", True)
+            flag = "  [not above the untrained floor] " if not above else "  "
+            lines.append(flag + f"bridge {metric} ({view}): pairs sharing a class {b['mean_sharing_a_class']:.3f}, "
                          f"sharing none {b['mean_sharing_none']:.3f}; Spearman vs overlap "
                          f"{b['spearman_vs_jaccard']:+.2f}, vs prediction distance "
                          f"{b['spearman_vs_prediction_distance']:+.2f}, model mean vs bank NSE "

@@ -19,11 +19,17 @@ Unit output variance
     f(x) = ⟨w, x⟩ with exactly k non-zero coefficients at k coordinates drawn uniformly without
     replacement, each N(0, 1/k). k is any of 1..d (the study pretrains on k = 2 of d = 20). Under a
     curriculum with d_eff < k, k_eff = d_eff.
+``dense(raw=1)``, ``sparse(k, raw=1)`` (unnormalised targets, Garg et al.'s scale)
+    w ~ N(0, I_{d_eff}) for dense, the k non-zeros N(0, 1) for sparse: output variance d_eff and k
+    instead of 1. Garg et al. (and the mixture study after them) do not normalise, so in their data
+    the output scale alone tells a dense function from a sparse one (variance 20 against 2 at
+    d = 20, k = 2); the unit-variance default removes that cue. Errors on these tasks are
+    normalised by :func:`output_variance` (Garg et al. divide by d).
 ``sine(lo, hi)``
     f(x) = √2 · sin(ω ⟨u, x⟩ + φ): u uniform on the unit sphere (so ⟨u, x⟩ ~ N(0, 1)), ω ~ U[lo, hi],
     φ ~ U[0, 2π). For any fixed ω, E_φ[sin²] = 1/2 and E_φ[sin] = 0, so the √2 makes the variance
     exactly 1. ``sine(lo=w, hi=w)`` fixes the frequency (the frequency scan).
-``combo(alpha, lo, hi)`` (evaluation only)
+``combo(alpha, lo, hi)`` (evaluation; trainable for finding 3's control, see ``COMBOS``)
     (α · f_dense + (1 − α) · f_sine(lo, hi)) / √(α² + (1 − α)²), both parts drawn independently: they
     are uncorrelated, so dividing by √(α² + (1 − α)²) restores unit variance. α = 1 is ``dense``,
     α = 0 is ``sine``.
@@ -67,12 +73,19 @@ class FunctionClass:
 
     @property
     def spec(self) -> str:
-        if not self.params:
+        shown = [(k, v) for k, v in self.params if (k, v) not in _HIDDEN_DEFAULTS]
+        if not shown:
             return self.name
-        return f"{self.name}(" + ",".join(f"{k}={_fmt(v)}" for k, v in self.params) + ")"
+        return f"{self.name}(" + ",".join(f"{k}={_fmt(v)}" for k, v in shown) + ")"
 
     def __str__(self) -> str:
         return self.spec
+
+    def output_variance(self, d_eff: int) -> float:
+        """E[f(x)²] at ``d_eff`` active coordinates: 1, except for the unnormalised classes."""
+        if self.param("raw", 0):
+            return float(d_eff) if self.name == "dense" else float(min(self.param("k"), d_eff))
+        return 1.0
 
     def check(self, d: int) -> None:
         """Raise ValueError when the class cannot live in dimension ``d``."""
@@ -83,10 +96,11 @@ class FunctionClass:
 
     def draw(self, count: int, d: int, d_eff: int, gen: torch.Generator) -> dict:
         """Parameters of ``count`` fresh functions on the first ``d_eff`` of ``d`` coordinates."""
+        scale = math.sqrt(self.output_variance(d_eff))   # 1 for the unit-variance classes
         if self.name == "dense":
-            return {"w": _dense_w(count, d, d_eff, gen)}
+            return {"w": _dense_w(count, d, d_eff, gen) * scale}
         if self.name == "sparse":
-            return {"w": _sparse_w(count, d, d_eff, min(self.param("k"), d_eff), gen)}
+            return {"w": _sparse_w(count, d, d_eff, min(self.param("k"), d_eff), gen) * scale}
         if self.name == "sine":
             return _sine_params(count, d, d_eff, self.param("lo"), self.param("hi"), gen)
         if self.name == "combo":
@@ -147,17 +161,23 @@ def _sine(p, xs):
     return math.sqrt(2.0) * torch.sin(p["omega"][:, None] * z + p["phase"][:, None])
 
 
+# finding 3's control: a model pretrained on the convex combinations themselves, α = 0, 0.1, …, 1
+COMBOS = " + ".join(f"{1 / 11!r}*combo(alpha={round(0.1 * i, 1)!r})" for i in range(11))
+
+
 # --- parsing ------------------------------------------------------------------------------------
 
 # name -> {parameter: (type, default)}
 CLASSES: dict[str, dict[str, tuple]] = {
-    "dense": {},
-    "sparse": {"k": (int, None)},
+    "dense": {"raw": (int, 0)},
+    "sparse": {"k": (int, None), "raw": (int, 0)},
     "sine": {"lo": (float, SINE_LO), "hi": (float, SINE_HI)},
     "combo": {"alpha": (float, None), "lo": (float, SINE_LO), "hi": (float, SINE_HI)},
     "relu": {"h": (int, 100)},
 }
-TRAINABLE = ("dense", "sparse", "sine", "relu")  # combo is for evaluation only
+# parameters left out of a spec string at their default (added after specs were in use: old
+# checkpoints and evaluation banks, whose seeds hash the spec, keep their spec)
+_HIDDEN_DEFAULTS = {("raw", 0)}
 
 _CLASS_RE = re.compile(r"^\s*([A-Za-z_]+)\s*(?:\((.*)\))?\s*$")
 
@@ -196,6 +216,8 @@ def parse_class(text: str | FunctionClass) -> FunctionClass:
 
 
 def _check_values(name, p, text):
+    if p.get("raw", 0) not in (0, 1):
+        raise ValueError(f"{text!r}: raw is 0 (unit output variance) or 1 (Garg et al.'s unnormalised scale)")
     if name == "sparse" and p["k"] < 1:
         raise ValueError(f"{text!r}: k must be at least 1")
     if name in ("sine", "combo") and not 0 <= p["lo"] <= p["hi"]:
@@ -231,11 +253,13 @@ class Mixture:
     def __str__(self) -> str:
         return self.spec
 
-    def check(self, d: int, *, training: bool = False) -> None:
+    def output_variance(self, d: int) -> float:
+        """The mixture's E[f(x)²] at d active coordinates (the weights' average of its classes')."""
+        return sum(w * c.output_variance(d) for c, w in zip(self.classes, self.weights))
+
+    def check(self, d: int) -> None:
         for c in self.classes:
             c.check(d)
-            if training and c.name not in TRAINABLE:
-                raise ValueError(f"{c.spec} is an evaluation-only class; pretrain on {', '.join(TRAINABLE)}")
 
     def sample(self, batch: int, n_points: int, d: int, gen: torch.Generator, *, d_eff: int | None = None):
         """``batch`` sequences of ``n_points`` (x, y) pairs: xs (B, n, d), ys (B, n), class index (B,)."""

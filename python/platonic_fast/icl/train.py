@@ -16,6 +16,13 @@ Checkpoints
     steps and at the end: the model, Adam's state, the data generator's state, the step, the loss
     history and both configurations (in the metadata). Running the same training again resumes
     from it; the result equals an uninterrupted run bit for bit on the same device and threads.
+Snapshots
+    ``snapshots`` lists steps at which the weights alone (no optimizer) are also written to
+    ``<out>/snapshots/step-NNNNNN.safetensors``: the capability family of one run, for the
+    convergence study. A save also happens every ``save_seconds`` of wall time.
+Stopping
+    SIGTERM or SIGINT during :func:`train` (when called from the main thread) ends the run after the
+    current step, checkpoint written; running the same command again resumes.
 Precision
     float32 on the CPU (``threads`` sets torch's intra-op threads); on CUDA the forward pass runs
     under bfloat16 autocast, parameters and Adam's state stay float32.
@@ -65,8 +72,11 @@ class TrainConfig:
     curriculum: Curriculum | None = None
     save_every: int = 500
     log_every: int = 50        # loss history granularity
+    save_seconds: float | None = None  # also checkpoint when this long has passed since the last save
+    snapshots: tuple = ()      # steps whose weights are kept apart (<out>/snapshots/step-NNNNNN.safetensors)
 
     def __post_init__(self):
+        object.__setattr__(self, "snapshots", tuple(int(v) for v in self.snapshots))
         if isinstance(self.curriculum, dict):
             object.__setattr__(self, "curriculum", Curriculum(**self.curriculum))
         object.__setattr__(self, "mixture", parse_mixture(self.mixture).spec)
@@ -80,7 +90,7 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.schedule must be 'constant' or 'cosine', got {self.schedule!r}")
 
     def check(self, model: ModelConfig) -> None:
-        parse_mixture(self.mixture).check(model.d, training=True)
+        parse_mixture(self.mixture).check(model.d)
         c = self.curriculum
         if c is not None:
             if not 1 <= c.d_start <= model.d:
@@ -102,7 +112,7 @@ class TrainConfig:
         return asdict(self)
 
     # settings that may change between an interrupted run and its continuation
-    RESUMABLE = ("steps", "save_every")
+    RESUMABLE = ("steps", "save_every", "save_seconds", "snapshots")
 
 
 @dataclass
@@ -126,10 +136,12 @@ def resolve_device(device=None) -> torch.device:
 
 def train(model_config: ModelConfig, train_config: TrainConfig, out=None, *, device=None, threads: int | None = None,
           progress: bool = True, stop_at: int | None = None, desc: str | None = None,
-          position: int = 0) -> TrainResult:
+          position: int = 0, report=None) -> TrainResult:
     """Train (or resume) one model; ``out`` holds its checkpoint (None: keep nothing on disk).
 
     ``stop_at`` ends the run after that step, checkpoint written, as an interruption would.
+    ``report`` (a callable taking one line of text) hears of every checkpoint written: step, loss,
+    seconds per step (a log file's view of the progress bar).
     """
     from tqdm.auto import tqdm
 
@@ -147,13 +159,14 @@ def train(model_config: ModelConfig, train_config: TrainConfig, out=None, *, dev
         step, history, window = _restore(path, model, opt, gen, model_config, train_config, dev)
     resumed_from = step
     end = train_config.steps if stop_at is None else min(stop_at, train_config.steps)
-    t0 = time.perf_counter()
+    t0 = last_save = time.perf_counter()
+    stop = _StopFlag(path is not None)
     bar = tqdm(total=train_config.steps, initial=step, desc=desc or train_config.mixture, disable=not progress,
                position=position, leave=True, dynamic_ncols=True)
     running = sum(window) / len(window) if window else None
     model.train()
     try:
-        while step < end:
+        while step < end and not stop.raised:
             d_eff, n_eff = (model_config.d, model_config.n_points) if train_config.curriculum is None else \
                 train_config.curriculum.at(step, model_config.d, model_config.n_points)
             xs, ys, _ = mixture.sample(train_config.batch_size, n_eff, model_config.d, gen, d_eff=d_eff)
@@ -178,13 +191,50 @@ def train(model_config: ModelConfig, train_config: TrainConfig, out=None, *, dev
             if step % 10 == 0 or step == end:
                 bar.set_postfix(loss=f"{running:.4f}", d=d_eff, n=n_eff, refresh=False)
             bar.update(1)
-            if path is not None and (step % train_config.save_every == 0 or step == end):
+            if path is not None and step in train_config.snapshots:
+                save_weights(path.parent / "snapshots" / f"step-{step:06d}.safetensors", model, model_config,
+                             train_config, step, history)
+            timed = (train_config.save_seconds is not None
+                     and time.perf_counter() - last_save >= train_config.save_seconds)
+            if path is not None and (step % train_config.save_every == 0 or step == end or timed or stop.raised):
                 save_checkpoint(path, model, opt, gen, model_config, train_config, step, history, window)
+                now = time.perf_counter()
+                if report is not None:
+                    report(f"step {step}/{train_config.steps} loss {running:.4f} d={d_eff} n={n_eff} "
+                           f"{(now - t0) / max(step - resumed_from, 1):.3f} s/step"
+                           + (" (stopping on a signal)" if stop.raised else ""))
+                last_save = now
     finally:
+        stop.restore()
         bar.close()
     model.eval()
     return TrainResult(model=model, step=step, history=history, path=path, seconds=time.perf_counter() - t0,
                        resumed_from=resumed_from)
+
+
+class _StopFlag:
+    """SIGTERM / SIGINT set a flag the training loop reads after each step (save, then return)."""
+
+    def __init__(self, active: bool):
+        import signal
+        import threading
+
+        self.raised = False
+        self._old = {}
+        if not active or threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.raised = True
+
+    def restore(self):
+        import signal
+
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
 
 
 # --- checkpoints --------------------------------------------------------------------------------
@@ -203,6 +253,18 @@ def save_checkpoint(path, model, opt, gen, model_config, train_config, step, his
             "history": json.dumps(history), "window": json.dumps(list(window)),
             "optim_groups": json.dumps(sd["param_groups"]),
             "complete": "1" if step >= train_config.steps else "0"}
+    return write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def save_weights(path, model, model_config, train_config, step, history) -> Path:
+    """The model's weights alone (a snapshot), readable by :func:`load_model`."""
+    from safetensors.torch import save_file
+
+    tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = {"format": FORMAT, "model_config": json.dumps(model_config.as_dict()),
+            "train_config": json.dumps(train_config.as_dict()), "step": str(step),
+            "history": json.dumps(history), "complete": "1" if step >= train_config.steps else "0", "weights_only": "1"}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     return write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
