@@ -426,8 +426,9 @@ def test_torchrun_measure_equals_one_process_and_resumes(tmp_path):
 
 def test_torchrun_refuses_what_is_not_sharded(monkeypatch, capsys):
     """Under torchrun only `measure` runs, without confidence intervals or --out-of-core."""
+    from platonic_fast.__main__ import run as run_cli
     from platonic_fast.distributed._comm import Comm
-    from platonic_fast.distributed._sweep import SweepShard, run_cli
+    from platonic_fast.distributed._sweep import SweepShard
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert run_cli(["env"]) == 2

@@ -7,7 +7,9 @@ import os
 import sys
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, shard=None) -> int:
+    """The command line; ``shard``: the torchrun process group ``measure`` runs over
+    (:mod:`platonic_fast.__main__`)."""
     # --debug is accepted before or after the command (SUPPRESS: the command's parser must not
     # reset a value given before it).
     debug_parent = argparse.ArgumentParser(add_help=False)
@@ -153,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     # One line per error, never a traceback (unless --debug): exit 2 for a bad option or input,
     # 1 for a failure while running, 130 for Ctrl-C (finished work is kept; rerun to resume).
     try:
-        return _dispatch(parser, args) or 0
+        return _dispatch(parser, args, shard) or 0
     except KeyboardInterrupt:
         if debug:
             raise
@@ -181,7 +183,7 @@ def _described(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _dispatch(parser, args) -> int:
+def _dispatch(parser, args, shard=None) -> int:
     if args.command == "demo":
         from .demo import run
 
@@ -219,7 +221,7 @@ def _dispatch(parser, args) -> int:
                                ci_repeats=args.ci_repeats, ci_level=args.ci_level, ci_method=args.ci_method,
                                backend=args.backend, device=args.device, set_names=(args.name_x, args.name_y),
                                auto_scale=args.auto_scale, n_grid=args.n_grid, n_grid_seed=args.n_grid_seed,
-                               out_of_core=args.out_of_core, **options)
+                               out_of_core=args.out_of_core, shard=shard, **options)
         except (ValueError, TypeError, OSError, OutputFolderLocked) as exc:
             parser.exit(2, f"platonic-fast measure: error: {_one_line(exc)}\n")
         _warn_unchecked_pairing(args.x, args.against)  # beside the results (errors above stay one line)
