@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+EXIT_IO_ERROR = 74  # sysexits.h EX_IOERR: an output file could not be written
+
 
 def main(argv: list[str] | None = None, shard=None) -> int:
     """The command line; ``shard``: the torchrun process group ``measure`` runs over
@@ -151,11 +153,18 @@ def main(argv: list[str] | None = None, shard=None) -> int:
     debug = bool(getattr(args, "debug", False)) or os.environ.get("PLATONIC_FAST_DEBUG", "") not in ("", "0")
     args.debug = debug
     from .features._cli import UsageError
+    from .files import OutputWriteError
 
     # One line per error, never a traceback (unless --debug): exit 2 for a bad option or input,
-    # 1 for a failure while running, 130 for Ctrl-C (finished work is kept; rerun to resume).
+    # 74 (sysexits' EX_IOERR) when a result cannot be written (a full disk, a read-only folder),
+    # 1 for another failure while running, 130 for Ctrl-C (finished work is kept; rerun to resume).
     try:
         return _dispatch(parser, args, shard) or 0
+    except OutputWriteError as exc:
+        if debug:
+            raise
+        print(f"platonic-fast {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_IO_ERROR
     except KeyboardInterrupt:
         if debug:
             raise
@@ -209,6 +218,7 @@ def _dispatch(parser, args, shard=None) -> int:
     elif args.command == "report":
         return _report(parser, args)
     elif args.command == "measure":
+        from .files import OutputWriteError
         from .sweep import OutputFolderLocked, format_n_grid_table, format_table, measure_sets
 
         try:
@@ -222,6 +232,8 @@ def _dispatch(parser, args, shard=None) -> int:
                                backend=args.backend, device=args.device, set_names=(args.name_x, args.name_y),
                                auto_scale=args.auto_scale, n_grid=args.n_grid, n_grid_seed=args.n_grid_seed,
                                out_of_core=args.out_of_core, shard=shard, **options)
+        except OutputWriteError:
+            raise
         except (ValueError, TypeError, OSError, OutputFolderLocked) as exc:
             parser.exit(2, f"platonic-fast measure: error: {_one_line(exc)}\n")
         _warn_unchecked_pairing(args.x, args.against)  # beside the results (errors above stay one line)
@@ -263,11 +275,14 @@ def _n_grid(text: str) -> list[int]:
 
 def _report(parser, args) -> int:
     """``platonic-fast report``: the correlations as a table, then the files written."""
+    from .files import OutputWriteError
     from .report import report
 
     try:
         out = report(args.sweep_dir, args.capability, reference_set=args.reference_set, topk=args.topk,
                      out_dir=args.out, plot=not args.no_plot)
+    except OutputWriteError:
+        raise
     except (ValueError, OSError) as exc:
         parser.exit(2, f"platonic-fast report: error: {_one_line(exc)}\n")
     ref, subj = out["reference_set"], out["subject_set"]

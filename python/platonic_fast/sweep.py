@@ -1,5 +1,8 @@
 """Model-set sweeps: every model of one set against every model of another.
 
+(Over 600 lines because :func:`measure_sets`' docstring and this one are the reference for every
+option and every file a sweep writes; the work itself lives in the modules named below.)
+
 This is the paper's measurement loop (``measure_alignment.py`` in the reference): for each pair
 of models, the best layer pair and its score. Each model's layers are clamped, normalised and
 prepared once (neighbour lists, kernel statistics, ...) and reused against every other model.
@@ -49,8 +52,9 @@ Results (``<out>/``), all written atomically:
   matrices are repeated at the top level; ``checksum`` (sha256 of the rest). With ``n_grid``
   everything above is of the largest subset size, and ``n_grid`` holds ``n`` (the sizes),
   ``seed``, ``order`` (how subsets are drawn) and ``results``, per topk: ``topk``, ``n``,
-  (G, Mx, My) ``scores``, ``chance``, (G, Mx, My, 2) ``best_layers``, with permutations ``calibrated``/``p_value``, with intervals
-  ``ci_low``/``ci_high``, and ``curves`` (the model pairs plotted: ``x``, ``y``, ``i``, ``j``).
+  (G, Mx, My) ``scores``, ``chance``, (G, Mx, My, 2) ``best_layers``, with permutations
+  ``calibrated``/``p_value``, with intervals ``ci_low``/``ci_high``, and ``curves`` (the model
+  pairs plotted: ``x``, ``y``, ``i``, ``j``).
 - ``scores.npz``: ``models_x``, ``models_y``, ``topk``, ``metric``, ``settings`` (JSON),
   ``summary_checksum`` (scores.json's ``checksum``: the two are one unit, :func:`read_summary`)
   and per topk (prefix ``k<topk>_``; none for metrics without topk) ``scores``, ``best_layers``,
@@ -450,9 +454,21 @@ def check_request(metric: str, topk=10, *, backend: str = "auto", device=None, p
     if spec.takes_topk:
         probe["topk"] = topks[-1]
     big = 1 << 40  # any N and width: only the data-independent checks can fail here
-    spec.check_options(big, (big, big), probe)
+    try:
+        spec.check_options(big, (big, big), probe)
+    except (ValueError, TypeError) as e:
+        if str(big) not in str(e):
+            raise
+        # a range that depends on the data (topk < N, cca_dim <= N and the widths): checked,
+        # with the files' real sizes, once their headers are read
+    if "rbf_sigma" in metric_options and metric_options.get("kernel_metric", "ip") != "rbf":
+        raise ValueError("rbf_sigma (--sigma) is the width of the RBF kernel; it does nothing with the linear "
+                         "kernel: add kernel_metric='rbf' (--kernel rbf) or leave it out")
     if permutations is not None:
         check_permutation_count(permutations)
+        if permutations > MAX_PERMUTATIONS:
+            raise ValueError(f"permutations (--permutations) must be at most {MAX_PERMUTATIONS:,} (p-values to "
+                             f"1e-6; each permutation rescores every layer pair), got {permutations!r}")
         check_alpha(alpha)
     if permutations is not None or ci_repeats is not None:
         _check_seed(seed)
@@ -467,18 +483,20 @@ def check_request(metric: str, topk=10, *, backend: str = "auto", device=None, p
     return topks, _check_device(device)
 
 
+MAX_PERMUTATIONS = 1_000_000
 CI_FRACTION = 0.5  # subsamples of half the samples: the rescaling factor sqrt(m / (N - m)) is 1
 
 
 def _check_ci_fits(metric: str, inputs: dict, opts_by_k: dict) -> None:
     """The options must hold on subsamples too (topk < m, cca_dim <= m, m >= 4 for unbiased HSIC)."""
-    from .uncertainty import subsample_size
+    from .uncertainty import check_unsaturated, subsample_size
 
     n = inputs["n"]
     m = subsample_size(n, CI_FRACTION)
     for opts in opts_by_k.values():
         try:
-            metric_spec(metric).check_options(m, (min(inputs["widths"]),) * 2, opts)
+            check_unsaturated(metric_spec(metric), m, metric_spec(metric).check_options(m, (min(inputs["widths"]),) * 2,
+                                                                                         opts))
         except (ValueError, TypeError) as e:
             raise ValueError(f"confidence intervals score subsamples of m={m} of the N={n} samples, too few for "
                              f"these options: {e}") from None
