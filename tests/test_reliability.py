@@ -90,8 +90,8 @@ def test_an_edited_record_is_recomputed(tmp_path, edit, resign):
 def test_a_record_for_other_layer_counts_is_recomputed(tmp_path):
     """Models re-extracted with other layers under the same fingerprint key must not reuse a
     record of another grid shape (the schema check, not only the key)."""
-    from platonic_fast.sweep_records import read_record, record_key
     from platonic_fast.files import with_checksum
+    from platonic_fast.sweep_records import read_record, record_key
 
     settings = {"metric": "mutual_knn", "concat": False, "permutations": None, "ci": None}
     key = record_key(("a", "b"), ("sha256:x", "sha256:y"), settings, "v")
