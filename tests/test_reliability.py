@@ -270,3 +270,38 @@ def test_saturated_interval_is_refused_by_a_sweep(tmp_path):
     with pytest.raises(ValueError, match="zero width"):
         sweep.measure_sets(folder, metric="mutual_knn", topk=N // 2 - 1, ci_repeats=4, out_dir=tmp_path / "o",
                            progress=False)
+
+
+# --- kills between every pair of writes ------------------------------------------------------------
+
+_KILL_AFTER = """
+import os, sys
+from platonic_fast import files, sweep
+real, count = files.os.replace, [0]
+def replace(src, dst):
+    real(src, dst)
+    count[0] += 1
+    if count[0] == int(sys.argv[3]):
+        os._exit(9)  # SIGKILL-like: no cleanup, no finally
+files.os.replace = replace
+sweep.measure_sets(sys.argv[1], metric="cknna", topk=3, out_dir=sys.argv[2], progress=False)
+"""
+
+
+@pytest.mark.slow
+def test_a_kill_after_every_write_resumes_to_the_same_files(tmp_path):
+    """Killed after the 1st, 2nd, ... write (records, npz, JSON, heat map), the same command
+    gives byte-identical scores.json and scores.npz to an uninterrupted run."""
+    folder = _folder(tmp_path / "f", seeds=(0, 1))
+    clean = tmp_path / "clean"
+    sweep.measure_sets(folder, metric="cknna", topk=3, out_dir=clean, progress=False)
+    writes = len(list((clean / "pairs").glob("*.json"))) + 2  # records, npz, json (the heat map is last)
+    for i in range(1, writes + 1):
+        out = tmp_path / f"k{i}"
+        proc = subprocess.run([sys.executable, "-c", _KILL_AFTER, str(folder), str(out), str(i)],
+                              capture_output=True, timeout=300)
+        assert proc.returncode == 9, proc.stderr.decode()[-2000:]
+        sweep.measure_sets(folder, metric="cknna", topk=3, out_dir=out, progress=False)
+        for name in ("scores.json", "scores.npz"):
+            assert (out / name).read_bytes() == (clean / name).read_bytes(), (i, name)
+        assert not [p for p in out.rglob("*.tmp")], i

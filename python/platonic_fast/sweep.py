@@ -93,7 +93,7 @@ from .features.inputs import (  # noqa: F401 - re-exported
     model_info,
     read_inputs,
 )
-from .files import LOCK_NAME, OutputFolderLocked, check_out_dir, lock_folder  # noqa: F401 - re-exported
+from .files import LOCK_NAME, OutputFolderLocked, check_out_dir, clean_stale_temporaries, lock_folder  # noqa: F401
 from .metrics import metric_spec
 from .sweep_records import jsonable, matrix, mirrored, read_record, record_key, record_name, record_path, write_record  # noqa: F401
 from .sweep_sources import choose_out_of_core, choose_source
@@ -563,6 +563,9 @@ def _sweep(files_x, files_y, symmetric, out, settings, opts_by_n, inputs, device
     """The body of :func:`measure_sets`, run while holding the output folder's lock: the sweep at
     every sample count (one without ``n_grid``), then the summary."""
     grid = inputs["n_grid"]
+    if inputs.get("shard") is None or inputs["shard"].writer:  # what killed writers left (their PIDs are gone)
+        for folder in (out, out / "pairs"):
+            clean_stale_temporaries(folder)
     sizes = list(opts_by_n)
     topks = list(opts_by_n[sizes[-1]])
     pairs = [(i, j) for i in range(len(files_x)) for j in range(len(files_y)) if not (symmetric and j < i)]

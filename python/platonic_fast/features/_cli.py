@@ -175,8 +175,9 @@ def run_extract(args) -> int:
 
 
 def _run_locked(jobs, samples, out: Path, args, opts: dict) -> int:
-    from ..files import OutputWriteError
+    from ..files import OutputWriteError, clean_stale_temporaries
 
+    clean_stale_temporaries(out)  # what killed runs left (their PIDs are gone)
     plan = _plan(jobs, samples, out, args)
     if args.no_progress:
         _quiet_progress()
