@@ -297,7 +297,42 @@ def cuda(rank: int, world: int) -> dict:
     return out
 
 
-CASES = {"battery": battery, "failures": failures, "dies": dies, "stalls": stalls, "cuda": cuda}
+def inputs(rank: int, world: int) -> dict:
+    """A sharded sweep where each rank reads its own copy of the files (as on separate nodes):
+    the same copies score as one process; a copy with other content, other N, or damaged bytes
+    under an intact header stops every rank before anything is scored."""
+    from pathlib import Path
+
+    from platonic_fast.distributed._comm import Comm
+    from platonic_fast.distributed._sweep import SweepShard
+    from platonic_fast.features import Features
+    from platonic_fast.sweep import measure_sets
+
+    base = Path(os.environ["PF_TEST_OUT"]) / f"rank{rank}"
+    shard = SweepShard(Comm())
+    out = {}
+    for variant in ("same", "content", "n", "damaged"):
+        folder = base / variant
+        folder.mkdir(parents=True)
+        for m in range(2):
+            seed = m + (100 if variant == "content" and rank == 1 and m == 1 else 0)
+            n = 40 + (2 if variant == "n" and rank == 1 else 0)
+            feats = torch.randn(n, 2, 6, generator=torch.Generator().manual_seed(seed))
+            path = Features(feats, None, {"model": f"m{m}"}).save(folder / f"m{m}.safetensors")
+            if variant == "damaged" and rank == 1 and m == 0:
+                data = bytearray(path.read_bytes())
+                data[-5] ^= 0xFF  # a tensor byte: the header (and its stored checksum) unchanged
+                path.write_bytes(bytes(data))
+        try:
+            res = measure_sets(folder, metric="mutual_knn", topk=5, out_dir=base / f"out-{variant}", progress=False,
+                               shard=shard)
+            out[variant] = {"scores": res.scores}
+        except Exception as e:  # noqa: BLE001
+            out[variant] = {"error": f"{type(e).__name__}: {e}"}
+    return out
+
+
+CASES = {"battery": battery, "inputs": inputs, "failures": failures, "dies": dies, "stalls": stalls, "cuda": cuda}
 
 
 def main(argv: list[str]) -> int:

@@ -519,3 +519,36 @@ def test_no_progress_prints_no_bars(root, capsys, tmp_path):
     code, _, err = run(capsys, "extract", root / "models/tiny-gpt2", "--texts", root / "caps.txt", "--limit", "4",
                        "--out", tmp_path / "f", "--no-progress")
     assert code == 0 and "it/s" not in err and "%|" not in err
+
+
+# --- issue 22: a lock, a manifest that cannot go stale, an empty NAME= ------------------------------
+
+
+def test_extract_locks_its_output_folder(root, capsys):
+    from platonic_fast.files import lock_folder
+
+    out = root / "locked"
+    with lock_folder(out):  # another run holds the folder
+        code, _, err = run(capsys, "extract", root / "models/tiny-gpt2", "--texts", root / "caps.txt",
+                           "--out", out, "--no-progress")
+    assert code == 2 and "in use by another extract run" in err
+    assert not list(out.glob("*.safetensors"))
+
+
+def test_stale_manifest_after_an_interrupt_is_rewritten(root, capsys):
+    out = "feats_manifest"
+    extract(capsys, root, root / "models/tiny-gpt2", "--texts", root / "caps.txt", out=out)
+    manifest = root / out / "tiny-gpt2_pool-avg.samples.json"
+    good = manifest.read_text()
+    stale = json.loads(good)
+    stale["ids"] = stale["ids"][::-1]  # a kill between the features' rename and the manifest's
+    manifest.write_text(json.dumps(stale))
+    o = extract(capsys, root, root / "models/tiny-gpt2", "--texts", root / "caps.txt", out=out)
+    assert "skipped" in o and "written again" in o
+    assert json.loads(manifest.read_text()) == json.loads(good)
+
+
+def test_empty_name_is_a_usage_error(root, capsys):
+    code, _, err = run(capsys, "extract", "tiny=", "--texts", root / "caps.txt", "--out", root / "x",
+                       "--no-progress")
+    assert code == 2 and "names no model" in err

@@ -41,7 +41,7 @@ def run_group(tmp_path, world: int, case: str, *, timeout: float = GROUP_TIMEOUT
     out = tmp_path / f"{case}-{world}"
     out.mkdir()
     store = tmp_path / f"store-{case}-{world}"
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore", PF_TEST_OUT=str(out))
     logs = [open(out / f"log{r}.txt", "wb") for r in range(world)]  # files: a full pipe cannot block a rank
     procs = [subprocess.Popen([sys.executable, WORKER, str(r), str(world), str(store), case, str(out)],
                               stdout=log, stderr=subprocess.STDOUT, env=env) for r, log in enumerate(logs)]
@@ -426,8 +426,9 @@ def test_torchrun_measure_equals_one_process_and_resumes(tmp_path):
 
 def test_torchrun_refuses_what_is_not_sharded(monkeypatch, capsys):
     """Under torchrun only `measure` runs, without confidence intervals or --out-of-core."""
+    from platonic_fast.__main__ import run as run_cli
     from platonic_fast.distributed._comm import Comm
-    from platonic_fast.distributed._sweep import SweepShard, run_cli
+    from platonic_fast.distributed._sweep import SweepShard
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert run_cli(["env"]) == 2
@@ -440,3 +441,29 @@ def test_torchrun_refuses_what_is_not_sharded(monkeypatch, capsys):
     inputs = {"out_of_core": True}
     shard.check({"ci": None}, inputs, None)
     assert inputs["out_of_core"] is False
+
+
+@pytest.mark.slow
+def test_ranks_that_read_different_inputs_stop_before_scoring(tmp_path):
+    """Issue 22 item 1: each rank its own copy of the files. Equal copies score as one process;
+    a copy with other content, other N or damaged data (header intact) stops every rank."""
+    from platonic_fast.features import Features
+    from platonic_fast.sweep import measure_sets
+
+    results = run_group(tmp_path, 2, "inputs")
+    one = tmp_path / "one"
+    one.mkdir()
+    for m in range(2):
+        Features(torch.randn(40, 2, 6, generator=torch.Generator().manual_seed(m)), None,
+                 {"model": f"m{m}"}).save(one / f"m{m}.safetensors")
+    ref = measure_sets(one, metric="mutual_knn", topk=5, out_dir=tmp_path / "one-out", progress=False)
+    for r in range(2):
+        got = results[r]
+        assert "error" not in got["same"], got["same"]
+        assert np.allclose(got["same"]["scores"], ref.scores, atol=1e-12)
+        assert "different feature files" in got["content"]["error"]
+        assert "different feature files" in got["n"]["error"]
+        assert "fails verification" in got["damaged"]["error"] or "rank 1" in got["damaged"]["error"]
+        assert not (tmp_path / "inputs-2" / "rank0" / "out-content" / "pairs").exists()
+    assert "m1.safetensors differs in its fingerprint" in results[1]["content"]["error"]
+    assert "N=42" in results[1]["n"]["error"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import platonic_fast as pf
-from platonic_fast import sweep
+from platonic_fast import sweep, sweep_sources
 from platonic_fast.cli import main as cli_main
 
 N = 96
@@ -238,7 +238,7 @@ def test_bad_calibration_options_fail_before_loading(model_files, tmp_path, monk
     def no_loading(*args, **kwargs):
         raise AssertionError("a feature file was loaded")
 
-    monkeypatch.setattr(sweep, "_load_layers", no_loading)
+    monkeypatch.setattr(sweep_sources, "load_layers", no_loading)
     for kw, match in (({"permutations": 0}, "permutations"), ({"permutations": 10, "alpha": 1.5}, "alpha"),
                       ({"permutations": 10, "seed": -1}, "seed"), ({"permutations": 2.5}, "permutations")):
         with pytest.raises(ValueError, match=match):
@@ -265,13 +265,13 @@ def test_cli_measure_with_permutations(model_files, tmp_path, capsys):
 def test_several_topk_equal_separate_runs(model_files, tmp_path, monkeypatch, metric):
     folder, _ = model_files
     prepares = {"n": 0}
-    real = sweep.prepare_states
+    real = sweep_sources.prepare_states
 
     def counting(layers, *args, **kwargs):
         prepares["n"] += 1
         return real(layers, *args, **kwargs)
 
-    monkeypatch.setattr(sweep, "prepare_states", counting)
+    monkeypatch.setattr(sweep_sources, "prepare_states", counting)
     kw = dict(metric=metric, progress=False, permutations=9, seed=5)
     multi = sweep.measure_sets(folder, topk=[8, 3, 5, 8], out_dir=tmp_path / "multi", **kw)
     assert prepares["n"] == 3  # one preparation per model, at the largest k
@@ -335,7 +335,7 @@ def test_bad_options_fail_before_loading(model_files, tmp_path, monkeypatch, kw,
         raise AssertionError("a feature file was read")
 
     monkeypatch.setattr(features, "load", no_loading)
-    monkeypatch.setattr(sweep, "_load_layers", no_loading)
+    monkeypatch.setattr(sweep_sources, "load_layers", no_loading)
     monkeypatch.setattr(sweep, "feature_files", no_loading)
     with pytest.raises((ValueError, TypeError), match=match):
         sweep.measure_sets(folder, out_dir=tmp_path / "o", progress=False, **kw)
@@ -350,7 +350,7 @@ def test_cuda_device_without_cuda(model_files, tmp_path):
 
 def test_options_that_do_not_fit_the_data_fail_before_scoring(model_files, tmp_path, monkeypatch):
     folder, _ = model_files
-    monkeypatch.setattr(sweep, "_load_layers", lambda *a, **k: pytest.fail("loaded for scoring"))
+    monkeypatch.setattr(sweep_sources, "load_layers", lambda *a, **k: pytest.fail("loaded for scoring"))
     with pytest.raises(ValueError, match=r"topk.*N=96"):
         sweep.measure_sets(folder, topk=[5, 96], out_dir=tmp_path / "o", progress=False)
     with pytest.raises(ValueError, match="cca_dim"):  # gamma is 32 wide, beta 16

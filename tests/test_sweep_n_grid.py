@@ -115,7 +115,7 @@ def test_permutations_and_intervals_per_n(folder, tmp_path):
 
 
 def test_bad_grids(folder, tmp_path, monkeypatch):
-    monkeypatch.setattr(sweep, "_read_inputs", lambda *a: pytest.fail("read the files before checking options"))
+    monkeypatch.setattr(sweep, "read_inputs", lambda *a: pytest.fail("read the files before checking options"))
     for bad, match in (([], "at least one"), ([1000, 1], ">= 2"), (["10"], ">= 2"), ("100", "list"),
                        ([10.5], ">= 2")):
         with pytest.raises((ValueError, TypeError), match=match):

@@ -6,8 +6,12 @@ import argparse
 import os
 import sys
 
+EXIT_IO_ERROR = 74  # sysexits.h EX_IOERR: an output file could not be written
 
-def main(argv: list[str] | None = None) -> int:
+
+def main(argv: list[str] | None = None, shard=None) -> int:
+    """The command line; ``shard``: the torchrun process group ``measure`` runs over
+    (:mod:`platonic_fast.__main__`)."""
     # --debug is accepted before or after the command (SUPPRESS: the command's parser must not
     # reset a value given before it).
     debug_parent = argparse.ArgumentParser(add_help=False)
@@ -149,11 +153,18 @@ def main(argv: list[str] | None = None) -> int:
     debug = bool(getattr(args, "debug", False)) or os.environ.get("PLATONIC_FAST_DEBUG", "") not in ("", "0")
     args.debug = debug
     from .features._cli import UsageError
+    from .files import OutputWriteError
 
     # One line per error, never a traceback (unless --debug): exit 2 for a bad option or input,
-    # 1 for a failure while running, 130 for Ctrl-C (finished work is kept; rerun to resume).
+    # 74 (sysexits' EX_IOERR) when a result cannot be written (a full disk, a read-only folder),
+    # 1 for another failure while running, 130 for Ctrl-C (finished work is kept; rerun to resume).
     try:
-        return _dispatch(parser, args) or 0
+        return _dispatch(parser, args, shard) or 0
+    except OutputWriteError as exc:
+        if debug:
+            raise
+        print(f"platonic-fast {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_IO_ERROR
     except KeyboardInterrupt:
         if debug:
             raise
@@ -181,7 +192,7 @@ def _described(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _dispatch(parser, args) -> int:
+def _dispatch(parser, args, shard=None) -> int:
     if args.command == "demo":
         from .demo import run
 
@@ -207,6 +218,7 @@ def _dispatch(parser, args) -> int:
     elif args.command == "report":
         return _report(parser, args)
     elif args.command == "measure":
+        from .files import OutputWriteError
         from .sweep import OutputFolderLocked, format_n_grid_table, format_table, measure_sets
 
         try:
@@ -219,7 +231,9 @@ def _dispatch(parser, args) -> int:
                                ci_repeats=args.ci_repeats, ci_level=args.ci_level, ci_method=args.ci_method,
                                backend=args.backend, device=args.device, set_names=(args.name_x, args.name_y),
                                auto_scale=args.auto_scale, n_grid=args.n_grid, n_grid_seed=args.n_grid_seed,
-                               out_of_core=args.out_of_core, **options)
+                               out_of_core=args.out_of_core, shard=shard, **options)
+        except OutputWriteError:
+            raise
         except (ValueError, TypeError, OSError, OutputFolderLocked) as exc:
             parser.exit(2, f"platonic-fast measure: error: {_one_line(exc)}\n")
         _warn_unchecked_pairing(args.x, args.against)  # beside the results (errors above stay one line)
@@ -261,11 +275,14 @@ def _n_grid(text: str) -> list[int]:
 
 def _report(parser, args) -> int:
     """``platonic-fast report``: the correlations as a table, then the files written."""
+    from .files import OutputWriteError
     from .report import report
 
     try:
         out = report(args.sweep_dir, args.capability, reference_set=args.reference_set, topk=args.topk,
                      out_dir=args.out, plot=not args.no_plot)
+    except OutputWriteError:
+        raise
     except (ValueError, OSError) as exc:
         parser.exit(2, f"platonic-fast report: error: {_one_line(exc)}\n")
     ref, subj = out["reference_set"], out["subject_set"]

@@ -105,7 +105,7 @@ def report(sweep_dir: str | os.PathLike, capability: str | os.PathLike | None = 
     ref, subj = _sides(summary, reference_set)
     names = {"x": summary["models_x"], "y": summary["models_y"]}
     infos = _model_infos(summary)
-    same_set = names["x"] == names["y"]
+    same_set = _same_set(summary)
     table_columns, table = ([], {}) if capability is None else read_capability(capability)
     matched, unmatched = _match_table(infos[subj], table)
 
@@ -168,22 +168,19 @@ def report(sweep_dir: str | os.PathLike, capability: str | os.PathLike | None = 
 
 
 def load_summary(sweep_dir: str | os.PathLike) -> dict:
-    """A sweep folder's ``scores.json``, checked to be one this library wrote (format 2)."""
-    path = Path(sweep_dir)
-    if not path.is_dir():
-        raise ValueError(f"{path} is not a folder; give the output folder of platonic-fast measure")
-    file = path / "scores.json"
-    try:
-        summary = json.loads(file.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{path} holds no scores.json; give the output folder of platonic-fast measure") from None
-    except (OSError, ValueError, RecursionError) as e:
-        raise ValueError(f"{file} cannot be read as JSON ({e}); run platonic-fast measure again") from None
-    if not isinstance(summary, dict) or summary.get("format") != "platonic_fast.sweep" \
-            or not isinstance(summary.get("results"), list) or not summary["results"]:
-        raise ValueError(f"{file} was not written by this version's platonic-fast measure (no format 2 "
-                         "results); run platonic-fast measure again into that folder (finished pairs are reused)")
-    return summary
+    """A sweep folder's ``scores.json``, checked to be one this library wrote (format 2) and
+    intact (its checksum; see :func:`platonic_fast.sweep_summary.read_summary`)."""
+    from .sweep_summary import read_summary
+
+    return read_summary(sweep_dir)
+
+
+def _same_set(summary: dict) -> bool:
+    """Whether the sweep was one set against itself: the same files by content, not by name
+    (two checkpoint folders with the same file names are two sets)."""
+    return (summary["models_x"] == summary["models_y"]
+            and summary.get("fingerprints_x") == summary.get("fingerprints_y")
+            and summary.get("fingerprints_x") is not None)
 
 
 def read_capability(path: str | os.PathLike) -> tuple[list[str], dict[str, dict[str, float]]]:
@@ -261,7 +258,7 @@ def _set_name(summary: dict, which: str) -> str:
 
 def _sides(summary: dict, reference_set) -> tuple[str, str]:
     """(reference, subject) among "x" and "y"."""
-    same = summary["models_x"] == summary["models_y"]
+    same = _same_set(summary)
     if reference_set is None:
         ref = "y"
     elif reference_set in ("x", "y"):

@@ -1,5 +1,8 @@
 """Model-set sweeps: every model of one set against every model of another.
 
+(Over 600 lines because :func:`measure_sets`' docstring and this one are the reference for every
+option and every file a sweep writes; the work itself lives in the modules named below.)
+
 This is the paper's measurement loop (``measure_alignment.py`` in the reference): for each pair
 of models, the best layer pair and its score. Each model's layers are clamped, normalised and
 prepared once (neighbour lists, kernel statistics, ...) and reused against every other model.
@@ -11,7 +14,8 @@ A pair's record is reused only when it is provably the same computation. Its key
 models' names and content fingerprints (:func:`file_fingerprint`: the checksum a features file
 stores, else a hash of the file's bytes; never its size or modification time), the metric and
 every option, and the library version; the record's file name is the sha256 of that key, and on
-reading, the key stored inside must equal the one expected, or the pair is computed again. With
+reading, the key stored inside must equal the one expected and the record must pass its checksum
+and its schema (:mod:`platonic_fast.sweep_records`), or the pair is computed again. With
 ``n_grid``, a pair scored on a subset of the samples has ``settings["subset"] = {"n", "seed"}``
 in its key (the whole set has no ``subset``: it shares the records of a sweep without a grid).
 How the layers were read (``out_of_core``), the backend and the device are not in the key.
@@ -22,6 +26,11 @@ lock support). A second run stops at once naming the folder and the holder's PID
 ``wait`` seconds for it. The kernel drops the lock when its holder exits, however it exits, so
 a lock left by a killed run is simply taken over; the ``.lock`` file itself stays.
 
+The pieces live beside this module: the inputs (discovery, fingerprints) in
+:mod:`platonic_fast.features.inputs`, the lock in :mod:`platonic_fast.files`, the records in
+:mod:`platonic_fast.sweep_records`, the summary files in :mod:`platonic_fast.sweep_summary` and
+where layers come from (in memory, out of core, sharded) in :mod:`platonic_fast.sweep_sources`.
+
 Results (``<out>/``), all written atomically:
 
 - ``pairs/<sha256>.json``: one model pair at one topk: ``key``, ``score`` (best), ``best_layers``,
@@ -30,8 +39,8 @@ Results (``<out>/``), all written atomically:
   ``calibration`` (with permutations: ``max`` and ``mean``, each with ``observed``, ``null``
   (K values), ``p_value``, ``tau``, ``calibrated``, ``chance``, ``alpha``, ``s_max``; and
   ``pair_p``, Lx x Ly) and ``ci`` (with ``ci_repeats``: the best pair's ``estimate``, ``low``,
-  ``high``, ``std_error``, ``level``, ``method``, ``repeats``, ``m``). NaN (a constant layer)
-  is written as null: the files are strict JSON.
+  ``high``, ``std_error``, ``level``, ``method``, ``repeats``, ``m``) and ``checksum`` (sha256 of
+  the rest, canonical JSON). NaN (a constant layer) is written as null: the files are strict JSON.
 - ``scores.json``: ``format``/``format_version`` (2), ``version``, ``metric``, ``settings``,
   ``topk`` (list), ``n``, ``run`` (backend, device, out_of_core), ``models_x``/``models_y`` (names),
   ``fingerprints_x``/``fingerprints_y``, ``samples`` (the sample-fingerprint check),
@@ -40,13 +49,16 @@ Results (``<out>/``), all written atomically:
   ``calibration`` (``max``/``mean`` x ``observed``, ``p_value``, ``tau``, ``calibrated``,
   ``chance``), ``ci`` (settings and ``estimate``/``low``/``high``/``std_error`` matrices) and
   ``pairs`` (every pair's record without its key). With a single topk its
-  matrices are repeated at the top level. With ``n_grid`` everything above is of the largest
-  subset size, and ``n_grid`` holds ``n`` (the sizes), ``seed``, ``order`` (how subsets are
-  drawn) and ``results``, per topk: ``topk``, ``n``, (G, Mx, My) ``scores``, ``chance``,
-  (G, Mx, My, 2) ``best_layers``, with permutations ``calibrated``/``p_value``, with intervals
-  ``ci_low``/``ci_high``, and ``curves`` (the model pairs plotted: ``x``, ``y``, ``i``, ``j``).
-- ``scores.npz``: ``models_x``, ``models_y``, ``topk`` and per topk (prefix ``k<topk>_``; none
-  for metrics without topk) ``scores``, ``best_layers``, ``chance``, ``layer_scores_<i>_<j>``
+  matrices are repeated at the top level; ``checksum`` (sha256 of the rest). With ``n_grid``
+  everything above is of the largest subset size, and ``n_grid`` holds ``n`` (the sizes),
+  ``seed``, ``order`` (how subsets are drawn) and ``results``, per topk: ``topk``, ``n``,
+  (G, Mx, My) ``scores``, ``chance``, (G, Mx, My, 2) ``best_layers``, with permutations
+  ``calibrated``/``p_value``, with intervals ``ci_low``/``ci_high``, and ``curves`` (the model
+  pairs plotted: ``x``, ``y``, ``i``, ``j``).
+- ``scores.npz``: ``models_x``, ``models_y``, ``topk``, ``metric``, ``settings`` (JSON),
+  ``summary_checksum`` (scores.json's ``checksum``: the two are one unit, :func:`read_summary`)
+  and per topk (prefix ``k<topk>_``; none for metrics without topk) ``scores``, ``best_layers``,
+  ``chance``, ``layer_scores_<i>_<j>``
   and with permutations ``p_value``, ``calibrated``, ``tau``, ``observed``, ``mean_*``,
   ``null_max``/``null_mean`` (Mx, My, K), ``pair_p_<i>_<j>``, with intervals ``ci_low``,
   ``ci_high``, ``ci_estimate``, ``ci_std_error``, with ``n_grid`` ``ngrid_n`` (G,),
@@ -60,12 +72,8 @@ Results (``<out>/``), all written atomically:
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import math
 import os
-import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -74,27 +82,29 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .align import prepare_layers, prepare_states, resolve_options, score_states
+from .align import resolve_options, score_states
 from .calibration import calibrate_states, check_alpha, check_permutation_count
-from .files import write_atomic
+from .features.inputs import (  # noqa: F401 - re-exported
+    FEATURE_SUFFIXES,
+    STREAMED_SUFFIXES,
+    check_samples,
+    feature_files,
+    file_fingerprint,
+    model_info,
+    read_inputs,
+)
+from .files import LOCK_NAME, OutputFolderLocked, check_out_dir, clean_stale_temporaries, lock_folder  # noqa: F401
 from .metrics import metric_spec
+from .sweep_records import jsonable, matrix, mirrored, read_record, record_key, record_name, record_path, write_record  # noqa: F401
+from .sweep_sources import choose_out_of_core, choose_source
+from .sweep_summary import SUBSET_ORDER, read_summary, write_summary  # noqa: F401 - re-exported
 from .sweep_views import (  # noqa: F401 - re-exported
-    _heatmap,
-    _n_grid_plot,
     format_n_grid_table,
     format_table,
     heatmap_figure,
     n_grid_figure,
     wrap_name,
 )
-
-FEATURE_SUFFIXES = (".safetensors", ".npy", ".pt")
-STREAMED_SUFFIXES = (".safetensors", ".npy")  # files the out-of-core sweep reads a block at a time
-LOCK_NAME = ".lock"
-
-
-class OutputFolderLocked(RuntimeError):
-    """Another sweep holds the output folder's lock (``<out>/.lock``)."""
 
 
 @dataclass
@@ -255,159 +265,6 @@ def _best_chance(record: dict) -> float:
     return np.nan if v is None else float(v)
 
 
-def feature_files(paths) -> list[Path]:
-    """Expand files and folders into a sorted list of feature files (.safetensors, .npy, .pt)."""
-    if isinstance(paths, (str, Path)):
-        paths = [paths]
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.suffix in FEATURE_SUFFIXES)
-            if not found:
-                raise ValueError(f"{p} holds no feature files ({', '.join(FEATURE_SUFFIXES)})")
-            out.extend(found)
-        elif p.is_file():
-            if p.suffix not in FEATURE_SUFFIXES:
-                raise ValueError(f"{p} is not a feature file (expected {', '.join(FEATURE_SUFFIXES)})")
-            out.append(p)
-        else:
-            raise ValueError(f"{p} does not exist")
-    names = [f.stem for f in out]
-    dupes = {n for n in names if names.count(n) > 1}
-    if dupes:
-        raise ValueError(f"feature files must have distinct names; repeated: {sorted(dupes)}")
-    return out
-
-
-def file_fingerprint(path: str | os.PathLike) -> str:
-    """The content identity of a feature file, for deciding whether a stored result still holds.
-
-    A features file written by :func:`platonic_fast.features.save` stores a checksum of its
-    content: that is read from its header (cheap) and returned as is, ``"sha256:<hex>"``. Any
-    other file (a reference ``.pt`` file, a features file older than the checksum) is hashed
-    whole, streaming: ``"file-sha256:<hex>"``. Size and modification time are never used: copies
-    (``cp -p``, ``rsync -a``, ``tar``) keep both while the content differs.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-
-    Returns
-    -------
-    str
-
-    Raises
-    ------
-    FileNotFoundError, ValueError
-        As :func:`platonic_fast.features.load`.
-    """
-    from .features.storage import stored_checksum
-
-    path = Path(path)
-    stored = stored_checksum(path)
-    if stored is not None:
-        return stored
-    h = hashlib.sha256()
-    buf = bytearray(1 << 20)
-    with open(path, "rb") as fh:
-        while n := fh.readinto(buf):
-            h.update(memoryview(buf)[:n])
-    return "file-sha256:" + h.hexdigest()
-
-
-def check_samples(files, allow_mismatched: bool = False) -> dict:
-    """Refuse to pair feature files extracted from different samples (their sample fingerprints,
-    which extract records, differ); see :func:`platonic_fast.features.check_same_samples`."""
-    from .features.provenance import check_same_samples
-
-    return check_same_samples(dict.fromkeys(files), allow_mismatched)
-
-
-def _load_layers(path: Path, fingerprint: str, verify: bool = True):
-    from .features import load
-
-    # A stored checksum is the fingerprint, so the data must really match it.
-    layers = load(path, mmap=True, verify=verify and fingerprint.startswith("sha256:")).layers
-    if file_fingerprint(path) != fingerprint:
-        raise ValueError(f"{path} changed while the sweep was running; run it again")
-    return layers
-
-
-@contextlib.contextmanager
-def lock_folder(out: str | os.PathLike, wait: float = 0):
-    """Hold the exclusive lock of a sweep's output folder (``<out>/.lock``) for a ``with`` block.
-
-    ``fcntl.flock`` (POSIX): the kernel releases it when the holder exits in any way, so a lock
-    left by a killed run is taken over. The holder's PID is written into the file for the
-    message others get. Without ``fcntl`` (Windows) the folder is not locked and a warning says so.
-
-    Parameters
-    ----------
-    out : path
-        The output folder; created if missing.
-    wait : float, default 0
-        Seconds to wait for another holder to finish (``math.inf``: no limit); 0 fails at once.
-
-    Raises
-    ------
-    OutputFolderLocked
-        Another process holds the lock (still, after ``wait`` seconds).
-    ValueError
-        ``wait`` is negative or not a number; ``out`` exists and is not a folder.
-    OSError
-        The lock file cannot be opened or the file system does not support ``flock``.
-    """
-    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or math.isnan(wait) or wait < 0:
-        raise ValueError(f"wait must be a number of seconds >= 0, got {wait!r}")
-    out = _check_out_dir(out)
-    try:
-        import fcntl
-    except ImportError:
-        warnings.warn(f"no fcntl on this platform: {out} is not locked against a concurrent sweep",
-                      RuntimeWarning, stacklevel=3)
-        yield
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    lock = out / LOCK_NAME
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise OutputFolderLocked(_locked_message(out, lock, wait)) from None
-                time.sleep(min(0.1, left))
-            except OSError as e:  # ENOLCK, EOPNOTSUPP: a file system without flock (some NFS setups)
-                raise OSError(e.errno, f"cannot lock {lock} ({e.strerror}); the file system may not "
-                              f"support flock: choose an output folder on a local disk") from e
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
-    finally:
-        os.close(fd)  # releases the lock; the file stays (unlinking it would race a new holder)
-
-
-def _locked_message(out: Path, lock: Path, wait: float) -> str:
-    try:
-        pid = lock.read_text().strip() or "unknown"
-    except OSError:
-        pid = "unknown"
-    waited = f", still after waiting {wait:g} s" if wait else ""
-    return (f"output folder {out} is in use by another measure run (PID {pid}, lock {lock}){waited}; "
-            f"let it finish, wait for it (wait=SECONDS, --wait SECONDS), or choose another output folder")
-
-
-def _check_out_dir(out) -> Path:
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"output folder {out} exists and is not a folder (give a folder path)")
-    return out
-
-
 def measure_sets(x, y=None, *, metric: str = "mutual_knn", topk: int | Sequence[int] = 10, out_dir="alignment",
                  q: float = 0.95, exact: bool = False, concat: bool = False, backend: str = "auto",
                  device=None, progress: bool = True, wait: float = 0, allow_mismatched_samples: bool = False,
@@ -415,7 +272,7 @@ def measure_sets(x, y=None, *, metric: str = "mutual_knn", topk: int | Sequence[
                  ci_repeats: int | None = None, ci_level: float = 0.95, ci_method: str = "subsample",
                  set_names: tuple[str, str] | None = None, auto_scale: bool = False,
                  n_grid: Sequence[int] | None = None, n_grid_seed: int = 0, out_of_core: bool | None = None,
-                 **metric_options) -> SweepResult:
+                 shard=None, **metric_options) -> SweepResult:
     """Align every model of ``x`` with every model of ``y`` (``y=None``: ``x`` with itself).
 
     Parameters
@@ -495,6 +352,9 @@ def measure_sets(x, y=None, *, metric: str = "mutual_knn", topk: int | Sequence[
         per-block products: about 1e-7 relative where the products are float32, 1e-12 where they
         are float64). None: when the largest such file is over a quarter of the memory available.
         Not part of the records' keys (``run["out_of_core"]`` says which).
+    shard : platonic_fast.distributed._sweep.SweepShard, optional
+        Internal: the process group of ``torchrun -m platonic_fast measure`` (each rank its rows,
+        rank 0 writes). Library calls are never sharded unless given one.
 
     Returns
     -------
@@ -532,8 +392,7 @@ def measure_sets(x, y=None, *, metric: str = "mutual_knn", topk: int | Sequence[
     same_set = y is None or [f.resolve() for f in files_x] == [f.resolve() for f in files_y]
     # A symmetric metric scores each unordered pair of a set against itself once.
     symmetric = same_set and metric_spec(metric).symmetric
-    out = _check_out_dir(out_dir)
-    samples = check_samples([*files_x, *files_y], allow_mismatched_samples)
+    out = check_out_dir(out_dir)
     settings = {"metric": metric, "topk": None, "q": q, "exact": exact, "concat": concat,
                 "options": {k: metric_options[k] for k in sorted(metric_options)},
                 "allow_mismatched_samples": bool(allow_mismatched_samples),
@@ -543,10 +402,16 @@ def measure_sets(x, y=None, *, metric: str = "mutual_knn", topk: int | Sequence[
     if ci_repeats is not None:
         settings["ci"] = {"repeats": ci_repeats, "level": float(ci_level), "method": ci_method,
                           "fraction": CI_FRACTION, "seed": seed}
-    inputs = _read_inputs([*dict.fromkeys([*files_x, *files_y])])
+    # Under torchrun every rank reads its own copy of the files: a failure on one is every rank's,
+    # and the ranks must agree on what they read before anything is scored.
+    with contextlib.nullcontext() if shard is None else shard.comm.step():
+        samples = check_samples([*files_x, *files_y], allow_mismatched_samples)
+        inputs = read_inputs([*dict.fromkeys([*files_x, *files_y])])
+    if shard is not None:
+        shard.check(settings, inputs, out_of_core)
     inputs["samples"] = samples
     inputs["view"] = {"set_names": set_names, "auto_scale": bool(auto_scale)}
-    inputs["out_of_core"] = _choose_out_of_core(out_of_core, [*files_x, *files_y])
+    inputs["out_of_core"] = False if shard is not None else choose_out_of_core(out_of_core, [*files_x, *files_y])
     sizes = [inputs["n"]] if grid is None else _fit_n_grid(grid, inputs["n"])
     inputs["n_grid"] = None if grid is None else {**grid, "n": sizes}
     # Options checked against the data (topk < N, cca_dim <= every width) before any scoring.
@@ -561,13 +426,10 @@ def measure_sets(x, y=None, *, metric: str = "mutual_knn", topk: int | Sequence[
             raise type(e)(f"n_grid value {n}: {e}") from None
         if ci_repeats is not None:
             _check_ci_fits(metric, {**inputs, "n": n}, opts_by_n[n])
-    from .distributed._sweep import active
-
-    shard = inputs["shard"] = active()  # under `torchrun -m platonic_fast measure`: every rank its rows
+    inputs["shard"] = shard
     if shard is None:
         with lock_folder(out, wait):
             return _sweep(files_x, files_y, symmetric, out, settings, opts_by_n, inputs, device, progress)
-    shard.check(settings, inputs, out_of_core)
     with shard.lock(out, wait, lock_folder):
         return _sweep(files_x, files_y, symmetric, out, settings, opts_by_n, inputs, device, progress and shard.writer)
 
@@ -592,9 +454,21 @@ def check_request(metric: str, topk=10, *, backend: str = "auto", device=None, p
     if spec.takes_topk:
         probe["topk"] = topks[-1]
     big = 1 << 40  # any N and width: only the data-independent checks can fail here
-    spec.check_options(big, (big, big), probe)
+    try:
+        spec.check_options(big, (big, big), probe)
+    except (ValueError, TypeError) as e:
+        if str(big) not in str(e):
+            raise
+        # a range that depends on the data (topk < N, cca_dim <= N and the widths): checked,
+        # with the files' real sizes, once their headers are read
+    if "rbf_sigma" in metric_options and metric_options.get("kernel_metric", "ip") != "rbf":
+        raise ValueError("rbf_sigma (--sigma) is the width of the RBF kernel; it does nothing with the linear "
+                         "kernel: add kernel_metric='rbf' (--kernel rbf) or leave it out")
     if permutations is not None:
         check_permutation_count(permutations)
+        if permutations > MAX_PERMUTATIONS:
+            raise ValueError(f"permutations (--permutations) must be at most {MAX_PERMUTATIONS:,} (p-values to "
+                             f"1e-6; each permutation rescores every layer pair), got {permutations!r}")
         check_alpha(alpha)
     if permutations is not None or ci_repeats is not None:
         _check_seed(seed)
@@ -609,18 +483,20 @@ def check_request(metric: str, topk=10, *, backend: str = "auto", device=None, p
     return topks, _check_device(device)
 
 
+MAX_PERMUTATIONS = 1_000_000
 CI_FRACTION = 0.5  # subsamples of half the samples: the rescaling factor sqrt(m / (N - m)) is 1
 
 
 def _check_ci_fits(metric: str, inputs: dict, opts_by_k: dict) -> None:
     """The options must hold on subsamples too (topk < m, cca_dim <= m, m >= 4 for unbiased HSIC)."""
-    from .uncertainty import subsample_size
+    from .uncertainty import check_unsaturated, subsample_size
 
     n = inputs["n"]
     m = subsample_size(n, CI_FRACTION)
     for opts in opts_by_k.values():
         try:
-            metric_spec(metric).check_options(m, (min(inputs["widths"]),) * 2, opts)
+            check_unsaturated(metric_spec(metric), m, metric_spec(metric).check_options(m, (min(inputs["widths"]),) * 2,
+                                                                                         opts))
         except (ValueError, TypeError) as e:
             raise ValueError(f"confidence intervals score subsamples of m={m} of the N={n} samples, too few for "
                              f"these options: {e}") from None
@@ -683,72 +559,13 @@ def _check_device(device) -> torch.device | None:
     return dev
 
 
-def _read_inputs(files: list[Path]) -> dict:
-    """Each file's content fingerprint, N, layer widths and model metadata (:func:`model_info`),
-    reading headers and bits-per-byte only (the layers stay mapped, unread); every file must
-    have the same N."""
-    from .features import load
-
-    fingerprints, info, widths, n0 = {}, {}, [], None
-    for path in files:
-        fingerprints[path] = file_fingerprint(path)
-        feats = load(path, mmap=True)
-        if n0 is None:
-            n0 = feats.n
-        elif feats.n != n0:
-            raise ValueError(f"{path} has N={feats.n} samples; the other feature files have N={n0}")
-        widths.extend(feats.widths)
-        info[path] = model_info(feats, path, fingerprints[path])
-    return {"fingerprints": fingerprints, "n": n0, "widths": widths, "info": info}
-
-
-def model_info(feats, path: str | os.PathLike, fingerprint: str | None = None) -> dict:
-    """What a sweep's summary keeps about one model, from its features file.
-
-    Parameters
-    ----------
-    feats : platonic_fast.features.Features
-        The loaded file (its ``meta`` and ``bpb``).
-    path : path
-    fingerprint : str, optional
-        The file's content fingerprint (:func:`file_fingerprint`).
-
-    Returns
-    -------
-    dict
-        ``name`` (file stem), ``file``, ``fingerprint``, ``model`` and ``model_id`` (as the file
-        records them), ``modality``, ``pooling``, ``dataset``, ``sample_fingerprint``, ``n``,
-        ``num_params``, ``num_layers``, ``width`` (the widest layer), ``layer_widths``, ``bpb``
-        (mean bits-per-byte over the samples that have a finite one; None without) and
-        ``bpb_samples`` (how many). Missing metadata is None.
-    """
-    meta = feats.meta if isinstance(feats.meta, dict) else {}
-    samples = meta.get("samples") if isinstance(meta.get("samples"), dict) else {}
-    bpb, counted = None, 0
-    if feats.bpb is not None:
-        values = feats.bpb.detach().to("cpu", torch.float64)
-        finite = values[torch.isfinite(values)]
-        counted = int(finite.numel())
-        bpb = float(finite.mean()) if counted else None
-    params = meta.get("num_params")
-    widths = [int(w) for w in feats.widths]
-    return {"name": Path(path).stem, "file": str(path), "fingerprint": fingerprint,
-            "model": meta.get("model"), "model_id": meta.get("model_id", meta.get("model")),
-            "modality": meta.get("modality"), "pooling": meta.get("pooling"), "dataset": meta.get("dataset"),
-            "sample_fingerprint": samples.get("fingerprint"), "n": int(feats.n),
-            "num_params": int(params) if isinstance(params, (int, float)) and not isinstance(params, bool) else None,
-            "num_layers": int(feats.num_layers), "width": max(widths), "layer_widths": widths,
-            "bpb": bpb, "bpb_samples": counted}
-
-
-def _to_device(layers, device: torch.device):
-    return [l.to(device) for l in layers] if isinstance(layers, list) else layers.to(device)
-
-
 def _sweep(files_x, files_y, symmetric, out, settings, opts_by_n, inputs, device, progress) -> SweepResult:
     """The body of :func:`measure_sets`, run while holding the output folder's lock: the sweep at
     every sample count (one without ``n_grid``), then the summary."""
     grid = inputs["n_grid"]
+    if inputs.get("shard") is None or inputs["shard"].writer:  # what killed writers left (their PIDs are gone)
+        for folder in (out, out / "pairs"):
+            clean_stale_temporaries(folder)
     sizes = list(opts_by_n)
     topks = list(opts_by_n[sizes[-1]])
     pairs = [(i, j) for i in range(len(files_x)) for j in range(len(files_y)) if not (symmetric and j < i)]
@@ -768,10 +585,10 @@ def _sweep(files_x, files_y, symmetric, out, settings, opts_by_n, inputs, device
             for r in curve.values():
                 r.by_n, r.n_grid = curve, dict(grid)
     if inputs.get("shard") is None:
-        files = _write_summary(list(by_topk.values()), out, auto_scale=inputs["view"]["auto_scale"])
+        files = write_summary(list(by_topk.values()), out, auto_scale=inputs["view"]["auto_scale"])
     else:  # rank 0 writes; every rank gets the file names
-        files = inputs["shard"].on_writer(lambda: _write_summary(list(by_topk.values()), out,
-                                                                 auto_scale=inputs["view"]["auto_scale"]))
+        files = inputs["shard"].on_writer(lambda: write_summary(list(by_topk.values()), out,
+                                                                auto_scale=inputs["view"]["auto_scale"]))
     for results in by_n.values():
         for r in results.values():
             r.files, r.by_topk = files, results
@@ -783,44 +600,23 @@ def _sweep_at(files_x, files_y, pairs, symmetric, out, settings, opts_by_k, inpu
     """Every model pair at every topk on the samples ``rows`` (None: all): {topk: SweepResult}."""
     from . import __version__
 
-    metric, q, exact, concat = (settings[k] for k in ("metric", "q", "exact", "concat"))
+    metric = settings["metric"]
     fingerprints = inputs["fingerprints"]
     shard = inputs.get("shard")  # a torchrun sweep: this rank's rows, rank 0 writes
     topks = list(opts_by_k)
     largest = topks[-1]
+    source = choose_source(inputs, shard, rows=rows, n=n, device=device, q=settings["q"], exact=settings["exact"],
+                           concat=settings["concat"], metric=metric, opts=opts_by_k[largest],
+                           keep_layers=settings["ci"] is not None, verified=inputs.setdefault("verified", set()))
     prepared: dict[Path, list] = {}  # layer states per file, for this metric at the largest topk
     truncated: dict[tuple[Path, int], list] = {}  # ... and for each smaller one, from its lists
-    kept: dict[Path, list] = {}  # the clamped, normalised layers themselves, for confidence intervals
-    streamed: list = []  # open out-of-core readers (kept for confidence intervals)
+    layer_counts = {f: inputs["info"][f]["num_layers"] for f in fingerprints}
 
     def states_of(path: Path, k) -> list:
         if path not in prepared:
-            if inputs["out_of_core"] and path.suffix in STREAMED_SUFFIXES:
-                from .outofcore import prepare_file, reads_file
-
-                layers = _open_streamed(path, fingerprints[path], rows, q=q, exact=exact, concat=concat,
-                                        verified=inputs.setdefault("verified", set()))
-                streamed.append(layers)
-                with _stage_bar(bar, layers.num_layers, f"layers of {path.stem}") as sub:
-                    prepared[path] = prepare_file(layers, metric, opts_by_k[largest], device=device, bar=sub)
-                if settings["ci"] is not None:
-                    kept[path] = _LayerLoader(layers, device)
-                elif not reads_file(metric, opts_by_k[largest], device):  # else open until scored
-                    layers.close()
-            elif shard is not None:
-                prepared[path] = shard.prepare(
-                    lambda: _load_layers(path, fingerprints[path], verify=shard.writer), _take_rows, rows, n,
-                    path.name, device=device, q=q, exact=exact, concat=concat, metric=metric,
-                    opts=opts_by_k[largest])
-            else:
-                layers = _take_rows(_load_layers(path, fingerprints[path]), rows)
-                if device is not None:
-                    layers = _to_device(layers, device)
-                layers = prepare_layers(layers, path.name, q=q, exact=exact, concat=concat)
-                if settings["ci"] is not None:
-                    kept[path] = layers
-                with _stage_bar(bar, len(layers), f"layers of {path.stem}") as sub:
-                    prepared[path] = prepare_states(layers, metric, opts_by_k[largest], bar=sub)
+            n_layers = layer_counts[path] + (1 if settings["concat"] else 0)
+            with _stage_bar(bar, n_layers, f"layers of {path.stem}") as sub:
+                prepared[path] = source.states(path, bar=sub)
         if k == largest:
             return prepared[path]
         if (path, k) not in truncated:
@@ -832,25 +628,26 @@ def _sweep_at(files_x, files_y, pairs, symmetric, out, settings, opts_by_k, inpu
         for i, j in pairs:
             fx, fy = files_x[i], files_y[j]
             for k in topks:
-                key = {"x": {"name": fx.stem, "fingerprint": fingerprints[fx]},
-                       "y": {"name": fy.stem, "fingerprint": fingerprints[fy]},
-                       "settings": {**settings, "topk": k}, "version": __version__}
-                record_path = out / "pairs" / f"{record_name(key)}.json"
-                record = _read_record(record_path, key) if shard is None else \
-                    shard.read_record(record_path, key, _read_record)
+                key = record_key((fx.stem, fy.stem), (fingerprints[fx], fingerprints[fy]),
+                                 {**settings, "topk": k}, __version__)
+                path = record_path(out, key)
+                shape = (layer_counts[fx], layer_counts[fy])
+                if shard is None:
+                    record = read_record(path, key, shape, n)
+                else:
+                    record = shard.read_record(path, key, lambda p, kk, s=shape: read_record(p, kk, s, n))
                 if record is None:
                     sx, sy = states_of(fx, k), states_of(fy, k)
                     record = _compute_record(key, sx, sy, metric, opts_by_k[k], n, key["settings"],
-                                             (kept.get(fx), kept.get(fy)), shard=shard, bar=bar)
+                                             (source.layers(fx), source.layers(fy)), shard=shard, bar=bar)
                     if shard is None or shard.writer:
-                        write_atomic(record_path, lambda tmp, r=record: Path(tmp).write_text(_dumps(r)))
+                        write_record(path, record)
                 records[k][(i, j)] = record
                 if symmetric and i != j:
-                    records[k][(j, i)] = _mirrored(record)
+                    records[k][(j, i)] = mirrored(record)
                 bar.update()
     finally:
-        for layers in streamed:
-            layers.close()
+        source.close()
 
     by_topk = {}
     for k in topks:
@@ -871,70 +668,6 @@ def _sweep_at(files_x, files_y, pairs, symmetric, out, settings, opts_by_k, inpu
                                       **({} if shard is None else {"ranks": shard.comm.size})},
                                  set_names=inputs["view"]["set_names"])
     return by_topk
-
-
-def _take_rows(layers, rows):
-    """The samples ``rows`` (increasing indices; None: all) of a model's layers."""
-    if rows is None:
-        return layers
-    index = torch.from_numpy(rows)
-    return [l[index] for l in layers] if isinstance(layers, list) else layers[index]
-
-
-def _open_streamed(path: Path, fingerprint: str, rows, *, q: float, exact: bool, concat: bool,
-                   verified: set | None = None):
-    """A model's file opened for the out-of-core sweep, checked against its fingerprint as
-    :func:`_load_layers` checks it (the stored checksum recomputed with plain reads; once per
-    sweep: a file already in ``verified`` only has its header's checksum compared)."""
-    from .features.blocks import FeatureFile
-    from .outofcore import StreamedLayers
-
-    f = FeatureFile(path, rows)
-    try:
-        if fingerprint.startswith("sha256:") and verified is not None and path in verified:
-            changed = f.stored_checksum() != fingerprint
-        elif fingerprint.startswith("sha256:"):
-            stored, actual = f.checksum()
-            if verified is not None and actual == stored:
-                verified.add(path)
-            if actual != stored:
-                raise ValueError(f"{str(path)!r} fails verification: it stores checksum {stored} but its content "
-                                 f"hashes to {actual} (corrupted on disk or in a copy, or modified)")
-            changed = stored != fingerprint
-        else:
-            changed = file_fingerprint(path) != fingerprint
-        if changed:
-            raise ValueError(f"{path} changed while the sweep was running; run it again")
-        return StreamedLayers(f, path.name, q=q, exact=exact, concat=concat, own=True)
-    except BaseException:
-        f.close()
-        raise
-
-
-class _LayerLoader:
-    """A model's prepared layers read whole on demand from its out-of-core reader (the two
-    layers of a confidence interval)."""
-
-    def __init__(self, layers, device):
-        self.layers, self.device = layers, device
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.layers.layer(i % self.layers.num_layers, self.device)
-
-
-def _choose_out_of_core(flag: bool | None, files) -> bool:
-    """``out_of_core`` as given, or (None) whether the largest .safetensors / .npy file exceeds a quarter
-    of the memory available: held whole, a model's layers take several times their file."""
-    if flag is not None:
-        return flag
-    from .outofcore import memory_available
-
-    sizes = [os.path.getsize(f) for f in files if Path(f).suffix in STREAMED_SUFFIXES]
-    avail = memory_available()
-    return bool(sizes) and avail is not None and max(sizes) > avail / 4
-
-
-SUBSET_ORDER = "argsort of splitmix64(i xor splitmix64(seed)), i = 0..N-1; the subset of n is its first n, sorted"
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
@@ -1007,7 +740,7 @@ def _compute_record(key: dict, sx: list, sy: list, metric: str, opts: dict, n: i
     sharded = None if shard is None else shard.compute_record(sx, sy, metric, opts, n, settings)
     res = score_states(sx, sy, metric, opts, concat=settings["concat"]) if shard is None else sharded["res"]
     record = {"key": key, "score": res.best, "best_layers": list(res.best_layers) if res.best_layers else None,
-              "layer_scores": _matrix(res.scores), "n": n, "chance": None, "calibration": None, "ci": None}
+              "layer_scores": matrix(res.scores), "n": n, "chance": None, "calibration": None, "ci": None}
     if settings.get("ci") is not None and res.best_layers is not None:
         from .uncertainty import confidence_interval
 
@@ -1017,7 +750,7 @@ def _compute_record(key: dict, sx: list, sy: list, metric: str, opts: dict, n: i
         interval = confidence_interval(metric, lx[i], ly[j], level=ci["level"], method=ci["method"],
                                        repeats=ci["repeats"], fraction=ci["fraction"], generator=ci["seed"],
                                        **opts)
-        record["ci"] = _jsonable({"estimate": interval.estimate, "low": interval.low, "high": interval.high,
+        record["ci"] = jsonable({"estimate": interval.estimate, "low": interval.low, "high": interval.high,
                                   "std_error": interval.std_error, "level": interval.level,
                                   "method": interval.method, "repeats": interval.repeats, "m": interval.m})
     if settings["permutations"] is not None:
@@ -1029,8 +762,8 @@ def _compute_record(key: dict, sx: list, sy: list, metric: str, opts: dict, n: i
             with _stage_bar(bar, settings["permutations"], "permutations") as sub:
                 cal = calibrate_states(sx, sy, res.scores, metric, opts, permutations=settings["permutations"],
                                        alpha=settings["alpha"], generator=generator, bar=sub)
-        record["chance"] = _matrix(cal.chance)
-        record["calibration"] = _jsonable(cal.as_dict())
+        record["chance"] = matrix(cal.chance)
+        record["calibration"] = jsonable(cal.as_dict())
         del record["calibration"]["chance"]  # the record's "chance": stored once
     else:
         record["chance"] = _exact_chance(sx, sy, metric, opts, n) if shard is None else sharded["chance"]
@@ -1058,214 +791,3 @@ def _exact_chance(sx: list, sy: list, metric: str, opts: dict, n: int) -> list |
     return out
 
 
-def _matrix(t) -> list:
-    """A float matrix as nested lists, NaN (a constant layer's score) as None (strict JSON)."""
-    return _jsonable(np.asarray(t, dtype=np.float64).tolist())
-
-
-def _jsonable(value):
-    """Plain JSON values: non-finite floats become None (the files are strict JSON)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def _dumps(value, **kwargs) -> str:
-    return json.dumps(value, allow_nan=False, **kwargs)
-
-
-def _transposed(m: list | None) -> list | None:
-    return None if m is None else [list(row) for row in zip(*m)] if m else []
-
-
-def _mirrored(record: dict) -> dict:
-    """The record of (y, x) from that of (x, y) for a symmetric metric: m(A, B[π]) = m(A[π⁻¹], B),
-    so the null of the aggregates is the same; matrices are transposed, layers swapped."""
-    out = dict(record, mirrored=True, layer_scores=_transposed(record["layer_scores"]),
-               chance=_transposed(record.get("chance")))
-    if record["best_layers"] is not None:
-        out["best_layers"] = record["best_layers"][::-1]
-    if record.get("calibration") is not None:
-        out["calibration"] = dict(record["calibration"], pair_p=_transposed(record["calibration"]["pair_p"]))
-    return out
-
-
-def record_name(key: dict) -> str:
-    """A pair record's file stem: the sha256 of its key (canonical JSON), so distinct keys never share a file."""
-    return hashlib.sha256(json.dumps(key, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def _read_record(path: Path, key: dict) -> dict | None:
-    """A finished pair's record, or None (then it is recomputed) when missing, unreadable, of
-    another key (names, fingerprints, metric, options, version) or malformed."""
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError, RecursionError):
-        return None
-    if not isinstance(record, dict) or record.get("key") != key:
-        return None
-    score, layers = record.get("score"), record.get("best_layers")
-    if isinstance(score, bool) or not isinstance(score, (int, float)):
-        return None
-    if layers is not None and not (isinstance(layers, list) and len(layers) == 2
-                                   and all(type(v) is int for v in layers)):
-        return None
-    try:  # the matrices must be whole and agree in shape
-        grid = np.array(record["layer_scores"], dtype=np.float64)
-        if grid.ndim != 2 or 0 in grid.shape:
-            return None
-        if record.get("chance") is not None and np.array(record["chance"], dtype=np.float64).shape != grid.shape:
-            return None
-        k = key["settings"].get("permutations")
-        cal = record.get("calibration")
-        if k is not None:
-            if np.array(cal["pair_p"], dtype=np.float64).shape != grid.shape:
-                return None
-            for how in ("max", "mean"):
-                if np.array(cal[how]["null"], dtype=np.float64).shape != (k,):
-                    return None
-                for name in ("observed", "p_value", "tau", "calibrated", "chance"):
-                    v = cal[how][name]
-                    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
-                        return None
-        elif cal is not None:
-            return None
-        ci = record.get("ci")
-        if key["settings"].get("ci") is None:
-            if ci is not None:
-                return None
-        elif ci is None:
-            if layers is not None:  # a best pair has its interval
-                return None
-        elif not all(isinstance(ci[f], (int, float)) and not isinstance(ci[f], bool) for f in ("low", "high")):
-            return None
-    except (KeyError, TypeError, ValueError, IndexError):
-        return None
-    return record
-
-
-CALIBRATION_FIELDS = ("observed", "p_value", "tau", "calibrated", "chance")
-CI_FIELDS = ("estimate", "low", "high", "std_error")
-
-
-def _summary_of(res: SweepResult) -> dict:
-    """The scores.json content of one result: matrices over model pairs, then every pair whole."""
-    out = {"scores": _matrix(res.scores), "best_layers": res.best_layers.tolist(), "chance": _matrix(res.chance),
-           "calibration": None}
-    if res.settings.get("permutations") is not None:
-        out["calibration"] = {
-            "permutations": res.settings["permutations"], "alpha": res.settings["alpha"],
-            "seed": res.settings["seed"],
-            **{how: {f: _matrix(res.calibration_matrix(f, how)) for f in CALIBRATION_FIELDS}
-               for how in ("max", "mean")}}
-    ci = res.settings.get("ci")
-    out["ci"] = None if ci is None else {**ci, **{f: _matrix(res.ci_matrix(f)) for f in CI_FIELDS}}
-    out["pairs"] = [
-        {"x": res.names_x[i], "y": res.names_y[j], "i": i, "j": j,
-         **{k: r.get(k) for k in ("score", "best_layers", "layer_scores", "chance", "calibration", "ci")}}
-        for (i, j), r in sorted(res.records.items())]
-    return out
-
-
-def _npz_arrays(res: SweepResult, prefix: str = "") -> dict:
-    """scores.npz arrays of one result: the (Mx, My) matrices and ``layer_scores_<i>_<j>`` per pair;
-    with permutations ``p_value``, ``calibrated``, ``tau`` (of the max), ``mean_*`` (of the mean),
-    ``null_max`` / ``null_mean`` (Mx, My, K) and ``pair_p_<i>_<j>``; with intervals ``ci_low``,
-    ``ci_high``, ``ci_estimate``, ``ci_std_error``."""
-    arrays = {"scores": res.scores, "best_layers": res.best_layers, "chance": res.chance}
-    for (i, j), r in sorted(res.records.items()):
-        arrays[f"layer_scores_{i}_{j}"] = np.array(r["layer_scores"], dtype=np.float64)
-    if res.settings.get("permutations") is not None:
-        for how, tag in (("max", ""), ("mean", "mean_")):
-            for f in CALIBRATION_FIELDS:
-                arrays[tag + f] = res.calibration_matrix(f, how)
-            null = np.full((*res.scores.shape, res.settings["permutations"]), np.nan)
-            for (i, j), r in res.records.items():
-                null[i, j] = np.array(r["calibration"][how]["null"], dtype=np.float64)
-            arrays[f"null_{how}"] = null
-        for (i, j), r in sorted(res.records.items()):
-            arrays[f"pair_p_{i}_{j}"] = np.array(r["calibration"]["pair_p"], dtype=np.float64)
-    if res.settings.get("ci") is not None:
-        for f in CI_FIELDS:
-            arrays[f"ci_{f}"] = res.ci_matrix(f)
-    if res.by_n:
-        arrays["ngrid_n"] = np.array(res.n_sizes, dtype=np.int64)
-        arrays["ngrid_best_layers"] = np.stack([res.by_n[n].best_layers for n in res.n_sizes])
-        for what in ("scores", "chance") + (("calibrated", "p_value") if res.settings.get("permutations") is not None
-                                            else ()) + (("ci_low", "ci_high") if res.settings.get("ci") else ()):
-            arrays[f"ngrid_{what}"] = res.n_grid_matrix(what)
-    return {prefix + k: v for k, v in arrays.items()}
-
-
-def _topk_tag(k) -> str:
-    return "" if k is None else f"k{k}_"
-
-
-def _write_summary(results: list[SweepResult], out: Path, auto_scale: bool = False) -> dict:
-    """scores.json, scores.npz and the heat maps of every topk, each written atomically.
-
-    scores.json holds ``results``, one entry per topk (``topk``, the matrices over model
-    pairs, ``pairs`` with every pair's layer matrix and calibration); with a single topk its
-    matrices (``scores``, ``best_layers``, ``chance``, ``calibration``) are also at the top
-    level. scores.npz holds each topk's arrays prefixed ``k<topk>_`` (no prefix for the
-    metrics without topk), and with a single topk also the matrices unprefixed.
-    """
-    from . import __version__
-
-    first = results[0]
-    files = {"json": out / "scores.json", "npz": out / "scores.npz"}
-    topks = [r.topk for r in results]
-    summary = {"format": "platonic_fast.sweep", "format_version": 2, "version": __version__,
-               "metric": first.metric, "settings": {**first.settings, "topk": topks}, "topk": topks, "n": first.n,
-               "run": first.run, "set_names": {"x": first.set_names[0], "y": first.set_names[1]},
-               "models_x": first.names_x, "models_y": first.names_y,
-               "fingerprints_x": first.fingerprints_x, "fingerprints_y": first.fingerprints_y,
-               "samples": first.samples, "models": {"x": first.models_x, "y": first.models_y}}
-    parts = [{"topk": r.topk, **_summary_of(r)} for r in results]
-    if len(parts) == 1:  # one topk: its matrices at the top level too, as before several existed
-        summary.update({k: v for k, v in parts[0].items() if k not in ("pairs", "topk")})
-    summary["results"] = parts
-    if first.n_grid is not None:
-        summary["n_grid"] = {"n": first.n_sizes, "seed": first.n_grid["seed"], "order": SUBSET_ORDER,
-                             "results": [_grid_summary(r) for r in results]}
-    write_atomic(files["json"], lambda tmp: Path(tmp).write_text(_dumps(_jsonable(summary), indent=1)))
-
-    arrays = {"models_x": np.array(first.names_x), "models_y": np.array(first.names_y),
-              "topk": np.array([-1 if k is None else k for k in topks])}
-    for r in results:
-        arrays.update(_npz_arrays(r, _topk_tag(r.topk)))
-    if len(results) == 1 and first.topk is not None:
-        arrays.update({k: v for k, v in _npz_arrays(first).items() if not k.startswith(("layer_scores_", "pair_p_"))})
-
-    def save_npz(tmp):
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-
-    write_atomic(files["npz"], save_npz)
-    for r in results:
-        png = out / ("heatmap.png" if len(results) == 1 else f"heatmap_k{r.topk}.png")
-        if _heatmap(r, png, auto_scale):
-            files["png" if len(results) == 1 else f"png_k{r.topk}"] = png
-        if r.n_grid is not None:
-            png = out / ("n_grid.png" if len(results) == 1 else f"n_grid_k{r.topk}.png")
-            if _n_grid_plot(r, png):
-                files["n_grid_png" if len(results) == 1 else f"n_grid_png_k{r.topk}"] = png
-    return files
-
-
-def _grid_summary(res: SweepResult) -> dict:
-    """scores.json's ``n_grid`` entry of one topk: (G, Mx, My) matrices over the sizes, and each
-    curve's pair."""
-    out = {"topk": res.topk, "n": res.n_sizes, "scores": _matrix(res.n_grid_matrix("scores")),
-           "chance": _matrix(res.n_grid_matrix("chance")),
-           "best_layers": np.stack([res.by_n[n].best_layers for n in res.n_sizes]).tolist()}
-    if res.settings.get("permutations") is not None:
-        out.update(calibrated=_matrix(res.n_grid_matrix("calibrated")), p_value=_matrix(res.n_grid_matrix("p_value")))
-    if res.settings.get("ci") is not None:
-        out.update(ci_low=_matrix(res.n_grid_matrix("ci_low")), ci_high=_matrix(res.n_grid_matrix("ci_high")))
-    out["curves"] = [{"x": res.names_x[i], "y": res.names_y[j], "i": i, "j": j} for i, j in res.curve_pairs()]
-    return out

@@ -204,10 +204,23 @@ def subsample_size(n: int, fraction: float) -> int:
 
 def _check_options_at(spec: MetricSpec, m: int, fraction: float, widths, options: dict) -> dict:
     try:
-        return spec.check_options(m, widths, options)
+        opts = spec.check_options(m, widths, options)
+        check_unsaturated(spec, m, opts)
+        return opts
     except ValueError as e:
         raise ValueError(f"fraction={fraction} gives subsamples of m={m} samples, too few for {spec.name} with "
                          f"these options: {e}. Raise fraction (or lower topk / cca_dim)") from e
+
+
+def check_unsaturated(spec: MetricSpec, m: int, opts: dict) -> None:
+    """Refuse subsamples on which a neighbour metric cannot vary: with topk >= m - 1 every sample's
+    neighbours are all the other samples, so every subsample scores the same and the interval would
+    have zero width whatever the data."""
+    k = opts.get("topk")
+    if spec.takes_topk and k is not None and k >= m - 1:
+        raise ValueError(f"topk={k} >= m - 1 = {m - 1}: on subsamples of m={m} every sample's neighbours are all "
+                         "the others, so every subsample gives the same score and the interval would have zero "
+                         "width (it would say nothing)")
 
 
 def _value_range(spec: MetricSpec, opts: dict) -> tuple[float, float]:

@@ -4,10 +4,12 @@
 
 ``python -m platonic_fast`` (see ``platonic_fast/__main__.py``) sees torchrun's environment
 (``WORLD_SIZE`` > 1), initialises the default process group (gloo; NCCL when ``--device cuda``,
-one GPU per rank by ``LOCAL_RANK``) and makes it the sweep's: :func:`active` returns a
-:class:`SweepShard` that :func:`platonic_fast.sweep.measure_sets` uses. Each rank reads only
-its own contiguous rows of every feature file (memory-mapped; the stored checksum is verified
-by rank 0 alone, the others read their rows only), every layer is prepared and every pair
+one GPU per rank by ``LOCAL_RANK``; :func:`start`) and hands the CLI a :class:`SweepShard`, which
+it passes to :func:`platonic_fast.sweep.measure_sets`. Every rank reads its own copy of every
+feature file (as on separate nodes), verifies it against its stored checksum (or hashes it
+whole), and the ranks compare what they read — every file's name, fingerprint, N, layer count
+and widths — before anything is scored; any difference stops every rank with the files named.
+Each rank then keeps its own contiguous rows, every layer is prepared and every pair
 scored collectively (:mod:`platonic_fast.distributed`), and rank 0 alone takes the output
 folder's lock and writes the pair records and the summary (atomically, as one process does),
 so the results and their resumption are those of a one-process run: the same records, keyed
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
 import json
 import os
 import sys
@@ -30,13 +33,6 @@ import torch
 from ..calibration import exact_chance as layer_chance
 from ._align import calibrate_states, prepare_layers, prepare_states, score_states
 from ._comm import Comm
-
-_ACTIVE: "SweepShard | None" = None
-
-
-def active() -> "SweepShard | None":
-    """The sweep's shard when ``python -m platonic_fast`` runs under torchrun, else None."""
-    return _ACTIVE
 
 
 class SweepShard:
@@ -55,6 +51,24 @@ class SweepShard:
         if out_of_core:
             raise ValueError("--out-of-core is not combined with torchrun: each rank already holds only its rows")
         inputs["out_of_core"] = False
+        if "fingerprints" in inputs:
+            self.agree_on_inputs(inputs)
+
+    def agree_on_inputs(self, inputs: dict) -> None:
+        """Every rank must have read the same files: names, fingerprints, N, layer counts, widths."""
+        mine = {"n": inputs["n"], "files": [[p.name, fp, inputs["info"][p]["num_layers"],
+                                             inputs["info"][p]["layer_widths"]]
+                                            for p, fp in inputs["fingerprints"].items()]}
+        digest = torch.frombuffer(bytearray(hashlib.sha256(json.dumps(mine, sort_keys=True).encode()).digest()),
+                                  dtype=torch.uint8)
+        digests = self.comm.all_gather(digest)
+        first = self.shared(mine)  # rank 0's view, to name what differs
+        with self.comm.step():
+            if not all(torch.equal(d, digests[0]) for d in digests):
+                others = [r for r, d in enumerate(digests) if not torch.equal(d, digests[0])]
+                raise ValueError(f"the ranks read different feature files (rank(s) {others} differ from rank 0"
+                                 f"{_difference(first, mine)}): every rank must see the same files, e.g. the "
+                                 "same copy on a shared file system; nothing was scored")
 
     @contextlib.contextmanager
     def lock(self, out, wait: float, lock_folder):
@@ -135,37 +149,58 @@ def _backend(argv: list[str]) -> str:
     return "gloo"
 
 
-def run_cli(argv: list[str]) -> int:
-    """``python -m platonic_fast``: the CLI, sharded over torchrun's ranks when there are several."""
-    from ..cli import main
+def _difference(first: dict, mine: dict) -> str:
+    """What this rank read differently from rank 0, in words (empty on rank 0)."""
+    if first == mine:
+        return ""
+    if first["n"] != mine["n"]:
+        return f"; here N={mine['n']}, on rank 0 N={first['n']}"
+    for a, b in zip(first["files"], mine["files"]):
+        if a != b:
+            what = ("fingerprint" if a[1] != b[1] else "layers" if a[2] != b[2] else "widths" if a[3] != b[3]
+                    else "name")
+            return f"; here {b[0]} differs in its {what} from rank 0's {a[0]}"
+    return "; here a different number of files"
 
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return main(argv)
-    if not argv or argv[0] != "measure":
-        print("platonic-fast: under torchrun only `measure` runs (sharded over the ranks); run the other "
-              "commands in one process", file=sys.stderr)
-        return 2
+
+def start(argv: list[str]) -> SweepShard:
+    """Initialise the default process group from torchrun's environment and return the sweep's
+    shard (the CLI's arguments: ``--device cuda`` selects NCCL and this rank's GPU)."""
     import torch.distributed as dist
 
-    global _ACTIVE
     backend = _backend(argv)
     if backend == "nccl":
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        argv = [f"cuda:{local}" if a.startswith("cuda") and i and argv[i - 1] == "--device" else
-                (f"--device=cuda:{local}" if a.startswith("--device=cuda") else a) for i, a in enumerate(argv)]
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     minutes = float(os.environ.get("PLATONIC_FAST_DIST_TIMEOUT_MIN", "30"))
     dist.init_process_group(backend, timeout=datetime.timedelta(minutes=minutes))
-    _ACTIVE = SweepShard(Comm())
-    quiet = dist.get_rank() != 0
+    return SweepShard(Comm())
+
+
+def local_device_argv(argv: list[str]) -> list[str]:
+    """``--device cuda`` made this rank's GPU (``cuda:<LOCAL_RANK>``)."""
+    if _backend(argv) != "nccl":
+        return argv
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    return [f"cuda:{local}" if a.startswith("cuda") and i and argv[i - 1] == "--device" else
+            (f"--device=cuda:{local}" if a.startswith("--device=cuda") else a) for i, a in enumerate(argv)]
+
+
+@contextlib.contextmanager
+def quiet_unless_writer(shard: SweepShard):
+    """One report: rank 0's standard output (errors still reach every rank's stderr)."""
+    if shard.writer:
+        yield
+        return
     saved = sys.stdout
-    if quiet:  # one report: rank 0's (errors still reach every rank's stderr)
-        sys.stdout = open(os.devnull, "w")
+    sys.stdout = open(os.devnull, "w")
     try:
-        return main(argv)
+        yield
     finally:
-        if quiet:
-            sys.stdout.close()
-            sys.stdout = saved
-        _ACTIVE = None
-        dist.destroy_process_group()
+        sys.stdout.close()
+        sys.stdout = saved
+
+
+def stop() -> None:
+    import torch.distributed as dist
+
+    dist.destroy_process_group()

@@ -160,18 +160,34 @@ def run_extract(args) -> int:
     jobs = _jobs(args)
     samples = _samples(args)
     jobs = _match_data(jobs, samples)
+    from ..files import OutputFolderLocked, lock_folder
+
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a folder (give a folder path)")
+    # One run at a time per folder (as measure): two runs naming the same file would overwrite
+    # one model's features with another's.
+    try:
+        with lock_folder(out, 0, what="extract"):
+            return _run_locked(jobs, samples, out, args, opts)
+    except OutputFolderLocked as e:
+        raise UsageError(str(e)) from None
+
+
+def _run_locked(jobs, samples, out: Path, args, opts: dict) -> int:
+    from ..files import OutputWriteError, clean_stale_temporaries
+
+    clean_stale_temporaries(out)  # what killed runs left (their PIDs are gone)
     plan = _plan(jobs, samples, out, args)
     if args.no_progress:
         _quiet_progress()
-    out.mkdir(parents=True, exist_ok=True)
     failed = []
     for job, path, todo in plan:
         if not todo:
             continue
         try:
             _extract_one(job, path, samples, args, opts)
-        except (KeyboardInterrupt, UsageError):
+        except (KeyboardInterrupt, UsageError, OutputWriteError):
             raise
         except Exception as exc:
             if getattr(args, "debug", False):
@@ -260,7 +276,9 @@ def _jobs(args) -> list[Job]:
     _load_sets_file(args.model_sets)
     named: list[tuple[str | None, str, bool]] = []
     for m in args.models:
-        name, _, rest = m.partition("=")
+        name, eq, rest = m.partition("=")
+        if eq and not rest.strip() and _NAME_RE.match(name) and not Path(m).expanduser().exists():
+            raise UsageError(f"{m!r} names no model: give NAME=MODEL (a hub id, timm name, local folder or alias)")
         if rest and _NAME_RE.match(name) and not Path(m).expanduser().exists():
             named.append((name, rest, False))
         else:
@@ -449,7 +467,9 @@ def _plan(jobs: list[Job], samples, out: Path, args) -> list[tuple[Job, Path, bo
             else:
                 print(f"{path} exists for the same model, pooling and samples, skipped (use --force to redo)")
                 todo = False
-                if not _manifest_path(path).exists():  # an interrupted run wrote the features only
+                if not _manifest_current(_manifest_path(path), samples, job.kind):
+                    # an interrupted run wrote the features but not (or not yet) their manifest
+                    print(f"{_manifest_path(path)}: missing or of other samples, written again")
                     samples.write_manifest(_manifest_path(path), job.kind)
         plan.append((job, path, todo))
     return plan
@@ -473,6 +493,16 @@ def _extract_one(job: Job, path: Path, samples, args, opts: dict) -> None:
     layers = feats.layers
     shape = " x ".join(map(str, layers.shape)) if hasattr(layers, "shape") else f"{feats.n} x {len(layers)} layers"
     print(f"{job.label}: {shape} -> {path}")
+
+
+def _manifest_current(path: Path, samples, kind: str) -> bool:
+    """Whether the manifest beside a features file lists exactly these samples."""
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) == json.loads(json.dumps(samples.manifest(kind)))
+    except (OSError, ValueError):
+        return False
 
 
 def _manifest_path(path: Path) -> Path:

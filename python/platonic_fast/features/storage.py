@@ -1,5 +1,8 @@
 """The :class:`Features` container and its files: one safetensors file per model.
 
+(Over 600 lines because it is the one place that reads and checks every feature format a user
+hands in, safetensors, .npy and the reference .pt, with their crafted-file defences.)
+
 Layout of a file written by :func:`save`:
 
 - tensors: ``layers`` (N x L x D float) when every layer has the same width, else ``layer.0``,
@@ -10,8 +13,9 @@ Layout of a file written by :func:`save`:
   ``sha256:<64 hex digits>`` over the ``meta`` string and every tensor (see :func:`checksum`).
   Files written before the checksum existed have none; they still load, but cannot be verified.
 
-Files are written atomically (a temporary file in the same folder, then ``os.replace``), so a
-crash never leaves a half-written file under the final name. They load memory-mapped: the
+Files are written atomically (a temporary folder beside the file, then ``os.replace``), so a
+crash never leaves a half-written file under the final name, and a later write into the folder
+removes what a killed one left (:func:`platonic_fast.files.write_atomic`). They load memory-mapped: the
 tensors are views of the mapped file, and pages are read only when touched.
 ``load(path, verify=True)`` and :func:`verify` recompute the checksum (one read of the data).
 
@@ -588,10 +592,18 @@ def _load_npy(path: Path, mmap: bool) -> Features:
     except (ValueError, OSError, EOFError) as e:
         raise ValueError(f"{str(path)!r} could not be read as a NumPy .npy array (corrupt, truncated, or "
                          f"holding Python objects): {e}") from e
-    if arr.dtype not in (np.float16, np.float32, np.float64):
+    native = arr.dtype.newbyteorder("=")
+    if native not in (np.float16, np.float32, np.float64):
         raise ValueError(f"{str(path)!r}: features must be float16, float32 or float64, got {arr.dtype}")
     if arr.ndim not in (2, 3):
         raise ValueError(f"{str(path)!r}: features must be N x L x D or N x D, got shape {arr.shape}")
+    # As the out-of-core reader (features/blocks.py): Fortran order is refused, since a block of
+    # rows is not contiguous in it; the other byte order is read into native floats.
+    if np.isfortran(arr):
+        raise ValueError(f"{str(path)!r} is stored in Fortran order; save it C-ordered "
+                         "(np.save(path, np.ascontiguousarray(x)))")
+    if arr.dtype != native:
+        arr = arr.astype(native)
     layers = torch.from_numpy(arr)
     layers = layers.unsqueeze(1) if layers.dim() == 2 else layers
     _check_loaded(layers, None, path)
