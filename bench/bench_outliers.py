@@ -1,4 +1,4 @@
-"""Outlier clamping (SPEC §1, q = 0.95, per-sample quantiles) of one synthetic model's
+"""Outlier clamping (docs/metrics.md#clamping, q = 0.95, per-sample quantiles) of one synthetic model's
 N x L x D features, as the layer search does before scoring: ``pf.remove_outliers`` end to end,
 the op's per-sample order statistics with every backend that runs here, and the dense
 reference (a full sort of every sample's |x|, float32). Not in run_cpu.py's default parts (the

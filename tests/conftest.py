@@ -54,7 +54,7 @@ DEVICES = [
     pytest.param("cuda", id="cuda", marks=[pytest.mark.gpu, _NO_CUDA]),
 ]
 
-METRIC_ATOL = 1e-5  # SPEC §1: within 1e-5 absolute of the reference on float32 inputs
+METRIC_ATOL = 1e-5  # docs/metrics.md#exactness: within 1e-5 absolute of the reference on float32 inputs
 EPS32 = float(torch.finfo(torch.float32).eps)
 
 
@@ -78,7 +78,7 @@ def grid(n: int, d: int, seed: int = 0, levels: int = 4, scale: int = 8,
 
     Every inner product is then computed *exactly* in float32 (and from bf16/fp16 inputs with
     float32 accumulation) whatever the summation order, so exact ties are reproducible and the
-    neighbour lists are fully determined by the SPEC's tie rule (smaller index first).
+    neighbour lists are fully determined by the tie rule (docs/metrics.md#knn) (smaller index first).
     """
     g = torch.Generator().manual_seed(seed)
     m = torch.randint(-levels, levels + 1, (n, d), generator=g)
@@ -249,7 +249,7 @@ def check_knn(vals, idx, x, k: int, *, keys=None, exclude_self: bool = True,
 
 
 def reconcile_lists(pf_mod, x, k: int, *, exclude_self: bool = True):
-    """Neighbour lists to feed the dense reference "given the same neighbour lists" (SPEC §1).
+    """Neighbour lists to feed the dense reference "given the same neighbour lists" (docs/metrics.md#exactness).
 
     The reference's float64 lists when platonic_fast agrees with them; otherwise platonic_fast's
     own lists after checking that every difference is a near-tie of float32 arithmetic.

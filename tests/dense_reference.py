@@ -1,7 +1,7 @@
-"""Dense, plain-torch reference for SPEC §1 (platonic_fast metric semantics).
+"""Dense, plain-torch reference for docs/metrics.md (platonic_fast metric semantics).
 
 Written for clarity, not speed: every metric materialises the N×N similarity matrix, sorts
-every row with a *stable* descending sort (so ties go to the smaller index, as the SPEC
+every row with a *stable* descending sort (so ties go to the smaller index, as docs/metrics.md#knn
 requires) and computes HSIC with explicit O(N³) matrix products, as platonic-rep's metrics.py
 does. Every function takes ``dtype=`` (default ``torch.float64``) and computes in that dtype on
 the input's device.
@@ -53,7 +53,7 @@ __all__ = [
 ]
 
 DEFAULT_DTYPE = torch.float64
-# "oracle": the SPEC's tie rule, vectorised; "reference": platonic-rep's operations (module doc).
+# "oracle": the tie rule (docs/metrics.md#knn), vectorised; "reference": platonic-rep's operations (module doc).
 APPROACHES = ("oracle", "reference")
 
 # Same order as platonic-rep's AlignmentMetrics.SUPPORTED_METRICS.
@@ -278,7 +278,7 @@ def hsic_biased(K: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
 
 
 def hsic_unbiased(K: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
-    """Song et al. (2012) unbiased HSIC; needs N >= 4. Written like the SPEC formula."""
+    """Song et al. (2012) unbiased HSIC; needs N >= 4. Written like the formula of docs/metrics.md#hsic."""
     n = K.shape[0]
     Kt = K.clone().fill_diagonal_(0)
     Lt = L.clone().fill_diagonal_(0)
@@ -327,7 +327,7 @@ def _cknna_sets(K: torch.Tensor, k: int, unbiased: bool, approach: str) -> torch
 def cknna(a, b, topk: int = 10, distance_agnostic: bool = False, unbiased: bool = True, *,
           dtype: torch.dtype = DEFAULT_DTYPE, knn_a=None, knn_b=None,
           approach: str = "oracle") -> float:
-    """CKNNA per SPEC §1 (linear kernel; masks M from the K-set and the L-set of each row).
+    """CKNNA per docs/metrics.md#cknna (linear kernel; masks M from the K-set and the L-set of each row).
 
     ``knn_a``/``knn_b`` optionally supply the neighbour sets (N×topk index lists, self
     excluded when ``unbiased``, else the diagonal competing).
@@ -362,7 +362,7 @@ def cknna(a, b, topk: int = 10, distance_agnostic: bool = False, unbiased: bool 
 # ----------------------------------------------------------------------------------------------
 
 def _standardise(x: torch.Tensor) -> torch.Tensor:
-    """Columns minus their mean, over their unbiased std + 1e-8 (SPEC §1). An exactly constant
+    """Columns minus their mean, over their unbiased std + 1e-8 (docs/metrics.md#svcca). An exactly constant
     column is exactly 0 (0 / 1e-8), not the rounding of its mean divided by 1e-8."""
     const = (x == x[:1]).all(dim=0)
     x = x - x.mean(dim=0, keepdim=True)
@@ -423,7 +423,7 @@ def _interp_quantile_sorted(v: torch.Tensor, q: float) -> torch.Tensor:
 
 def remove_outliers(feats, q: float = 0.95, exact: bool = False, *,
                     dtype: torch.dtype = DEFAULT_DTYPE) -> torch.Tensor:
-    """Clamp entries to [-t, t] (SPEC §1 outlier clamping), computed in ``dtype``.
+    """Clamp entries to [-t, t] (docs/metrics.md#clamping), computed in ``dtype``.
 
     exact=True: t = sorted |x| (whole tensor) at position floor(q·numel).
     exact=False: t = mean over samples (dim 0) of each sample's interpolated q-quantile of |x|.

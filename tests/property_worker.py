@@ -336,7 +336,7 @@ def reference_value(metric: str, a64, b64, opts: dict, *, dtype=torch.float64, l
 
 
 def self_hsic_product(metric, a64, b64, opts, la, lb) -> float:
-    """s(K,K)·s(L,L): its square root is what the SPEC's 1e-6 guard is added to (float64 reference)."""
+    """s(K,K)·s(L,L): its square root is what the 1e-6 guard (docs/metrics.md#cka) is added to (float64 reference)."""
     if metric == "cknna":
         unbiased = opts["unbiased"]
         hsic = R.hsic_unbiased if unbiased else R.hsic_biased
@@ -373,7 +373,7 @@ def classify_metric(metric: str, a64, b64, opts: dict, *, low_a=False, low_b=Fal
                 tags.add("rbf_constant")
     if metric == "svcca":
         k = opts["cca_dim"]
-        # a constant column standardises to an exact zero column (SPEC: divide by std + 1e-8):
+        # a constant column standardises to an exact zero column (docs/metrics.md#svcca: divide by std + 1e-8):
         # not degenerate in itself; the rank and gap checks below decide
         if k >= n - 1:
             tags.add("svcca_trivial")
@@ -407,7 +407,7 @@ def classify_metric(metric: str, a64, b64, opts: dict, *, low_a=False, low_b=Fal
         if prod < 0:
             # unbiased HSIC(K,K) estimated below 0: the reference's sqrt is NaN, no score exists
             return Expect("degenerate", errors=(ValueError,), tags={"negative_self_hsic"})
-        # the SPEC's 1e-6 guard is not negligible against sqrt(HSIC(K,K)·HSIC(L,L)): the score is
+        # the 1e-6 guard (docs/metrics.md#cka) is not negligible against sqrt(HSIC(K,K)·HSIC(L,L)): the score is
         # pulled towards 0 by scale alone (tiny features, a near-constant kernel). The reference
         # says the same number; a warning about it is welcome, not required.
         if not 1e-6 <= 1e-5 * math.sqrt(prod):
@@ -424,7 +424,7 @@ def classify_metric(metric: str, a64, b64, opts: dict, *, low_a=False, low_b=Fal
     if metric in KNN_METRICS:
         lo, hi = 0.0, float(opts["topk"]) if metric == "lcs_knn" else 1.0
     else:
-        # the reference's own float32 error at unit scale (2x rule, STYLE), the SPEC's 1e-5 floor
+        # the reference's own float32 error at unit scale (2x rule, STYLE), the 1e-5 floor of docs/metrics.md#exactness
         (ua, ca), (ub, cb) = unit(a64), unit(b64)
         sig = opts.get("rbf_sigma", 1.0)
         want_unit = reference_value(metric, ua, ub, opts, la=la, lb=lb, sigmas=(sig / ca, sig / cb))
@@ -604,7 +604,7 @@ def expect_align(case: dict, x: dict) -> Expect:
     ly = R._split_layers(ys64, p["q"], p["exact"], torch.float64)
     if p["concat"]:
         lx, ly = lx + [torch.cat(lx, dim=1)], ly + [torch.cat(ly, dim=1)]
-    # L2 normalisation as the SPEC states it (scale-free): F.normalize's 1e-12 floor would leave
+    # L2 normalisation as docs/metrics.md#layer-search states it (scale-free): F.normalize's 1e-12 floor would leave
     # rows of a layer near 1e-20 unnormalised, an artefact the library avoids by scaling first.
     lx = [t / _nonzero(t.norm(dim=-1, keepdim=True)) for t in lx]
     ly = [t / _nonzero(t.norm(dim=-1, keepdim=True)) for t in ly]
@@ -729,7 +729,7 @@ def check_value(got, e: Expect) -> str | None:
 
 
 def reconcile(pf, got: float, e: Expect, x: dict, msg: str) -> str | None:
-    """"Given the same neighbour lists" (SPEC): when platonic_fast's own kNN lists differ from the
+    """"Given the same neighbour lists" (docs/metrics.md#exactness): when platonic_fast's own kNN lists differ from the
     reference's only at float64 near-ties, the reference evaluated on those lists decides."""
     k = e.opts["topk"]
     exclude = e.opts.get("unbiased", True) if e.metric == "cknna" else True

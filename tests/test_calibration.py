@@ -1,4 +1,4 @@
-"""Permutation nulls (calibration.py, SPEC §1b): the formulas against a plain implementation and
+"""Permutation nulls (calibration.py, docs/metrics.md#calibration): the formulas against a plain implementation and
 against the calibrated-similarity package with the same permutations; relabelled nulls equal
 nulls recomputed from permuted features; exact chance levels; p-value uniformity; bad input."""
 
@@ -31,7 +31,7 @@ def _related(n=120, seed=0):
 
 
 def _plain(observed, null, alpha, s_max):
-    """SPEC §1b written out with Python lists."""
+    """docs/metrics.md#calibration written out with Python lists."""
     k = len(null)
     p = (1 + sum(v >= observed for v in null)) / (k + 1)
     combined = sorted([observed, *null])

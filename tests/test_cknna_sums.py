@@ -1,5 +1,5 @@
 """CKNNA's sparse sums (ops/cknna_sums.py): every backend against the plain-torch reference, and
-the reference against the dense masked-kernel sums of SPEC §1."""
+the reference against the dense masked-kernel sums of docs/metrics.md#cknna."""
 
 import pytest
 import torch
@@ -23,7 +23,7 @@ def _lists(n: int, k: int, seed: int, dtype=torch.float64, exclude_self: bool = 
 
 
 def _dense_sums(ia, va, ib, vb, zero_diagonal: bool) -> dict:
-    """The sums from dense N x N masked kernels (the formulas of SPEC §1, written out)."""
+    """The sums from dense N x N masked kernels (the formulas of docs/metrics.md#cknna, written out)."""
     n = ia.shape[0]
     K = torch.zeros(n, n, dtype=torch.float64).scatter_(1, ia, va.to(torch.float64))
     L = torch.zeros(n, n, dtype=torch.float64).scatter_(1, ib, vb.to(torch.float64))

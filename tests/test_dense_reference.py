@@ -1,7 +1,7 @@
 """Self-checks of tests/dense_reference.py (needs only torch, not platonic_fast).
 
 The other test files trust this module, so it is checked against textbook forms and against
-the SPEC's golden values, which were produced by the platonic-rep metrics.py.
+the golden values (docs/metrics.md#golden-values), which were produced by the platonic-rep metrics.py.
 """
 
 import itertools

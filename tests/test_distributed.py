@@ -1,4 +1,4 @@
-"""Sharded metrics under torch.distributed (SPEC §1c): 1, 2 and 3 gloo processes, spawned here.
+"""Sharded metrics under torch.distributed (docs/metrics.md#sharded): 1, 2 and 3 gloo processes, spawned here.
 
 Each group runs tests/distributed_worker.py in fresh processes (file store, no ports), with a
 timeout on the whole group: no test can hang. Every rank's results are compared with one

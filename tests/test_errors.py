@@ -1,4 +1,4 @@
-"""Bad input (SPEC §2): ValueError/TypeError naming the argument; nothing else, never a crash."""
+"""Bad input (docs/metrics.md#inputs): ValueError/TypeError naming the argument; nothing else, never a crash."""
 
 import inspect
 import math

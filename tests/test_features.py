@@ -119,7 +119,7 @@ def test_causal_lm_shapes_meta_bpb(lms, tokenizer, name):
 @pytest.mark.parametrize("pool", ["avg", "last"])
 @pytest.mark.parametrize("name", ["gpt2", "llama", "bert"])
 def test_batch_invariance(lms, tokenizer, name, pool):
-    """SPEC §4: batch size 1 and batch size 8 give the same features (padding is invisible)."""
+    """docs/metrics.md#batch-invariance: batch size 1 and batch size 8 give the same features (padding is invisible)."""
     one = _extract(lms[name], tokenizer, pool=pool, batch_size=1)
     eight = _extract(lms[name], tokenizer, pool=pool, batch_size=8)
     torch.testing.assert_close(one.layers, eight.layers, atol=ATOL, rtol=0)

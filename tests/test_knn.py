@@ -2,7 +2,7 @@
 
 Index equality is checked exactly where the answer is unambiguous: float64 inputs (Gaussian:
 tie-free with probability 1) and "grid" data (dyadic values whose dot products are exact in
-float32, so exact ties exist and the SPEC's smaller-index rule decides). Float32 / low-precision
+float32, so exact ties exist and the smaller-index rule (docs/metrics.md#knn) decides). Float32 / low-precision
 Gaussian inputs get the near-tie-tolerant check of conftest.check_knn.
 """
 

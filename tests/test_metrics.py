@@ -1,4 +1,4 @@
-"""Every metric against the dense float64 reference (SPEC §1), goldens, measure, prepare/score."""
+"""Every metric against the dense float64 reference (docs/metrics.md), goldens, measure, prepare/score."""
 
 import functools
 import warnings
@@ -204,7 +204,7 @@ def test_svcca_vs_reference(pf, n, cca_dim):
     a, b = pair(n)
     got = pf.svcca(a, b, cca_dim=cca_dim)
     want = ref_cache(("svcca", n, cca_dim), lambda: R.svcca(a, b, cca_dim))
-    # SPEC exempts svcca from the 1e-5 rule (an SVD subspace in float32); exact SVD otherwise
+    # docs/metrics.md#exactness exempts svcca from the 1e-5 rule (an SVD subspace in float32); exact SVD otherwise
     assert to_float(got) == pytest.approx(want, abs=1e-4)
     assert 0.0 <= to_float(got) <= 1.0 + 1e-6
 
@@ -284,7 +284,7 @@ def test_metrics_on_device(pf, device):
 
 
 # ----------------------------------------------------------------------------------------------
-# golden values (SPEC §1), produced by the reference metrics.py on CPU in float32
+# golden values (docs/metrics.md#golden-values), produced by the reference metrics.py on CPU in float32
 # ----------------------------------------------------------------------------------------------
 
 def _golden_tol(printed: str) -> float:
@@ -451,7 +451,7 @@ def test_metric_specs_declare_everything(pf):
 # ----------------------------------------------------------------------------------------------
 
 def _oracle_cka(a, b, kernel="ip", sigma=1.0, unbiased=False) -> float:
-    """float64 CKA of the SPEC, written to be well conditioned: centred features, and the RBF as
+    """float64 CKA of docs/metrics.md#cka, written to be well conditioned: centred features, and the RBF as
     expm1(-d²/(2σ²)) = K - 11ᵀ (HSIC-equivalent to K, without the cancellation of exp ≈ 1)."""
     a, b = a.double(), b.double()
     a, b = a - a.mean(0), b - b.mean(0)
@@ -475,10 +475,10 @@ def test_scale_invariant_metrics_at_any_scale(pf, scale):
     a, b = _issue_pair()
     for metric in ("mutual_knn", "cycle_knn", "lcs_knn", "edit_distance_knn"):
         assert getattr(pf, metric)(a * scale, b) == getattr(pf, metric)(a, b), metric
-    # svcca's +1e-8 in the standardisation (SPEC) is scale-dependent: check against float64
+    # svcca's +1e-8 in the standardisation (docs/metrics.md#svcca) is scale-dependent: check against float64
     assert pf.svcca(a * scale, b) == pytest.approx(R.svcca((a * scale).double(), b.double()), abs=1e-5)
     with warnings.catch_warnings():
-        # below ~1e-3 the SPEC's 1e-6 guard dominates CKA and CKNNA: a documented warning
+        # below ~1e-3 the 1e-6 guard (docs/metrics.md#cka) dominates CKA and CKNNA: a documented warning
         warnings.simplefilter("ignore", pf.DegenerateInputWarning)
         for unbiased in (False, True):
             got = pf.cka(a * scale, b, unbiased=unbiased)

@@ -1,4 +1,4 @@
-"""Outlier clamping (ops/outliers.py, SPEC §1) against the dense reference, and every backend of
+"""Outlier clamping (ops/outliers.py, docs/metrics.md#clamping) against the dense reference, and every backend of
 its per-sample order statistics against the torch reference."""
 
 import math
@@ -75,7 +75,7 @@ def test_remove_outliers_numpy(pf):
 
 @pytest.mark.parametrize("exact", [True, False], ids=["exact", "approx"])
 def test_remove_outliers_more_than_2_pow_24(pf, exact):
-    # torch.quantile refuses > 2**24 elements; the SPEC requires any size
+    # torch.quantile refuses > 2**24 elements; docs/metrics.md#clamping requires any size
     g = torch.Generator().manual_seed(0)
     x = torch.randn(17, 1_000_003, generator=g)
     assert x.numel() > 2**24

@@ -3,7 +3,7 @@
 For kernels K (from A) and L (from B) of the same N samples — linear (⟨x, y⟩) or the RBF in
 the held form of ops/hsic.py, K̂ = (expm1(γ(m - ‖x - y‖²)) + b) / h (γ, m, b, 1/h per side;
 γ = 1/(2σ²), m = 0, b = 1, h = 1 is exp(-‖x - y‖²/(2σ²)) itself) — one pass over the
-BLOCK x BLOCK tiles of one triangle accumulates everything biased and unbiased HSIC need (SPEC §1):
+BLOCK x BLOCK tiles of one triangle accumulates everything biased and unbiased HSIC need (docs/metrics.md#hsic):
 
     Σ K∘L, Σ K∘K, Σ L∘L   and the row sums K1, L1
 

@@ -13,7 +13,7 @@ The similarity tile never reaches global memory. The running top-k lives in regi
 BLOCK_M x TOP packed 64-bit keys (TOP = k rounded up to a power of two, at least 16; lanes k..TOP
 are parked at the largest key so that they are never evicted): the high 32 bits order the float
 score, the low 32 bits hold (2³² - 1 - index), so larger keys mean larger scores and, for equal
-scores, smaller indices — the tie rule of SPEC §1. Keys are unique per row, so "evict the row
+scores, smaller indices — the tie rule of docs/metrics.md#knn. Keys are unique per row, so "evict the row
 minimum" is well defined. k <= 128; larger k goes to the (tiled) torch backend.
 
 Columns arrive in increasing index order, so a score equal to the current k-th best always

@@ -65,7 +65,7 @@ def check_not_constant(t: torch.Tensor, name: str, metric: str, column_range=Non
 
 
 def guarded_ratio(metric: str, num: float, norm: float, exponent: float, *, warn: bool = True) -> float:
-    """num / (norm + 1e-6), the SPEC's CKA/CKNNA ratio, with num and norm in scaled units where
+    """num / (norm + 1e-6), the CKA/CKNNA ratio of docs/metrics.md#cka, with num and norm in scaled units where
     the guard 1e-6 reads 1e-6 · 2**exponent; warns (unless ``warn`` is False) when the guard
     moves the score by over 10%."""
     guard = math.ldexp(1e-6, int(exponent)) * 2.0 ** (exponent - int(exponent)) if exponent < 1000 else math.inf

@@ -1,4 +1,4 @@
-"""Permutation nulls: p-values, thresholds and calibrated scores (SPEC §1b).
+"""Permutation nulls: p-values, thresholds and calibrated scores (docs/metrics.md#calibration).
 
 A raw alignment score means little on its own: biased CKA of independent Gaussian features is
 0.03 / 0.34 / 0.89 at widths 16 / 256 / 4096 (N = 500), and the best of many layer pairs is
@@ -158,7 +158,7 @@ def check_s_max(s_max) -> float | None:
 
 def null_calibration(observed: float, null, *, alpha: float = 0.05, s_max: float | None = 1.0
                      ) -> tuple[float, float, float]:
-    """(p, τ, calibrated) of an observed statistic against its null values (SPEC §1b).
+    """(p, τ, calibrated) of an observed statistic against its null values (docs/metrics.md#calibration).
 
     Parameters
     ----------

@@ -154,7 +154,8 @@ def main() -> None:
     sc = info["knn_screen"]
     if "error" not in sc:
         f = sc["cpu_features"]
-        found = ", ".join(n for n in ("avx512f", "avx512_bf16", "amx_bf16") if f.get(n)) or "none of avx512f/avx512_bf16/amx_bf16"
+        flags = ("avx512f", "avx512_bf16", "amx_bf16")
+        found = ", ".join(n for n in flags if f.get(n)) or "none of " + "/".join(flags)
         amx = "" if f.get("amx_permitted") else f"; AMX: {f.get('amx_note') or 'unknown (core predates the screen)'}"
         print(f"kNN bf16 screen (CPU): {'runs' if sc['runs'] else 'off'} for N >= {sc['min_keys']}, k <= {sc['max_k']} "
               f"({sc['why']}); CPU features: {found}{amx}; PLATONIC_FAST_KNN_SCREEN={sc['env'] or 'unset (auto)'}")

@@ -1,4 +1,4 @@
-"""The eight alignment metrics of SPEC §1, each declared once as a :class:`MetricSpec`.
+"""The eight alignment metrics of docs/metrics.md, each declared once as a :class:`MetricSpec`.
 
 A metric splits into ``prepare`` (everything that depends on one feature set: its neighbour
 lists, its kernel statistics, its singular vectors) and ``pair`` (the cheap part that needs
@@ -243,7 +243,7 @@ def _list_metric(name: str, kind: str, from_total: Callable[[int, int, int], flo
 
 
 # A random relabelling makes π⁻¹(kNN_B(π(i))) a uniform k-subset of the N - 1 other samples,
-# so E|kNN_A(i) ∩ it| = k²/(N - 1) for every i (SPEC §1b).
+# so E|kNN_A(i) ∩ it| = k²/(N - 1) for every i (docs/metrics.md#chance-levels).
 # Each list metric is a function of its per-row total (an exact integer), N and k.
 _MUTUAL = _list_metric("mutual_knn", "mutual_overlap", lambda total, n, k: total / n / k, symmetric=True,
                        null_mean=lambda sa, sb, n, *, topk, **opts: topk / (n - 1))
@@ -266,7 +266,7 @@ def _masked_sums(a: Neighbours, b: Neighbours, zero_diagonal: bool, backend: str
 
 
 def _cknna_similarity(s: dict, n: int, *, unbiased: bool, distance_agnostic: bool) -> float:
-    """HSIC of the masked kernels M∘K, M∘L from their sparse sums (SPEC §1, CKNNA)."""
+    """HSIC of the masked kernels M∘K, M∘L from their sparse sums (docs/metrics.md#cknna)."""
     if distance_agnostic:
         return s["mask_count"]
     if unbiased:
@@ -302,14 +302,14 @@ def _cknna_pair(sa: Neighbours, sb: Neighbours, *, topk=None, unbiased=True, dis
 
 def _cknna_from_sums(sums: dict, sa: Neighbours, sb: Neighbours, n: int, *, unbiased: bool,
                      distance_agnostic: bool, warn: bool = True) -> float:
-    """The score from the pair's masked sums and each set's own (SPEC §1, CKNNA), N samples."""
+    """The score from the pair's masked sums and each set's own (docs/metrics.md#cknna), N samples."""
     opts = dict(unbiased=unbiased, distance_agnostic=distance_agnostic)
     kl = _cknna_similarity(sums, n, **opts)
     kk = _cknna_similarity(sa.self_sums, n, **opts)
     ll = _cknna_similarity(sb.self_sums, n, **opts)
     if distance_agnostic:
         return kl / max(kk * ll, 1e-300) ** 0.5
-    # The sums are in scaled units (values · 2**-e): the SPEC's 1e-6 guard moves there too.
+    # The sums are in scaled units (values · 2**-e): the 1e-6 guard (docs/metrics.md#cka) moves there too.
     return guarded_ratio("cknna", kl, max(kk * ll, 0.0) ** 0.5, -(sa.scale_exp + sb.scale_exp), warn=warn)
 
 
@@ -733,7 +733,7 @@ def score(a: Prepared, b: Prepared) -> float:
     Warns
     -----
     DegenerateInputWarning
-        The score carries little information (CKA/CKNNA: the SPEC's 1e-6 guard dominates).
+        The score carries little information (CKA/CKNNA: the 1e-6 guard (docs/metrics.md#cka) dominates).
     """
     for name, p in (("a", a), ("b", b)):
         if not isinstance(p, Prepared):

@@ -1,4 +1,4 @@
-"""The one layer preparation of the layer search (SPEC §1): clamp, scale, L2-normalise.
+"""The one layer preparation of the layer search (docs/metrics.md#layer-search): clamp, scale, L2-normalise.
 
 In memory (:func:`platonic_fast.align.prepare_layers`), out of core
 (:class:`platonic_fast.outofcore.StreamedLayers`) and sharded

@@ -4,7 +4,7 @@ With a process group initialised (``torch.distributed.init_process_group``: gloo
 on GPUs, launched by ``torchrun``), rank r passes rows [s_r, s_{r+1}) of A and B (rank order is
 sample order; shards may differ in size, be smaller than k, or be empty). Every function is
 collective (all ranks of the group call it, in the same order) and returns on every rank what
-the one-process function returns on the concatenated rows (SPEC §1c): neighbour lists with
+the one-process function returns on the concatenated rows (docs/metrics.md#sharded): neighbour lists with
 global indices and the same tie rule, scores equal within 1e-12 where the computation is in
 float64 (float64 inputs, or problems small enough that one process uses float64), within the
 GEMMs' float32 rounding otherwise.

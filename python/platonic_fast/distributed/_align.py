@@ -42,7 +42,7 @@ def _threshold(comm: Comm, layout: Layout, t: torch.Tensor, q: float, exact: boo
 
 
 def remove_outliers(feats, q: float = 0.95, exact: bool = False, *, group=None, timeout=None):
-    """Clamp this rank's rows of ``feats`` to [-t, t] with t from all ranks' rows (SPEC §1;
+    """Clamp this rank's rows of ``feats`` to [-t, t] with t from all ranks' rows (docs/metrics.md#clamping;
     :func:`platonic_fast.remove_outliers` on the concatenation, this rank's part returned).
 
     ``exact=True``: t is the entry at position floor(q · numel) of the sorted |x| of the whole

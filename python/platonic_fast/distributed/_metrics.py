@@ -1,4 +1,4 @@
-"""The metrics of SPEC §1 on row-sharded features: prepare / score / measure and one function
+"""The metrics of docs/metrics.md on row-sharded features: prepare / score / measure and one function
 per metric, with the one-process names, options and validation (:mod:`platonic_fast.metrics`)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Outlier clamping of row-sharded features (SPEC §1) without gathering them.
+"""Outlier clamping of row-sharded features (docs/metrics.md#clamping) without gathering them.
 
 - ``exact=True``: the entry at position ⌊q·numel⌋ of the sorted |x| of the whole tensor, by a
   distributed radix selection on the bits of |x| (non-negative floats order as integers):

@@ -2,7 +2,7 @@
 
 Given row i's neighbour lists in K (indices ``idx_k``, kernel values ``val_k``) and in L, the
 mask keeps j when it is in both lists of i (M is not symmetric). The sums HSIC needs of the
-masked kernels K' = M∘K, L' = M∘L (SPEC §1, CKNNA) are
+masked kernels K' = M∘K, L' = M∘L (docs/metrics.md#cknna) are
 
     trace_kl = Σ_ij K'_ij L'_ji,  sum_k = Σ K',  sum_l = Σ L',
     k_then_l = 1ᵀK'L'1,  l_then_k = 1ᵀL'K'1,  mask_count = Σ M,

@@ -2,7 +2,7 @@
 
 Biased and unbiased HSIC of kernels K (from A) and L (from B) need only
     Σ K∘L,  and per kernel: Σ K∘K, row sums K1, diagonal diag(K)
-(SPEC §1). They are gathered here in one of two ways:
+(docs/metrics.md#hsic). They are gathered here in one of two ways:
 
 - feature space, linear kernel only: with column-centred features Ā, B̄ (both HSIC estimators
   are invariant to centring the features of a linear kernel), Σ K̄∘L̄ = ‖ĀᵀB̄‖²_F, the row sums
@@ -25,7 +25,7 @@ Exact at any scale. Each kernel is held as ``scale · K̂`` with K̂ of order on
   Biased HSIC is invariant to adding a constant to every entry of K (the unbiased one zeroes
   the diagonal and is invariant to adding it off the diagonal), so HSIC(K̃, ·) = HSIC(K, ·)
   exactly. Otherwise K̂ = K.
-CKA then applies the SPEC's 1e-6 guard in true units: HSIC(K,L) / (√(HSIC(K,K)·HSIC(L,L)) + 1e-6).
+CKA then applies the 1e-6 guard (docs/metrics.md#cka) in true units: HSIC(K,L) / (√(HSIC(K,K)·HSIC(L,L)) + 1e-6).
 """
 
 from __future__ import annotations
@@ -364,7 +364,7 @@ def row_parts(ka: KernelStats, kb: KernelStats) -> list[float]:
 
 def hsic_from_parts(cross: float, parts: list[float], n: int, *, unbiased: bool) -> float:
     """Biased HSIC tr(KHLH) or the unbiased estimator of Song et al. (2012), from the cross
-    term and :func:`row_parts` (SPEC §1)."""
+    term and :func:`row_parts` (docs/metrics.md)."""
     s_rab, s_ra, s_rb, s_dab, s_da, s_db, s_t = parts
     if not unbiased:
         return cross - 2.0 * s_rab / n + s_ra * s_rb / n**2
@@ -399,7 +399,7 @@ def cka_from_stats(ka: KernelStats, kb: KernelStats, *, unbiased: bool) -> float
     """HSIC(K,L) / (sqrt(HSIC(K,K)·HSIC(L,L)) + 1e-6), as the reference defines CKA.
 
     The HSICs are taken of the scaled kernels K̂, L̂; the 1e-6 guard is moved into the same
-    units (1e-6 / (scale_K · scale_L)), so the result is the SPEC's in true units, at any scale.
+    units (1e-6 / (scale_K · scale_L)), so the result is docs/metrics.md#cka's in true units, at any scale.
     """
     return _cka_from_cross(cross_sum(ka, kb), ka, kb, unbiased=unbiased)
 

@@ -205,7 +205,8 @@ def _residues(src, step: int):
 
 def score_bounds(q: torch.Tensor, keys: torch.Tensor, *, output_u: float = PRODUCT_OUTPUT_U,
                  input_u: float | None = None, block_elements: int = 1 << 21) -> tuple[torch.Tensor, float]:
-    """(b0, c) for tensors or row sources ``q``, ``keys``: for every query row i and key j, |screened(i, j) − ⟨q_i, k_j⟩| ≤ b0_i + c·|screened(i, j)|.
+    """(b0, c) for tensors or row sources ``q``, ``keys``: for every query row i and key j,
+    |screened(i, j) − ⟨q_i, k_j⟩| ≤ b0_i + c·|screened(i, j)|.
 
     - inputs rounded to bf16: ⟨x, y⟩ − ⟨x̂, ŷ⟩ = ⟨x − x̂, y⟩ + ⟨x̂, y − ŷ⟩, so by Cauchy–Schwarz
       |·| ≤ ‖x − x̂‖·‖y‖ + ‖x̂‖·‖y − ŷ‖ ≤ r_i·max‖y‖ + ‖x̂_i‖·max r_j (r the actual residues;
@@ -288,7 +289,8 @@ def candidates(q, keys, k: int, kk_exact: int, *, exclude_self: bool, n_cand: in
     float64 score, then −inf (index −1; the window ends there, no key outside it can be a
     neighbour); a row that falls back, the exact path's top-W by float32 score.
     """
-    from .knn import _reorder_clusters, candidates as tile_candidates
+    from .knn import _reorder_clusters
+    from .knn import candidates as tile_candidates
 
     keys_ = q if keys is None else keys
     kk = screen_kk(k, n_cand)

@@ -1,4 +1,4 @@
-"""Outlier clamping as the reference pipeline does before scoring layers (SPEC §1).
+"""Outlier clamping as the reference pipeline does before scoring layers (docs/metrics.md#clamping).
 
 Quantiles come from ``torch.topk`` rather than ``torch.quantile``, which refuses inputs of more
 than 2**24 elements; the result is the same order statistic.
@@ -113,7 +113,7 @@ def outlier_threshold(feats: torch.Tensor, q: float, exact: bool) -> torch.Tenso
 
 
 def remove_outliers(feats, q: float = 0.95, exact: bool = False):
-    """Clamp every entry of ``feats`` to [-t, t] (SPEC §1).
+    """Clamp every entry of ``feats`` to [-t, t] (docs/metrics.md#clamping).
 
     Parameters
     ----------

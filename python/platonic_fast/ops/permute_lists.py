@@ -6,7 +6,7 @@ For features B (N x D) with kNN lists L and a permutation π of the rows, the li
     L_π[i] = π⁻¹(L[π(i)]),
 
 with the same kernel values in the same order: no kNN is recomputed, O(N·k) per permutation
-(SPEC §1b). Equal-score neighbours keep B's order (ties by the smaller *original* index), which
+(docs/metrics.md#calibration). Equal-score neighbours keep B's order (ties by the smaller *original* index), which
 can differ from lists recomputed on B[π] (ties by the smaller *new* index); on tie-free data the
 two are identical.
 

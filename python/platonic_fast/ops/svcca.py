@@ -1,6 +1,6 @@
 """SVCCA's per-feature-set step: the top singular directions of the standardised features.
 
-SPEC §1: standardise each column (subtract the mean, divide by the unbiased std + 1e-8) and
+docs/metrics.md#svcca: standardise each column (subtract the mean, divide by the unbiased std + 1e-8) and
 keep the top ``cca_dim`` left singular vectors. The canonical correlations of two such
 orthonormal bases are the singular values of U_Aᵀ U_B (:func:`canonical_correlations`).
 One implementation on torch (LAPACK on the CPU, cuSOLVER on CUDA), in float64.
