@@ -1,5 +1,9 @@
 """Out-of-core layer search: feature files read block by block, never whole.
 
+(Over 600 lines because a file's whole path -- statistics, clamp threshold, preparation of every
+metric's state and the streamed HSIC products -- reads best in one place; the kNN pass itself is
+ops/knn.py's, over a file row source.)
+
 The in-memory layer search (:func:`platonic_fast.align`, ``platonic-fast measure``) holds every
 layer of a model at once: N x L x D floats, clamped and normalised. Here a model's features
 stay in their file (:class:`~platonic_fast.features.blocks.FeatureFile`: safetensors or .npy,

@@ -1,5 +1,8 @@
 """The study: train every model the findings need, evaluate the four findings, align the models.
 
+(Over 600 lines because the four findings, their windows and the alignment bridge are defined
+together: each finding's number must be read beside the window it averages.)
+
 Windows (where a finding's number averages the error curve)
     ``under``: 1 to d − 1 in-context examples, where a linear function is not yet determined and
     least squares, the Lasso and the models differ (from d examples on, noise-free least squares is

@@ -1,5 +1,9 @@
 """Exact k-nearest neighbours by inner product, most similar first, ties to the smaller index.
 
+(Over 600 lines because it is the one kNN pass for every row source: the public faiss-shaped
+wrapper, the tile loop, the certified-screen hook and the float64 ordering pass share their
+rounding bounds and must change together.)
+
 Backends:
 - ``triton`` (CUDA tensors): the fused kernel of kernels/triton/knn.py.
 - ``cpu``: GEMM tiles through torch (MKL/oneDNN sgemm, the CPU's fastest path) fed to the
