@@ -10,7 +10,6 @@ fetching the rows each rank needs (π⁻¹(kNN_B(π(i))) for the lists): nothing
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 
 import torch
@@ -28,6 +27,7 @@ from ..calibration import (
     permutation_source,
 )
 from ..calibration import calibrate_states as _calibrate_states
+from ..ops.outliers import check_clamp_args
 from ..preparation import LayerScale, clamped_top, join, joined_scale, pre_exponent
 from . import _outliers
 from ._comm import Comm, Layout
@@ -51,12 +51,7 @@ def remove_outliers(feats, q: float = 0.95, exact: bool = False, *, group=None, 
     """
     comm = Comm(group, timeout)
     with comm.step():
-        if isinstance(q, bool) or not isinstance(q, numbers.Real):
-            raise TypeError(f"q must be a number in (0, 1], got {type(q).__name__}")
-        if not (0.0 < float(q) <= 1.0):
-            raise ValueError(f"q must be in (0, 1], got {q!r}")
-        if not isinstance(exact, bool):
-            raise TypeError(f"exact must be True or False, got {exact!r}")
+        check_clamp_args(q, exact)
         was_numpy = not isinstance(feats, torch.Tensor)
         t = as_tensor(feats, "feats")
         if t.dtype not in FLOAT_DTYPES:

@@ -345,14 +345,7 @@ def stored_checksum(path: str | os.PathLike) -> str | None:
     path = _check_path(path)
     if path.suffix == ".npy" or not _is_safetensors(path):
         return None
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            header = f.metadata() or {}
-    except SafetensorError as e:
-        raise ValueError(f"{str(path)!r} is not a readable safetensors file (corrupt, truncated or "
-                         f"another format): {e}") from e
+    header = _header(path)
     if header.get("format") != FORMAT:
         return None
     return _checked_checksum(header.get("checksum"), path)
@@ -374,16 +367,21 @@ def read_meta(path: str | os.PathLike) -> dict:
         return {"model": path.stem, "source_format": "numpy .npy"}
     if not _is_safetensors(path):
         return {"model": path.stem, "source_format": "platonic-rep .pt"}
+    header = _header(path)
+    _check_format(header, path)
+    return _parse_meta(header.get("meta", ""), path)
+
+
+def _header(path: Path) -> dict:
+    """A safetensors file's metadata dict (header only), or a ValueError naming the file."""
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
-            header = f.metadata() or {}
+            return f.metadata() or {}
     except SafetensorError as e:
         raise ValueError(f"{str(path)!r} is not a readable safetensors file (corrupt, truncated or "
                          f"another format): {e}") from e
-    _check_format(header, path)
-    return _parse_meta(header.get("meta", ""), path)
 
 
 def _check_path(path) -> Path:

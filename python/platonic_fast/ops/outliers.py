@@ -112,6 +112,16 @@ def outlier_threshold(feats: torch.Tensor, q: float, exact: bool) -> torch.Tenso
     return (v_lo + (pos - lo) * (v_hi - v_lo)).mean().to(feats.dtype)
 
 
+def check_clamp_args(q, exact) -> None:
+    """The clamp's options, checked the same way for one process and for shards."""
+    if isinstance(q, bool) or not isinstance(q, numbers.Real):
+        raise TypeError(f"q must be a number in (0, 1], got {type(q).__name__}")
+    if not (0.0 < float(q) <= 1.0):
+        raise ValueError(f"q must be in (0, 1], got {q!r}")
+    if not isinstance(exact, bool):
+        raise TypeError(f"exact must be True or False, got {exact!r}")
+
+
 def remove_outliers(feats, q: float = 0.95, exact: bool = False):
     """Clamp every entry of ``feats`` to [-t, t] (docs/metrics.md#clamping).
 
@@ -135,12 +145,7 @@ def remove_outliers(feats, q: float = 0.95, exact: bool = False):
     >>> remove_outliers(x, q=0.5, exact=True)
     tensor([[ 1., -5.,  2.,  5.]])
     """
-    if isinstance(q, bool) or not isinstance(q, numbers.Real):
-        raise TypeError(f"q must be a number in (0, 1], got {type(q).__name__}")
-    if not (0.0 < float(q) <= 1.0):
-        raise ValueError(f"q must be in (0, 1], got {q!r}")
-    if not isinstance(exact, bool):
-        raise TypeError(f"exact must be True or False, got {exact!r}")
+    check_clamp_args(q, exact)
     was_numpy = isinstance(feats, np.ndarray)
     t = as_tensor(feats, "feats")
     if t.dtype not in FLOAT_DTYPES:
