@@ -296,3 +296,11 @@ def small_pair():
 
 def np_array(x: torch.Tensor) -> np.ndarray:
     return x.detach().cpu().numpy()
+
+
+def pytest_collection_modifyitems(config, items):
+    # The spawned gloo ranks behind test_distributed's `battery` fixture take ~20 s to start:
+    # every test that uses them belongs to the slow lane, whatever its own cost.
+    for item in items:
+        if "battery" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

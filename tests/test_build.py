@@ -8,6 +8,7 @@ import pytest
 import torch
 
 
+@pytest.mark.slow
 def test_env_module_runs_and_prints_backends():
     proc = subprocess.run([sys.executable, "-m", "platonic_fast.env"], capture_output=True,
                           text=True, timeout=120, env={**os.environ, "PYTHONWARNINGS": "ignore"})

@@ -95,6 +95,7 @@ def test_image_folder_natural_order(tmp_path):
                                                               "im10.png"]
 
 
+@pytest.mark.slow
 def test_python_api_records_provenance(root, tmp_path):
     pytest.importorskip("matplotlib")
     colours = features.load_samples(colours=True, limit=5)
@@ -118,6 +119,7 @@ def test_python_api_records_provenance(root, tmp_path):
     assert features.provenance(p)["model_id"] == str((root / "models/tiny-gpt2").resolve())
 
 
+@pytest.mark.slow
 def test_paired_extraction_records_one_fingerprint_and_a_manifest(root, capsys):
     extract(capsys, root, root / "models/tiny-gpt2", root / "models/tiny-vit", "--texts", root / "caps.txt",
             "--images", root / "imgs")
@@ -137,6 +139,7 @@ def test_paired_extraction_records_one_fingerprint_and_a_manifest(root, capsys):
     assert features.check_same_samples([lang, vis])["mismatched"] is False
 
 
+@pytest.mark.slow
 def test_measure_refuses_mismatched_samples_unless_allowed(root, capsys):
     extract(capsys, root, root / "models/tiny-gpt2", root / "models/tiny-vit", "--texts", root / "caps.txt",
             "--images", root / "imgs", out="paired")
@@ -158,6 +161,7 @@ def test_measure_refuses_mismatched_samples_unless_allowed(root, capsys):
     assert json.loads((root / "m2/scores.json").read_text())["settings"]["allow_mismatched_samples"] is False
 
 
+@pytest.mark.slow
 def test_skip_is_by_content_and_stale_files_are_redone(root, capsys, tmp_path):
     caps = tmp_path / "caps.txt"
     caps.write_text("\n".join(CAPTIONS) + "\n")
@@ -173,6 +177,7 @@ def test_skip_is_by_content_and_stale_files_are_redone(root, capsys, tmp_path):
     assert "the dataset spec" in out and features.load(tmp_path / "feats/tiny-gpt2_pool-avg.safetensors").n == 5
 
 
+@pytest.mark.slow
 def test_output_names_never_collide(root, capsys, tmp_path):
     a, b = root / "models/tiny-gpt2", root / "other/tiny-gpt2"
     code, _, err = run(capsys, "extract", a, b, "--texts", root / "caps.txt", "--out", tmp_path / "f", "--no-progress")
@@ -202,6 +207,7 @@ def wit(root):
     return root / "wit"
 
 
+@pytest.mark.slow
 def test_wit_dataset_paired_with_caption_index(root, wit, capsys):
     out = extract(capsys, root, root / "models/tiny-gpt2", root / "models/tiny-vit", "--hf-dataset", wit,
                   "--text-column", "text", "--image-column", "image", "--limit", "10", out="wit0")
@@ -221,6 +227,7 @@ def test_wit_dataset_paired_with_caption_index(root, wit, capsys):
     assert features.check_same_samples(sorted((root / "wit1").glob("*.safetensors")))["mismatched"] is False
 
 
+@pytest.mark.slow
 def test_dataset_from_a_folder_of_data_files_and_hub_options(root, wit, capsys, monkeypatch, tmp_path):
     datasets = pytest.importorskip("datasets")
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
@@ -242,6 +249,7 @@ def test_dataset_from_a_folder_of_data_files_and_hub_options(root, wit, capsys, 
     assert s.spec["hub_id"] == "minhuh/prh" and s.spec["revision"] == "wit_1024" and s.texts[0] == CAPTIONS[0]
 
 
+@pytest.mark.slow
 def test_dataset_errors_are_one_line_usage_errors(root, wit, capsys):
     base = ("extract", root / "models/tiny-gpt2", "--out", root / "never", "--no-progress")
     cases = [
@@ -261,6 +269,7 @@ def test_dataset_errors_are_one_line_usage_errors(root, wit, capsys):
     assert not (root / "never").exists()
 
 
+@pytest.mark.slow
 def test_blank_lines_and_counts(root, capsys, tmp_path):
     caps = tmp_path / "caps.txt"
     caps.write_text("\n".join(CAPTIONS[:5] + [""] + CAPTIONS[6:]) + "\n")
@@ -280,6 +289,7 @@ def test_blank_lines_and_counts(root, capsys, tmp_path):
 # --- 3. model sets and random init ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_model_sets_are_named_editable_lists(root, capsys, tmp_path, monkeypatch):
     ms = features.model_sets
     assert len(ms.members("val-language")) == 12 and len(ms.members("val-vision")) == 17
@@ -301,6 +311,7 @@ def test_model_sets_are_named_editable_lists(root, capsys, tmp_path, monkeypatch
     assert code == 2 and "no model set 'nope'" in err
 
 
+@pytest.mark.slow
 def test_random_init_baseline_for_both_modalities(root, capsys, tmp_path):
     extract(capsys, tmp_path, root / "models/tiny-gpt2", root / "models/tiny-vit", "--texts", root / "caps.txt",
             "--images", root / "imgs", "--random-init")
@@ -323,6 +334,7 @@ def test_random_init_baseline_for_both_modalities(root, capsys, tmp_path):
 # --- 4. large-model options on the CPU -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sharded_checkpoint_with_device_map_on_cpu(root, capsys, tmp_path):
     pytest.importorskip("accelerate")
     sharded = root / "models/tiny-gpt2-sharded"
@@ -388,6 +400,7 @@ def test_bad_inputs_end_in_one_line(root, capsys, tmp_path):
     assert not (tmp_path / "never").exists()
 
 
+@pytest.mark.slow
 def test_cnn_from_a_local_folder_extracts_every_stage_with_spatial_pooling(root, capsys, tmp_path, monkeypatch):
     """A CNN's weights in a local folder (how weights shipped in a package are read): without --pool it
     takes the spatial mean; --pool cls fails before its weights load."""
@@ -443,6 +456,7 @@ def test_debug_shows_the_traceback(root, tmp_path):
               "--batch-size", "0", "--out", str(tmp_path / "f")])
 
 
+@pytest.mark.slow
 def test_ctrl_c_exits_130_and_the_run_resumes(root, capsys, tmp_path, monkeypatch):
     real = features.language
     calls = []
@@ -464,6 +478,7 @@ def test_ctrl_c_exits_130_and_the_run_resumes(root, capsys, tmp_path, monkeypatc
     assert code == 0 and "tiny-gpt2_pool-avg.safetensors exists" in out and "b_pool-avg" in out
 
 
+@pytest.mark.slow
 def test_a_failing_model_does_not_stop_the_others(root, capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     code, out, err = run(capsys, "extract", "made-up-org-x/nothing", root / "models/tiny-gpt2", "--texts",
@@ -490,6 +505,7 @@ def test_result_files_respect_the_umask(tmp_path, mask):
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
 
 
+@pytest.mark.slow
 def test_extract_output_is_readable_by_the_group(root, capsys, tmp_path):
     old = os.umask(0o022)
     try:
@@ -515,6 +531,7 @@ def test_env_says_no_gpu_plainly(capsys, monkeypatch):
     assert "insufficient" not in out + err
 
 
+@pytest.mark.slow
 def test_no_progress_prints_no_bars(root, capsys, tmp_path):
     code, _, err = run(capsys, "extract", root / "models/tiny-gpt2", "--texts", root / "caps.txt", "--limit", "4",
                        "--out", tmp_path / "f", "--no-progress")
@@ -535,6 +552,7 @@ def test_extract_locks_its_output_folder(root, capsys):
     assert not list(out.glob("*.safetensors"))
 
 
+@pytest.mark.slow
 def test_stale_manifest_after_an_interrupt_is_rewritten(root, capsys):
     out = "feats_manifest"
     extract(capsys, root, root / "models/tiny-gpt2", "--texts", root / "caps.txt", out=out)

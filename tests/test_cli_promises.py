@@ -51,6 +51,7 @@ def test_threads_sets_the_cpu_threads(one_pair, capsys):
     assert "--threads must be at least 1" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_progress_moves_inside_a_single_pair(one_pair, capsys, monkeypatch):
     from platonic_fast import sweep
 

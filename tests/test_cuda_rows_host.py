@@ -68,6 +68,7 @@ SHAPES = [(5, 1), (40, 7), (150, 10), (200, 63), (200, 64), (200, 65), (300, 128
 
 @pytest.mark.parametrize("n,k", SHAPES, ids=[f"n{n}-k{k}" for n, k in SHAPES])
 @pytest.mark.parametrize("related", [True, False], ids=["related", "random"])
+@pytest.mark.slow
 def test_list_rows_match_cpu_core(rows, n, k, related):
     a, b = _lists(n, k, seed=n * 1000 + k, related=related)
     for name in ("mutual_overlap", "cycle_hits", "lcs_lengths", "edit_distances"):

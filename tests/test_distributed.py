@@ -117,6 +117,7 @@ def _equal(a, b) -> bool:
 # --- kNN -------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("case", [c[0] for c in W.knn_cases(3)])
+@pytest.mark.slow
 def test_knn_lists_identical(battery, case):
     world, results = battery
     cases = {c[0]: c for c in W.knn_cases(world)}
@@ -136,6 +137,7 @@ def test_knn_lists_identical(battery, case):
     assert torch.allclose(got_v.double(), ref_v.double(), rtol=0, atol=tol)
 
 
+@pytest.mark.slow
 def test_knn_gather(battery):
     world, results = battery
     v, i = _same_on_every_rank(results, "knn/gather")

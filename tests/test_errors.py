@@ -374,6 +374,7 @@ def _valid(x):
 
 
 @given(x=features(), k=st.integers(-2, 42), exclude_self=st.booleans())
+@pytest.mark.slow
 def test_property_knn_self(pf, x, k, exclude_self):
     n = x.shape[0] if x.dim() >= 1 else 0
     ok = _valid(x) and 1 <= k <= (n - 1 if exclude_self else n)

@@ -261,6 +261,7 @@ def test_cli_bad_settings(argv, match, capsys, tmp_path, monkeypatch):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_cli_train_eval_align(tmp_path, capsys):
     import json
 

@@ -153,6 +153,7 @@ def test_self_large_n_small_d_float32(pf):
     check_knn(vals, idx, x, 10)
 
 
+@pytest.mark.slow
 def test_cross_large_keys_small_d(pf):
     q = grid(513, 3, seed=13)
     keys = grid(5000, 3, seed=14)
@@ -263,6 +264,7 @@ def test_device_result_on_same_device(pf, device):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16],
                          ids=["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.slow
 def test_device_gaussian(pf, device, dtype):
     x = randn(2049, 129, seed=1, normalize=True).to(dtype)
     vals, idx = pf.knn(x.to(device), 10)
@@ -485,7 +487,7 @@ def _duplicated_at_tile_edges(n: int, d: int, seed: int) -> torch.Tensor:
     return x
 
 
-@pytest.mark.parametrize("n", [5, 513, 1025, 2049, pytest.param(5000, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("n", [5, 513, 1025, *(pytest.param(n, marks=pytest.mark.slow) for n in (2049, 5000))])
 @pytest.mark.parametrize("k", [1, 4, 10])
 def test_duplicates_across_tiles_same_on_every_backend(pf, n, k):
     k = min(k, n - 1)

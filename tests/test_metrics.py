@@ -174,6 +174,7 @@ def test_cka_vs_reference(pf, n, kernel, sigma, unbiased):
 
 @pytest.mark.parametrize("unbiased", [False, True], ids=["biased", "unbiased"])
 @pytest.mark.parametrize("n", [37, 1000])
+@pytest.mark.slow
 def test_cka_ip_unnormalised_wide_range(pf, n, unbiased):
     # raw (not normalised) features with a large offset: stresses cancellation in the centring
     a, b = pair(n, normalize=False)
@@ -183,6 +184,7 @@ def test_cka_ip_unnormalised_wide_range(pf, n, unbiased):
 
 
 @pytest.mark.parametrize("unbiased", [False, True], ids=["biased", "unbiased"])
+@pytest.mark.slow
 def test_cka_feature_space_widths(pf, unbiased):
     # tiny widths (feature-space path) and wide ones (kernel path) in one comparison
     a, _ = pair(1000)
@@ -471,6 +473,7 @@ def _issue_pair(seed=0):
 
 
 @pytest.mark.parametrize("scale", [1e-20, 1e-9, 1e-3, 1.0, 1e3, 1e9, 1e20])
+@pytest.mark.slow
 def test_scale_invariant_metrics_at_any_scale(pf, scale):
     a, b = _issue_pair()
     for metric in ("mutual_knn", "cycle_knn", "lcs_knn", "edit_distance_knn"):

@@ -74,6 +74,7 @@ def test_remove_outliers_numpy(pf):
 
 
 @pytest.mark.parametrize("exact", [True, False], ids=["exact", "approx"])
+@pytest.mark.slow
 def test_remove_outliers_more_than_2_pow_24(pf, exact):
     # torch.quantile refuses > 2**24 elements; docs/metrics.md#clamping requires any size
     g = torch.Generator().manual_seed(0)
@@ -98,6 +99,7 @@ def test_remove_outliers_more_than_2_pow_24(pf, exact):
         assert t_got == pytest.approx(t_want, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_remove_outliers_3d_more_than_2_pow_24(pf):
     x = torch.randn(4097, 64, 64)
     out = pf.remove_outliers(x, q=0.95, exact=False)

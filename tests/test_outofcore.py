@@ -98,6 +98,7 @@ def test_q_one_and_the_exact_quantile_of_a_large_tensor(tmp_path):
         assert torch.equal(got, want)
 
 
+@pytest.mark.slow
 def test_streamed_knn_equals_the_in_memory_knn(stacked_file, monkeypatch):
     path, x = stacked_file
     x = x.clone()
@@ -161,6 +162,7 @@ def _state_elements(state) -> int:
     ({"kernel_metric": "rbf", "rbf_sigma": 0.15}, 3500, 24),  # narrow RBF, float32: exact close distances
     ({"kernel_metric": "rbf", "rbf_sigma": 3.0, "unbiased": True}, 500, 24),  # σ above the distances: the shifted form
 ])
+@pytest.mark.slow
 def test_streamed_hsic_stats_hold_no_layer_and_score_as_in_memory(tmp_path, options, n, width):
     x = _stacked(seed=1, n=n, layers=2, width=width)
     x[3] = x[4]  # a duplicate row
@@ -312,6 +314,7 @@ def _rss_file_mib() -> float:
     pytest.skip("no /proc/self/status RssFile here")
 
 
+@pytest.mark.slow
 def test_pages_read_are_handed_back(tmp_path):
     """Reading a 96 MiB file through FeatureFile leaves RSS where it was; touching the same file
     through a plain mapping adds all of it (the measurement sees mapped pages)."""
@@ -339,6 +342,7 @@ def test_pages_read_are_handed_back(tmp_path):
     del plain
 
 
+@pytest.mark.slow
 def test_sweep_out_of_core_equals_in_memory(tmp_path):
     folder = tmp_path / "feats"
     folder.mkdir()
@@ -416,6 +420,7 @@ def test_each_file_is_verified_once_per_sweep(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("metric", ["mutual_knn", "cka"])
+@pytest.mark.slow
 def test_sweep_reads_npy_files_in_memory_and_out_of_core(tmp_path, metric):
     folder = tmp_path / "feats"
     folder.mkdir()

@@ -141,6 +141,7 @@ def check_reports(reports: list[dict], problems: list[str], total: int, *, stale
     return summary
 
 
+@pytest.mark.slow
 def test_property_smoke():
     """A few hundred cases in two worker processes (fast lane; also run under the sanitizers)."""
     reports, problems = run_workers(SMOKE_EXAMPLES, base_seed=1, timeout=300)

@@ -65,6 +65,7 @@ EDITS = {
 
 @pytest.mark.parametrize("edit", sorted(EDITS))
 @pytest.mark.parametrize("resign", [False, True])
+@pytest.mark.slow
 def test_an_edited_record_is_recomputed(tmp_path, edit, resign):
     """Every field edited, with its checksum left stale or recomputed (a careful forger): the
     rerun recomputes the record and gives the true score; it never crashes."""

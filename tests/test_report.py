@@ -61,6 +61,7 @@ def measured(sets):
     return out
 
 
+@pytest.mark.slow
 def test_report_end_to_end(measured, capsys):
     capsys.readouterr()
     assert cli_main(["report", str(measured)]) == 0
@@ -98,6 +99,7 @@ def test_report_end_to_end(measured, capsys):
     assert corr[("log10 params", "calibrated")]["rho"] is not None
 
 
+@pytest.mark.slow
 def test_report_from_a_table(measured, tmp_path):
     table = tmp_path / "capability.csv"
     table.write_text("name,imagenet top1,source\n"
@@ -119,6 +121,7 @@ def test_report_from_a_table(measured, tmp_path):
     assert not (measured / "report_k5.png").exists()
 
 
+@pytest.mark.slow
 def test_report_of_a_set_against_itself_and_several_topk(sets, tmp_path):
     res = sweep.measure_sets(sets / "lang", metric="mutual_knn", topk=[3, 6], out_dir=tmp_path / "self",
                              progress=False)

@@ -34,6 +34,7 @@ def model_files(tmp_path):
     return folder, models
 
 
+@pytest.mark.slow
 def test_symmetric_sweep_matches_align(model_files, tmp_path):
     folder, models = model_files
     res = sweep.measure_sets(folder, metric="mutual_knn", topk=5, out_dir=tmp_path / "out", progress=False)
@@ -59,6 +60,7 @@ def test_cycle_knn_is_not_treated_as_symmetric(model_files, tmp_path):
     assert len(list((tmp_path / "out" / "pairs").glob("*.json"))) == 9
 
 
+@pytest.mark.slow
 def test_interrupted_sweep_resumes_to_the_same_result(model_files, tmp_path, monkeypatch):
     folder, _ = model_files
     full = sweep.measure_sets(folder, metric="cknna", topk=5, out_dir=tmp_path / "full", progress=False)
@@ -94,6 +96,7 @@ def _record_of(out, x, y, topk):
     return found[0]
 
 
+@pytest.mark.slow
 def test_changed_settings_or_corrupt_records_are_recomputed(model_files, tmp_path):
     folder, models = model_files
     out = tmp_path / "out"
@@ -162,6 +165,7 @@ def test_corrupt_feature_file_leaves_results_untouched(model_files, tmp_path):
 # --- permutation nulls --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_permutations_match_align_and_are_stored(model_files, tmp_path):
     folder, models = model_files
     res = sweep.measure_sets(folder, metric="mutual_knn", topk=5, out_dir=tmp_path / "out", progress=False,
@@ -196,6 +200,7 @@ def test_permutations_match_align_and_are_stored(model_files, tmp_path):
     assert len(pairs) == 9 and len(pairs[("alpha", "beta")]["calibration"]["max"]["null"]) == 19
 
 
+@pytest.mark.slow
 def test_permutations_do_not_depend_on_pair_order_or_resuming(model_files, tmp_path, monkeypatch):
     folder, _ = model_files
     kw = dict(metric="cknna", topk=4, progress=False, permutations=9, seed=11)
@@ -262,6 +267,7 @@ def test_cli_measure_with_permutations(model_files, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("metric", ["mutual_knn", "cknna"])
+@pytest.mark.slow
 def test_several_topk_equal_separate_runs(model_files, tmp_path, monkeypatch, metric):
     folder, _ = model_files
     prepares = {"n": 0}
@@ -366,6 +372,7 @@ def _cli_error(capsys, *argv) -> str:
     return err
 
 
+@pytest.mark.slow
 def test_cli_metric_options_and_errors(model_files, tmp_path, capsys):
     folder, models = model_files
     out = tmp_path / "o"
@@ -441,6 +448,7 @@ def test_summary_keeps_model_metadata_and_every_layer_matrix(tmp_path):
 # --- the heat map ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_heatmap_scale_names_chance_and_significance(model_files, tmp_path):
     pytest.importorskip("matplotlib")
     folder, _ = model_files
@@ -511,6 +519,7 @@ def test_without_matplotlib_the_sweep_still_writes_its_scores(model_files, tmp_p
 # --- confidence intervals ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_confidence_intervals_of_the_best_pairs(model_files, tmp_path):
     from platonic_fast.align import prepare_layers
 

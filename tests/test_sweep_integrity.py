@@ -80,6 +80,7 @@ def test_new_content_with_the_same_size_and_mtime_is_recomputed(tmp_path, fmt):
     assert summary["fingerprints_x"] == second.fingerprints_x
 
 
+@pytest.mark.slow
 def test_a_record_whose_key_does_not_match_is_recomputed(tmp_path, monkeypatch):
     feats = {name: _feats(seed) for seed, name in enumerate(["p", "q", "r"])}
     for name, f in feats.items():
@@ -120,6 +121,7 @@ def test_a_record_whose_key_does_not_match_is_recomputed(tmp_path, monkeypatch):
         assert (key["x"]["name"], key["y"]["name"]) == (x, y)
 
 
+@pytest.mark.slow
 def test_a_changed_version_or_option_is_another_key(tmp_path, monkeypatch):
     for name, seed in (("p", 0), ("q", 1)):
         _write(tmp_path / f"{name}.safetensors", _feats(seed), "safetensors")
@@ -231,6 +233,7 @@ def test_a_second_run_on_the_same_folder_stops_at_once(two_models, tmp_path, cap
     assert cli_main(_measure_args(two_models, out)) == 0
 
 
+@pytest.mark.slow
 def test_wait_waits_for_the_holder(two_models, tmp_path):
     out = tmp_path / "out"
     held = sweep.lock_folder(out)

@@ -47,6 +47,7 @@ def test_subsets_are_nested_seeded_and_fixed():
 
 
 @pytest.mark.parametrize("out_of_core", [False, True])
+@pytest.mark.slow
 def test_each_n_equals_a_sweep_of_just_those_samples(folder, tmp_path, out_of_core):
     sizes = [40, 120, N]
     res = sweep.measure_sets(folder, metric="mutual_knn", topk=[4, 6], n_grid=[120, 40, N, 40], n_grid_seed=3,
@@ -91,6 +92,7 @@ def test_each_n_equals_a_sweep_of_just_those_samples(folder, tmp_path, out_of_co
     assert (tmp_path / "grid" / "n_grid_k4.png").stat().st_size > 0 and "n_grid_png_k6" in res.files
 
 
+@pytest.mark.slow
 def test_resume_and_keys(folder, tmp_path, monkeypatch):
     kw = dict(metric="cycle_knn", topk=5, n_grid=[30, 90], out_dir=tmp_path / "out", progress=False)
     first = sweep.measure_sets(folder, **kw)
@@ -102,6 +104,7 @@ def test_resume_and_keys(folder, tmp_path, monkeypatch):
         sweep.measure_sets(folder, **{**kw, "n_grid": [30]}, n_grid_seed=1)
 
 
+@pytest.mark.slow
 def test_permutations_and_intervals_per_n(folder, tmp_path):
     res = sweep.measure_sets([folder / "alpha.safetensors"], [folder / "beta.safetensors"], metric="cknna", topk=4,
                              n_grid=[60, N], permutations=5, ci_repeats=2, out_dir=tmp_path / "out", progress=False)
@@ -130,6 +133,7 @@ def test_bad_grids(folder, tmp_path, monkeypatch):
     assert not (tmp_path / "o" / "pairs").exists()
 
 
+@pytest.mark.slow
 def test_cli_n_grid(folder, tmp_path, capsys):
     out = tmp_path / "out"
     assert cli_main(["measure", str(folder), "--topk", "5", "--n-grid", "50, 1e2,200", "--n-grid-seed", "2",

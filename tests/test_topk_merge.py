@@ -60,6 +60,7 @@ def test_bad_arguments():
 @pytest.mark.parametrize("backend,device", backend_device_params("topk_merge"))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("k", [20, 129])
+@pytest.mark.slow
 def test_every_backend_matches_reference(backend, device, dtype, k):
     x = torch.randn(3000, 32, generator=torch.Generator().manual_seed(k)).to(dtype)
     v, i = _shards(x, k, 7)

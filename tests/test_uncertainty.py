@@ -296,6 +296,7 @@ def _coverage(metric, options, make, truth, datasets, repeats, levels=(0.9, 0.95
     return {key: h / datasets for key, h in hits.items()}
 
 
+@pytest.mark.slow
 def test_coverage_cka_cheap():
     """50 data sets of N = 200 with 50 subsamples each (the slow tests use 150 x 150)."""
     n = 200

@@ -90,7 +90,8 @@ def add_parsers(sub, debug_parent) -> None:
                          help="alignment to the true functions across every run's snapshots (the capability family)")
     cv.add_argument("--root", default="results/icl-fair", help="the runs' folder (default results/icl-fair)")
     cv.add_argument("--per-class", type=int, default=100, help="functions per class in the fixed-query bank")
-    cv.add_argument("--permutations", type=int, default=100)
+    cv.add_argument("--permutations", type=int, default=100,
+                    help="label permutations of each null (Mantel and the calibrated scores; default 100)")
     cv.add_argument("--out", default=None, help="JSON output (default <root>/convergence.json)")
     common(cv)
 
