@@ -92,7 +92,19 @@ def screen_entry():
 
     if "screen" not in inspect.signature(ops_knn.neighbours).parameters:
         return None, "not in this tree: platonic_fast.ops.knn.neighbours has no screen= option"
-    return (lambda x, k, screen: ops_knn.neighbours(x, k, backend="triton", screen=screen)), None
+    if torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") != "1":
+        return (lambda x, k, screen: ops_knn.neighbours(x, k, backend="triton", screen=screen)), None
+    # the rehearsal (Triton's interpreter, no GPU): the registry offers Triton only with a GPU, so
+    # the same screen and ordering pass are composed below it, as tests/test_knn_screen.py does
+    from platonic_fast.ops import knn_screen
+    from platonic_fast.rows import as_rows
+
+    def interpreted(x, k, screen):
+        q = as_rows(x)
+        vals, idx = knn_screen.candidates(q, None, k, k + 4, exclude_self=True, n_cand=q.n - 1,
+                                          more=ops_knn.more_candidates, backend="triton", option=screen)
+        return ops_knn.settle(q, q, vals, idx, k, exclude_self=True, n_cand=q.n - 1)
+    return interpreted, None
 
 
 def screen_case(n: int, d: int, device: str) -> list[dict]:

@@ -69,8 +69,11 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], object]) -> Pat
 
 def _write_error(e: OSError, path: Path) -> OutputWriteError:
     what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
-            errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied"}.get(e.errno, e.strerror)
-    return OutputWriteError(e.errno, f"cannot write {path}: {what} [Errno {e.errno}]; nothing was half-written "
+            errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied"}.get(e.errno)
+    # an OSError raised with a message only (errno None) still says what went wrong
+    what = what or e.strerror or str(e) or type(e).__name__
+    code = f" [Errno {e.errno}]" if e.errno is not None else ""
+    return OutputWriteError(e.errno, f"cannot write {path}: {what}{code}; nothing was half-written "
                             f"(free space or choose another output folder, then run again)")
 
 
