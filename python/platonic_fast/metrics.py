@@ -410,7 +410,7 @@ def _cka_shard_null_mean(comm, sa, sb, n, *, unbiased=False, **opts):
 def _cka_rows(st) -> dict:
     from .distributed import _hsic
 
-    return {f: getattr(st.local, f) for f in _hsic.row_fields(st)}
+    return {f: getattr(st, f) for f in _hsic.row_fields(st)}
 
 
 def _cka_with_rows(st, rows: dict, inverse):

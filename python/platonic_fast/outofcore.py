@@ -55,7 +55,7 @@ from pathlib import Path
 
 import torch
 
-from ._checks import ConstantFeaturesError, DegenerateInputWarning, unit_exponent
+from ._checks import ConstantFeaturesError, DegenerateInputWarning
 from .features.blocks import FeatureFile
 from .metrics import METRICS, Prepared, metric_spec, prepare
 from .ops.knn import more_candidates as _more_candidates
@@ -341,14 +341,29 @@ class LayerRows:
             slot[1].record()
         return out
 
-    def block(self, r0: int, r1: int) -> torch.Tensor:
-        return self[r0:r1]
+    @property
+    def block_rows(self) -> int:
+        """Rows per block of a pass over the file."""
+        return self.layers.rows_per_block(self.layer)
+
+    def _view(self, **changes) -> "LayerRows":
+        kw = dict(e=self.e, shift=self.shift, dtype=self.dtype, order=self.order, device=self.device)
+        kw.update(changes)
+        return LayerRows(self.layers, self.layer, **kw)
 
     def permuted(self, perm: torch.Tensor) -> "LayerRows":
         """The rows in the order ``perm`` (a view: nothing is read here)."""
         perm = perm.to("cpu")
-        return LayerRows(self.layers, self.layer, self.e, shift=self.shift, dtype=self.dtype, device=self.device,
-                         order=perm if self.order is None else self.order[perm])
+        return self._view(order=perm if self.order is None else self.order[perm])
+
+    def scaled(self, e: int) -> "LayerRows":
+        """The rows divided by 2**e more (a view)."""
+        return self._view(e=self.e + e)
+
+    def centred(self, dtype: torch.dtype) -> "LayerRows":
+        """The unscaled rows in ``dtype`` minus their column means (from the statistics pass)."""
+        mean = (self.layers.column_sums(self.layer) / self.layers.n).to(dtype)
+        return self._view(e=0, shift=mean, dtype=dtype)
 
 
 def streamable(metric: str, opts: dict, device=None) -> bool:
@@ -383,9 +398,7 @@ def stream_neighbours(layers: StreamedLayers, layer: int, k: int, *, exclude_sel
     """
     from .ops.knn import search_rows
 
-    top, _ = layers.stats(layer)
-    rows = FileRows(lambda e: LayerRows(layers, layer, e), layers.n, layers.widths[layer], top,
-                    panel_bytes=panel_bytes)
+    rows = FileRows(LayerRows(layers, layer), layers.stats(layer)[0], panel_bytes=panel_bytes)
     # late binding: the ordering pass asks this module for more candidates (tests count the calls)
     return search_rows(rows, None, k, exclude_self=exclude_self, backend="cpu",
                        more=lambda *a: _more_candidates(*a))
@@ -395,58 +408,14 @@ def stream_neighbours(layers: StreamedLayers, layer: int, k: int, *, exclude_sel
 
 
 def stream_kernel_stats(layers: StreamedLayers, layer: int, kernel: str = "ip", sigma: float = 1.0, device=None):
-    """:func:`platonic_fast.ops.hsic.kernel_stats` of one prepared layer, out of core.
+    """:func:`platonic_fast.ops.hsic.kernel_stats` of one prepared layer over a
+    :class:`platonic_fast.rows.FileRows`: O(N) statistics from passes over its row blocks, and a
+    :class:`LayerRows` view (centred, scaled) as ``features``, read whenever a cross term is
+    taken, so nothing of size N x D is kept. On a CUDA ``device`` the blocks are prepared on the
+    host and copied over; every product and reduction runs there."""
+    from .ops.hsic import kernel_stats
 
-    The same statistics from passes over the layer's row blocks: the column mean (float64), the
-    largest centred magnitude (the power of two), per-row diagonal / squared norms (O(N)), and
-    the layer's own sum Σ K̂∘K̂ -- in feature space as ‖Σ_blocks F_bᵀF_b‖² (a D x D float64
-    accumulator), in tile form (RBF, or N below the width) from tiles of rows read per tile.
-    The returned stats' ``features`` is a :class:`LayerRows` that reads the centred, scaled rows
-    from the file whenever a cross term with another set is taken, so nothing of size N x D is
-    kept. Equal to the in-memory stats up to the order of float64 accumulation (the blocked sums
-    are at least as accurate as one long GEMM's). On a CUDA ``device`` the blocks are prepared on
-    the host and copied over (:class:`LayerRows`); every product and reduction runs there.
-    """
-    from ._checks import max_abs
-    from .ops import hsic as H
-
-    if kernel not in H.KERNELS:
-        raise ValueError(f"kernel_metric must be one of {H.KERNELS}, got {kernel!r}")
-    n, d = layers.n, layers.widths[layer]
-    space = kernel == "ip" and H._use_feature_space(n, d, d)
-    dtype = torch.float64 if (n * d * d if space else n * n * d) <= H.FLOAT64_WORK else torch.float32
-    blocks = _blocks(n, layers.rows_per_block(layer))
-    with torch.no_grad():
-        mean = (layers.column_sums(layer) / n).to(dtype)  # summed in the pass of layers.stats
-        centred = LayerRows(layers, layer, shift=mean, dtype=dtype)
-        top = max(max_abs(centred[r0:r1]) for r0, r1 in blocks)
-        e = unit_exponent(top, 16)
-        feats = LayerRows(layers, layer, e, shift=mean, dtype=dtype, device=device)
-        zeros = torch.zeros(n, dtype=torch.float64, device=feats.device)
-        if kernel == "ip":
-            diags: list = []
-            if space:  # the diagonal (per row: any blocking gives the same values) in the Gram's pass
-                gram = H.blocked_cross_product(
-                    feats, feats, visit=lambda r0, f: diags.append(f.square().sum(dim=1, dtype=torch.float64)))
-            else:
-                diags = [feats[r0:r1].square().sum(dim=1, dtype=torch.float64) for r0, r1 in blocks]
-            st = H.KernelStats(kernel, sigma, (), feats, None, None, zeros, torch.cat(diags), scale=1.0,
-                               scale_exp=2 * e)
-            st.self_sum = float(gram.square().sum()) if space else H.self_tile_sums(st)[0]
-            return st
-        # RBF, as ops.hsic._prepared_features: the typical squared distance from the row norms,
-        # and each row's squared norm for the tiles, both from one pass
-        norms, sq = [], []
-        for r0, r1 in blocks:
-            f = feats[r0:r1]
-            norms.append(torch.linalg.vector_norm(f, dim=1, dtype=torch.float64))
-            sq.append(f.to(torch.float64).square().sum(dim=1))
-        rbf, scale, rbf_diag = H.rbf_form(sigma, 2.0 * float(torch.cat(norms).square().mean()), e)
-        sq = torch.cat(sq).to(dtype)
-        st = H.KernelStats(kernel, sigma, rbf, feats, sq, None, zeros, torch.full_like(zeros, rbf_diag), scale=scale)
-        st.exact_close = H.needs_exact_close(rbf, dtype, d, float(sq.max()))
-        st.self_sum, st.row_sums = H.self_tile_sums(st)
-        return st
+    return kernel_stats(FileRows(LayerRows(layers, layer, device=device), layers.stats(layer)[0]), kernel, sigma)
 
 
 # --- preparing a file ---------------------------------------------------------------------------

@@ -21,7 +21,7 @@ second file format, a GPU-resident shard) is one class implementing the methods 
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 
@@ -40,6 +40,14 @@ class LocalComm:
     @staticmethod
     def any(flag: bool) -> bool:
         return bool(flag)
+
+    @staticmethod
+    def sum(values) -> list[float]:
+        return [float(v) for v in values]
+
+    @staticmethod
+    def all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        return t
 
     @staticmethod
     def step():
@@ -75,6 +83,8 @@ class RowSource:
     settle_rows : int or None
         Strategy hint for the ordering pass: rows per chunk (bounded temporaries for sources
         too large for O(N·k) float64 temporaries); None: all at once.
+    read_rows : int or None
+        Strategy hint for per-row passes (:meth:`own_blocks`): rows per block; None: all at once.
     """
 
     n: int
@@ -86,6 +96,7 @@ class RowSource:
     comm = LOCAL
     panel_blocks: int = 1
     settle_rows: int | None = None
+    read_rows: int | None = None
 
     @property
     def stop(self) -> int:
@@ -122,6 +133,16 @@ class RowSource:
     def scaled(self, e: int) -> "RowSource":
         """The same rows divided by 2**e (exact); ``self`` when e == 0."""
         raise NotImplementedError
+
+    def centred(self, dtype: torch.dtype) -> "RowSource":
+        """Collective. The rows in ``dtype`` minus the column means of the whole matrix (taken in
+        float64)."""
+        raise NotImplementedError
+
+    def own_blocks(self) -> Iterator[tuple[int, torch.Tensor]]:
+        """The owned rows as ``(local position, rows)`` blocks of ``read_rows`` rows, in order."""
+        for r0, r1 in self.blocks(max(1, self.read_rows or self.n_local)):
+            yield r0, self.block(r0, r1)
 
     def exchange_candidates(self, kk: int, dtype: torch.dtype, impl=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Collective. Candidate lists (values, global indices) of the owned rows among the rows
@@ -165,31 +186,33 @@ class TensorRows(RowSource):
     def scaled(self, e):
         return self if e == 0 else TensorRows(_scaled(self.t, e))
 
+    def centred(self, dtype):
+        return TensorRows(self.t.to(dtype) - self.t.mean(dim=0, dtype=torch.float64).to(dtype))
+
 
 class FileRows(RowSource):
-    """A prepared layer read from a file: ``view_of(e)`` gives a view of its rows divided by 2**e
-    (:class:`platonic_fast.outofcore.LayerRows`: ``v[r0:r1]`` reads a block, ``v[index]``
-    gathers rows; nothing is kept). ``top`` is the layer's largest |entry| (known from the
-    statistics pass, so no pass is spent on it).
+    """A prepared layer read from a file through ``view`` (:class:`platonic_fast.outofcore.LayerRows`:
+    ``v[r0:r1]`` reads a block, ``v[index]`` gathers rows, ``v.scaled(e)`` / ``v.centred(dtype)``
+    derive views; nothing is kept). ``top``: the rows' largest |entry| when known (from the
+    statistics pass, so no pass is spent on it), else found by a pass when asked.
 
     Strategy: the tile loop holds panels of ``panel_bytes`` of query rows while the key blocks
-    stream by once per panel; the ordering pass runs over chunks of ``SETTLE_ROWS`` rows.
+    stream by once per panel; the ordering pass runs over chunks of ``SETTLE_ROWS`` rows; per-row
+    passes read the file's blocks (``view.block_rows``).
     """
 
     SETTLE_ROWS = 128  # <= 1,792 cluster members per chunk at k = 10: bounded temporaries
 
-    def __init__(self, view_of: Callable[[int], object], n: int, width: int, top: float, *,
-                 panel_bytes: int = 16 << 20, e: int = 0):
-        self.view_of, self.top, self.panel_bytes, self.e = view_of, top, panel_bytes, e
-        self.view = view_of(e)
-        self.n, self.width = n, width
-        self.n_local = n
-        self.dtype, self.device = torch.float32, torch.device("cpu")
-        self.settle_rows = self.SETTLE_ROWS
+    def __init__(self, view, top: float | None = None, *, panel_bytes: int = 16 << 20):
+        self.view, self.top, self.panel_bytes = view, top, panel_bytes
+        self.n, self.width = view.shape
+        self.n_local = self.n
+        self.dtype, self.device = view.dtype, view.device
+        self.settle_rows, self.read_rows = self.SETTLE_ROWS, view.block_rows
         from .ops.knn import cpu_tile_rows
 
-        self.tile = cpu_tile_rows(n)
-        self.panel_blocks = max(1, panel_bytes // (self.tile * width * 4))
+        self.tile = cpu_tile_rows(self.n)
+        self.panel_blocks = max(1, panel_bytes // (self.tile * self.width * 4))
 
     def block(self, r0, r1):
         return self.view[r0:r1]
@@ -205,12 +228,18 @@ class FileRows(RowSource):
             yield r0, self.view[r0:r1]
 
     def max_abs(self):
-        return self.top * 2.0 ** -self.e
+        if self.top is None:
+            self.top = max((max_abs(b) for _, b in self.own_blocks()), default=0.0)
+        return self.top
 
     def scaled(self, e):
         if e == 0:
             return self
-        return FileRows(self.view_of, self.n, self.width, self.top, panel_bytes=self.panel_bytes, e=self.e + e)
+        return FileRows(self.view.scaled(e), None if self.top is None else self.top * 2.0 ** -e,
+                        panel_bytes=self.panel_bytes)
+
+    def centred(self, dtype):
+        return FileRows(self.view.centred(dtype), panel_bytes=self.panel_bytes)
 
 
 class _Fetched:
@@ -331,6 +360,13 @@ class ShardRows(RowSource):
 
     def scaled(self, e):
         return self if e == 0 else ShardRows(self.comm, self.layout, _scaled(self.x, e))
+
+    def centred(self, dtype):
+        with self.comm.step():
+            total = self.x.sum(dim=0, dtype=torch.float64)
+        mean = (self.comm.all_reduce(total.cpu()) / self.n).to(self.device)
+        with self.comm.step():
+            return ShardRows(self.comm, self.layout, self.x.to(dtype) - mean.to(dtype))
 
 
 def as_rows(x) -> RowSource:

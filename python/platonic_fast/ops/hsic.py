@@ -26,6 +26,11 @@ Exact at any scale. Each kernel is held as ``scale · K̂`` with K̂ of order on
   the diagonal and is invariant to adding it off the diagonal), so HSIC(K̃, ·) = HSIC(K, ·)
   exactly. Otherwise K̂ = K.
 CKA then applies the 1e-6 guard (docs/metrics.md#cka) in true units: HSIC(K,L) / (√(HSIC(K,K)·HSIC(L,L)) + 1e-6).
+
+Any row source (:mod:`platonic_fast.rows`): a tensor, a prepared layer read from its file a block
+at a time, or a rank's shard. On a shard every global quantity (column means, maxima, the
+typical distance, D x D products, the sums over rows) is all-reduced through the source's
+communicator, and the tiles of the rank's rows meet the other ranks' rows one block at a time.
 """
 
 from __future__ import annotations
@@ -38,7 +43,8 @@ from dataclasses import dataclass
 import torch
 
 from .._backends import MIN_CUDA_CAPABILITY, register
-from .._checks import DegenerateInputWarning, guarded_ratio, max_abs, unit_exponent
+from .._checks import DegenerateInputWarning, guarded_ratio, unit_exponent
+from ..rows import LOCAL, ShardRows, as_rows
 from .knn import compute_dtype
 
 KERNELS = ("ip", "rbf")
@@ -69,10 +75,16 @@ class KernelStats:
     scale_exp: int = 0  # linear: the power of two the features were divided by, twice
     source: torch.Tensor | None = None  # the features as given (Triton stats, to re-derive)
     exact_close: bool = False  # RBF narrow enough that d²'s rounding matters near 0
+    shard: ShardRows | None = None  # features of a rank's rows (a group of several); None: every row here
+    own_parts: list | None = None  # shards: the all-reduced row_parts(self, self), kept from preparation
 
     @property
     def n(self) -> int:
-        return self.features.shape[0]
+        return self.features.shape[0] if self.shard is None else self.shard.n
+
+    @property
+    def comm(self):
+        return LOCAL if self.shard is None else self.shard.comm
 
 
 def _blocks(n: int, size: int):
@@ -87,10 +99,12 @@ def _shifted_rbf(sq: torch.Tensor, rbf: tuple) -> torch.Tensor:
     return (out.add_(b) if b else out).mul_(inv_h)
 
 
-def _kernel_tile(st: KernelStats, i0: int, i1: int, j0: int, j1: int) -> torch.Tensor:
+def _kernel_tile(st: KernelStats, i0: int, i1: int, j0: int, j1: int, y=None, sqy=None) -> torch.Tensor:
+    """K̂ of rows [i0, i1) of ``st`` against rows [j0, j1) of its own or of another rank's ``y``."""
     x, sq = st.features, st.sq_norms
-    return block_tile(st, x[i0:i1], None if sq is None else sq[i0:i1], x[j0:j1], None if sq is None else sq[j0:j1],
-                      same=i0 == j0)
+    own = y is None
+    y, sqy = (x, sq) if own else (y, sqy)
+    return block_tile(st, x[i0:i1], _part(sq, i0, i1), y[j0:j1], _part(sqy, j0, j1), same=own and i0 == j0)
 
 
 def block_tile(st: KernelStats, xi: torch.Tensor, sqi, xj: torch.Tensor, sqj, *, same: bool) -> torch.Tensor:
@@ -133,11 +147,6 @@ def _exact_close_distances(sq, ni, nj, xi, xj, same: bool) -> None:
         r, c = rows[s0: s0 + step], cols[s0: s0 + step]
         diff = xi[r].to(torch.float64) - xj[c].to(torch.float64)
         sq[r, c] = diff.square().sum(dim=1).to(sq.dtype)
-
-
-def _centred(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Column-centred features in ``dtype`` (the mean taken in float64)."""
-    return x.to(dtype) - x.mean(dim=0, dtype=torch.float64).to(dtype)
 
 
 def rbf_form(sigma: float, typical_sq: float, e: int = 0) -> tuple[tuple, float, float]:
@@ -203,74 +212,157 @@ def _use_feature_space(n: int, da: int, db: int) -> bool:
     return 2 * n * da * db <= n * n * (da + db)
 
 
-def _compute_dtype(x: torch.Tensor, feature_space: bool) -> torch.dtype:
-    n, d = x.shape
+def _compute_dtype(src, feature_space: bool) -> torch.dtype:
+    n, d = src.n, src.width
     work = n * d * d if feature_space else n * n * d
-    return torch.float64 if work <= FLOAT64_WORK else compute_dtype(x)
+    return torch.float64 if work <= FLOAT64_WORK else compute_dtype(src)
 
 
-def _prepared_features(x: torch.Tensor, kernel: str, sigma: float, dtype: torch.dtype):
-    """Centred, scaled features and the kernel's form: (features, rbf, scale, scale_exp, rbf_diag)."""
-    centred = _centred(x, dtype)
+def _cat(parts: list, like) -> torch.Tensor:
+    """Per-row float64 values of a process's row blocks (none on an empty shard)."""
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64, device=like.device)
+
+
+def _prepared_features(src, kernel: str, sigma: float, dtype: torch.dtype):
+    """Centred, scaled features and the kernel's form: (features source, rbf, scale, scale_exp,
+    rbf_diag, squared row norms in float64 (RBF))."""
+    centred = src.centred(dtype)
     # Squares of Gram entries stay inside float32 for entries in [2**-16, 2**16] (D < 2**24):
     # only features outside that range pay for the (exact, power-of-two) rescaling pass.
-    e = unit_exponent(max_abs(centred), 16)
-    if e:
-        centred = centred * (2.0 ** -e)
+    e = unit_exponent(centred.max_abs(), 16)
+    feats = centred.scaled(e)
     if kernel == "ip":
-        return centred, (), 1.0, 2 * e, None
-    # For centred rows the mean squared distance between samples is 2·mean‖c_i‖².
-    # squares in float64: a float16 entry of 256 would square to inf in its own dtype
-    typical = 2.0 * float(torch.linalg.vector_norm(centred, dim=1, dtype=torch.float64).square().mean())
+        return feats, (), 1.0, 2 * e, None, None
+    # For centred rows the mean squared distance between samples is 2·mean‖c_i‖²; each row's
+    # squared norm (for the tiles) from the same pass. Squares in float64: a float16 entry of
+    # 256 would square to inf in its own dtype.
+    norms, sq = [], []
+    with src.comm.step():
+        for _, f in feats.own_blocks():
+            norms.append(torch.linalg.vector_norm(f, dim=1, dtype=torch.float64))
+            sq.append(f.to(torch.float64).square().sum(dim=1))
+        norms2, sq = _cat(norms, feats).square(), _cat(sq, feats)
+    if src.comm.size == 1:
+        typical = 2.0 * float(norms2.mean())
+    else:
+        typical = 2.0 * src.comm.sum([float(norms2.sum())])[0] / src.n
     rbf, scale, diag = rbf_form(sigma, typical, e)
-    return centred, rbf, scale, 0, diag
+    return feats, rbf, scale, 0, diag, sq
 
 
 # One implementation on torch GEMM tiles serves both names: on the CPU it is the CPU path
 # (MKL/oneDNN GEMMs), and it runs unchanged on CUDA tensors.
 @register("hsic", "cpu", devices=("cpu",))
 @register("hsic", "torch", devices=("cpu", "cuda"))
-def kernel_stats(x: torch.Tensor, kernel: str = "ip", sigma: float = 1.0) -> KernelStats:
-    """Summarise the kernel of features ``x`` (N x D, validated) for HSIC."""
+def kernel_stats(x, kernel: str = "ip", sigma: float = 1.0) -> KernelStats:
+    """Summarise the kernel of features ``x`` (N x D, validated; a tensor or any
+    :class:`platonic_fast.rows.RowSource`: collective on a shard) for HSIC."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel_metric must be one of {KERNELS}, got {kernel!r}")
-    n, d = x.shape
+    src = as_rows(x)
+    n, d, comm = src.n, src.width, src.comm
     space = kernel == "ip" and _use_feature_space(n, d, d)
     with torch.no_grad():
-        feats, rbf, scale, scale_exp, rbf_diag = _prepared_features(x, kernel, sigma, _compute_dtype(x, space))
-        zeros = torch.zeros(n, dtype=torch.float64, device=x.device)
+        fsrc, rbf, scale, scale_exp, rbf_diag, sq64 = _prepared_features(src, kernel, sigma,
+                                                                        _compute_dtype(src, space))
+        feats = fsrc.local()
+        zeros = torch.zeros(src.n_local, dtype=torch.float64, device=fsrc.device)
+        st = KernelStats(kernel, sigma, rbf, feats, None, None, zeros, None, scale=scale, scale_exp=scale_exp,
+                         shard=fsrc if comm.size > 1 else None)
         if kernel == "ip":
             # Both HSIC estimators are exactly invariant to shifting a linear kernel's features:
             # for centred features the exact row sums are zero (the float rounding is not kept).
-            diag = feats.square().sum(dim=1, dtype=torch.float64)
-            st = KernelStats(kernel, sigma, rbf, feats, None, None, zeros, diag, scale=scale, scale_exp=scale_exp)
-            if space:
-                st.self_sum = _gram_frob2(feats if d <= n else feats.T)
-                return st
+            with comm.step():
+                if space and not isinstance(feats, torch.Tensor):  # a file: the diagonal in the Gram's pass
+                    diags: list = []
+                    gram = blocked_cross_product(
+                        feats, feats, visit=lambda r0, f: diags.append(f.square().sum(dim=1, dtype=torch.float64)))
+                    st.diag, st.self_sum = _cat(diags, fsrc), float(gram.square().sum())
+                else:
+                    st.diag = _cat([f.square().sum(dim=1, dtype=torch.float64) for _, f in fsrc.own_blocks()], fsrc)
+            if space and st.self_sum is None:
+                st.self_sum = _gram_frob2(feats if d <= n else feats.T) if comm.size == 1 else \
+                    _frob2(feats, feats, comm)
         else:
-            sq = feats.to(torch.float64).square().sum(dim=1).to(feats.dtype)
-            st = KernelStats(kernel, sigma, rbf, feats, sq, None, zeros, torch.full_like(zeros, rbf_diag),
-                             scale=scale)
-            st.exact_close = needs_exact_close(rbf, feats.dtype, d, float(sq.max()))
-        st.self_sum, rows = self_tile_sums(st)
-        if kernel == "rbf":
-            st.row_sums = rows
+            st.sq_norms, st.diag = sq64.to(feats.dtype), torch.full_like(zeros, rbf_diag)
+            top_sq = float(st.sq_norms.max()) if st.sq_norms.numel() else 0.0
+            st.exact_close = needs_exact_close(rbf, feats.dtype, d, comm.max(top_sq))
+        if st.self_sum is None:
+            st.self_sum, rows = _tile_sums(st)
+            if kernel == "rbf":
+                st.row_sums = rows
+        if st.shard is not None:  # kept, so that null means need no communication
+            st.own_parts = _parts(st, st)
         return st
 
 
+def _tile_sums(ka: KernelStats, kb: KernelStats | None = None) -> tuple[float, torch.Tensor]:
+    """(Σ K̂∘L̂, K̂1 of this process's rows): its own rows' upper-triangular tiles (each used for
+    itself and its transpose), then on a shard each other rank's block as it arrives (row sums
+    stay with their rows). ``kb`` None: L = K, and the row sums are taken."""
+    one = kb is None
+    kb, xa, comm = ka if one else kb, ka.features, ka.comm
+    rows = torch.zeros(xa.shape[0], dtype=torch.float64, device=xa.device)
+    total = 0.0
+    with comm.step():
+        for i0, i1, j0, j1, w in _tile_pairs(xa.shape[0]):
+            ta = _kernel_tile(ka, i0, i1, j0, j1)
+            tb = ta if one else _kernel_tile(kb, i0, i1, j0, j1)
+            total += w * _tile_product(ta, tb, one)
+            if one:
+                rows[i0:i1] += ta.sum(dim=1, dtype=torch.float64)
+                if w == 2.0:
+                    rows[j0:j1] += ta.sum(dim=0, dtype=torch.float64)
+    for t in range(1, comm.size):
+        ya = ka.shard.peer_block(t)[2]
+        yb = ya if one else kb.shard.peer_block(t)[2]
+        with comm.step():
+            sqa, sqb = _peer_sq(ka, ya), _peer_sq(kb, yb)
+            for i0, i1 in _blocks(xa.shape[0], TILE_ROWS):
+                for j0, j1 in _blocks(ya.shape[0], TILE_ROWS):
+                    ta = _kernel_tile(ka, i0, i1, j0, j1, ya, sqa)
+                    tb = ta if one else _kernel_tile(kb, i0, i1, j0, j1, yb, sqb)
+                    total += _tile_product(ta, tb, one)
+                    if one:
+                        rows[i0:i1] += ta.sum(dim=1, dtype=torch.float64)
+        del ya, yb
+    return (total if comm.size == 1 else comm.sum([total])[0]), rows
+
+
+def _part(t, r0: int, r1: int):
+    return None if t is None else t[r0:r1]
+
+
+def _peer_sq(st: KernelStats, y: torch.Tensor):
+    """Squared norms of another rank's rows, as their owner computed them (RBF only)."""
+    return None if st.kernel == "ip" else y.to(torch.float64).square().sum(dim=1).to(y.dtype)
+
+
+def _tile_product(ta: torch.Tensor, tb: torch.Tensor, one: bool) -> float:
+    if one:
+        return float(ta.square().sum(dtype=torch.float64))
+    if ta.dtype != tb.dtype:
+        ta, tb = ta.to(torch.float64), tb.to(torch.float64)
+    return float((ta * tb).sum(dtype=torch.float64))
+
+
 def self_tile_sums(st: KernelStats) -> tuple[float, torch.Tensor]:
-    """(Σ K̂∘K̂, K̂1) of a kernel from its upper-triangular tiles (``st.features`` a tensor, or
-    rows read on slicing: :class:`platonic_fast.outofcore.LayerRows`)."""
-    n = st.n
-    self_sum = 0.0
-    rows = torch.zeros(n, dtype=torch.float64, device=st.features.device)
-    for i0, i1, j0, j1, w in _tile_pairs(n):
-        t = _kernel_tile(st, i0, i1, j0, j1)
-        self_sum += w * float(t.square().sum(dtype=torch.float64))
-        rows[i0:i1] += t.sum(dim=1, dtype=torch.float64)
-        if w == 2.0:
-            rows[j0:j1] += t.sum(dim=0, dtype=torch.float64)
-    return self_sum, rows
+    """(Σ K̂∘K̂, K̂1) of a kernel from its upper-triangular tiles."""
+    return _tile_sums(st)
+
+
+def _frob2(a, b, comm=LOCAL) -> float:
+    """‖AᵀB‖²_F over all rows (all ranks): features in memory, or read a block at a time."""
+    with comm.step():
+        if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+            if a.dtype != b.dtype:
+                a, b = a.to(torch.float64), b.to(torch.float64)
+            p = a.T @ b
+        else:  # out of core
+            p = blocked_cross_product(a, b)
+    if comm.size == 1:
+        return float(p.square().sum(dtype=torch.float64))
+    return float(comm.all_reduce(p.to(torch.float64)).square().sum())
 
 
 def blocked_cross_product(a, b, *, visit=None) -> torch.Tensor:
@@ -291,7 +383,8 @@ def kernel_stats_fused(x: torch.Tensor, kernel: str = "ip", sigma: float = 1.0) 
     with torch.no_grad():
         # Half types stay half (the kernel's tensor-core dots); centring and a power-of-two
         # scale are exact enough there and keep the tiles in range.
-        feats, rbf, scale, scale_exp, rbf_diag = _prepared_features(x, kernel, sigma, x.dtype)
+        src, rbf, scale, scale_exp, rbf_diag, _ = _prepared_features(as_rows(x), kernel, sigma, x.dtype)
+        feats = src.local()
         if kernel == "ip":
             diag = feats.float().square().sum(dim=1, dtype=torch.float64)
         else:
@@ -335,26 +428,14 @@ def cross_sum(ka: KernelStats, kb: KernelStats) -> float:
     with torch.no_grad():
         linear = ka.kernel == "ip" and kb.kernel == "ip"
         if linear and _use_feature_space(ka.n, ka.features.shape[1], kb.features.shape[1]):
-            a, b = ka.features, kb.features
-            if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):  # out of core
-                return float(blocked_cross_product(a, b).square().sum())
-            if a.dtype != b.dtype:
-                a, b = a.to(torch.float64), b.to(torch.float64)
-            return float((a.T @ b).square().sum(dtype=torch.float64))
-        total = 0.0
-        for i0, i1, j0, j1, w in _tile_pairs(ka.n):
-            ta = _kernel_tile(ka, i0, i1, j0, j1)
-            tb = _kernel_tile(kb, i0, i1, j0, j1)
-            if ta.dtype != tb.dtype:
-                ta, tb = ta.to(torch.float64), tb.to(torch.float64)
-            total += w * float((ta * tb).sum(dtype=torch.float64))
-        return total
+            return _frob2(ka.features, kb.features, ka.comm)
+        return _tile_sums(ka, kb)[0]
 
 
 def row_parts(ka: KernelStats, kb: KernelStats) -> list[float]:
     """The sums over rows HSIC needs besides the cross term Σ K̂∘L̂: Σ K1·L1, Σ K1, Σ L1,
     Σ diag K·diag L, Σ diag K, Σ diag L, Σ (K1 − diag K)·(L1 − diag L). Each is a sum over
-    rows, so on row shards the ranks' parts add up (:mod:`platonic_fast.distributed._hsic`)."""
+    rows, so on row shards the ranks' parts add up (:func:`_parts`)."""
     da, db = ka.diag, kb.diag
     ra = torch.zeros_like(da) if ka.row_sums is None else ka.row_sums
     rb = torch.zeros_like(db) if kb.row_sums is None else kb.row_sums
@@ -374,9 +455,17 @@ def hsic_from_parts(cross: float, parts: list[float], n: int, *, unbiased: bool)
     return (cross - s_dab + sum_a * sum_b / ((n - 1) * (n - 2)) - 2.0 * s_t / (n - 2)) / (n * (n - 3))
 
 
+def _parts(ka: KernelStats, kb: KernelStats) -> list[float]:
+    """:func:`row_parts` over every row (all-reduced on shards; a set's own, kept there)."""
+    if ka is kb and ka.own_parts is not None:
+        return ka.own_parts
+    parts = row_parts(ka, kb)
+    return parts if ka.shard is None else ka.comm.sum(parts)
+
+
 def hsic_from_sums(cross: float, ka: KernelStats, kb: KernelStats, *, unbiased: bool) -> float:
-    """:func:`hsic_from_parts` of two sets held by one process."""
-    return hsic_from_parts(cross, row_parts(ka, kb), ka.n, unbiased=unbiased)
+    """:func:`hsic_from_parts` of two sets (collective on shards, unless ka is kb)."""
+    return hsic_from_parts(cross, _parts(ka, kb), ka.n, unbiased=unbiased)
 
 
 def null_mean_from_parts(parts_a: list[float], parts_b: list[float], n: int, hkk: float, hll: float,
@@ -510,7 +599,7 @@ def cka_null_mean(ka: KernelStats, kb: KernelStats, *, unbiased: bool) -> float:
         return 0.0
     if ka.fused or kb.fused:  # the Triton stats hold no row sums yet: take them from a pass
         cka_from_stats(ka, kb, unbiased=False)
-    pa, pb = row_parts(ka, ka), row_parts(kb, kb)
+    pa, pb = _parts(ka, ka), _parts(kb, kb)
     hkk = hsic_from_parts(ka.self_sum, pa, ka.n, unbiased=False)
     hll = hsic_from_parts(kb.self_sum, pb, kb.n, unbiased=False)
     return null_mean_from_parts(pa, pb, ka.n, hkk, hll, _true_units(ka, kb))
