@@ -1,55 +1,24 @@
-"""Out-of-core layer search: feature files read block by block, never whole.
+"""Out-of-core layer search: feature files read block by block, never whole (docs/scale.md).
 
-(Over 600 lines because a file's whole path -- statistics, clamp threshold, preparation of every
-metric's state and the streamed HSIC products -- reads best in one place; the kNN pass itself is
-ops/knn.py's, over a file row source.)
+A model's features stay in their file (:class:`~platonic_fast.features.blocks.FeatureFile`:
+safetensors or .npy, pages handed back after every read). :class:`StreamedLayers` finds each
+layer's largest magnitude (with the NaN/Inf check) and clamp threshold in passes over row blocks
+and applies the one preparation of :mod:`platonic_fast.preparation` to any block, so the prepared
+layers are bitwise the in-memory ones. A metric's ``stream`` says how its state is made without
+holding a layer: the neighbour metrics (CPU) run the one kNN pass over a
+:class:`platonic_fast.rows.FileRows` (panels of query rows while key blocks stream from the file;
+the lists are bitwise the in-memory ones), cka and unbiased_cka run the one HSIC accumulation of
+:mod:`platonic_fast.ops.hsic` over it (O(N) statistics and a :class:`LayerRows` view read again
+when a pair is scored: equal to in memory up to the order of float64 sums), and the others
+prepare one whole layer at a time (on CUDA copied from pinned host blocks).
 
-The in-memory layer search (:func:`platonic_fast.align`, ``platonic-fast measure``) holds every
-layer of a model at once: N x L x D floats, clamped and normalised. Here a model's features
-stay in their file (:class:`~platonic_fast.features.blocks.FeatureFile`: safetensors or .npy,
-pages handed back after every read) and the same numbers come from passes over row blocks:
-
-1. statistics, one pass over the rows (all layers of a row at once for an N x L x D file):
-   NaN/Inf, each layer's largest magnitude (the powers of two of :mod:`platonic_fast.preparation`);
-2. the clamp threshold, one more pass: with ``exact=False`` each sample's interpolated
-   q-quantile of its |x| (the compiled per-row selection, as in memory), with ``exact=True`` the
-   whole tensor's order statistic by a two-pass radix selection on the float bits (counts of
-   the high 16 bits, then of the low 16 bits inside the one bin that holds the position). As
-   the reference pipeline: one threshold over all layers of an N x L x D file, one per layer
-   for a file of layers of different widths;
-3. each layer in turn: clamped and L2-normalised as its blocks are read, prepared, dropped.
-   For the neighbour metrics (the kNN-list metrics and cknna) on the CPU the layer itself is
-   never whole either: the exact kNN runs over it a panel of query rows at a time, streaming
-   key blocks from the file through the same GEMM tiles and compiled top-k merger as the
-   in-memory CPU backend (so the candidate lists are identical), then the same ordering pass
-   (near-ties rescored in float64 from rows gathered from the file). What stays is the
-   neighbour lists: O(N·k) per layer. cka and unbiased_cka (CPU or CUDA) keep O(N) statistics
-   per layer (:func:`stream_kernel_stats`) and a :class:`LayerRows` view of the file: each
-   cross term ‖ĀᵀB̄‖² is accumulated over row blocks of both files when a pair is scored
-   (a Da x Db float64 product; RBF and N below the width: tiles of rows read per tile).
-   On a CUDA device these blocks are copied through pinned buffers without waiting. svcca,
-   and the neighbour metrics on CUDA, prepare one whole layer at a time (on CUDA, copied from
-   pinned host blocks with overlapped transfers) and keep only their state: svcca its
-   N x cca_dim basis, the neighbour metrics their lists.
-
-Every elementwise step is the in-memory step on a block of rows, and every reduction is either
-per row or taken over the whole set at the end exactly as in memory, so the prepared layers are
-bitwise the in-memory ones and the neighbour metrics' scores equal the in-memory sweep's (tested).
-CKA's column means and D x D products are float64 sums of per-block products rather than one
-GEMM over all rows: equal to the in-memory scores up to that order (tested within 1e-12 relative
-where the products are float64, 2e-6 where they are float32).
-
-Peak memory: one panel of query rows plus one key block (``PANEL_BYTES``, 16 MiB), the block
-buffers of the passes (``BLOCK_BYTES``, 4 MiB, a few times over), the top-k merger's candidates
-(N x 2(k+4) entries of 16 bytes), O(N) per-row statistics, the ordering pass's blocks of float64
-rescoring (about 64 MiB, as in memory) and the lists. Measured at N = 4,096 with D = 768:
-about 100 MB above the ~550 MB that importing torch takes.
+Peak memory: a 16 MiB query panel and a key block, 4 MiB pass blocks, the top-k merger's
+candidates, O(N) statistics, the ordering pass's float64 rescoring (about 64 MiB) and the lists:
+about 100 MB above torch's ~550 MB at N = 4,096, D = 768.
 """
 
 from __future__ import annotations
 
-import math
-import os
 import warnings
 from pathlib import Path
 
@@ -59,7 +28,7 @@ from ._checks import ConstantFeaturesError, DegenerateInputWarning
 from .features.blocks import FeatureFile
 from .metrics import METRICS, Prepared, metric_spec, prepare
 from .ops.knn import more_candidates as _more_candidates
-from .ops.outliers import per_sample_order_stats, radix_select
+from .ops.outliers import radix_select, sample_quantiles
 from .preparation import LayerScale, clamped_top, join, joined_scale, pre_exponent
 from .rows import FileRows
 
@@ -109,12 +78,12 @@ class StreamedLayers:
         self.n = self.file.n
         f = self.file
         try:  # the one layer preparation (platonic_fast.preparation), its maxima and thresholds by passes
-            if f.stacked:
-                tops = self._check_stacked()
+            if f.stacked:  # as the reference: one threshold over all layers of an N x L x D tensor
+                tops = self._tops(None)
                 self._pres = [pre_exponent(max(tops), normalize)] * f.num_layers
                 self.thresholds = [self._threshold(None)] * f.num_layers
             else:
-                tops = [self._check_layer(layer) for layer in range(f.num_layers)]
+                tops = [self._tops(layer)[0] for layer in range(f.num_layers)]
                 self._pres = [pre_exponent(top, normalize) for top in tops]
                 self.thresholds = [self._threshold(layer) for layer in range(f.num_layers)]
         except BaseException:
@@ -134,54 +103,46 @@ class StreamedLayers:
         # float32 after conversion: the block's working size, whatever the stored dtype
         return max(1, self.block_bytes // max(1, width * 4))
 
-    def _check_stacked(self) -> list[float]:
-        """NaN/Inf over the whole N x L x D tensor and each layer's largest magnitude."""
-        f, lo, hi = self.file, None, None
-        for r0, r1 in _blocks(self.n, self._rows_per_block(f.num_layers * f.widths[0])):
-            t = f.read_all(r0, r1)
+    def _width(self, layer) -> int:
+        """Entries per row of one stored layer, or of every layer (``layer`` None)."""
+        return self.file.num_layers * self.file.widths[0] if layer is None else self.file.widths[layer]
+
+    def _passes(self, layer) -> list[tuple[int, int]]:
+        return _blocks(self.n, self._rows_per_block(self._width(layer)))
+
+    def _raw(self, layer, r0: int, r1: int) -> torch.Tensor:
+        """Stored rows [r0, r1) as b x L x D: of every layer (``layer`` None), or of one (L = 1)."""
+        return self.file.read_all(r0, r1) if layer is None else self.file.read(layer, r0, r1)[:, None]
+
+    def _tops(self, layer) -> list[float]:
+        """The NaN/Inf check and each layer's largest raw magnitude, in one pass."""
+        lo = hi = None
+        for r0, r1 in self._passes(layer):
+            t = self._raw(layer, r0, r1)
             b_lo, b_hi = t.amin(dim=(0, 2)), t.amax(dim=(0, 2))
             lo = b_lo if lo is None else torch.minimum(lo, b_lo)
             hi = b_hi if hi is None else torch.maximum(hi, b_hi)
         if not (bool(torch.isfinite(lo).all()) and bool(torch.isfinite(hi).all())):
-            raise ValueError(f"{self.name} contains NaN or Inf; clean or drop those samples first")
+            where = "" if layer is None else f"[{layer}]"
+            raise ValueError(f"{self.name}{where} contains NaN or Inf; clean or drop those samples first")
         return torch.maximum(-lo, hi).double().tolist()
 
-    def _check_layer(self, layer: int) -> float:
-        top = 0.0
-        for r0, r1 in _blocks(self.n, self._rows_per_block(self.file.widths[layer])):
-            lo, hi = torch.aminmax(self.file.read(layer, r0, r1))
-            if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
-                raise ValueError(f"{self.name}[{layer}] contains NaN or Inf; clean or drop those samples first")
-            top = max(top, -float(lo), float(hi))
-        return top
-
     def _scaled_rows(self, layer, r0: int, r1: int) -> torch.Tensor:
-        """Rows [r0, r1), divided by the power of two and in float32, before clamping:
-        all layers (b x L x D) when ``layer`` is None."""
-        if layer is None:
-            t, e = self.file.read_all(r0, r1), self._pres[0]
-        else:
-            t, e = self.file.read(layer, r0, r1), self._pres[layer]
+        """:meth:`_raw` rows divided by the power of two, in float32, before clamping."""
+        e = self._pres[0 if layer is None else layer]
+        t = self._raw(layer, r0, r1)
         return (t * 2.0 ** -e if e else t).float()
 
     def _threshold(self, layer) -> torch.Tensor | None:
         """The clamp value (0-d float32) of the whole tensor (``layer`` None) or of one layer."""
         if self.q == 1.0:
             return None
-        width = self.file.num_layers * self.file.widths[0] if layer is None else self.file.widths[layer]
-        blocks = _blocks(self.n, self._rows_per_block(width))
+        blocks = self._passes(layer)
         if self.exact:
             return _radix_select(lambda: (self._scaled_rows(layer, r0, r1) for r0, r1 in blocks),
-                                 int(self.q * self.n * width))
-        # per sample: torch.quantile's linear interpolation, then the mean over samples
-        pos = self.q * (width - 1)
-        lo = math.floor(pos)
-        hi = min(lo + 1, width - 1)
-        v_lo = torch.empty(self.n, dtype=torch.float32)
-        v_hi = torch.empty(self.n, dtype=torch.float32)
-        for r0, r1 in blocks:
-            v_lo[r0:r1], v_hi[r0:r1] = per_sample_order_stats(self._scaled_rows(layer, r0, r1), lo, hi)
-        return (v_lo + (pos - lo) * (v_hi - v_lo)).mean().to(torch.float32)
+                                 int(self.q * self.n * self._width(layer)))
+        per = [sample_quantiles(self._scaled_rows(layer, r0, r1), self.q) for r0, r1 in blocks]
+        return torch.cat(per).mean().to(torch.float32)
 
     # -- prepared rows -------------------------------------------------------------------------
 
@@ -213,28 +174,12 @@ class StreamedLayers:
         return self._rows_per_block(self.widths[layer])
 
     def layer(self, layer: int, device=None) -> torch.Tensor:
-        """The whole prepared layer (N x D float32), on ``device``: from pinned host blocks with
-        overlapped copies on CUDA."""
-        dev = torch.device("cpu") if device is None else torch.device(device)
-        out = torch.empty(self.n, self.widths[layer], dtype=torch.float32, device=dev)
-        blocks = _blocks(self.n, self.rows_per_block(layer))
-        if dev.type != "cuda":
-            for r0, r1 in blocks:
-                out[r0:r1] = self.block(layer, r0, r1)
-            return out
-        rows = blocks[0][1] - blocks[0][0]
-        staging = [torch.empty(rows, self.widths[layer], dtype=torch.float32, pin_memory=True) for _ in range(2)]
-        done = [None, None]
-        with torch.cuda.device(dev):
-            for i, (r0, r1) in enumerate(blocks):
-                s = i % 2
-                if done[s] is not None:
-                    done[s].synchronize()  # the copy that last used this buffer has finished
-                staging[s][: r1 - r0].copy_(self.block(layer, r0, r1))
-                out[r0:r1].copy_(staging[s][: r1 - r0], non_blocking=True)
-                done[s] = torch.cuda.Event()
-                done[s].record()
-            torch.cuda.current_stream(dev).synchronize()
+        """The whole prepared layer (N x D float32), on ``device`` (CUDA: through :class:`LayerRows`'s
+        pinned buffers, copies overlapped with the reads)."""
+        view = LayerRows(self, layer, device=device)
+        out = torch.empty(self.n, self.widths[layer], dtype=torch.float32, device=view.device)
+        for r0, r1 in _blocks(self.n, self.rows_per_block(layer)):
+            out[r0:r1] = view[r0:r1]
         return out
 
     def stats(self, layer: int) -> tuple[float, bool]:
@@ -471,30 +416,22 @@ def prepare_file(source, metric: str, opts: dict, *, name: str | None = None, q:
 
 
 def _prepare_layer(layers: StreamedLayers, i: int, spec, opts: dict, stream: bool, device, panel_bytes: int):
-    n, d = layers.n, layers.widths[i]
-    if stream and spec.stream == "hsic":
-        _, constant = layers.stats(i)
-        if constant:
-            _warn_constant(i)
-            return None
-        o = spec.check_options(n, (d, d), opts)
-        return Prepared(spec.name, o, stream_kernel_stats(layers, i, o["kernel_metric"], o["rbf_sigma"], device),
-                        n, d)
     if not stream:
-        x = layers.layer(i, device)
         try:
-            return prepare(spec.name, x, **opts)
+            return prepare(spec.name, layers.layer(i, device), **opts)
         except ConstantFeaturesError:
-            _warn_constant(i)
-            return None
-    _, constant = layers.stats(i)
-    if constant:
-        _warn_constant(i)
-        return None
+            return _warn_constant(i)
+    if layers.stats(i)[1]:
+        return _warn_constant(i)
+    n, d = layers.n, layers.widths[i]
     o = spec.check_options(n, (d, d), opts)
-    vals, idx, e = stream_neighbours(layers, i, o["topk"], exclude_self=o.get("unbiased", True),
-                                     panel_bytes=panel_bytes)
-    return Prepared(spec.name, o, spec.from_lists(idx, vals, e, o), n, d)
+    if spec.stream == "hsic":
+        state = stream_kernel_stats(layers, i, o["kernel_metric"], o["rbf_sigma"], device)
+    else:
+        vals, idx, e = stream_neighbours(layers, i, o["topk"], exclude_self=o.get("unbiased", True),
+                                         panel_bytes=panel_bytes)
+        state = spec.from_lists(idx, vals, e, o)
+    return Prepared(spec.name, o, state, n, d)
 
 
 _LIBC: dict = {}
@@ -533,6 +470,7 @@ def release_heap() -> None:
 
 
 def _warn_constant(i: int) -> None:
+    """Warn of a constant layer (its state is None)."""
     warnings.warn(f"layer {i} is constant (all samples equal): its scores are NaN", DegenerateInputWarning,
                   stacklevel=4)
 
@@ -600,11 +538,6 @@ def memory_available() -> int | None:
     except OSError:
         pass
     return None
-
-
-def file_data_bytes(path) -> int:
-    """The size of a features file (its layers, nearly all of it)."""
-    return os.path.getsize(path)
 
 
 __all__ = ["LayerRows", "StreamedLayers", "align_files", "prepare_file", "reads_file", "stream_kernel_stats",

@@ -103,13 +103,18 @@ def outlier_threshold(feats: torch.Tensor, q: float, exact: bool) -> torch.Tenso
         # The entry at position floor(q * numel) of the ascending sort of the whole tensor.
         (t,) = _ascending_order_stats(feats.detach().abs().reshape(-1), [int(q * feats.numel())])
         return t
-    # Per sample: torch.quantile's "linear" interpolation, then the mean over samples.
-    m = feats[0].numel()
+    return sample_quantiles(feats, q).mean().to(feats.dtype)
+
+
+def sample_quantiles(feats: torch.Tensor, q: float) -> torch.Tensor:
+    """Each sample's q-quantile of its |x| with torch.quantile's "linear" interpolation (N values;
+    the exact=False threshold is their mean over all samples, however they are read)."""
+    m = math.prod(feats.shape[1:])
     pos = q * (m - 1)
     lo = math.floor(pos)
     hi = min(lo + 1, m - 1)
     v_lo, v_hi = per_sample_order_stats(feats, lo, hi)
-    return (v_lo + (pos - lo) * (v_hi - v_lo)).mean().to(feats.dtype)
+    return v_lo + (pos - lo) * (v_hi - v_lo)
 
 
 def check_clamp_args(q, exact) -> None:
