@@ -27,6 +27,7 @@ import torch
 from ._checks import ConstantFeaturesError, DegenerateInputWarning
 from .features.blocks import FeatureFile
 from .metrics import METRICS, Prepared, metric_spec, prepare
+from .ops.hsic import kernel_stats
 from .ops.knn import more_candidates as _more_candidates
 from .ops.outliers import radix_select, sample_quantiles
 from .preparation import LayerScale, clamped_top, join, joined_scale, pre_exponent
@@ -192,17 +193,16 @@ class StreamedLayers:
 
     def _layer_stats(self, layer: int) -> tuple[float, bool, torch.Tensor]:
         if layer not in self._stats:
-            top, lo_all, hi_all = 0.0, None, None
+            lo = hi = None
             total = torch.zeros(self.widths[layer], dtype=torch.float64)
             for r0, r1 in _blocks(self.n, self.rows_per_block(layer)):
                 t = self.block(layer, r0, r1)
-                lo, hi = torch.aminmax(t, dim=0)
-                lo_all = lo if lo_all is None else torch.minimum(lo_all, lo)
-                hi_all = hi if hi_all is None else torch.maximum(hi_all, hi)
-                top = max(top, -float(lo.min()), float(hi.max()))
+                b_lo, b_hi = torch.aminmax(t, dim=0)
+                lo = b_lo if lo is None else torch.minimum(lo, b_lo)
+                hi = b_hi if hi is None else torch.maximum(hi, b_hi)
                 total += t.sum(dim=0, dtype=torch.float64)
-            constant = self.n >= 2 and bool((lo_all == hi_all).all())
-            self._stats[layer] = (top, constant, total)
+            top = max(0.0, -float(lo.min()), float(hi.max()))
+            self._stats[layer] = (top, self.n >= 2 and bool((lo == hi).all()), total)
         return self._stats[layer]
 
     def close(self) -> None:
@@ -221,22 +221,14 @@ def _radix_select(blocks, position: int) -> torch.Tensor:
     return radix_select(lambda: (t.reshape(-1) for t in blocks()), position, torch.float32)
 
 
-# --- the streamed kNN ---------------------------------------------------------------------------
-
-
 class LayerRows:
-    """One prepared layer of a :class:`StreamedLayers` seen as an N x D matrix whose rows are
-    read from the file when indexed: ``rows[r0:r1]`` a block, ``rows[index]`` any rows. What the
-    kNN's ordering pass needs of its queries and keys, and what the HSIC sums need of features
-    (:mod:`platonic_fast.ops.hsic` reads them through the same slicing as a tensor).
-
-    Each row read is taken to ``dtype``, has ``shift`` subtracted (HSIC's column centring, in
-    ``dtype``) and is divided by ``2**e`` -- the in-memory steps, in their order, so the rows are
-    the in-memory ones. ``order`` permutes the rows (row r is prepared row ``order[r]``).
-    On a CUDA ``device`` each block is prepared on the host and copied through one of two pinned
-    buffers without waiting (the next block is read while the copy and the GPU's work on the
-    last one run). Nothing read is kept: the states that hold these views live as long as the
-    sweep, so any cache would grow with the number of layers.
+    """One prepared layer of a :class:`StreamedLayers` as an N x D matrix whose rows are read from
+    the file when indexed (``rows[r0:r1]``, ``rows[index]``): the view a
+    :class:`platonic_fast.rows.FileRows` reads. Each row read is taken to ``dtype``, has ``shift``
+    subtracted (HSIC's centring) and is divided by ``2**e``, the in-memory steps in their order;
+    ``order`` permutes the rows. On a CUDA ``device`` each block is prepared on the host and
+    copied through one of two pinned buffers without waiting. Nothing read is kept (the states
+    holding these views live as long as the sweep).
     """
 
     def __init__(self, layers: StreamedLayers, layer: int, e: int = 0, *, shift: torch.Tensor | None = None,
@@ -349,52 +341,19 @@ def stream_neighbours(layers: StreamedLayers, layer: int, k: int, *, exclude_sel
                        more=lambda *a: _more_candidates(*a))
 
 
-# --- streamed HSIC ------------------------------------------------------------------------------
-
-
-def stream_kernel_stats(layers: StreamedLayers, layer: int, kernel: str = "ip", sigma: float = 1.0, device=None):
-    """:func:`platonic_fast.ops.hsic.kernel_stats` of one prepared layer over a
-    :class:`platonic_fast.rows.FileRows`: O(N) statistics from passes over its row blocks, and a
-    :class:`LayerRows` view (centred, scaled) as ``features``, read whenever a cross term is
-    taken, so nothing of size N x D is kept. On a CUDA ``device`` the blocks are prepared on the
-    host and copied over; every product and reduction runs there."""
-    from .ops.hsic import kernel_stats
-
-    return kernel_stats(FileRows(LayerRows(layers, layer, device=device), layers.stats(layer)[0]), kernel, sigma)
-
-
 # --- preparing a file ---------------------------------------------------------------------------
 
 
 def prepare_file(source, metric: str, opts: dict, *, name: str | None = None, q: float = 0.95,
                  exact: bool = False, concat: bool = False, device=None, bar=None,
                  panel_bytes: int = PANEL_BYTES) -> list:
-    """Every layer of a feature file prepared for ``metric`` (validated options ``opts``, as
-    :func:`platonic_fast.align.resolve_options` gives them), out of core: the states
-    :func:`platonic_fast.align.prepare_states` gives for the layers of
-    :func:`platonic_fast.align.prepare_layers`, equal to them, without the file ever in memory.
-
-    Parameters
-    ----------
-    source : path, FeatureFile or StreamedLayers
-        A .safetensors features file or a .npy array (N x L x D or N x D).
-    metric : str
-    opts : dict
-    name : str, optional
-        For messages (default: the file name).
-    q, exact, concat
-        As :func:`platonic_fast.align`.
-    device : optional
-        Where the states live; on CUDA each layer is prepared whole on the device.
-    bar : tqdm, optional
-        Advanced once per layer.
-
-    Returns
-    -------
-    list of Prepared (None for a constant layer, with a DegenerateInputWarning)
-        For cka / unbiased_cka on the CPU the states read the file whenever they are scored:
-        a ``source`` given as a path stays open while they live; a given reader must stay open
-        until every score is taken.
+    """Every layer of a feature file (``source``: a path, FeatureFile or StreamedLayers) prepared
+    for ``metric`` out of core: the states :func:`platonic_fast.align.prepare_states` gives for the
+    layers of :func:`platonic_fast.align.prepare_layers` (validated ``opts``), without the file ever
+    in memory; None for a constant layer (with a DegenerateInputWarning). ``name``: for messages;
+    ``q``, ``exact``, ``concat`` as :func:`platonic_fast.align`; ``device``: where the states live;
+    ``bar``: advanced once per layer. Streamed cka / unbiased_cka states read the file when scored:
+    a path stays open while they live, a given reader must stay open until every score is taken.
     """
     layers = source if isinstance(source, StreamedLayers) else StreamedLayers(
         source, name or Path(getattr(source, "path", source)).name, q=q, exact=exact, concat=concat)
@@ -425,8 +384,9 @@ def _prepare_layer(layers: StreamedLayers, i: int, spec, opts: dict, stream: boo
         return _warn_constant(i)
     n, d = layers.n, layers.widths[i]
     o = spec.check_options(n, (d, d), opts)
-    if spec.stream == "hsic":
-        state = stream_kernel_stats(layers, i, o["kernel_metric"], o["rbf_sigma"], device)
+    if spec.stream == "hsic":  # O(N) statistics; the features a view read again when a pair is scored
+        view = FileRows(LayerRows(layers, i, device=device), layers.stats(i)[0])
+        state = kernel_stats(view, o["kernel_metric"], o["rbf_sigma"])
     else:
         vals, idx, e = stream_neighbours(layers, i, o["topk"], exclude_self=o.get("unbiased", True),
                                          panel_bytes=panel_bytes)
@@ -452,14 +412,10 @@ def _libc():
 
 
 def release_heap() -> None:
-    """Keep freed blocks out of the resident set (glibc; elsewhere nothing).
-
-    The first call fixes glibc's mmap threshold at 1 MiB: blocks of a megabyte or more (the
-    passes' row blocks, the kNN's key blocks) are then mapped and unmapped, never kept in the
-    heap (by default the threshold rises to the largest block freed, after which such blocks
-    come from the heap, whose free pages glibc keeps). Every call also trims the heap
-    (``malloc_trim``): between layers, so that one layer's temporaries do not stay resident
-    while the next one runs. The threshold is process-wide and stays set.
+    """Keep freed blocks out of the resident set (glibc; elsewhere nothing): the first call fixes
+    the mmap threshold at 1 MiB (row and key blocks are then unmapped when freed, never kept in
+    the heap, where the threshold would otherwise rise to the largest block freed); every call
+    trims the heap (between layers, so one layer's temporaries do not stay resident).
     """
     libc = _libc()
     if libc is None:
@@ -478,25 +434,10 @@ def _warn_constant(i: int) -> None:
 def align_files(file_x, file_y, metric: str = "mutual_knn", topk: int = 10, *, q: float = 0.95,
                 exact: bool = False, concat: bool = False, backend: str = "auto", rows=None,
                 permutations: int | None = None, alpha: float = 0.05, generator=None, **metric_options):
-    """:func:`platonic_fast.align` of two feature files, out of core (see this module).
+    """:func:`platonic_fast.align` of two feature files (.safetensors or .npy, N x L x D or N x D,
+    the same N samples), out of core: equal to ``align`` of the files loaded whole. ``rows``:
+    score only these samples (increasing row numbers); the rest as :func:`platonic_fast.align`.
 
-    Parameters
-    ----------
-    file_x, file_y : path
-        .safetensors features files (:func:`platonic_fast.features.save`) or .npy arrays
-        (N x L x D, or N x D for one layer) of the same N samples.
-    rows : array of int, optional
-        Score only these samples (increasing row numbers).
-    metric, topk, q, exact, concat, backend, permutations, alpha, generator, **metric_options
-        As :func:`platonic_fast.align`.
-
-    Returns
-    -------
-    AlignResult
-        Equal to ``align`` of the two files' features loaded whole.
-
-    Examples
-    --------
     >>> res = align_files("feats/a.safetensors", "feats/b.npy", "mutual_knn", topk=10)   # doctest: +SKIP
     """
     from .align import resolve_options, score_states
@@ -540,5 +481,5 @@ def memory_available() -> int | None:
     return None
 
 
-__all__ = ["LayerRows", "StreamedLayers", "align_files", "prepare_file", "reads_file", "stream_kernel_stats",
-           "stream_neighbours", "streamable"]
+__all__ = ["LayerRows", "StreamedLayers", "align_files", "prepare_file", "reads_file", "stream_neighbours",
+           "streamable"]

@@ -346,11 +346,6 @@ def _tile_product(ta: torch.Tensor, tb: torch.Tensor, one: bool) -> float:
     return float((ta * tb).sum(dtype=torch.float64))
 
 
-def self_tile_sums(st: KernelStats) -> tuple[float, torch.Tensor]:
-    """(Σ K̂∘K̂, K̂1) of a kernel from its upper-triangular tiles."""
-    return _tile_sums(st)
-
-
 def _frob2(a, b, comm=LOCAL) -> float:
     """‖AᵀB‖²_F over all rows (all ranks): features in memory, or read a block at a time."""
     with comm.step():
