@@ -30,7 +30,7 @@ from .metrics import METRICS, Prepared, metric_spec, prepare
 from .ops.hsic import kernel_stats
 from .ops.knn import more_candidates as _more_candidates
 from .ops.outliers import radix_select, sample_quantiles
-from .preparation import LayerScale, clamped_top, join, joined_scale, pre_exponent
+from .preparation import LayerScale, join, plan_layers
 from .rows import FileRows
 
 BLOCK_BYTES = 4 << 20  # float32 bytes per block of the statistics and threshold passes
@@ -78,25 +78,21 @@ class StreamedLayers:
         self.block_bytes = block_bytes
         self.n = self.file.n
         f = self.file
-        try:  # the one layer preparation (platonic_fast.preparation), its maxima and thresholds by passes
-            if f.stacked:  # as the reference: one threshold over all layers of an N x L x D tensor
-                tops = self._tops(None)
-                self._pres = [pre_exponent(max(tops), normalize)] * f.num_layers
-                self.thresholds = [self._threshold(None)] * f.num_layers
-            else:
-                tops = [self._tops(layer)[0] for layer in range(f.num_layers)]
-                self._pres = [pre_exponent(top, normalize) for top in tops]
-                self.thresholds = [self._threshold(layer) for layer in range(f.num_layers)]
+        try:  # the one layer preparation, its maxima and thresholds found by passes over blocks
+            tops = self._tops(None) if f.stacked else [self._tops(layer)[0] for layer in range(f.num_layers)]
+            self.scales, self._join = plan_layers(tops, f.stacked, normalize, self._threshold)
         except BaseException:
             self.close()
             raise
-        tops = [clamped_top(t, e, thr) for t, e, thr in zip(tops, self._pres, self.thresholds)]
-        self.scales = [LayerScale.of(t, e, thr, normalize) for t, e, thr in zip(tops, self._pres, self.thresholds)]
-        self._join = joined_scale(self.scales, tops)
         self.num_layers = f.num_layers + (1 if concat else 0)
         self.widths = list(f.widths) + ([sum(f.widths)] if concat else [])
         self._stats: dict[int, tuple] = {}
         release_heap()
+
+    @property
+    def thresholds(self) -> list:
+        """Each stored layer's clamp value (0-d float32; None for q = 1)."""
+        return [s.threshold for s in self.scales]
 
     # -- passes --------------------------------------------------------------------------------
 
@@ -128,22 +124,18 @@ class StreamedLayers:
             raise ValueError(f"{self.name}{where} contains NaN or Inf; clean or drop those samples first")
         return torch.maximum(-lo, hi).double().tolist()
 
-    def _scaled_rows(self, layer, r0: int, r1: int) -> torch.Tensor:
-        """:meth:`_raw` rows divided by the power of two, in float32, before clamping."""
-        e = self._pres[0 if layer is None else layer]
-        t = self._raw(layer, r0, r1)
-        return (t * 2.0 ** -e if e else t).float()
-
-    def _threshold(self, layer) -> torch.Tensor | None:
-        """The clamp value (0-d float32) of the whole tensor (``layer`` None) or of one layer."""
+    def _threshold(self, layer, pre: int) -> torch.Tensor | None:
+        """The clamp value (0-d float32) of the whole tensor (``layer`` None) or of one layer, from
+        blocks of its rows divided by 2**pre in float32."""
         if self.q == 1.0:
             return None
-        blocks = self._passes(layer)
+
+        def scaled():
+            return (LayerScale(pre, None, 0).clamp(self._raw(layer, r0, r1)) for r0, r1 in self._passes(layer))
+
         if self.exact:
-            return _radix_select(lambda: (self._scaled_rows(layer, r0, r1) for r0, r1 in blocks),
-                                 int(self.q * self.n * self._width(layer)))
-        per = [sample_quantiles(self._scaled_rows(layer, r0, r1), self.q) for r0, r1 in blocks]
-        return torch.cat(per).mean().to(torch.float32)
+            return _radix_select(scaled, int(self.q * self.n * self._width(layer)))
+        return torch.cat([sample_quantiles(t, self.q) for t in scaled()]).mean().to(torch.float32)
 
     # -- prepared rows -------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ Layers whose clamped entries already lie in [2**-20, 2**20] are not rescaled at 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -100,3 +101,21 @@ def join(parts: list[torch.Tensor], shifts: list[int], scale: LayerScale) -> tor
         parts = [p * 2.0 ** d if d else p for p, d in zip(parts, shifts)]
     t = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
     return scale.finish(t).contiguous()
+
+
+def plan_layers(tops: list[float], stacked: bool, normalize: bool,
+                threshold: Callable) -> tuple[list[LayerScale], tuple[list[int], LayerScale]]:
+    """Every layer's :class:`LayerScale` and the concatenation's (:func:`joined_scale`), wherever
+    the rows live. ``tops``: each layer's largest raw magnitude; ``stacked``: the layers of one
+    N x L x D tensor, clamped as a whole (one pre-scale and one threshold, as the reference);
+    ``threshold(layer, pre)``: the clamp value (None for q = 1) of one layer, or of the whole
+    tensor for ``layer`` None, after dividing the raw rows by 2**pre and converting to float32."""
+    if stacked:
+        pres = [pre_exponent(max(tops), normalize)] * len(tops)
+        thresholds = [threshold(None, pres[0])] * len(tops)
+    else:
+        pres = [pre_exponent(top, normalize) for top in tops]
+        thresholds = [threshold(i, e) for i, e in enumerate(pres)]
+    clamped = [clamped_top(t, e, thr) for t, e, thr in zip(tops, pres, thresholds)]
+    scales = [LayerScale.of(t, e, thr, normalize) for t, e, thr in zip(clamped, pres, thresholds)]
+    return scales, joined_scale(scales, clamped)
