@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from ._checks import ConstantFeaturesError, DegenerateInputWarning
-from .features.blocks import FeatureFile
+from .features.blocks import FeatureFile, release_heap
 from .metrics import METRICS, Prepared, metric_spec, prepare
 from .ops.hsic import kernel_stats
 from .ops.knn import more_candidates as _more_candidates
@@ -384,37 +384,6 @@ def _prepare_layer(layers: StreamedLayers, i: int, spec, opts: dict, stream: boo
                                          panel_bytes=panel_bytes)
         state = spec.from_lists(idx, vals, e, o)
     return Prepared(spec.name, o, state, n, d)
-
-
-_LIBC: dict = {}
-_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-MMAP_THRESHOLD = 1 << 20
-
-
-def _libc():
-    if "libc" not in _LIBC:
-        try:
-            import ctypes
-
-            _LIBC["libc"] = ctypes.CDLL("libc.so.6")
-            _LIBC["libc"].malloc_trim, _LIBC["libc"].mallopt  # noqa: B018 - glibc has both
-        except (OSError, AttributeError):
-            _LIBC["libc"] = None
-    return _LIBC["libc"]
-
-
-def release_heap() -> None:
-    """Keep freed blocks out of the resident set (glibc; elsewhere nothing): the first call fixes
-    the mmap threshold at 1 MiB (row and key blocks are then unmapped when freed, never kept in
-    the heap, where the threshold would otherwise rise to the largest block freed); every call
-    trims the heap (between layers, so one layer's temporaries do not stay resident).
-    """
-    libc = _libc()
-    if libc is None:
-        return
-    if not _LIBC.get("threshold"):
-        _LIBC["threshold"] = bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
-    libc.malloc_trim(0)
 
 
 def _warn_constant(i: int) -> None:

@@ -14,7 +14,8 @@ A row subset (``rows=``, increasing file row numbers) makes the file look like t
 those samples only: the nested subsets of ``platonic-fast measure --n-grid``.
 
 :func:`streamed_checksum` recomputes a features file's stored checksum with plain reads of
-4 MiB (no mapping), for the same reason.
+4 MiB (no mapping), for the same reason; :func:`release_heap` keeps the freed row blocks of the
+passes out of the resident set too.
 """
 
 from __future__ import annotations
@@ -244,6 +245,37 @@ class FeatureFile:
         shape = f"{self.n}x{self.num_layers}x{self.widths[0]}" if self.stacked else \
             f"{self.n}x[{', '.join(map(str, self.widths))}]"
         return f"FeatureFile({str(self.path)!r}, {shape}, {str(self.dtype).removeprefix('torch.')})"
+
+
+_LIBC: dict = {}
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+MMAP_THRESHOLD = 1 << 20
+
+
+def _libc():
+    if "libc" not in _LIBC:
+        try:
+            import ctypes
+
+            _LIBC["libc"] = ctypes.CDLL("libc.so.6")
+            _LIBC["libc"].malloc_trim, _LIBC["libc"].mallopt  # noqa: B018 - glibc has both
+        except (OSError, AttributeError):
+            _LIBC["libc"] = None
+    return _LIBC["libc"]
+
+
+def release_heap() -> None:
+    """Keep freed blocks out of the resident set (glibc; elsewhere nothing): the first call fixes
+    the mmap threshold at 1 MiB (row and key blocks are then unmapped when freed, never kept in
+    the heap, where the threshold would otherwise rise to the largest block freed); every call
+    trims the heap (between layers, so one layer's temporaries do not stay resident).
+    """
+    libc = _libc()
+    if libc is None:
+        return
+    if not _LIBC.get("threshold"):
+        _LIBC["threshold"] = bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    libc.malloc_trim(0)
 
 
 def _header(fh, path: Path) -> tuple[dict, int]:
