@@ -339,13 +339,32 @@ def stream_neighbours(layers: StreamedLayers, layer: int, k: int, *, exclude_sel
 def prepare_file(source, metric: str, opts: dict, *, name: str | None = None, q: float = 0.95,
                  exact: bool = False, concat: bool = False, device=None, bar=None,
                  panel_bytes: int = PANEL_BYTES) -> list:
-    """Every layer of a feature file (``source``: a path, FeatureFile or StreamedLayers) prepared
-    for ``metric`` out of core: the states :func:`platonic_fast.align.prepare_states` gives for the
-    layers of :func:`platonic_fast.align.prepare_layers` (validated ``opts``), without the file ever
-    in memory; None for a constant layer (with a DegenerateInputWarning). ``name``: for messages;
-    ``q``, ``exact``, ``concat`` as :func:`platonic_fast.align`; ``device``: where the states live;
-    ``bar``: advanced once per layer. Streamed cka / unbiased_cka states read the file when scored:
-    a path stays open while they live, a given reader must stay open until every score is taken.
+    """Every layer of a feature file prepared for ``metric`` (validated options ``opts``, as
+    :func:`platonic_fast.align.resolve_options` gives them), out of core: the states
+    :func:`platonic_fast.align.prepare_states` gives for the layers of
+    :func:`platonic_fast.align.prepare_layers`, equal to them, without the file ever in memory.
+
+    Parameters
+    ----------
+    source : path, FeatureFile or StreamedLayers
+        A .safetensors features file or a .npy array (N x L x D or N x D).
+    metric : str
+    opts : dict
+    name : str, optional
+        For messages (default: the file name).
+    q, exact, concat
+        As :func:`platonic_fast.align`.
+    device : optional
+        Where the states live; on CUDA each layer is prepared whole on the device.
+    bar : tqdm, optional
+        Advanced once per layer.
+
+    Returns
+    -------
+    list of Prepared (None for a constant layer, with a DegenerateInputWarning)
+        For cka / unbiased_cka on the CPU the states read the file whenever they are scored:
+        a ``source`` given as a path stays open while they live; a given reader must stay open
+        until every score is taken.
     """
     layers = source if isinstance(source, StreamedLayers) else StreamedLayers(
         source, name or Path(getattr(source, "path", source)).name, q=q, exact=exact, concat=concat)
@@ -395,10 +414,25 @@ def _warn_constant(i: int) -> None:
 def align_files(file_x, file_y, metric: str = "mutual_knn", topk: int = 10, *, q: float = 0.95,
                 exact: bool = False, concat: bool = False, backend: str = "auto", rows=None,
                 permutations: int | None = None, alpha: float = 0.05, generator=None, **metric_options):
-    """:func:`platonic_fast.align` of two feature files (.safetensors or .npy, N x L x D or N x D,
-    the same N samples), out of core: equal to ``align`` of the files loaded whole. ``rows``:
-    score only these samples (increasing row numbers); the rest as :func:`platonic_fast.align`.
+    """:func:`platonic_fast.align` of two feature files, out of core (see this module).
 
+    Parameters
+    ----------
+    file_x, file_y : path
+        .safetensors features files (:func:`platonic_fast.features.save`) or .npy arrays
+        (N x L x D, or N x D for one layer) of the same N samples.
+    rows : array of int, optional
+        Score only these samples (increasing row numbers).
+    metric, topk, q, exact, concat, backend, permutations, alpha, generator, **metric_options
+        As :func:`platonic_fast.align`.
+
+    Returns
+    -------
+    AlignResult
+        Equal to ``align`` of the two files' features loaded whole.
+
+    Examples
+    --------
     >>> res = align_files("feats/a.safetensors", "feats/b.npy", "mutual_knn", topk=10)   # doctest: +SKIP
     """
     from .align import resolve_options, score_states
