@@ -223,9 +223,9 @@ def _cat(parts: list, like) -> torch.Tensor:
     return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64, device=like.device)
 
 
-def _prepared_features(src, kernel: str, sigma: float, dtype: torch.dtype):
+def _prepared_features(src, kernel: str, sigma: float, dtype: torch.dtype, *, squares: bool = True):
     """Centred, scaled features and the kernel's form: (features source, rbf, scale, scale_exp,
-    rbf_diag, squared row norms in float64 (RBF))."""
+    rbf_diag, squared row norms in float64 for RBF tiles, when ``squares``)."""
     centred = src.centred(dtype)
     # Squares of Gram entries stay inside float32 for entries in [2**-16, 2**16] (D < 2**24):
     # only features outside that range pay for the (exact, power-of-two) rescaling pass.
@@ -240,8 +240,9 @@ def _prepared_features(src, kernel: str, sigma: float, dtype: torch.dtype):
     with src.comm.step():
         for _, f in feats.own_blocks():
             norms.append(torch.linalg.vector_norm(f, dim=1, dtype=torch.float64))
-            sq.append(f.to(torch.float64).square().sum(dim=1))
-        norms2, sq = _cat(norms, feats).square(), _cat(sq, feats)
+            if squares:
+                sq.append(f.to(torch.float64).square().sum(dim=1))
+        norms2, sq = _cat(norms, feats).square(), _cat(sq, feats) if squares else None
     if src.comm.size == 1:
         typical = 2.0 * float(norms2.mean())
     else:
@@ -378,7 +379,7 @@ def kernel_stats_fused(x: torch.Tensor, kernel: str = "ip", sigma: float = 1.0) 
     with torch.no_grad():
         # Half types stay half (the kernel's tensor-core dots); centring and a power-of-two
         # scale are exact enough there and keep the tiles in range.
-        src, rbf, scale, scale_exp, rbf_diag, _ = _prepared_features(as_rows(x), kernel, sigma, x.dtype)
+        src, rbf, scale, scale_exp, rbf_diag, _ = _prepared_features(as_rows(x), kernel, sigma, x.dtype, squares=False)
         feats = src.local()
         if kernel == "ip":
             diag = feats.float().square().sum(dim=1, dtype=torch.float64)
