@@ -72,6 +72,13 @@ def randn(n: int, d: int, seed: int = 0, dtype: torch.dtype = torch.float32,
     return x.to(dtype)
 
 
+def cuda_randn(*shapes, seed: int, dtype: torch.dtype = torch.bfloat16) -> list[torch.Tensor]:
+    """Gaussian tensors of these shapes drawn on the GPU, in order, from one seeded generator (the
+    inputs past 2³¹ elements are too big to draw on the CPU and copy)."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    return [torch.randn(*shape, device="cuda", dtype=dtype, generator=g) for shape in shapes]
+
+
 def grid(n: int, d: int, seed: int = 0, levels: int = 4, scale: int = 8,
          dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Dyadic features x = m / scale with integer |m| <= levels·scale/... (few mantissa bits).
