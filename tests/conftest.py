@@ -301,6 +301,23 @@ def small_pair():
     return correlated_pair(37, 11, 7, seed=3)
 
 
+@pytest.fixture
+def count_calls(monkeypatch):
+    """count_calls(owner, name): owner.name still runs, and the returned list gains one entry (the
+    positional arguments) per call, for the rest of the test."""
+    def wrap(owner, name):
+        calls = []
+        real = getattr(owner, name)
+
+        def counted(*args, **kwargs):
+            calls.append(args)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, counted)
+        return calls
+    return wrap
+
+
 def np_array(x: torch.Tensor) -> np.ndarray:
     return x.detach().cpu().numpy()
 
