@@ -160,12 +160,8 @@ py::dict cknna_sums_typed(const IndexArray& idx_k, const py::array& val_k, const
     s = pf::cknna_sums<T>(idx_k.data(), vk.data, idx_l.data(), vl.data, n, k, zero_diagonal);
   }
   py::dict d;
-  d["trace_kl"] = s.trace_kl;
-  d["sum_k"] = s.sum_k;
-  d["sum_l"] = s.sum_l;
-  d["k_then_l"] = s.k_then_l;
-  d["l_then_k"] = s.l_then_k;
-  d["mask_count"] = s.mask_count;
+  const auto v = s.values();
+  for (int i = 0; i < pf::CknnaSums::kCount; ++i) d[pf::CknnaSums::kNames[i]] = v[i];
   return d;
 }
 
@@ -249,7 +245,8 @@ py::array_t<double> permute_lists_cknna_typed(const std::vector<IndexArray>& ai,
   const auto vb = values(bv, "b_val");
   checked_perms(perms, n);
   const int64_t count = perms.shape(0);
-  py::array_t<double> out({count, static_cast<int64_t>(pa.size()), static_cast<int64_t>(pb.size()), int64_t{6}});
+  py::array_t<double> out(
+      {count, static_cast<int64_t>(pa.size()), static_cast<int64_t>(pb.size()), int64_t{pf::CknnaSums::kCount}});
   double* dst = out.mutable_data();
   {
     py::gil_scoped_release release;
