@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from .._backends import MIN_CUDA_CAPABILITY, backends_of, register, resolve
 from .._checks import check_features, check_int, check_topk, check_values, unit_exponent, warn_memory
-from ..rows import RowSource, TensorRows, as_rows
+from ..rows import RowSource, ShardRows, TensorRows, as_rows
 
 _UNSET = object()
 
@@ -825,11 +825,15 @@ def _exact_topk(s: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def neighbours(x: torch.Tensor, k: int, *, exclude_self: bool = True, backend: str = "auto",
-               screen: str | None = None):
+               screen: str | None = None, comm=None, layout=None):
     """knn of already-validated features (internal: metrics validate once, then call this).
 
     Returns ``(values, indices, e)``: the true scores are ``values · 2**e`` (see :func:`search`).
+    With a process group's ``comm`` and row ``layout``: this rank's rows' lists, indices global
+    (the same pass over a :class:`platonic_fast.rows.ShardRows`; collective).
     """
+    if comm is not None:
+        return search_rows(ShardRows(comm, layout, x), None, k, exclude_self=exclude_self, backend=backend)
     return search(x, None, k, exclude_self=exclude_self, backend=backend, unscale=False, screen=screen)
 
 
