@@ -4,8 +4,10 @@ The exact CPU path multiplies float32 tiles. On a CPU with bfloat16 instructions
 AMX) the same tiles run several times faster in bfloat16, at a known cost in accuracy. The
 screen turns that into the exact answer:
 
-1. the tiles are multiplied in bfloat16 (oneDNN through torch; float32 accumulation, the output
-   rounded to bfloat16) and fed to the same top-k merger, for ``kk = screen_kk(k)`` candidates;
+1. the tiles are multiplied in bfloat16 and fed to the same top-k merger, for ``kk = screen_kk(k)``
+   candidates: by the project's AVX-512-BF16 kernel, fused with the merger (float32 output), or by
+   oneDNN through torch (float32 accumulation, the output rounded to bfloat16; see
+   :func:`screen_product`);
 2. :func:`score_bounds`: per query row i a rigorous bound, |screened − exact| ≤ b0_i + c·|screened|
    for every key (input rounding through the actual rounding residues and Cauchy–Schwarz, the
    float32 accumulation's worst case, flushed subnormals, the output rounding);
@@ -19,7 +21,8 @@ screen turns that into the exact answer:
    bitwise those of the exact path.
 
 The choice is visible: ``knn_screen_choice`` says whether the screen runs and why;
-``PLATONIC_FAST_KNN_SCREEN=off`` (or ``screen="off"``) forces the plain float32 path.
+``PLATONIC_FAST_KNN_SCREEN=off`` (or ``screen="off"``) forces the plain float32 path;
+``PLATONIC_FAST_KNN_SCREEN_PRODUCT`` picks the bf16 product.
 """
 
 from __future__ import annotations
@@ -31,6 +34,10 @@ import os
 import torch
 
 SCREEN_ENV = "PLATONIC_FAST_KNN_SCREEN"
+PRODUCT_ENV = "PLATONIC_FAST_KNN_SCREEN_PRODUCT"
+PRODUCTS = ("auto", "kernel", "onednn")
+# What "auto" picks where both run (bench/bench_knn_screen.py times them side by side).
+DEFAULT_PRODUCT = "onednn"
 # "bf16"/"tf32" name the screen's precision: "bf16" is "on" for the CPU; the Triton backend
 # (GPU) screens only when asked by name, until the GPU proof has timed it.
 SCREEN_MODES = ("auto", "on", "off", "bf16", "tf32")
@@ -134,6 +141,33 @@ def screen_kk(k: int, n_cand: int) -> int:
     return min(n_cand, 2 * k + 32)
 
 
+def kernel_available() -> bool:
+    """Whether the project's AVX-512-BF16 kernel can run here (the CPU has vdpbf16ps and the
+    compiled core has the kernel)."""
+    if _forced_off_features() or not cpu_features().get("avx512_bf16"):
+        return False
+    from .. import _core
+
+    return hasattr(_core.KnnMerger, "add_bf16_product")
+
+
+def screen_product() -> str:
+    """The CPU screen's bf16 product, from PLATONIC_FAST_KNN_SCREEN_PRODUCT: "kernel" (the
+    project's AVX-512-BF16 kernel fused with the merger: float32 scores, no tile in memory) or
+    "onednn" (torch's bf16 matmul: scores rounded to bf16, widened into float32 tiles); "auto"
+    (the default) takes DEFAULT_PRODUCT where the kernel can run, else "onednn"."""
+    value = os.environ.get(PRODUCT_ENV, "auto") or "auto"
+    if value not in PRODUCTS:
+        raise ValueError(f"{PRODUCT_ENV} must be one of {PRODUCTS}, got {value!r} "
+                         "(fix or unset the environment variable)")
+    if value == "auto":
+        return DEFAULT_PRODUCT if kernel_available() else "onednn"
+    if value == "kernel" and not kernel_available():
+        raise ValueError(f"{PRODUCT_ENV}=kernel, but this CPU (or this build of the core) has no "
+                         "AVX-512-BF16 kernel; unset it or use 'onednn'")
+    return value
+
+
 class Bf16Product:
     """The screen's tile producer: out = bf16(qb) · bf16(kb)ᵀ by oneDNN (float32 accumulation,
     output rounded to bfloat16), widened into the float32 tile the merger reads.
@@ -165,13 +199,38 @@ class Bf16Product:
             self.held += size
         return b
 
+    # The output is rounded to bfloat16 (torch's CPU matmul has no float32 output for bfloat16
+    # operands): its unit roundoff goes into the bound.
+    output_u = BF16_U
+
     def __call__(self, qb: torch.Tensor, kb: torch.Tensor, out: torch.Tensor) -> None:
         out.copy_(torch.mm(self._bf16_of(qb), self._bf16_of(kb).T))
 
 
-# The output of Bf16Product is rounded to bfloat16 (torch's CPU matmul has no float32 output
-# for bfloat16 operands): its unit roundoff goes into the bound.
-PRODUCT_OUTPUT_U = BF16_U
+PRODUCT_OUTPUT_U = Bf16Product.output_u
+
+
+def _bits(t: torch.Tensor):
+    """A bf16 tensor's bit patterns as an int16 array (no copy for contiguous rows)."""
+    return t.view(torch.int16).numpy()
+
+
+class Bf16Kernel(Bf16Product):
+    """The screen's own product: the AVX-512-BF16 kernel of the compiled core (exact products,
+    float32 sums, float32 output: no output rounding) merged as it is computed
+    (``KnnMerger.add_bf16_product``): no score tile is stored, copied or read back. Blocks are
+    rounded to bf16 by torch, as for the bound's residues, and cached as in Bf16Product."""
+
+    output_u = 0.0
+
+    def __call__(self, qb: torch.Tensor, kb: torch.Tensor, out: torch.Tensor) -> None:
+        from .. import _core
+
+        out.copy_(torch.from_numpy(_core.bf16_gemm_nt(_bits(self._bf16_of(qb)), _bits(self._bf16_of(kb)))))
+
+    def merge_product(self, merger, qb: torch.Tensor, kb: torch.Tensor, q0: int, k0: int, exclude_self: bool,
+                      mirror: bool) -> None:
+        merger.add_bf16_product(_bits(self._bf16_of(qb)), _bits(self._bf16_of(kb)), q0, k0, exclude_self, mirror)
 
 
 def _bf16(t: torch.Tensor) -> torch.Tensor:
@@ -308,8 +367,9 @@ def candidates(q, keys, k: int, kk_exact: int, *, exclude_self: bool, n_cand: in
         vals = vals.to(dtype)
         b0, c = score_bounds(q, keys_, output_u=0.0, input_u=TF32_INPUT_U if kind == "tf32" else None)
     else:
-        vals, idx = tile_candidates(q, keys, kk, exclude_self, "cpu", None, product=Bf16Product())
-        b0, c = score_bounds(q, keys_, output_u=PRODUCT_OUTPUT_U)
+        product = Bf16Kernel() if screen_product() == "kernel" else Bf16Product()
+        vals, idx = tile_candidates(q, keys, kk, exclude_self, "cpu", None, product=product)
+        b0, c = score_bounds(q, keys_, output_u=product.output_u)
     b0 = b0.to(vals.device)
     certified, window = certify(vals, k, b0, c, all_candidates=kk == n_cand)
     rows = torch.arange(q.n_local, device=vals.device)
@@ -342,4 +402,4 @@ def candidates(q, keys, k: int, kk_exact: int, *, exclude_self: bool, n_cand: in
 
 
 __all__ = ["knn_screen_choice", "serves", "candidates", "score_bounds", "certify", "stats", "cpu_features",
-           "bf16_hardware", "screen_mode", "SCREEN_ENV"]
+           "bf16_hardware", "screen_mode", "screen_product", "kernel_available", "SCREEN_ENV", "PRODUCT_ENV"]
