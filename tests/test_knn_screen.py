@@ -20,7 +20,8 @@ needs_bf16 = pytest.mark.skipif(knn_screen.bf16_hardware() is None,
 
 
 # The screen's two bf16 products (ops/knn_screen.screen_product): both must give the exact answer.
-PRODUCTS = ["onednn"] + (["kernel"] if knn_screen.kernel_available() else [])
+PRODUCTS = ["onednn"] + knn_screen.kernel_isas()
+ISAS = knn_screen.kernel_isas() or ["avx512_bf16"]
 needs_kernel = pytest.mark.skipif(not knn_screen.kernel_available(),
                                   reason="no AVX-512-BF16 kernel on this CPU / in this core")
 
@@ -151,8 +152,9 @@ def _bits(t):
 
 
 @needs_kernel
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("m,n,d", [(1, 1, 1), (7, 5, 2), (13, 70, 31), (100, 129, 33), (64, 200, 768), (30, 65, 769)])
-def test_kernel_product_within_bound_without_output_rounding(m, n, d):
+def test_kernel_product_within_bound_without_output_rounding(m, n, d, isa):
     # the AVX-512-BF16 kernel: float32 output, so the bound holds with c = 0 (odd widths, partial
     # micro-tiles of rows and of keys)
     from platonic_fast import _core
@@ -160,7 +162,7 @@ def test_kernel_product_within_bound_without_output_rounding(m, n, d):
     for scale in (1e-3, 1.0, 1e3):
         x = randn(m, d, seed=m + d) * scale
         y = randn(n, d, seed=n + d) * scale
-        out = torch.from_numpy(_core.bf16_gemm_nt(_bits(x), _bits(y))).to(torch.float64)
+        out = torch.from_numpy(_core.bf16_gemm_nt(_bits(x), _bits(y), isa)).to(torch.float64)
         exact = x.to(torch.float64) @ y.to(torch.float64).T
         b0, c = knn_screen.score_bounds(x, y, output_u=knn_screen.Bf16Kernel.output_u)
         assert c == 0.0
@@ -174,24 +176,25 @@ def test_kernel_product_within_bound_without_output_rounding(m, n, d):
 
 
 @needs_kernel
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("k", [1, 7, 299, 399])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_kernel_merge_equals_tile_merge(k, dtype):
+def test_kernel_merge_equals_tile_merge(k, dtype, isa):
     # add_bf16_product (scores merged as computed, no tile) == the same scores stored as a tile and
     # merged by add_rows/add_cols: plain, self-excluding and mirrored tiles, ties and duplicates
     from platonic_fast import _core
 
     x = with_duplicates(grid(400, 33, seed=k), seed=k, frac=0.5)  # dyadic: exact ties everywhere
     xb = _bits(x)
-    tile = _core.bf16_gemm_nt(xb, xb).astype(dtype)
+    tile = _core.bf16_gemm_nt(xb, xb, isa).astype(dtype)
     a, b = _core.KnnMerger(400, k, dtype), _core.KnnMerger(400, k, dtype)
     # the diagonal block [0, 150) with itself, self excluded; then the off-diagonal block mirrored
-    a.add_bf16_product(xb[:150], xb[:150], 0, 0, True, False)
+    a.add_bf16_product(xb[:150], xb[:150], 0, 0, True, False, isa)
     b.add_rows(tile[:150, :150].copy(), 0, 0, True)
-    a.add_bf16_product(xb[:150], xb[150:], 0, 150, True, True)
+    a.add_bf16_product(xb[:150], xb[150:], 0, 150, True, True, isa)
     b.add_rows(tile[:150, 150:].copy(), 0, 150, True)
     b.add_cols(tile[:150, 150:].copy(), 0, 150, True)
-    a.add_bf16_product(xb[150:], xb[150:], 150, 150, True, False)
+    a.add_bf16_product(xb[150:], xb[150:], 150, 150, True, False, isa)
     b.add_rows(tile[150:, 150:].copy(), 150, 150, True)
     va, ia = a.finalize()
     vb, ib = b.finalize()
@@ -213,12 +216,15 @@ def test_kernel_argument_errors():
         m.add_bf16_product(x, x, 30, 0, False, False)
     with pytest.raises(ValueError, match="must have dtype"):
         m.add_bf16_product(randn(20, 9, seed=1).numpy(), x, 0, 0, False, False)
+    with pytest.raises(ValueError, match="isa must be"):
+        m.add_bf16_product(x, x, 0, 0, False, False, "sse")
 
 
 @needs_kernel
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("n,d,k", [(300, 1, 3), (301, 33, 10), (260, 97, 258), (260, 97, 259)])
-def test_kernel_screen_odd_widths_and_k_near_n(pf, n, d, k, monkeypatch):
-    monkeypatch.setenv(knn_screen.PRODUCT_ENV, "kernel")
+def test_kernel_screen_odd_widths_and_k_near_n(pf, n, d, k, isa, monkeypatch):
+    monkeypatch.setenv(knn_screen.PRODUCT_ENV, isa)
     x = with_duplicates(randn(n, d, seed=n + d, normalize=True), seed=d)
     _same(*_both(pf, x, k)[:2])
     _same(*_both(pf, x[:40], min(k, 30), keys=x)[:2])
@@ -231,8 +237,8 @@ def test_product_env_checked(monkeypatch):
     monkeypatch.setenv(knn_screen.PRODUCT_ENV, "onednn")
     assert knn_screen.screen_product() == "onednn"
     monkeypatch.setenv("PLATONIC_FAST_KNN_SCREEN_NO_BF16", "1")
-    monkeypatch.setenv(knn_screen.PRODUCT_ENV, "kernel")
-    with pytest.raises(ValueError, match="no AVX-512-BF16 kernel"):
+    monkeypatch.setenv(knn_screen.PRODUCT_ENV, "avx512_bf16")
+    with pytest.raises(ValueError, match="cannot run the project's kernel"):
         knn_screen.screen_product()
     monkeypatch.setenv(knn_screen.PRODUCT_ENV, "auto")
     assert knn_screen.screen_product() == "onednn"

@@ -35,9 +35,9 @@ import torch
 
 SCREEN_ENV = "PLATONIC_FAST_KNN_SCREEN"
 PRODUCT_ENV = "PLATONIC_FAST_KNN_SCREEN_PRODUCT"
-PRODUCTS = ("auto", "kernel", "onednn")
-# What "auto" picks where both run (bench/bench_knn_screen.py times them side by side).
-DEFAULT_PRODUCT = "onednn"
+PRODUCTS = ("auto", "amx", "avx512_bf16", "onednn")
+# What "auto" picks: the first that runs here (bench/bench_knn_screen.py times them side by side).
+DEFAULT_PRODUCTS = ("amx", "onednn")
 # "bf16"/"tf32" name the screen's precision: "bf16" is "on" for the CPU; the Triton backend
 # (GPU) screens only when asked by name, until the GPU proof has timed it.
 SCREEN_MODES = ("auto", "on", "off", "bf16", "tf32")
@@ -141,30 +141,40 @@ def screen_kk(k: int, n_cand: int) -> int:
     return min(n_cand, 2 * k + 32)
 
 
-def kernel_available() -> bool:
-    """Whether the project's AVX-512-BF16 kernel can run here (the CPU has vdpbf16ps and the
-    compiled core has the kernel)."""
+def kernel_isas() -> list[str]:
+    """The instruction sets the project's own bf16 kernel can run on here, best first: "amx"
+    (AMX-BF16 tiles, after the Linux permission request) and "avx512_bf16" (vdpbf16ps); [] when
+    the CPU has neither or the compiled core predates the kernel."""
     if _forced_off_features() or not cpu_features().get("avx512_bf16"):
-        return False
+        return []
     from .. import _core
 
-    return hasattr(_core.KnnMerger, "add_bf16_product")
+    if not hasattr(_core.KnnMerger, "add_bf16_product"):
+        return []
+    f = cpu_features()
+    return (["amx"] if f.get("amx_bf16") and f.get("amx_permitted") else []) + ["avx512_bf16"]
+
+
+def kernel_available() -> bool:
+    """Whether the project's own bf16 kernel can run here (see :func:`kernel_isas`)."""
+    return bool(kernel_isas())
 
 
 def screen_product() -> str:
-    """The CPU screen's bf16 product, from PLATONIC_FAST_KNN_SCREEN_PRODUCT: "kernel" (the
-    project's AVX-512-BF16 kernel fused with the merger: float32 scores, no tile in memory) or
-    "onednn" (torch's bf16 matmul: scores rounded to bf16, widened into float32 tiles); "auto"
-    (the default) takes DEFAULT_PRODUCT where the kernel can run, else "onednn"."""
+    """The CPU screen's bf16 product, from PLATONIC_FAST_KNN_SCREEN_PRODUCT: "amx" or "avx512_bf16"
+    (the project's kernel on that instruction set, fused with the merger: float32 scores, no
+    tile in memory) or "onednn" (torch's bf16 matmul: scores rounded to bf16, widened into
+    float32 tiles); "auto" (the default): the first of DEFAULT_PRODUCTS that runs here."""
     value = os.environ.get(PRODUCT_ENV, "auto") or "auto"
     if value not in PRODUCTS:
         raise ValueError(f"{PRODUCT_ENV} must be one of {PRODUCTS}, got {value!r} "
                          "(fix or unset the environment variable)")
+    isas = kernel_isas()
     if value == "auto":
-        return DEFAULT_PRODUCT if kernel_available() else "onednn"
-    if value == "kernel" and not kernel_available():
-        raise ValueError(f"{PRODUCT_ENV}=kernel, but this CPU (or this build of the core) has no "
-                         "AVX-512-BF16 kernel; unset it or use 'onednn'")
+        return next(p for p in DEFAULT_PRODUCTS if p == "onednn" or p in isas)
+    if value != "onednn" and value not in isas:
+        raise ValueError(f"{PRODUCT_ENV}={value}, but this CPU (or this build of the core) cannot run the "
+                         f"project's kernel on it (usable: {isas or 'none'}); unset it or use 'onednn'")
     return value
 
 
@@ -216,21 +226,27 @@ def _bits(t: torch.Tensor):
 
 
 class Bf16Kernel(Bf16Product):
-    """The screen's own product: the AVX-512-BF16 kernel of the compiled core (exact products,
-    float32 sums, float32 output: no output rounding) merged as it is computed
-    (``KnnMerger.add_bf16_product``): no score tile is stored, copied or read back. Blocks are
-    rounded to bf16 by torch, as for the bound's residues, and cached as in Bf16Product."""
+    """The screen's own product: the compiled core's bf16 kernel on ``isa`` ("amx" or
+    "avx512_bf16"; exact products, float32 sums, float32 output: no output rounding) merged as it
+    is computed (``KnnMerger.add_bf16_product``): no score tile is stored, copied or read back.
+    Blocks are rounded to bf16 by torch, as for the bound's residues, and cached as in
+    Bf16Product."""
 
     output_u = 0.0
+
+    def __init__(self, isa: str = "avx512_bf16", cache_bytes: int = 256 << 20):
+        super().__init__(cache_bytes)
+        self.isa = isa
 
     def __call__(self, qb: torch.Tensor, kb: torch.Tensor, out: torch.Tensor) -> None:
         from .. import _core
 
-        out.copy_(torch.from_numpy(_core.bf16_gemm_nt(_bits(self._bf16_of(qb)), _bits(self._bf16_of(kb)))))
+        out.copy_(torch.from_numpy(_core.bf16_gemm_nt(_bits(self._bf16_of(qb)), _bits(self._bf16_of(kb)), self.isa)))
 
     def merge_product(self, merger, qb: torch.Tensor, kb: torch.Tensor, q0: int, k0: int, exclude_self: bool,
                       mirror: bool) -> None:
-        merger.add_bf16_product(_bits(self._bf16_of(qb)), _bits(self._bf16_of(kb)), q0, k0, exclude_self, mirror)
+        merger.add_bf16_product(_bits(self._bf16_of(qb)), _bits(self._bf16_of(kb)), q0, k0, exclude_self, mirror,
+                                self.isa)
 
 
 def _bf16(t: torch.Tensor) -> torch.Tensor:
@@ -367,7 +383,8 @@ def candidates(q, keys, k: int, kk_exact: int, *, exclude_self: bool, n_cand: in
         vals = vals.to(dtype)
         b0, c = score_bounds(q, keys_, output_u=0.0, input_u=TF32_INPUT_U if kind == "tf32" else None)
     else:
-        product = Bf16Kernel() if screen_product() == "kernel" else Bf16Product()
+        which = screen_product()
+        product = Bf16Product() if which == "onednn" else Bf16Kernel(which)
         vals, idx = tile_candidates(q, keys, kk, exclude_self, "cpu", None, product=product)
         b0, c = score_bounds(q, keys_, output_u=product.output_u)
     b0 = b0.to(vals.device)
@@ -402,4 +419,4 @@ def candidates(q, keys, k: int, kk_exact: int, *, exclude_self: bool, n_cand: in
 
 
 __all__ = ["knn_screen_choice", "serves", "candidates", "score_bounds", "certify", "stats", "cpu_features",
-           "bf16_hardware", "screen_mode", "screen_product", "kernel_available", "SCREEN_ENV", "PRODUCT_ENV"]
+           "bf16_hardware", "screen_mode", "screen_product", "kernel_available", "kernel_isas", "SCREEN_ENV", "PRODUCT_ENV"]
