@@ -419,4 +419,5 @@ def candidates(q, keys, k: int, kk_exact: int, *, exclude_self: bool, n_cand: in
 
 
 __all__ = ["knn_screen_choice", "serves", "candidates", "score_bounds", "certify", "stats", "cpu_features",
-           "bf16_hardware", "screen_mode", "screen_product", "kernel_available", "kernel_isas", "SCREEN_ENV", "PRODUCT_ENV"]
+           "bf16_hardware", "screen_mode", "screen_product", "kernel_available", "kernel_isas", "SCREEN_ENV",
+           "PRODUCT_ENV"]
