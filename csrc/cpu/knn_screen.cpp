@@ -210,18 +210,19 @@ struct AmxKernel {
     uint16_t* qd = qt.data();
     uint32_t* kd = kt.data();
 #pragma omp parallel for schedule(static) if (nq * d > kParallelGrain)
-    for (int64_t r = 0; r < nq; ++r) {
-      const uint16_t* src = q + r * ldq;
-      for (int64_t t = 0; t < d; ++t)
-        qd[((r / 32 * chunks + t / 32) * 32 + r % 32) * 32 + t % 32] = src[t];
+    for (int64_t r = 0; r < nq; ++r) {  // row r's 32 entries of chunk c: one 64-byte row of a tile
+      uint16_t* dst = qd + ((r / 32) * chunks * 32 + r % 32) * 32;
+      for (int64_t c = 0; c < chunks; ++c)
+        std::memcpy(dst + c * 1024, q + r * ldq + c * 32, std::min<int64_t>(32, d - c * 32) * sizeof(uint16_t));
     }
 #pragma omp parallel for schedule(static) if (nk * d > kParallelGrain)
-    for (int64_t j = 0; j < nk; ++j) {
+    for (int64_t j = 0; j < nk; ++j) {  // key j's pair p of chunk c: word (p, j % 16) of its tile
       const uint16_t* src = keys + j * ldk;
-      for (int64_t t = 0; t < d; ++t) {
-        // word (pair (t % 32) / 2, key j % 16) of tile (block j / 32, chunk t / 32, half (j % 32) / 16)
-        uint32_t& w = kd[(((j / 32 * chunks + t / 32) * 2 + (j % 32) / 16) * 16 + (t % 32) / 2) * 16 + j % 16];
-        w |= static_cast<uint32_t>(src[t]) << (16 * (t & 1));
+      uint32_t* dst = kd + ((j / 32) * chunks * 2 + (j % 32) / 16) * 256 + j % 16;
+      for (int64_t t = 0; t < d; t += 2) {
+        uint32_t w = src[t];
+        if (t + 1 < d) std::memcpy(&w, src + t, sizeof w);  // entries t, t + 1 (t in the low half)
+        dst[(t / 32) * 512 + ((t % 32) / 2) * 16] = w;
       }
     }
     for (int t = 0; t < 8; ++t) {
