@@ -57,14 +57,21 @@ def self_knn(pf, knn_screen, faiss, n: int, d: int, k: int, repeats: int) -> lis
                          **load))
     s, exact, load = timed(lambda: pf.knn(x, k, backend="cpu", screen="off"), repeats)
     rows.append(dict(case=case, method="pf.knn cpu, screen off (exact float32 path)", seconds=s, **load))
-    knn_screen.stats(reset=True)
-    s, screened, load = timed(lambda: pf.knn(x, k, backend="cpu", screen="on"), repeats)
-    st = knn_screen.stats(reset=True)
-    rows.append(dict(case=case, method="pf.knn cpu, bf16 screen", seconds=s, **load,
-                     lists_equal_exact=bool(torch.equal(screened[1], exact[1])),
-                     values_equal_exact=bool(torch.equal(screened[0], exact[0])),
-                     fallback_share=st["fallback_rows"] / max(1, st["rows"]),
-                     window_mean=st["candidates"] / max(1, st["rows"] - st["fallback_rows"]), stats=st))
+    # both bf16 products of the screen, side by side in the same run (docs/bf16-screen.md)
+    products = ["onednn"] + knn_screen.kernel_isas()
+    for product in products:
+        os.environ[knn_screen.PRODUCT_ENV] = product
+        try:
+            knn_screen.stats(reset=True)
+            s, screened, load = timed(lambda: pf.knn(x, k, backend="cpu", screen="on"), repeats)
+            st = knn_screen.stats(reset=True)
+        finally:
+            os.environ.pop(knn_screen.PRODUCT_ENV, None)
+        rows.append(dict(case=case, method=f"pf.knn cpu, bf16 screen ({product} product)", seconds=s, **load,
+                         lists_equal_exact=bool(torch.equal(screened[1], exact[1])),
+                         values_equal_exact=bool(torch.equal(screened[0], exact[0])),
+                         fallback_share=st["fallback_rows"] / max(1, st["rows"]),
+                         window_mean=st["candidates"] / max(1, st["rows"] - st["fallback_rows"]), stats=st))
     if "faiss" in lists:
         rows[-1]["faiss_agreement"] = _anchors.neighbour_agreement(lists["faiss"], exact[1])
     base = {r["method"]: r["seconds"] for r in rows}
@@ -135,6 +142,8 @@ def main(argv=None) -> int:
     p.add_argument("--mutual-n", type=int, default=4096)
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--no-real", action="store_true", help="skip the MiniLM features")
+    p.add_argument("--no-mutual", action="store_true", help="skip mutual_knn")
+    p.add_argument("--no-faiss", action="store_true", help="skip faiss")
     p.add_argument("--no-save", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
@@ -143,12 +152,14 @@ def main(argv=None) -> int:
     import platonic_fast as pf
     from platonic_fast.ops import knn_screen
 
-    faiss, _ = import_faiss()
+    faiss = None if args.no_faiss else import_faiss()[0]
     env = environment()
     env["knn_screen"] = {"cpu_features": knn_screen.cpu_features(), "bf16_instructions": knn_screen.bf16_hardware(),
+                         "product_auto": knn_screen.screen_product(),
                          "auto_choice_at_n": knn_screen.knn_screen_choice(args.n, args.k)}
     rows = self_knn(pf, knn_screen, faiss, args.n, args.d, args.k, args.repeats)
-    rows += mutual(pf, knn_screen, args.mutual_n, args.d, args.k, args.repeats, dense=True)
+    if not args.no_mutual:
+        rows += mutual(pf, knn_screen, args.mutual_n, args.d, args.k, args.repeats, dense=True)
     if not args.no_real:
         rows += real_fallback(pf, knn_screen, args.k)
     env["loadavg_end"] = _load()

@@ -95,6 +95,15 @@ pf::Dtype dtype_of(const py::array& arr, const char* name) {
   return pf::Dtype::float32;
 }
 
+// The bf16 kernels' instruction set by name: "auto" (AMX where usable, else AVX-512-BF16), "amx",
+// "avx512_bf16".
+pf::Bf16Isa bf16_isa_named(const std::string& name) {
+  if (name == "amx") return pf::Bf16Isa::amx;
+  if (name == "avx512_bf16") return pf::Bf16Isa::avx512;
+  PF_CHECK(name == "auto", "isa must be 'auto', 'amx' or 'avx512_bf16', got '" << name << "'");
+  return pf::Bf16Isa::automatic;
+}
+
 // One merger class for both dtypes: the instance is chosen once, at construction.
 class KnnMerger {
  public:
@@ -120,6 +129,24 @@ class KnnMerger {
             m.add_cols(t.data, t.rows, t.cols, t.ld, row0, col0, exclude_self);
           else
             m.add_rows(t.data, t.rows, t.cols, t.ld, row0, col0, exclude_self);
+        },
+        m_);
+  }
+
+  // The fused bf16 screen (knn_screen.h): q and keys are bfloat16 bit patterns (int16 views).
+  void add_bf16_product(const py::array& q, const py::array& keys, int64_t row0, int64_t col0, bool exclude_self,
+                        bool mirror, const std::string& isa) {
+    const pf::Bf16Isa which = bf16_isa_named(isa);
+    const auto a = as_matrix<int16_t>(q, "q");
+    const auto b = as_matrix<int16_t>(keys, "keys");
+    PF_CHECK(a.cols == b.cols, "add_bf16_product: q and keys must have the same width, got " << a.cols << " and "
+                                                                                           << b.cols);
+    std::visit(
+        [&](auto& m) {
+          py::gil_scoped_release release;
+          pf::bf16_merge_product(m, reinterpret_cast<const uint16_t*>(a.data), a.ld, a.rows,
+                                 reinterpret_cast<const uint16_t*>(b.data), b.ld, b.rows, a.cols, row0, col0,
+                                 exclude_self, mirror, which);
         },
         m_);
   }
@@ -160,12 +187,8 @@ py::dict cknna_sums_typed(const IndexArray& idx_k, const py::array& val_k, const
     s = pf::cknna_sums<T>(idx_k.data(), vk.data, idx_l.data(), vl.data, n, k, zero_diagonal);
   }
   py::dict d;
-  d["trace_kl"] = s.trace_kl;
-  d["sum_k"] = s.sum_k;
-  d["sum_l"] = s.sum_l;
-  d["k_then_l"] = s.k_then_l;
-  d["l_then_k"] = s.l_then_k;
-  d["mask_count"] = s.mask_count;
+  const auto v = s.values();
+  for (int i = 0; i < pf::CknnaSums::kCount; ++i) d[pf::CknnaSums::kNames[i]] = v[i];
   return d;
 }
 
@@ -249,7 +272,8 @@ py::array_t<double> permute_lists_cknna_typed(const std::vector<IndexArray>& ai,
   const auto vb = values(bv, "b_val");
   checked_perms(perms, n);
   const int64_t count = perms.shape(0);
-  py::array_t<double> out({count, static_cast<int64_t>(pa.size()), static_cast<int64_t>(pb.size()), int64_t{6}});
+  py::array_t<double> out(
+      {count, static_cast<int64_t>(pa.size()), static_cast<int64_t>(pb.size()), int64_t{pf::CknnaSums::kCount}});
   double* dst = out.mutable_data();
   {
     py::gil_scoped_release release;
@@ -348,6 +372,11 @@ PYBIND11_MODULE(_core, m) {
           },
           py::arg("tile"), py::arg("row0"), py::arg("col0"), py::arg("exclude_self"),
           "The transposed use of a tile: merged into rows col0 .., candidates row0 + r.")
+      .def("add_bf16_product", &KnnMerger::add_bf16_product, py::arg("q"), py::arg("keys"), py::arg("row0"),
+           py::arg("col0"), py::arg("exclude_self"), py::arg("mirror"), py::arg("isa") = "auto",
+           "Scores <q_r, keys_c> of bfloat16 rows (int16 bit patterns) by the AMX or AVX-512-BF16 kernel, "
+           "float32 sums, merged as they are computed: rows row0 + r get candidates col0 + c (mirror: and the "
+           "reverse).")
       .def("finalize", &KnnMerger::finalize, "(values, indices): the sorted best k per row.");
 
   // knn_screen (issue 20): the CPU features the certified bf16 screen is chosen from
@@ -388,6 +417,22 @@ PYBIND11_MODULE(_core, m) {
     return out;
   }, py::arg("q"), py::arg("keys"), py::arg("qi"), py::arg("ki"),
      "float64 <q[qi[p]], keys[ki[p]]> per pair, in a fixed summation order (float32 or float64 rows).");
+  m.def("bf16_gemm_nt", [](const py::array& a, const py::array& b, const std::string& isa) {
+    const pf::Bf16Isa which = bf16_isa_named(isa);
+    const auto x = as_matrix<int16_t>(a, "a");
+    const auto y = as_matrix<int16_t>(b, "b");
+    PF_CHECK(x.cols == y.cols, "bf16_gemm_nt: a and b must have the same width, got " << x.cols << " and " << y.cols);
+    py::array_t<float> out({x.rows, y.rows});
+    float* dst = out.mutable_data();
+    {
+      py::gil_scoped_release release;
+      pf::bf16_gemm_nt(reinterpret_cast<const uint16_t*>(x.data), x.ld, x.rows,
+                       reinterpret_cast<const uint16_t*>(y.data), y.ld, y.rows, x.cols, dst, y.rows, which);
+    }
+    return out;
+  }, py::arg("a"), py::arg("b"), py::arg("isa") = "auto",
+     "a · bᵀ in float32 for bfloat16 rows (int16 bit patterns) by the AMX or AVX-512-BF16 kernel: exact products, "
+     "float32 sums, no output rounding.");
   // end knn_screen
 
   // neighbour_lists

@@ -72,6 +72,13 @@ def randn(n: int, d: int, seed: int = 0, dtype: torch.dtype = torch.float32,
     return x.to(dtype)
 
 
+def cuda_randn(*shapes, seed: int, dtype: torch.dtype = torch.bfloat16) -> list[torch.Tensor]:
+    """Gaussian tensors of these shapes drawn on the GPU, in order, from one seeded generator (the
+    inputs past 2³¹ elements are too big to draw on the CPU and copy)."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    return [torch.randn(*shape, device="cuda", dtype=dtype, generator=g) for shape in shapes]
+
+
 def grid(n: int, d: int, seed: int = 0, levels: int = 4, scale: int = 8,
          dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Dyadic features x = m / scale with integer |m| <= levels·scale/... (few mantissa bits).
@@ -292,6 +299,23 @@ def seed(request):
 @pytest.fixture
 def small_pair():
     return correlated_pair(37, 11, 7, seed=3)
+
+
+@pytest.fixture
+def count_calls(monkeypatch):
+    """count_calls(owner, name): owner.name still runs, and the returned list gains one entry (the
+    positional arguments) per call, for the rest of the test."""
+    def wrap(owner, name):
+        calls = []
+        real = getattr(owner, name)
+
+        def counted(*args, **kwargs):
+            calls.append(args)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, counted)
+        return calls
+    return wrap
 
 
 def np_array(x: torch.Tensor) -> np.ndarray:

@@ -373,16 +373,25 @@ def _valid(x):
             and bool(torch.isfinite(x.float()).all()))
 
 
+def _call_or_reject(ok, fn, *args, **kwargs):
+    """fn(*args, **kwargs) for a valid input (ok); for an invalid one, None once the call has
+    raised ValueError or TypeError."""
+    if not ok:
+        with pytest.raises((ValueError, TypeError)):
+            fn(*args, **kwargs)
+        return None
+    return fn(*args, **kwargs)
+
+
 @given(x=features(), k=st.integers(-2, 42), exclude_self=st.booleans())
 @pytest.mark.slow
 def test_property_knn_self(pf, x, k, exclude_self):
     n = x.shape[0] if x.dim() >= 1 else 0
     ok = _valid(x) and 1 <= k <= (n - 1 if exclude_self else n)
-    if not ok:
-        with pytest.raises((ValueError, TypeError)):
-            pf.knn(x, k, exclude_self=exclude_self)
+    result = _call_or_reject(ok, pf.knn, x, k, exclude_self=exclude_self)
+    if result is None:
         return
-    vals, idx = pf.knn(x, k, exclude_self=exclude_self)
+    vals, idx = result
     ref_vals, ref_idx = R.knn(x, k, exclude_self=exclude_self)
     assert torch.equal(torch.as_tensor(idx).cpu(), ref_idx)
     torch.testing.assert_close(torch.as_tensor(vals).to(torch.float64), ref_vals,
@@ -396,11 +405,10 @@ def test_property_knn_cross(pf, data):
     k = data.draw(st.integers(-2, 42))
     ok = (_valid(q) and _valid(keys) and q.shape[1] == keys.shape[1]
           and 1 <= k <= keys.shape[0])
-    if not ok:
-        with pytest.raises((ValueError, TypeError)):
-            pf.knn(q, keys, k)
+    result = _call_or_reject(ok, pf.knn, q, keys, k)
+    if result is None:
         return
-    vals, idx = pf.knn(q, keys, k)
+    vals, idx = result
     ref_vals, ref_idx = R.knn_cross(q, keys, k)
     assert torch.equal(torch.as_tensor(idx).cpu(), ref_idx)
 
@@ -420,6 +428,15 @@ def _same(got, want, tol=METRIC_ATOL):
     return abs(got - want) <= tol
 
 
+def _assert_score(got, reference):
+    """got: a float equal to reference(torch.float64), unless the input is ill-conditioned (then
+    only the type is checked: such inputs have no single right answer)."""
+    assert isinstance(got, float)
+    want = reference(torch.float64)
+    if not _ill_conditioned(want, reference(torch.float32)):
+        assert _same(got, want), (got, want)
+
+
 @given(data=st.data(), metric=st.sampled_from(["mutual_knn", "cycle_knn", "lcs_knn",
                                                 "edit_distance_knn"]))
 def test_property_knn_metrics(pf, data, metric):
@@ -429,11 +446,9 @@ def test_property_knn_metrics(pf, data, metric):
     k = data.draw(st.integers(-2, 42))
     fn = getattr(pf, metric)
     ok = (_valid(a) and _valid(b) and a.shape[0] == b.shape[0] and 1 <= k <= a.shape[0] - 1)
-    if not ok:
-        with pytest.raises((ValueError, TypeError)):
-            fn(a, b, topk=k)
+    got = _call_or_reject(ok, fn, a, b, topk=k)
+    if got is None:
         return
-    got = fn(a, b, topk=k)
     assert _same(got, getattr(R, metric)(a, b, k))
 
 
@@ -444,17 +459,10 @@ def test_property_cknna(pf, data, unbiased, agnostic):
     k = data.draw(st.integers(-2, 42))
     ok = (_valid(a) and _valid(b) and 2 <= k <= a.shape[0] - (1 if unbiased else 0)
           and (a.shape[0] >= 4 or not unbiased or agnostic))
-    if not ok:
-        with pytest.raises((ValueError, TypeError)):
-            pf.cknna(a, b, topk=k, unbiased=unbiased, distance_agnostic=agnostic)
+    got = _call_or_reject(ok, pf.cknna, a, b, topk=k, unbiased=unbiased, distance_agnostic=agnostic)
+    if got is None:
         return
-    got = pf.cknna(a, b, topk=k, unbiased=unbiased, distance_agnostic=agnostic)
-    assert isinstance(got, float)
-    want = R.cknna(a, b, k, distance_agnostic=agnostic, unbiased=unbiased)
-    # Ill-conditioned inputs have no single right answer: then only the type is checked.
-    if not _ill_conditioned(want, R.cknna(a, b, k, distance_agnostic=agnostic, unbiased=unbiased,
-                                          dtype=torch.float32)):
-        assert _same(got, want), (got, want)
+    _assert_score(got, lambda dtype: R.cknna(a, b, k, distance_agnostic=agnostic, unbiased=unbiased, dtype=dtype))
 
 
 @given(data=st.data(), kernel=st.sampled_from(["ip", "rbf"]), unbiased=st.booleans(),
@@ -463,15 +471,10 @@ def test_property_cka(pf, data, kernel, unbiased, sigma):
     a = data.draw(features())
     b = data.draw(features(n=a.shape[0] if a.dim() >= 1 else None))
     ok = _valid(a) and _valid(b) and (a.shape[0] >= 4 or not unbiased)
-    if not ok:
-        with pytest.raises((ValueError, TypeError)):
-            pf.cka(a, b, kernel_metric=kernel, rbf_sigma=sigma, unbiased=unbiased)
+    got = _call_or_reject(ok, pf.cka, a, b, kernel_metric=kernel, rbf_sigma=sigma, unbiased=unbiased)
+    if got is None:
         return
-    got = pf.cka(a, b, kernel_metric=kernel, rbf_sigma=sigma, unbiased=unbiased)
-    assert isinstance(got, float)
-    want = R.cka(a, b, kernel, sigma, unbiased)
-    if not _ill_conditioned(want, R.cka(a, b, kernel, sigma, unbiased, dtype=torch.float32)):
-        assert _same(got, want), (got, want)
+    _assert_score(got, lambda dtype: R.cka(a, b, kernel, sigma, unbiased, dtype=dtype))
 
 
 @given(data=st.data())
@@ -481,11 +484,10 @@ def test_property_svcca(pf, data):
     cca_dim = data.draw(st.integers(-1, 10))
     ok = (_valid(a) and _valid(b) and a.shape[0] >= 2
           and 1 <= cca_dim <= min(a.shape[0], a.shape[1], b.shape[1]))
-    if not ok:
-        with pytest.raises((ValueError, TypeError)):
-            pf.svcca(a, b, cca_dim=cca_dim)
+    v = _call_or_reject(ok, pf.svcca, a, b, cca_dim=cca_dim)
+    if v is None:
         return
-    v = float(pf.svcca(a, b, cca_dim=cca_dim))
+    v = float(v)
     # rank-deficient inputs leave the subspace arbitrary: only the range is determined
     assert math.isnan(v) or -1e-6 <= v <= 1 + 1e-6
 
@@ -495,11 +497,9 @@ def test_property_svcca(pf, data):
 def test_property_remove_outliers(pf, x, q, exact):
     ok = (x.dtype in FLOATS and 0 < q <= 1 and x.numel() > 0 and (exact or x.dim() >= 2)
           and (q == 1 or bool(torch.isfinite(x.float()).all())))
-    if not ok:
-        with pytest.raises((ValueError, TypeError)):
-            pf.remove_outliers(x, q=q, exact=exact)
+    out = _call_or_reject(ok, pf.remove_outliers, x, q=q, exact=exact)
+    if out is None:
         return
-    out = pf.remove_outliers(x, q=q, exact=exact)
     assert out.shape == x.shape and out.dtype == x.dtype
 
 

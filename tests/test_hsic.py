@@ -12,7 +12,7 @@ import platonic_fast as pf
 from platonic_fast._backends import resolve
 from platonic_fast.ops import hsic
 
-from conftest import backend_device_params, correlated_pair, requires_cuda
+from conftest import backend_device_params, correlated_pair, cuda_randn, requires_cuda
 
 
 @pytest.mark.parametrize("backend,device", backend_device_params("hsic"))
@@ -161,10 +161,8 @@ def test_cka_dispatches_to_triton_on_cuda():
 @requires_cuda
 def test_offsets_past_2_to_the_31_elements():
     # 270,000 x 8,192 features: row offsets pass 2³¹ elements (int64 addressing in the kernel).
-    n, d = 270_000, 8192
-    g = torch.Generator(device="cuda").manual_seed(1)
-    a = torch.randn(n, d, device="cuda", dtype=torch.bfloat16, generator=g) / d**0.5
-    b = torch.randn(n, 64, device="cuda", dtype=torch.bfloat16, generator=g)
+    a, b = cuda_randn((270_000, 8192), (270_000, 64), seed=1)
+    a = a / a.shape[1] ** 0.5
     got = hsic_sums(a, b, "ip")
     af, bf = a.float(), b.float()
     cross = float((af.T.double() @ bf.double()).square().sum())  # Σ K∘L = ‖AᵀB‖²

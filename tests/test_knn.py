@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import DEVICES, backend_device_params, check_knn, grid, randn, requires_cuda, with_duplicates
+from conftest import DEVICES, backend_device_params, check_knn, cuda_randn, grid, randn, requires_cuda, with_duplicates
 
 # Sizes chosen to straddle tile boundaries (64/128/256/1024) without landing on them.
 SELF_SHAPES = [
@@ -363,16 +363,22 @@ def test_ties_across_tiles(merge_path):
     torch.testing.assert_close(vals.cpu().double(), ref_v, rtol=0, atol=0)
 
 
+def _half_knn(dtype, n, d, k, seed):
+    """n x d Gaussian rows rounded to dtype, and knn_triton's top k of them (self excluded, on the CPU)."""
+    x = torch.randn(n, d, generator=torch.Generator().manual_seed(seed)).to(dtype)
+    vals, idx = knn_triton(x.to(DEVICE), None, k, exclude_self=True)
+    return x, vals.cpu(), idx.cpu()
+
+
 @needs_triton
 @interpreted
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_half_inputs(dtype):
     # The reference sees the same rounded inputs; products accumulate in float32 either way.
-    x = torch.randn(40, 24, generator=torch.Generator().manual_seed(3)).to(dtype)
-    vals, idx = knn_triton(x.to(DEVICE), None, 5, exclude_self=True)
+    x, vals, idx = _half_knn(dtype, 40, 24, 5, seed=3)
     ref_v, ref_i = _reference(x.float(), None, 5, True)
-    torch.testing.assert_close(vals.cpu().double(), ref_v, rtol=1e-5, atol=1e-4)
-    assert (idx.cpu() == ref_i).float().mean() > 0.98  # near-ties may swap at float32 accumulation
+    torch.testing.assert_close(vals.double(), ref_v, rtol=1e-5, atol=1e-4)
+    assert (idx == ref_i).float().mean() > 0.98  # near-ties may swap at float32 accumulation
 
 
 @needs_triton
@@ -443,10 +449,8 @@ def test_overflowing_products_raise_instead_of_returning_bad_indices():
 @requires_cuda
 def test_offsets_past_2_to_the_31_elements():
     # 530,000 x 4,096 keys: row offsets pass 2³¹ elements (int64 addressing in the kernel).
-    n, d = 530_000, 4096
-    g = torch.Generator(device="cuda").manual_seed(0)
-    big = torch.randn(n, d, device="cuda", dtype=torch.bfloat16, generator=g)
-    small = torch.randn(64, d, device="cuda", dtype=torch.bfloat16, generator=g)
+    big, small = cuda_randn((530_000, 4096), (64, 4096), seed=0)
+    n = big.shape[0]
     big[-1] = small[0] * 4  # query 0's best key is the very last row
     vals, idx = knn_triton(small, big, 5, exclude_self=False)
     ref = (small.float() @ big[-1000:].float().T)
@@ -465,13 +469,12 @@ def test_offsets_past_2_to_the_31_elements():
 def test_low_precision_error_within_twice_torchs_own(dtype):
     # The issue's rule for half types: against exact products of the (rounded) inputs, the
     # kernel's scores err at most 2x as much as torch's own matmul at that dtype.
-    x = torch.randn(60, 40, generator=torch.Generator().manual_seed(21)).to(dtype)
-    vals, idx = knn_triton(x.to(DEVICE), None, 8, exclude_self=True)
+    x, vals, idx = _half_knn(dtype, 60, 40, 8, seed=21)
     exact = x.double() @ x.double().T
     torch_scores = (x.to(DEVICE) @ x.to(DEVICE).T).cpu().double()
     rows = torch.arange(60)[:, None]
-    kernel_err = (vals.cpu().double() - exact[rows, idx.cpu()]).abs().max()
-    torch_err = (torch_scores[rows, idx.cpu()] - exact[rows, idx.cpu()]).abs().max()
+    kernel_err = (vals.double() - exact[rows, idx]).abs().max()
+    torch_err = (torch_scores[rows, idx] - exact[rows, idx]).abs().max()
     assert kernel_err <= 2 * torch_err + 1e-12
 
 

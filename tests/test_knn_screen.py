@@ -19,6 +19,19 @@ needs_bf16 = pytest.mark.skipif(knn_screen.bf16_hardware() is None,
                                 reason="no bf16 instructions (avx512_bf16/amx_bf16) on this CPU")
 
 
+# The screen's two bf16 products (ops/knn_screen.screen_product): both must give the exact answer.
+PRODUCTS = ["onednn"] + knn_screen.kernel_isas()
+ISAS = knn_screen.kernel_isas() or ["avx512_bf16"]
+needs_kernel = pytest.mark.skipif(not knn_screen.kernel_available(),
+                                  reason="no AVX-512-BF16 kernel on this CPU / in this core")
+
+
+@pytest.fixture(params=PRODUCTS)
+def product(request, monkeypatch):
+    monkeypatch.setenv(knn_screen.PRODUCT_ENV, request.param)
+    return request.param
+
+
 def _both(pf, x, k, keys=None, **kw):
     args = (x, keys, k) if keys is not None else (x, k)
     off = pf.knn(*args, backend="cpu", screen="off", **kw)
@@ -36,7 +49,7 @@ def _same(off, on):
 @needs_bf16
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("n,d,k", [(300, 16, 1), (300, 16, 10), (523, 40, 7), (40, 5, 38), (40, 5, 39)])
-def test_screen_equals_exact_path(pf, dtype, n, d, k):
+def test_screen_equals_exact_path(pf, dtype, n, d, k, product):
     x = randn(n, d, seed=n + d + k, dtype=dtype, normalize=True)
     off, on, st = _both(pf, x, k)
     _same(off, on)
@@ -45,7 +58,7 @@ def test_screen_equals_exact_path(pf, dtype, n, d, k):
 
 @needs_bf16
 @pytest.mark.parametrize("k", [1, 5, 20])
-def test_ties_and_duplicates(pf, k):
+def test_ties_and_duplicates(pf, k, product):
     # dyadic grid: exact ties everywhere; a quarter of the rows duplicated
     x = with_duplicates(grid(400, 12, seed=k), seed=k)
     off, on, _ = _both(pf, x, k)
@@ -55,7 +68,7 @@ def test_ties_and_duplicates(pf, k):
 
 
 @needs_bf16
-def test_near_ties_at_tile_edges(pf):
+def test_near_ties_at_tile_edges(pf, product):
     # 512-row tiles below N = 2048: copies of a row (and a one-ulp neighbour of it) on both sides
     # of the tile edges, so their scores come from different tiles
     x = randn(1100, 32, seed=3, normalize=True)
@@ -67,7 +80,7 @@ def test_near_ties_at_tile_edges(pf):
 
 
 @needs_bf16
-def test_cross_form_and_self_included(pf):
+def test_cross_form_and_self_included(pf, product):
     q = randn(150, 20, seed=1, normalize=True)
     keys = with_duplicates(randn(700, 20, seed=2, normalize=True), seed=2)
     _same(*_both(pf, q, 9, keys=keys)[:2])
@@ -76,7 +89,7 @@ def test_cross_form_and_self_included(pf):
 
 
 @needs_bf16
-def test_adversarial_input_falls_back_and_agrees(pf):
+def test_adversarial_input_falls_back_and_agrees(pf, product):
     # every key nearly parallel to every other: the bf16 bound covers thousands of candidates,
     # so no row can be certified within its budget; the exact path's candidates take over
     g = torch.Generator().manual_seed(0)
@@ -88,7 +101,7 @@ def test_adversarial_input_falls_back_and_agrees(pf):
 
 
 @needs_bf16
-def test_extreme_scales(pf):
+def test_extreme_scales(pf, product):
     # powers of two far from 1 are scaled away exactly; subnormal-prone entries stay bounded
     x = randn(300, 16, seed=9, dtype=torch.float64)
     for scale in (2.0 ** -100, 2.0 ** 90):
@@ -101,7 +114,7 @@ def test_extreme_scales(pf):
 
 @needs_bf16
 @pytest.mark.parametrize("k,exclude", [(10, True), (5, False)])
-def test_row_sources_read_in_blocks(k, exclude):
+def test_row_sources_read_in_blocks(k, exclude, product):
     # a source read the way a file is (key blocks, query panels, chunked ordering pass, fetched
     # copies): the screen over it gives the in-memory exact lists and values
     from test_rows import SmallBlocks
@@ -132,6 +145,103 @@ def test_bound_holds_for_the_bf16_product():
         assert bool((err <= allowed).all()), float((err / allowed).max())
         # and the bound is not vacuous: within ~3 orders of magnitude of the observed error
         assert float(allowed.max()) < 1e3 * float(err.max()) + 1e-30
+
+
+def _bits(t):
+    return t.to(torch.bfloat16).view(torch.int16).numpy()
+
+
+@needs_kernel
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("m,n,d", [(1, 1, 1), (7, 5, 2), (13, 70, 31), (100, 129, 33), (64, 200, 768), (30, 65, 769)])
+def test_kernel_product_within_bound_without_output_rounding(m, n, d, isa):
+    # the AVX-512-BF16 kernel: float32 output, so the bound holds with c = 0 (odd widths, partial
+    # micro-tiles of rows and of keys)
+    from platonic_fast import _core
+
+    for scale in (1e-3, 1.0, 1e3):
+        x = randn(m, d, seed=m + d) * scale
+        y = randn(n, d, seed=n + d) * scale
+        out = torch.from_numpy(_core.bf16_gemm_nt(_bits(x), _bits(y), isa)).to(torch.float64)
+        exact = x.to(torch.float64) @ y.to(torch.float64).T
+        b0, c = knn_screen.score_bounds(x, y, output_u=knn_screen.Bf16Kernel.output_u)
+        assert c == 0.0
+        assert bool(((out - exact).abs() <= b0[:, None]).all())
+        # the products of bf16 numbers are exact: against the float64 product of the rounded rows
+        # only the float32 summation errs
+        xr, yr = (t.to(torch.bfloat16).to(torch.float64) for t in (x, y))
+        ref = xr @ yr.T
+        gamma = d * 2.0 ** -24 / (1 - d * 2.0 ** -24)
+        assert bool(((out - ref).abs() <= gamma * (xr.abs() @ yr.abs().T)).all())
+
+
+@needs_kernel
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("k", [1, 7, 299, 399])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_kernel_merge_equals_tile_merge(k, dtype, isa):
+    # add_bf16_product (scores merged as computed, no tile) == the same scores stored as a tile and
+    # merged by add_rows/add_cols: plain, self-excluding and mirrored tiles, ties and duplicates
+    from platonic_fast import _core
+
+    x = with_duplicates(grid(400, 33, seed=k), seed=k, frac=0.5)  # dyadic: exact ties everywhere
+    xb = _bits(x)
+    tile = _core.bf16_gemm_nt(xb, xb, isa).astype(dtype)
+    a, b = _core.KnnMerger(400, k, dtype), _core.KnnMerger(400, k, dtype)
+    # the diagonal block [0, 150) with itself, self excluded; then the off-diagonal block mirrored
+    a.add_bf16_product(xb[:150], xb[:150], 0, 0, True, False, isa)
+    b.add_rows(tile[:150, :150].copy(), 0, 0, True)
+    a.add_bf16_product(xb[:150], xb[150:], 0, 150, True, True, isa)
+    b.add_rows(tile[:150, 150:].copy(), 0, 150, True)
+    b.add_cols(tile[:150, 150:].copy(), 0, 150, True)
+    a.add_bf16_product(xb[150:], xb[150:], 150, 150, True, False, isa)
+    b.add_rows(tile[150:, 150:].copy(), 150, 150, True)
+    va, ia = a.finalize()
+    vb, ib = b.finalize()
+    assert (ia == ib).all() and (va == vb).all()
+    assert (ia[:, : min(k, 399)] >= 0).all()
+
+
+@needs_kernel
+def test_kernel_argument_errors():
+    from platonic_fast import _core
+
+    x = _bits(randn(20, 9, seed=1))
+    m = _core.KnnMerger(40, 3)
+    with pytest.raises(ValueError, match="same width"):
+        m.add_bf16_product(x, _bits(randn(20, 8, seed=2)), 0, 0, False, False)
+    with pytest.raises(ValueError, match="different merger rows"):
+        m.add_bf16_product(x, x, 0, 10, False, True)
+    with pytest.raises(ValueError, match="out of range"):
+        m.add_bf16_product(x, x, 30, 0, False, False)
+    with pytest.raises(ValueError, match="must have dtype"):
+        m.add_bf16_product(randn(20, 9, seed=1).numpy(), x, 0, 0, False, False)
+    with pytest.raises(ValueError, match="isa must be"):
+        m.add_bf16_product(x, x, 0, 0, False, False, "sse")
+
+
+@needs_kernel
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("n,d,k", [(300, 1, 3), (301, 33, 10), (260, 97, 258), (260, 97, 259)])
+def test_kernel_screen_odd_widths_and_k_near_n(pf, n, d, k, isa, monkeypatch):
+    monkeypatch.setenv(knn_screen.PRODUCT_ENV, isa)
+    x = with_duplicates(randn(n, d, seed=n + d, normalize=True), seed=d)
+    _same(*_both(pf, x, k)[:2])
+    _same(*_both(pf, x[:40], min(k, 30), keys=x)[:2])
+
+
+def test_product_env_checked(monkeypatch):
+    monkeypatch.setenv(knn_screen.PRODUCT_ENV, "mkl")
+    with pytest.raises(ValueError, match=knn_screen.PRODUCT_ENV):
+        knn_screen.screen_product()
+    monkeypatch.setenv(knn_screen.PRODUCT_ENV, "onednn")
+    assert knn_screen.screen_product() == "onednn"
+    monkeypatch.setenv("PLATONIC_FAST_KNN_SCREEN_NO_BF16", "1")
+    monkeypatch.setenv(knn_screen.PRODUCT_ENV, "avx512_bf16")
+    with pytest.raises(ValueError, match="cannot run the project's kernel"):
+        knn_screen.screen_product()
+    monkeypatch.setenv(knn_screen.PRODUCT_ENV, "auto")
+    assert knn_screen.screen_product() == "onednn"
 
 
 def test_certify_logic():
@@ -222,8 +332,11 @@ def test_property_screen_equals_exact(n, d, k, seed, levels, dup, dtype):
     if not bool((x != 0).any()):
         x[0, 0] = 1
     off = pf.knn(x, k, backend="cpu", screen="off")
-    on = pf.knn(x, k, backend="cpu", screen="on")
-    assert torch.equal(off[1], on[1]) and torch.equal(off[0], on[0])
+    for product in PRODUCTS:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv(knn_screen.PRODUCT_ENV, product)
+            on = pf.knn(x, k, backend="cpu", screen="on")
+        assert torch.equal(off[1], on[1]) and torch.equal(off[0], on[0]), product
 
 
 @pytest.mark.slow

@@ -99,20 +99,13 @@ def test_q_one_and_the_exact_quantile_of_a_large_tensor(tmp_path):
 
 
 @pytest.mark.slow
-def test_streamed_knn_equals_the_in_memory_knn(stacked_file, monkeypatch):
+def test_streamed_knn_equals_the_in_memory_knn(stacked_file, count_calls):
     path, x = stacked_file
     x = x.clone()
     x[100:160] = x[200]  # 61 identical rows: their near-tie clusters reach past k + 4 candidates
     features.Features(x, meta={"model": "m"}).save(path)
     ref = prepare_layers(x, "x")
-    calls = {"more": 0}
-    real = outofcore._more_candidates
-
-    def counted(*args, **kwargs):
-        calls["more"] += 1
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(outofcore, "_more_candidates", counted)
+    more = count_calls(outofcore, "_more_candidates")
     with outofcore.StreamedLayers(path) as s:
         for layer in (0, 2):
             for k, exclude in ((10, True), (7, False), (300, True)):
@@ -120,7 +113,7 @@ def test_streamed_knn_equals_the_in_memory_knn(stacked_file, monkeypatch):
                 want = neighbours(ref[layer], k, exclude_self=exclude)
                 assert torch.equal(got[1], want[1]) and got[2] == want[2]
                 assert torch.equal(got[0], want[0])
-    assert calls["more"] > 0
+    assert len(more) > 0
 
 
 @pytest.mark.parametrize("metric,options", [

@@ -81,7 +81,7 @@ def test_new_content_with_the_same_size_and_mtime_is_recomputed(tmp_path, fmt):
 
 
 @pytest.mark.slow
-def test_a_record_whose_key_does_not_match_is_recomputed(tmp_path, monkeypatch):
+def test_a_record_whose_key_does_not_match_is_recomputed(tmp_path, count_calls):
     feats = {name: _feats(seed) for seed, name in enumerate(["p", "q", "r"])}
     for name, f in feats.items():
         _write(tmp_path / f"{name}.safetensors", f, "safetensors")
@@ -103,16 +103,9 @@ def test_a_record_whose_key_does_not_match_is_recomputed(tmp_path, monkeypatch):
     # A valid record of another pair under this pair's file name (copied records, say).
     records[("q", "r")].write_text(records[("q", "q")].read_text())
 
-    calls = {"n": 0}
-    real = sweep.score_states
-
-    def counting(*args, **kwargs):
-        calls["n"] += 1
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(sweep, "score_states", counting)
+    scored = count_calls(sweep, "score_states")
     res = sweep.measure_sets(tmp_path, metric="mutual_knn", topk=5, out_dir=out, progress=False)
-    assert calls["n"] == 3  # exactly the three bad records
+    assert len(scored) == 3  # exactly the three bad records
     names = res.names_x
     for x, y in (("p", "q"), ("p", "r"), ("q", "r")):
         ref = pf.align(feats[x], feats[y], "mutual_knn", topk=5).best

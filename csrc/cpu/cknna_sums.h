@@ -1,6 +1,7 @@
 // The sparse sums behind CKNNA. With M_ij = 1 when j is in both neighbour sets of i,
 // K' = M∘K and L' = M∘L touch only N·k entries, whose kernel values are the kNN scores.
 #pragma once
+#include <array>
 #include <cstdint>
 #include <vector>
 
@@ -13,6 +14,13 @@ struct CknnaSums {
   double k_then_l = 0;  // 1ᵀ K' L' 1 = (column sums of K') · (row sums of L')
   double l_then_k = 0;  // 1ᵀ L' K' 1
   double mask_count = 0;  // Σ M
+
+  // The six sums in their one order, named: the bindings' dict and the permutation null's
+  // count x a x b x 6 output are both laid out from here.
+  static constexpr int kCount = 6;
+  static constexpr const char* kNames[kCount] = {"trace_kl", "sum_k",    "sum_l",
+                                                 "k_then_l", "l_then_k", "mask_count"};
+  std::array<double, kCount> values() const { return {trace_kl, sum_k, sum_l, k_then_l, l_then_k, mask_count}; }
 };
 
 // Row i: neighbours idx_k[i, :] with kernel values val_k[i, :] (and likewise for L).

@@ -48,6 +48,11 @@ inline void KnnMerger<T>::push(int64_t row, T value, int64_t index) {
   if (c + 1 == cap_) compact(row);
 }
 
+template <typename T>
+void KnnMerger<T>::offer(int64_t row, T value, int64_t index) {
+  push(row, value, index);
+}
+
 namespace {
 
 constexpr int64_t kChunk = 16;  // one AVX-512 register of floats

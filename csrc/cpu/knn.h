@@ -30,6 +30,13 @@ class KnnMerger {
   int64_t n_rows() const { return n_rows_; }
   int64_t k() const { return k_; }
 
+  // For producers that compute scores themselves and offer only those that may enter (the fused
+  // bf16 screen, knn_screen.cpp): bars()[row] is the row's current k-th best (a score below it
+  // cannot enter; it only rises), offer() the merge of one candidate. As with add_rows, one
+  // thread at a time per row.
+  const T* bars() const { return thr_val_.data(); }
+  void offer(int64_t row, T value, int64_t index);
+
  private:
   void push(int64_t row, T value, int64_t index);
   void compact(int64_t row);

@@ -112,13 +112,8 @@ void permute_lists_cknna(const std::vector<const int64_t*>& a_idx, const std::ve
       for (int64_t i = 0; i < la; ++i) {
         const CknnaSums s = cknna_sums_sorted(a_cols.data() + i * n * k, a_vals.data() + i * n * k,
                                               b_cols.data(), b_vals.data(), n, k, zero_diagonal, work, false);
-        double* o = out + ((t * la + i) * lb + j) * 6;
-        o[0] = s.trace_kl;
-        o[1] = s.sum_k;
-        o[2] = s.sum_l;
-        o[3] = s.k_then_l;
-        o[4] = s.l_then_k;
-        o[5] = s.mask_count;
+        const auto v = s.values();
+        std::copy(v.begin(), v.end(), out + ((t * la + i) * lb + j) * CknnaSums::kCount);
       }
     }
   }

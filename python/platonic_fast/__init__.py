@@ -9,6 +9,8 @@ numbers as the reference code, computed without N x N matrices.
 >>> score = pf.mutual_knn(a, b, topk=10)
 """
 
+# First: the modules below take its communicator (distributed._comm), and it wraps them.
+from . import distributed  # noqa: F401
 from ._checks import ConstantFeaturesError, DegenerateInputWarning, MemoryUseWarning
 from .align import AlignResult, align
 from .calibration import Calibration, LayerCalibration, calibrate, null_calibration

@@ -18,9 +18,10 @@ from tqdm.auto import tqdm
 
 from ._checks import ConstantFeaturesError, DegenerateInputWarning, as_tensor, check_features, max_abs
 from .calibration import LayerCalibration, calibrate_states, check_alpha, exact_chance, permutation_source
-from .metrics import Prepared, metric_spec, prepare, score
-from .ops.outliers import remove_outliers
-from .preparation import LayerScale, join, joined_scale, pre_exponent
+from .distributed._comm import LOCAL, Layout, check_not_constant, layout_of, local_features
+from .metrics import Prepared, metric_spec, prepare_checked, score
+from .ops.outliers import outlier_threshold
+from .preparation import LayerScale, clamped_top, join, joined_scale, pre_exponent
 
 
 @dataclass
@@ -58,53 +59,96 @@ class AlignResult:
 
 
 def prepare_layers(feats, name: str, *, q: float = 0.95, exact: bool = False, normalize: bool = True,
-                   concat: bool = False) -> list[torch.Tensor]:
+                   concat: bool = False, comm=None) -> list[torch.Tensor]:
     """Clamp outliers, then L2-normalise each layer's rows (:mod:`platonic_fast.preparation`).
 
     As the reference pipeline: an N x L x D tensor is clamped as a whole (one threshold from all
     layers), a list of layers is clamped layer by layer. ``concat`` appends the concatenation of
-    the clamped layers.
+    the clamped layers. With a process group's ``comm`` (:mod:`platonic_fast.distributed`),
+    ``feats`` is this rank's rows (possibly none) and the maxima and thresholds are every
+    rank's (collective).
     """
+    layers, whole, layout = _checked_layers(comm, feats, name)
+    comm = LOCAL if comm is None else comm
+    if whole is None:  # a list: each layer its own scale and threshold
+        tops = _largest(comm, [max_abs(l) if l.numel() else 0.0 for l in layers])
+        scales, clamped = [], []
+        for l, top in zip(layers, tops):
+            e = pre_exponent(top, normalize)
+            x = LayerScale(e, None, 0).clamp(l)  # divided by 2**e, float32
+            thr = None if q == 1 else outlier_threshold(x, q, exact, comm, layout)
+            scales.append(LayerScale.of(clamped_top(top, e, thr), e, thr, normalize))
+            clamped.append(x if thr is None else x.clamp(-thr, thr))
+    else:  # N x L x D: one scale and one threshold for the whole tensor
+        t = whole
+        tops = _largest(comm, torch.maximum(-t.amin(dim=(0, 2)), t.amax(dim=(0, 2))) if t.shape[0] else
+                        torch.zeros(t.shape[1]))
+        e = pre_exponent(max(tops), normalize)
+        x = LayerScale(e, None, 0).clamp(t)
+        thr = None if q == 1 else outlier_threshold(x, q, exact, comm, layout)
+        scales = [LayerScale.of(clamped_top(top, e, thr), e, thr, normalize) for top in tops]
+        # One copy to L x N x D so that every layer is contiguous for the kNN GEMMs.
+        clamped = list((x if thr is None else x.clamp(-thr, thr)).transpose(0, 1).contiguous().unbind(0))
+    out = [s.finish(c) for s, c in zip(scales, clamped)]
+    if concat:
+        shifts, joined = joined_scale(scales, [clamped_top(top, s.pre, s.threshold) for top, s in zip(tops, scales)])
+        out.append(join(clamped, shifts, joined))
+    return out
+
+
+def _largest(comm, local) -> list[float]:
+    """Each layer's largest magnitude (over every rank's rows)."""
+    return comm.all_reduce(torch.as_tensor(local, dtype=torch.float64).cpu(), "max").tolist()
+
+
+def _checked_layers(comm, feats, name: str):
+    """(list of layers, None) or (None, the N x L x D tensor), validated, and their row layout."""
     if isinstance(feats, (list, tuple)):
-        if not feats:
-            raise ValueError(f"{name} is an empty list; it needs at least one layer")
-        layers = [check_features(f, f"{name}[{i}]") for i, f in enumerate(feats)]
+        names = [f"{name}[{i}]" for i in range(len(feats))]
+        with (comm or LOCAL).step():
+            if not feats:
+                raise ValueError(f"{name} is an empty list; it needs at least one layer")
+            layers = [(check_features if comm is None else local_features)(f, nm) for f, nm in zip(feats, names)]
+        if comm is not None:
+            return layers, None, layout_of(comm, layers, names)
         n = layers[0].shape[0]
         for i, l in enumerate(layers):
             if l.shape[0] != n:
                 raise ValueError(f"every layer of {name} needs the same N; layer 0 has {n}, layer {i} has {l.shape[0]}")
-        pres = [pre_exponent(max_abs(l), normalize) for l in layers]
-        clamped = [remove_outliers((l * 2.0 ** -e if e else l).float(), q=q, exact=exact) for l, e in zip(layers, pres)]
-    else:
+        return layers, None, Layout((0, n), 0)
+    with (comm or LOCAL).step():
         t = as_tensor(feats, name)
+        rows = "" if comm is None else "this rank's "
         if t.dim() != 3:
-            raise ValueError(
-                f"{name} must be N x L x D (samples x layers x features) or a list of N x D_l matrices, "
-                f"got shape {tuple(t.shape)}"
-            )
-        if t.numel() == 0:
+            raise ValueError(f"{name} must be N x L x D ({rows}samples x layers x features) or a list of "
+                             f"{'N' if comm is None else 'n_r'} x D_l matrices, got shape {tuple(t.shape)}")
+        if (t.numel() if comm is None else t.shape[1] * t.shape[2]) == 0:
             raise ValueError(f"{name} is empty (shape {tuple(t.shape)}); it needs samples, layers and features")
         # Validated as a whole (one pass), not layer by layer.
-        check_features(t.reshape(t.shape[0], -1), name)
-        e = pre_exponent(max_abs(t), normalize)
-        whole = remove_outliers((t * 2.0 ** -e if e else t).float(), q=q, exact=exact)
-        # One copy to L x N x D so that every layer is contiguous for the kNN GEMMs.
-        clamped = list(whole.transpose(0, 1).contiguous().unbind(0))
-        pres = [e] * len(clamped)
-    # each layer's largest clamped entry (one pass over contiguous rows, no temporary)
-    tops = [max_abs(c) if normalize else 0.0 for c in clamped]
-    scales = [LayerScale.of(top, e, None, normalize) for top, e in zip(tops, pres)]
-    out = [s.finish(c) for s, c in zip(scales, clamped)]
-    if concat:
-        shifts, joined = joined_scale(scales, tops)
-        out.append(join(clamped, shifts, joined))
-    return out
+        flat = (check_features if comm is None else local_features)(t.reshape(t.shape[0], t.shape[1] * t.shape[2]),
+                                                                    name)
+    return None, t, Layout((0, t.shape[0]), 0) if comm is None else layout_of(comm, [flat], [name])
+
+
+def layout_of_rows(comm, xs: list[torch.Tensor], ys: list[torch.Tensor], names: tuple[str, str]):
+    """The row layout shared by two models' prepared layers (None in one process), or a
+    ValueError naming both."""
+    if comm is None:
+        if ys[0].shape[0] != xs[0].shape[0]:
+            raise ValueError(f"{names[0]} and {names[1]} must describe the same samples: got N={xs[0].shape[0]} and "
+                             f"N={ys[0].shape[0]}")
+        return None
+    lx, ly = comm.layout(xs[0].shape[0]), comm.layout(ys[0].shape[0])
+    if lx.offsets != ly.offsets:
+        raise ValueError(f"{names[0]} and {names[1]} must hold the same rows on every rank: offsets {lx.offsets} and "
+                         f"{ly.offsets}")
+    return lx
 
 
 def align(feats_x, feats_y, metric: str = "mutual_knn", topk: int = 10, *, q: float = 0.95,
           exact: bool = False, normalize: bool = True, concat: bool = False, backend: str = "auto",
           progress: bool = False, permutations: int | None = None, alpha: float = 0.05, generator=None,
-          perm=None, **metric_options) -> AlignResult:
+          perm=None, comm=None, **metric_options) -> AlignResult:
     """Score every layer pair of two models and find the best one.
 
     Parameters
@@ -128,6 +172,9 @@ def align(feats_x, feats_y, metric: str = "mutual_knn", topk: int = 10, *, q: fl
     alpha, generator, perm
         The null's level, seed (torch.Generator or int) and explicit permutations (K x N tensor
         or callable), as :func:`platonic_fast.calibrate`.
+    comm : optional
+        A process group's communicator (:func:`platonic_fast.distributed.align` passes it): the
+        features are this rank's rows, and every rank gets the same result. None: one process.
     **metric_options
         Passed to the metric (``kernel_metric``, ``unbiased``, ``cca_dim``, ...).
 
@@ -142,11 +189,10 @@ def align(feats_x, feats_y, metric: str = "mutual_knn", topk: int = 10, *, q: fl
     >>> res.scores.shape
     torch.Size([4, 6])
     """
-    xs = prepare_layers(feats_x, "feats_x", q=q, exact=exact, normalize=normalize, concat=concat)
-    ys = prepare_layers(feats_y, "feats_y", q=q, exact=exact, normalize=normalize, concat=concat)
-    n = xs[0].shape[0]
-    if ys[0].shape[0] != n:
-        raise ValueError(f"feats_x and feats_y must describe the same samples: got N={n} and N={ys[0].shape[0]}")
+    xs = prepare_layers(feats_x, "feats_x", q=q, exact=exact, normalize=normalize, concat=concat, comm=comm)
+    ys = prepare_layers(feats_y, "feats_y", q=q, exact=exact, normalize=normalize, concat=concat, comm=comm)
+    layout = layout_of_rows(comm, xs, ys, ("feats_x", "feats_y"))
+    n = xs[0].shape[0] if layout is None else layout.n
     opts = resolve_options(metric, n, [t.shape[1] for t in xs + ys], topk=topk, backend=backend, **metric_options)
     if permutations is not None or perm is not None:  # bad K, alpha or perm fail before the work
         check_alpha(alpha)
@@ -156,8 +202,8 @@ def align(feats_x, feats_y, metric: str = "mutual_knn", topk: int = 10, *, q: fl
         if calibrated else 0
     bar = tqdm(total=len(xs) + len(ys) + len(xs) * len(ys) + (k if isinstance(k, int) else 0),
                desc=f"align {metric}", disable=not progress)
-    states_x = prepare_states(xs, metric, opts, bar=bar)
-    states_y = prepare_states(ys, metric, opts, bar=bar)
+    states_x = prepare_states(xs, metric, opts, bar=bar, comm=comm, layout=layout)
+    states_y = prepare_states(ys, metric, opts, bar=bar, comm=comm, layout=layout)
     result = score_states(states_x, states_y, metric, opts, concat=concat, bar=bar)
     result.chance = exact_chance(states_x, states_y, metric, opts)
     if calibrated:
@@ -182,12 +228,17 @@ def resolve_options(metric: str, n: int, widths: list[int], *, topk: int = 10, b
     return spec.check_options(n, (min(widths),) * 2, options)
 
 
-def prepare_states(layers: list[torch.Tensor], metric: str, opts: dict, *, bar=None) -> list[Prepared]:
-    """Every layer of one model prepared for ``metric`` with validated options ``opts``."""
-    states = []
+def prepare_states(layers: list[torch.Tensor], metric: str, opts: dict, *, bar=None, comm=None,
+                   layout=None) -> list[Prepared]:
+    """Every layer of one model prepared for ``metric`` with validated options ``opts`` (this
+    rank's rows of each, collectively, with a process group's ``comm`` and row ``layout``)."""
+    spec, states = metric_spec(metric), []
     for i, layer in enumerate(layers):
-        try:
-            states.append(prepare(metric, layer, **opts))
+        try:  # the same decision on every rank (every rank's column extremes)
+            rows = layout or Layout((0, layer.shape[0]), 0)
+            check_not_constant(comm or LOCAL, rows, layer, f"layer {i}", metric)
+            checked = spec.check_options(rows.n, (layer.shape[1], layer.shape[1]), opts)
+            states.append(prepare_checked(spec, layer, checked, comm, layout))
         except ConstantFeaturesError:
             # One dead layer (e.g. a padding position) must not stop a whole layer search.
             warnings.warn(f"layer {i} is constant (all samples equal): its scores are NaN",

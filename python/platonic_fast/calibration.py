@@ -32,8 +32,17 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ._checks import DegenerateInputWarning, check_pair
-from .metrics import Prepared, batched_null, metric_spec, null_mean, permute_states, score
+from ._checks import DegenerateInputWarning
+from .metrics import (
+    Prepared,
+    batched_null,
+    checked_inputs,
+    metric_spec,
+    null_mean,
+    permute_states,
+    prepare_checked,
+    score,
+)
 from .ops.permute_lists import check_permutation, inverse_permutation
 
 PermutationSource = torch.Tensor | Callable[[int, torch.device], torch.Tensor]
@@ -309,7 +318,7 @@ def options_per_metric(specs: list, n: int, widths: tuple[int, int], options: di
 
 def calibrate(metric: str | Sequence[str], feats_A, feats_B, permutations: int | None = None,
               alpha: float = 0.05, generator=None, perm: PermutationSource | None = None, *, s_max="auto",
-              progress: bool = False, **options) -> Calibration | dict[str, Calibration]:
+              progress: bool = False, comm=None, **options) -> Calibration | dict[str, Calibration]:
     """Score ``feats_A`` against ``feats_B`` and against K row permutations of ``feats_B``.
 
     Parameters
@@ -331,6 +340,9 @@ def calibrate(metric: str | Sequence[str], feats_A, feats_B, permutations: int |
         The metric's maximum ("auto": 1, or topk for lcs_knn); None gives relu(s − τ).
     progress : bool
         A progress bar over permutations.
+    comm : optional
+        A process group's communicator (:func:`platonic_fast.distributed.calibrate` passes it):
+        A and B are then this rank's rows, and each permutation is drawn on rank 0. None: one process.
     **options
         The metric's options (``topk``, ``kernel_metric``, ...) and ``backend``.
 
@@ -349,16 +361,16 @@ def calibrate(metric: str | Sequence[str], feats_A, feats_B, permutations: int |
     ['cka', 'mutual_knn']
     """
     names, specs = metric_names(metric)
-    a, b = check_pair(feats_A, feats_B, metric=names[0])
-    n = a.shape[0]
+    (a, b), layout = checked_inputs(comm, [feats_A, feats_B], ["feats_A", "feats_B"], names[0])
+    n = a.shape[0] if layout is None else layout.n
     opts_list = options_per_metric(specs, n, (a.shape[1], b.shape[1]), options)
     alpha = check_alpha(alpha)
     auto = isinstance(s_max, str) and s_max == "auto"
     if not auto:
         s_max = check_s_max(s_max)
     k, draw = permutation_source(n, permutations, perm, generator, a.device)
-    pas = [Prepared(nm, o, sp.prepare(a, **o), n, a.shape[1]) for nm, sp, o in zip(names, specs, opts_list)]
-    pbs = [Prepared(nm, o, sp.prepare(b, **o), n, b.shape[1]) for nm, sp, o in zip(names, specs, opts_list)]
+    pas = [prepare_checked(sp, a, o, comm, layout) for sp, o in zip(specs, opts_list)]
+    pbs = [prepare_checked(sp, b, o, comm, layout) for sp, o in zip(specs, opts_list)]
     out = calibrate_prepared(pas, pbs, k, draw, alpha=alpha, s_max=s_max, progress=progress)
     return out[names[0]] if isinstance(metric, str) else out
 

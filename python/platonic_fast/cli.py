@@ -22,18 +22,19 @@ def main(argv: list[str] | None = None, shard=None) -> int:
                         "(also PLATONIC_FAST_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser(
-        "demo", parents=[debug_parent],
-        help="the built-in offline demo: the paper's colour case study on real, shipped data",
-        description="949 XKCD colour names: MiniLM's every layer (language) and pixel "
-        "co-occurrence in scikit-image's photographs (vision) against CIELAB (perception), with "
-        "random-weight and shuffled baselines. Prints a table, writes JSON and a figure.",
-    )
+    def command(name, help, description=None):
+        """A subcommand that also takes --debug after its name."""
+        return sub.add_parser(name, parents=[debug_parent], help=help, description=description)
+
+    demo = command("demo", "the built-in offline demo: the paper's colour case study on real, shipped data",
+                   "949 XKCD colour names: MiniLM's every layer (language) and pixel co-occurrence in scikit-image's "
+                   "photographs (vision) against CIELAB (perception), with random-weight and shuffled baselines. "
+                   "Prints a table, writes JSON and a figure.")
     demo.add_argument("--out", default="platonic_fast_demo", help="output folder for JSON and PNG")
     demo.add_argument("--quick", action="store_true", help="fewer pixel pairs and MDS iterations (seconds)")
     demo.add_argument("--seed", type=int, default=0)
 
-    sub.add_parser("env", parents=[debug_parent], help="print what was built and which backends are usable here")
+    command("env", "print what was built and which backends are usable here")
 
     from .features._cli import add_parsers as add_feature_parsers
 
@@ -43,10 +44,9 @@ def main(argv: list[str] | None = None, shard=None) -> int:
 
     add_icl_parsers(sub, debug_parent)  # icl train | eval | align | study
 
-    meas = sub.add_parser(
-        "measure", parents=[debug_parent],
-        help="align a model set with a model set (feature files) -> scores JSON/NPZ + heat map",
-        description="Every model of X against every model of Y (or X with itself): the best "
+    meas = command(
+        "measure", "align a model set with a model set (feature files) -> scores JSON/NPZ + heat map",
+        "Every model of X against every model of Y (or X with itself): the best "
         "layer pair and its score. Finished pairs are saved as they complete, keyed by both "
         "files' content fingerprints and every setting; running the same command again resumes "
         "an interrupted sweep. One run at a time per output folder (a POSIX flock on <out>/.lock): "
@@ -122,10 +122,9 @@ def main(argv: list[str] | None = None, shard=None) -> int:
                       help="pair feature files whose sample fingerprints differ (extracted from other samples or "
                       "in another order); recorded in the results")
 
-    rep = sub.add_parser(
-        "report", parents=[debug_parent],
-        help="alignment versus capability from a measure folder -> report.json + report.png",
-        description="Each model's alignment to the reference set (its mean best-layer-pair score over that set's "
+    rep = command(
+        "report", "alignment versus capability from a measure folder -> report.json + report.png",
+        "Each model's alignment to the reference set (its mean best-layer-pair score over that set's "
         "models) against its capability: 1 - bits-per-byte and log10 parameters as the feature files record them, "
         "and every numeric column of --capability TABLE.csv; Spearman rank correlations with p-values, for raw and "
         "(after measure --permutations) calibrated scores. Needs scipy; the figure needs matplotlib.",
@@ -140,13 +139,10 @@ def main(argv: list[str] | None = None, shard=None) -> int:
     rep.add_argument("--out", default=None, help="output folder (default: SWEEP_DIR)")
     rep.add_argument("--no-plot", action="store_true", help="write report.json only")
 
-    ver = sub.add_parser(
-        "verify", parents=[debug_parent],
-        help="check feature files against the checksum stored in them",
-        description="Recompute each features file's checksum (written by features.save / extract) "
-        "and compare it with the stored one. One line per file; exit 0 when all match, 1 when any "
-        "differs, has no checksum or cannot be read.",
-    )
+    ver = command("verify", "check feature files against the checksum stored in them",
+                  "Recompute each features file's checksum (written by features.save / extract) and compare it with "
+                  "the stored one. One line per file; exit 0 when all match, 1 when any differs, has no checksum or "
+                  "cannot be read.")
     ver.add_argument("files", nargs="+", metavar="FILE", help=".safetensors feature files")
 
     args = parser.parse_args(argv)

@@ -65,10 +65,15 @@ def _screen_report() -> dict:
         use, why = knn_screen.knn_screen_choice(65536, 10)
     except ValueError as exc:  # a misspelt PLATONIC_FAST_KNN_SCREEN
         use, why = False, str(exc)
+    try:
+        product = knn_screen.screen_product()
+    except ValueError as exc:  # a misspelt or unusable PLATONIC_FAST_KNN_SCREEN_PRODUCT
+        product = str(exc)
     f = knn_screen.cpu_features()
     return {"cpu_features": f, "bf16_instructions": knn_screen.bf16_hardware(),
             "env": os.environ.get(knn_screen.SCREEN_ENV), "runs": use, "why": why,
-            "min_keys": knn_screen.SCREEN_MIN_KEYS, "max_k": knn_screen.SCREEN_MAX_K}
+            "min_keys": knn_screen.SCREEN_MIN_KEYS, "max_k": knn_screen.SCREEN_MAX_K,
+            "product": product, "kernel_isas": knn_screen.kernel_isas()}
 
 
 def report() -> dict:
@@ -158,7 +163,8 @@ def main() -> None:
         found = ", ".join(n for n in flags if f.get(n)) or "none of " + "/".join(flags)
         amx = "" if f.get("amx_permitted") else f"; AMX: {f.get('amx_note') or 'unknown (core predates the screen)'}"
         print(f"kNN bf16 screen (CPU): {'runs' if sc['runs'] else 'off'} for N >= {sc['min_keys']}, k <= {sc['max_k']} "
-              f"({sc['why']}); CPU features: {found}{amx}; PLATONIC_FAST_KNN_SCREEN={sc['env'] or 'unset (auto)'}")
+              f"({sc['why']}); CPU features: {found}{amx}; PLATONIC_FAST_KNN_SCREEN={sc['env'] or 'unset (auto)'}; "
+              f"bf16 product: {sc['product']} (own kernel on: {', '.join(sc['kernel_isas']) or 'none'})")
     if info["backend_override"]:
         print(f"PLATONIC_FAST_BACKEND={info['backend_override']} overrides 'auto'")
     print("backends: what each serves, and whether it runs here (auto takes the first that serves a call)")

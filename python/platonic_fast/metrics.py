@@ -36,7 +36,7 @@ from ._checks import (
 from .ops import hsic
 from .ops.cknna_sums import cknna_sums
 from .ops.knn import neighbours
-from .ops.neighbour_lists import run as neighbour_lists
+from .ops.neighbour_lists import total as list_total
 from .ops.permute_lists import check_permutation, inverse_permutation, relabel
 from .ops.svcca import canonical_correlations, svcca_basis
 
@@ -77,6 +77,11 @@ class Sharded:
     rows: Callable[[Any], dict]
     with_rows: Callable[..., Any]
     null_mean: Callable[..., float | None] = lambda comm, sa, sb, n, **opts: None
+
+
+def _sharded(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A one-process prepare/pair that takes ``comm=``/``layout=`` in the :class:`Sharded` form."""
+    return lambda comm, layout, *args, **opts: fn(*args, comm=comm, layout=layout, **opts)
 
 
 def _check_bool(value, name: str) -> bool:
@@ -186,12 +191,6 @@ def _relabelled(st: Neighbours, perm: torch.Tensor, inverse: torch.Tensor, backe
 _LIST_METRICS: dict[str, tuple[str, Callable[[int, int, int], float]]] = {}
 
 
-def _shard_lists(comm, layout, x, k: int, exclude_self: bool, backend: str, ops: tuple[str, ...]):
-    from .distributed._knn import neighbours as sharded_neighbours
-
-    return sharded_neighbours(comm, layout, x, k, exclude_self=exclude_self, backend=for_op("knn", backend, ops))
-
-
 def _list_rows(st: Neighbours) -> dict:
     return {"indices": st.indices} if st.values is None else {"indices": st.indices, "values": st.values}
 
@@ -203,37 +202,25 @@ def _list_with_rows(st: Neighbours, rows: dict, inverse: torch.Tensor) -> Neighb
 
 
 def _list_metric(name: str, kind: str, from_total: Callable[[int, int, int], float], *,
-                 symmetric: bool, max_score=lambda opts: 1.0, null_mean=lambda sa, sb, n, **opts: None,
-                 across_rows: bool = False) -> MetricSpec:
-    """A metric of the per-row totals of one neighbour_lists kind. ``across_rows``: a row's
-    value reads other rows' lists (cycle kNN), so sharded rows exchange lists."""
+                 symmetric: bool, max_score=lambda opts: 1.0, null_mean=lambda sa, sb, n, **opts: None) -> MetricSpec:
+    """A metric of the per-row totals of one neighbour_lists kind (over every rank's rows when
+    ``comm`` is a process group's)."""
     ops = ("knn", "neighbour_lists", "permute_lists")
 
-    def prepare(x, *, topk, backend="auto"):
-        _, idx, _ = neighbours(x, topk, exclude_self=True, backend=for_op("knn", backend, ops))
+    def prepare(x, *, topk, backend="auto", comm=None, layout=None):
+        _, idx, _ = neighbours(x, topk, exclude_self=True, backend=for_op("knn", backend, ops), comm=comm,
+                               layout=layout)
         return Neighbours(idx)
 
-    def pair(sa: Neighbours, sb: Neighbours, *, topk=None, backend="auto"):
-        per_row = neighbour_lists(kind, sa.indices, sb.indices, backend=for_op("neighbour_lists", backend, ops))
-        n, k = sa.indices.shape
-        return from_total(int(per_row.sum()), n, k)
+    def pair(sa: Neighbours, sb: Neighbours, *, topk=None, backend="auto", comm=None, layout=None):
+        total = list_total(kind, sa.indices, sb.indices, backend=for_op("neighbour_lists", backend, ops), comm=comm,
+                           layout=layout)
+        return from_total(total, sa.indices.shape[0] if layout is None else layout.n, sa.indices.shape[1])
 
     def permute(st: Neighbours, perm, inverse, *, topk=None, backend="auto"):
         return _relabelled(st, perm, inverse, backend, ops)
 
-    def shard_prepare(comm, layout, x, *, topk, backend="auto"):
-        return Neighbours(_shard_lists(comm, layout, x, topk, True, backend, ops)[1])
-
-    def shard_pair(comm, layout, sa: Neighbours, sb: Neighbours, *, topk=None, backend="auto"):
-        from .distributed import _lists
-
-        if across_rows:
-            total = _lists.cycle_total(comm, layout, sa.indices, sb.indices)
-        else:
-            total = _lists.row_totals(comm, kind, sa.indices, sb.indices, for_op("neighbour_lists", backend, ops))
-        return from_total(total, layout.n, sa.indices.shape[1])
-
-    sharded = Sharded(shard_prepare, shard_pair, _list_rows, _list_with_rows,
+    sharded = Sharded(_sharded(prepare), _sharded(pair), _list_rows, _list_with_rows,
                       null_mean=lambda comm, sa, sb, n, **opts: null_mean(sa, sb, n, **opts))
     _LIST_METRICS[name] = (kind, from_total)
     return MetricSpec(name, ops, {"topk": 10}, _validate_topk, prepare, pair, symmetric=symmetric,
@@ -247,7 +234,7 @@ def _list_metric(name: str, kind: str, from_total: Callable[[int, int, int], flo
 # Each list metric is a function of its per-row total (an exact integer), N and k.
 _MUTUAL = _list_metric("mutual_knn", "mutual_overlap", lambda total, n, k: total / n / k, symmetric=True,
                        null_mean=lambda sa, sb, n, *, topk, **opts: topk / (n - 1))
-_CYCLE = _list_metric("cycle_knn", "cycle_hits", lambda total, n, k: total / n, symmetric=False, across_rows=True)
+_CYCLE = _list_metric("cycle_knn", "cycle_hits", lambda total, n, k: total / n, symmetric=False)
 _LCS = _list_metric("lcs_knn", "lcs_lengths", lambda total, n, k: total / n, symmetric=True,
                     max_score=lambda opts: float(opts["topk"]))
 _EDIT = _list_metric("edit_distance_knn", "edit_distances", lambda total, n, k: 1.0 - total / n / k,
@@ -260,9 +247,9 @@ _EDIT = _list_metric("edit_distance_knn", "edit_distances", lambda total, n, k: 
 _CKNNA_OPS = ("knn", "cknna_sums", "permute_lists")
 
 
-def _masked_sums(a: Neighbours, b: Neighbours, zero_diagonal: bool, backend: str) -> dict:
+def _masked_sums(a: Neighbours, b: Neighbours, zero_diagonal: bool, backend: str, comm=None, layout=None) -> dict:
     return cknna_sums(a.indices, a.values, b.indices, b.values, zero_diagonal,
-                      backend=for_op("cknna_sums", backend, _CKNNA_OPS))
+                      backend=for_op("cknna_sums", backend, _CKNNA_OPS), comm=comm, layout=layout)
 
 
 def _cknna_similarity(s: dict, n: int, *, unbiased: bool, distance_agnostic: bool) -> float:
@@ -280,24 +267,21 @@ def _cknna_state(idx: torch.Tensor, vals: torch.Tensor, unbiased: bool, backend:
                  scale_exp: int = 0, comm=None, layout=None) -> Neighbours:
     """A set's lists with its own masked sums (over every rank's rows when ``comm`` is given)."""
     st = Neighbours(idx, vals, scale_exp=scale_exp)
-    if comm is None:
-        st.self_sums = _masked_sums(st, st, zero_diagonal=unbiased, backend=backend)
-    else:
-        from .distributed import _lists
-
-        st.self_sums = _lists.cknna_sums(comm, layout, idx, vals, idx, vals, zero_diagonal=unbiased)
+    st.self_sums = _masked_sums(st, st, unbiased, backend, comm, layout)
     return st
 
 
-def _cknna_prepare(x, *, topk, unbiased=True, distance_agnostic=False, backend="auto"):
-    vals, idx, e = neighbours(x, topk, exclude_self=unbiased, backend=for_op("knn", backend, _CKNNA_OPS))
-    return _cknna_state(idx, vals, unbiased, backend, scale_exp=e)
+def _cknna_prepare(x, *, topk, unbiased=True, distance_agnostic=False, backend="auto", comm=None, layout=None):
+    vals, idx, e = neighbours(x, topk, exclude_self=unbiased, backend=for_op("knn", backend, _CKNNA_OPS), comm=comm,
+                              layout=layout)
+    return _cknna_state(idx, vals, unbiased, backend, e, comm, layout)
 
 
 def _cknna_pair(sa: Neighbours, sb: Neighbours, *, topk=None, unbiased=True, distance_agnostic=False,
-                backend="auto"):
-    sums = _masked_sums(sa, sb, zero_diagonal=unbiased, backend=backend)
-    return _cknna_from_sums(sums, sa, sb, sa.indices.shape[0], unbiased=unbiased, distance_agnostic=distance_agnostic)
+                backend="auto", comm=None, layout=None):
+    sums = _masked_sums(sa, sb, unbiased, backend, comm, layout)
+    n = sa.indices.shape[0] if layout is None else layout.n
+    return _cknna_from_sums(sums, sa, sb, n, unbiased=unbiased, distance_agnostic=distance_agnostic)
 
 
 def _cknna_from_sums(sums: dict, sa: Neighbours, sb: Neighbours, n: int, *, unbiased: bool,
@@ -336,22 +320,10 @@ def _cknna_from_lists(idx, vals, e, opts, comm=None, layout=None):
     return _cknna_state(idx, vals.to(idx.device), opts["unbiased"], opts["backend"], e, comm, layout)
 
 
-def _cknna_shard_prepare(comm, layout, x, *, topk, unbiased=True, distance_agnostic=False, backend="auto"):
-    vals, idx, e = _shard_lists(comm, layout, x, topk, unbiased, backend, _CKNNA_OPS)
-    return _cknna_state(idx, vals, unbiased, backend, e, comm, layout)
-
-
-def _cknna_shard_pair(comm, layout, sa, sb, *, topk=None, unbiased=True, distance_agnostic=False, backend="auto"):
-    from .distributed import _lists
-
-    sums = _lists.cknna_sums(comm, layout, sa.indices, sa.values, sb.indices, sb.values, zero_diagonal=unbiased)
-    return _cknna_from_sums(sums, sa, sb, layout.n, unbiased=unbiased, distance_agnostic=distance_agnostic)
-
-
 _CKNNA = MetricSpec("cknna", _CKNNA_OPS, {"topk": 10, "distance_agnostic": False, "unbiased": True},
                     _cknna_validate, _cknna_prepare, _cknna_pair, symmetric=False, takes_topk=True,
                     permute=_cknna_permute,
-                    sharded=Sharded(_cknna_shard_prepare, _cknna_shard_pair, _list_rows, _list_with_rows),
+                    sharded=Sharded(_sharded(_cknna_prepare), _sharded(_cknna_pair), _list_rows, _list_with_rows),
                     from_lists=_cknna_from_lists, stream="neighbours")
 
 
@@ -434,12 +406,12 @@ def _cka_spec(name: str, fixed: dict) -> MetricSpec:
 # --- SVCCA ------------------------------------------------------------------------------------
 
 
-def _svcca_prepare(x, *, cca_dim=10, backend="auto"):
-    return svcca_basis(x, cca_dim, backend=backend)
+def _svcca_prepare(x, *, cca_dim=10, backend="auto", comm=None, layout=None):
+    return svcca_basis(x, cca_dim, backend=backend, comm=comm, layout=layout)
 
 
-def _svcca_pair(ua, ub, *, cca_dim=10, backend="auto"):
-    return float(canonical_correlations(ua, ub).mean())
+def _svcca_pair(ua, ub, *, cca_dim=10, backend="auto", comm=None, layout=None):
+    return float(canonical_correlations(ua, ub, comm).mean())
 
 
 def _svcca_validate(opts: dict, n: int, widths) -> dict:
@@ -455,22 +427,10 @@ def _svcca_check_widths(opts: dict, wa: int, wb: int) -> None:
         raise ValueError(f"cca_dim={opts['cca_dim']} exceeds the narrower width {min(wa, wb)}")
 
 
-def _svcca_shard_prepare(comm, layout, x, *, cca_dim=10, backend="auto"):
-    from .distributed import _svcca
-
-    return _svcca.basis(comm, layout, x, cca_dim)
-
-
-def _svcca_shard_pair(comm, layout, ua, ub, **opts):
-    from .distributed import _svcca
-
-    return _svcca.score(comm, ua, ub)
-
-
 _SVCCA = MetricSpec("svcca", ("svcca",), {"cca_dim": 10}, _svcca_validate, _svcca_prepare, _svcca_pair,
                     symmetric=True, takes_topk=False,
                     permute=lambda u, perm, inverse, **opts: u[perm.to(u.device)],
-                    sharded=Sharded(_svcca_shard_prepare, _svcca_shard_pair, lambda u: {"basis": u},
+                    sharded=Sharded(_sharded(_svcca_prepare), _sharded(_svcca_pair), lambda u: {"basis": u},
                                     lambda u, rows, inverse: rows["basis"]),
                     value_range=lambda opts: (0.0, 1.0), check_widths=_svcca_check_widths)
 
@@ -681,18 +641,46 @@ def permute_states(states: list, perm: torch.Tensor, inverse: torch.Tensor) -> l
     """Every state of one model's layers (None for a constant layer) with rows permuted by one
     checked permutation, without recomputing them; on row shards one fetch for all layers."""
     live = [s for s in states if s is not None]
-    if live and live[0].comm is not None:
-        from .distributed._metrics import permuted
+    if not live or live[0].comm is None:
+        return [None if s is None else s._permuted(perm, inverse) for s in states]
+    # Row shards: each state's per-row tensors, the rows this rank needs fetched for every layer at
+    # once; neighbour lists relabelled by the inverse.
+    comm, layout = live[0].comm, live[0].layout
+    parts = [s.spec.sharded.rows(s.state) for s in live]
+    tensors = [t for part in parts for t in part.values()]
+    fetched = iter(comm.fetch_rows(layout, tensors, perm[layout.start: layout.stop]) if tensors else [])
+    moved = iter([dataclasses.replace(s, state=s.spec.sharded.with_rows(
+        s.state, {name: next(fetched) for name in part}, inverse)) for s, part in zip(live, parts)])
+    return [None if s is None else next(moved) for s in states]
 
-        return permuted(states, perm, inverse)
-    return [None if s is None else s._permuted(perm, inverse) for s in states]
+
+def prepare_checked(spec: MetricSpec, x: torch.Tensor, opts: dict, comm=None, layout=None) -> Prepared:
+    """``x`` (validated) prepared with validated options; on row shards (``comm``, ``layout``)
+    this rank's part, collectively."""
+    if comm is None:
+        return Prepared(spec.name, opts, spec.prepare(x, **opts), x.shape[0], x.shape[1])
+    return Prepared(spec.name, opts, spec.sharded.prepare(comm, layout, x, **opts), layout.n, x.shape[1], layout, comm)
 
 
-def _prepare(spec: MetricSpec, x: torch.Tensor, opts: dict) -> Prepared:
-    return Prepared(spec.name, opts, spec.prepare(x, **opts), x.shape[0], x.shape[1])
+def checked_inputs(comm, feats: list, names: list[str], metric: str | None = None) -> tuple[list, Any]:
+    """Validated N x D feature matrices (same N; with ``metric``, constant ones refused) and
+    their row layout: in one process (``comm`` None) the layout is None; on row shards each is
+    this rank's rows, checked on every rank (collective)."""
+    if comm is None:
+        if len(feats) == 1:
+            return [check_features(feats[0], names[0], metric=metric)], None
+        return list(check_pair(*feats, tuple(names), metric=metric)), None
+    from .distributed._comm import layout_of, local_features
+
+    with comm.step():
+        ts = [local_features(f, name) for f, name in zip(feats, names)]
+        if len({t.device for t in ts}) > 1:
+            raise ValueError(f"{names[0]} is on {ts[0].device} but {names[1]} is on {ts[1].device}; move both to "
+                             "one device")
+    return ts, layout_of(comm, ts, names, metric=metric)
 
 
-def prepare(metric: str, x, **options) -> Prepared:
+def prepare(metric: str, x, *, comm=None, **options) -> Prepared:
     """Prepare one feature set for ``metric``: its neighbour lists, kernel statistics or basis.
 
     Score it against other sets with :func:`score`; a set prepared once serves any number of
@@ -703,6 +691,9 @@ def prepare(metric: str, x, **options) -> Prepared:
     metric : str
         One of :data:`SUPPORTED_METRICS`.
     x : torch.Tensor or np.ndarray, shape (N, D)
+    comm : optional
+        A process group's communicator (:func:`platonic_fast.distributed.prepare` passes it):
+        ``x`` is then this rank's rows. None: one process.
     **options
         The metric's options and ``backend``, as for :func:`measure`.
 
@@ -718,8 +709,9 @@ def prepare(metric: str, x, **options) -> Prepared:
     True
     """
     spec = metric_spec(metric)
-    x = check_features(x, "x", metric=metric)
-    return _prepare(spec, x, spec.check_options(x.shape[0], (x.shape[1], x.shape[1]), options))
+    (x,), layout = checked_inputs(comm, [x], ["x"], metric)
+    n = x.shape[0] if layout is None else layout.n
+    return prepare_checked(spec, x, spec.check_options(n, (x.shape[1], x.shape[1]), options), comm, layout)
 
 
 def score(a: Prepared, b: Prepared) -> float:
@@ -769,7 +761,7 @@ def null_mean(a: Prepared, b: Prepared) -> float | None:
 # --- by name and one function per metric ------------------------------------------------------
 
 
-def measure(metric: str, feats_A, feats_B, **options) -> float:
+def measure(metric: str, feats_A, feats_B, *, comm=None, **options) -> float:
     """Score two feature sets of the same N samples with the metric named ``metric``.
 
     Parameters
@@ -781,6 +773,9 @@ def measure(metric: str, feats_A, feats_B, **options) -> float:
     **options
         The metric's own options (``topk``, ``kernel_metric``, ``rbf_sigma``, ``unbiased``,
         ``distance_agnostic``, ``cca_dim``) and ``backend``.
+    comm : optional
+        A process group's communicator (:func:`platonic_fast.distributed.measure` passes it):
+        each feature set is then this rank's rows. None: one process.
 
     Returns
     -------
@@ -793,9 +788,9 @@ def measure(metric: str, feats_A, feats_B, **options) -> float:
     True
     """
     spec = metric_spec(metric)
-    a, b = check_pair(feats_A, feats_B, metric=metric)
-    opts = spec.check_options(a.shape[0], (a.shape[1], b.shape[1]), options)
-    return score(_prepare(spec, a, opts), _prepare(spec, b, opts))
+    (a, b), layout = checked_inputs(comm, [feats_A, feats_B], ["feats_A", "feats_B"], metric)
+    opts = spec.check_options(a.shape[0] if layout is None else layout.n, (a.shape[1], b.shape[1]), options)
+    return score(prepare_checked(spec, a, opts, comm, layout), prepare_checked(spec, b, opts, comm, layout))
 
 
 def mutual_knn(feats_A, feats_B, topk: int = 10, *, backend: str = "auto") -> float:

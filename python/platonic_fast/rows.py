@@ -20,41 +20,12 @@ second file format, a GPU-resident shard) is one class implementing the methods 
 
 from __future__ import annotations
 
-import contextlib
 from typing import Iterator
 
 import torch
 
 from ._checks import max_abs
-
-
-class LocalComm:
-    """The communicator of one process (size 1): what a source's reductions need."""
-
-    rank, size = 0, 1
-
-    @staticmethod
-    def max(value: float) -> float:
-        return float(value)
-
-    @staticmethod
-    def any(flag: bool) -> bool:
-        return bool(flag)
-
-    @staticmethod
-    def sum(values) -> list[float]:
-        return [float(v) for v in values]
-
-    @staticmethod
-    def all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
-        return t
-
-    @staticmethod
-    def step():
-        return contextlib.nullcontext()
-
-
-LOCAL = LocalComm()
+from .distributed._comm import LOCAL
 
 
 class RowSource:
@@ -76,7 +47,7 @@ class RowSource:
     comm
         ``.rank``, ``.size``, ``.max(float)``, ``.any(bool)``, ``.step()`` (a context in which
         local work runs; on a shard every rank learns there whether any rank raised).
-        :data:`LOCAL` for an unsharded source.
+        :data:`LOCAL` (the one-process communicator) for an unsharded source.
     panel_blocks : int
         Strategy hint for the CPU tile loop: query tile blocks held at once while every later
         key block is read (1: read a key block per tile; a file source holds a panel).
@@ -256,7 +227,7 @@ class _Fetched:
 
 class ShardRows(RowSource):
     """This rank's rows ``x`` of a row-sharded matrix (``layout``: every rank's range, from
-    :func:`platonic_fast.distributed._knn.layout_of`); ``comm`` a
+    :func:`platonic_fast.distributed._comm.layout_of`); ``comm`` a
     :class:`platonic_fast.distributed._comm.Comm`. Other ranks' rows move only when fetched
     (point to point, the rows asked for) or streamed as key blocks (one rank's block at a time,
     rank r receiving rank r + t's at step t)."""
@@ -374,4 +345,4 @@ def as_rows(x) -> RowSource:
     return x if isinstance(x, RowSource) else TensorRows(x)
 
 
-__all__ = ["LOCAL", "FileRows", "LocalComm", "RowSource", "ShardRows", "TensorRows", "as_rows"]
+__all__ = ["LOCAL", "FileRows", "RowSource", "ShardRows", "TensorRows", "as_rows"]

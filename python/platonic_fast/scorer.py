@@ -14,7 +14,8 @@ from typing import Any, Mapping
 
 import torch
 
-from .align import AlignResult, prepare_layers, prepare_states, resolve_options, score_states
+from .align import AlignResult, layout_of_rows, prepare_layers, prepare_states, resolve_options, score_states
+from .distributed._comm import LOCAL
 from .metrics import metric_spec
 
 
@@ -40,6 +41,10 @@ class Alignment:
         Also score the concatenation of all layers (index -1), on both sides.
     device : str or torch.device, optional
         Move the references there (the features scored must live on the same device).
+    comm : optional
+        A process group's communicator (:class:`platonic_fast.distributed.Alignment` passes it):
+        every reference and every scored model is this rank's rows, and every call is collective.
+        None: one process.
 
     Raises
     ------
@@ -59,31 +64,36 @@ class Alignment:
     """
 
     def __init__(self, references: Mapping[str, Any], *, q: float = 0.95, exact: bool = False,
-                 normalize: bool = True, concat: bool = False, device=None):
+                 normalize: bool = True, concat: bool = False, device=None, comm=None):
         if not isinstance(references, Mapping) or not references:
             raise TypeError("references must be a non-empty dict of name -> features (N x L x D tensor, "
                             f"list of N x D_l matrices or Features), got {type(references).__name__}")
         for name in references:
             if not isinstance(name, str):
                 raise TypeError(f"reference names must be str, got {name!r}")
-        self._prep = dict(q=q, exact=exact, normalize=normalize, concat=concat)
+        self._comm = comm
+        self._prep = dict(q=q, exact=exact, normalize=normalize, concat=concat, comm=comm)
+        self._order = list(references)  # results in the given order, work in sorted order (every rank's)
         self._layers: dict[str, list[torch.Tensor]] = {}
-        for name, feats in references.items():
-            layers = prepare_layers(_layers_of(feats), f"references[{name!r}]", **self._prep)
+        for name in sorted(references):
+            layers = prepare_layers(_layers_of(references[name]), f"references[{name!r}]", **self._prep)
             if device is not None:
                 layers = [t.to(device) for t in layers]
             self._layers[name] = layers
-        counts = {name: layers[0].shape[0] for name, layers in self._layers.items()}
-        if len(set(counts.values())) != 1:
-            raise ValueError(f"every reference must describe the same N samples; got N = {counts}")
-        self.n = next(iter(counts.values()))
+        counts = {name: self._layers[name][0].shape[0] for name in self._order}
+        with (comm or LOCAL).step():  # equal on every rank: the same rows everywhere
+            if len(set(counts.values())) != 1:
+                raise ValueError(f"every reference must describe the same N samples; got N = {counts}"
+                                 f"{'' if comm is None else ' (rows on this rank)'}")
+        self._layout = None if comm is None else comm.layout(next(iter(counts.values())))
+        self.n = next(iter(counts.values())) if comm is None else self._layout.n
         # (metric, options) -> reference name -> per-layer prepared states
         self._states: dict[tuple, dict[str, list[Any]]] = {}
 
     @property
     def names(self) -> list[str]:
         """The reference models' names."""
-        return list(self._layers)
+        return list(self._order)
 
     def clear_cache(self) -> None:
         """Forget the prepared reference states (the prepared layers are kept)."""
@@ -93,7 +103,8 @@ class Alignment:
         key = (metric, tuple(sorted(opts.items())))
         states = self._states.get(key)
         if states is None:
-            states = {name: prepare_states(layers, metric, opts) for name, layers in self._layers.items()}
+            states = {name: prepare_states(layers, metric, opts, comm=self._comm, layout=self._layout)
+                      for name, layers in self._layers.items()}
             self._states[key] = states
         return states
 
@@ -133,17 +144,15 @@ class Alignment:
         """
         metric_spec(metric)  # an unknown name fails before any work
         xs = prepare_layers(_layers_of(features), "features", **self._prep)
-        n = xs[0].shape[0]
-        if n != self.n:
-            raise ValueError(f"features must describe the references' samples: got N={n}, "
-                             f"the references have N={self.n}")
+        layout = layout_of_rows(self._comm, xs, next(iter(self._layers.values())), ("features", "the references"))
         opts = {}
         for layers in self._layers.values():
             # Validated as align() does for each pair: against the narrowest layer of both sides
             # (it bounds svcca's cca_dim). The normalised options are the same for every pair.
-            opts = resolve_options(metric, n, [t.shape[1] for t in xs + layers], topk=topk, backend=backend,
+            opts = resolve_options(metric, self.n, [t.shape[1] for t in xs + layers], topk=topk, backend=backend,
                                    **metric_options)
         reference_states = self._reference_states(metric, opts)
-        states_x = prepare_states(xs, metric, opts)
-        return {name: score_states(states_x, ref_states, metric, opts, concat=self._prep["concat"])
+        states_x = prepare_states(xs, metric, opts, comm=self._comm, layout=layout)
+        done = {name: score_states(states_x, ref_states, metric, opts, concat=self._prep["concat"])
                 for name, ref_states in reference_states.items()}
+        return {name: done[name] for name in self._order}

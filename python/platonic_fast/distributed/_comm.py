@@ -22,10 +22,11 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .._checks import FLOAT_DTYPES
+from .._checks import FLOAT_DTYPES, ConstantFeaturesError, _column_range, as_tensor, check_values
 
 _MESSAGE_BYTES = 2048
 _DTYPE_CODES = {dt: i for i, dt in enumerate(FLOAT_DTYPES)}
+_DTYPE_NAMES = {i: str(dt).replace("torch.", "") for i, dt in enumerate(FLOAT_DTYPES)}
 
 
 # Bytes this process has sent and messages it has posted through :class:`Comm` (for benchmarks).
@@ -85,11 +86,12 @@ class Comm:
 
     ``group=None`` is the default group; without an initialised default group the calls run as
     one process (world size 1), which is the single-process computation on the same code path.
+    ``local=True`` is that one-process communicator whatever is initialised (:data:`LOCAL`).
     """
 
-    def __init__(self, group=None, timeout=None):
+    def __init__(self, group=None, timeout=None, *, local: bool = False):
         self.timeout = as_timeout(timeout)
-        if group is None and not (dist.is_available() and dist.is_initialized()):
+        if local or group is None and not (dist.is_available() and dist.is_initialized()):
             self.group, self.rank, self.size = None, 0, 1
             self.device = torch.device("cpu")
             return
@@ -216,9 +218,12 @@ class Comm:
         others = f" (and rank(s) {failed[1:]})" if len(failed) > 1 else ""
         raise ShardError(f"rank {failed[0]} of the process group failed{others}: {detail}")
 
-    @contextlib.contextmanager
     def step(self):
         """Run local work; at its end every rank learns whether any rank raised (and raises)."""
+        return contextlib.nullcontext() if self.size == 1 else self._agreed()
+
+    @contextlib.contextmanager
+    def _agreed(self):
         err = None
         try:
             yield
@@ -281,6 +286,67 @@ class Comm:
             return payload
         dst, src = (self.rank - t) % self.size, (self.rank + t) % self.size
         return [self.exchange(p, dst, s, p.dtype, src, p.device) for p, s in zip(payload, shapes)]
+
+
+LOCAL = Comm(local=True)  # the communicator of one process: every collective is the identity
+
+
+def local_features(x, name: str) -> torch.Tensor:
+    """This rank's rows of an N x D feature matrix (type, shape and finite values checked; the
+    shard may be empty). Constant features are checked over all ranks by :func:`layout_of`."""
+    t = as_tensor(x, name)
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32, float16, bfloat16 or float64, got {t.dtype}; "
+                        f"convert it with {name}.float()")
+    if t.dim() != 2:
+        raise ValueError(f"{name} must be 2-D (this rank's samples x D features), got shape {tuple(t.shape)}")
+    if t.shape[1] == 0:
+        raise ValueError(f"{name} has no features (shape {tuple(t.shape)})")
+    if t.shape[0]:
+        check_values(t, name)
+    return t
+
+
+def layout_of(comm: Comm, tensors: list[torch.Tensor], names: list[str], *, metric: str | None = None) -> Layout:
+    """The row layout of one or more row-aligned sharded inputs, checked the same way on every
+    rank (same widths per input, dtypes and device types on every rank, same rows per rank
+    across inputs, N >= 1); with ``metric``, constant features raise ConstantFeaturesError."""
+    descs = [comm.describe(t) for t in tensors]
+    first = descs[0]
+    for d, name in zip(descs, names):
+        if len({r[1] for r in d}) > 1:
+            raise ValueError(f"{name} has different widths on different ranks: {[r[1] for r in d]}")
+        if len({r[2] for r in d}) > 1:
+            raise TypeError(f"{name} has different dtypes on different ranks: {[_DTYPE_NAMES.get(r[2]) for r in d]}")
+        if len({r[3] for r in d}) > 1:
+            raise ValueError(f"{name} is on CUDA on some ranks and on the CPU on others")
+        if [r[0] for r in d] != [r[0] for r in first]:
+            raise ValueError(f"{names[0]} and {name} must hold the same rows on every rank: rows per rank "
+                             f"{[r[0] for r in first]} and {[r[0] for r in d]}")
+    layout = Layout(tuple([0] + torch.tensor([r[0] for r in first]).cumsum(0).tolist()), comm.rank)
+    if layout.n == 0:
+        raise ValueError(f"{names[0]} is empty on every rank; it needs at least one sample")
+    if metric is not None:
+        for t, name in zip(tensors, names):
+            check_not_constant(comm, layout, t, name, metric)
+    return layout
+
+
+def check_not_constant(comm: Comm, layout: Layout, t: torch.Tensor, name: str, metric: str) -> None:
+    """ConstantFeaturesError when all ``layout.n`` rows (every rank's) are equal."""
+    if layout.n < 2:
+        return
+    if t.shape[0]:
+        lo, hi = _column_range(t)
+        lo, hi = lo.to(torch.float64), hi.to(torch.float64)
+    else:
+        lo = torch.full((t.shape[1],), torch.inf, dtype=torch.float64, device=t.device)
+        hi = -lo
+    lo, hi = comm.all_reduce(lo.cpu(), "min"), comm.all_reduce(hi.cpu(), "max")
+    if bool((lo == hi).all()):
+        raise ConstantFeaturesError(
+            f"{name} is constant: all {layout.n} samples have the same features, so {metric} has "
+            "nothing to measure (check the layer or the extraction)")
 
 
 def _count(wire: torch.Tensor, *, collective: bool = False) -> None:

@@ -30,8 +30,9 @@ import sys
 import numpy as np
 import torch
 
+from ..align import prepare_layers, prepare_states, score_states
+from ..calibration import calibrate_states
 from ..calibration import exact_chance as layer_chance
-from ._align import calibrate_states, prepare_layers, prepare_states, score_states
 from ._comm import Comm
 
 
@@ -91,8 +92,8 @@ class SweepShard:
             layers = take(load(), mine)
             if device is not None:
                 layers = [l.to(device) for l in layers] if isinstance(layers, list) else layers.to(device)
-        layers, layout = prepare_layers(self.comm, layers, name, q=q, exact=exact, concat=concat)
-        return prepare_states(self.comm, layout, layers, metric, opts)
+        layers = prepare_layers(layers, name, q=q, exact=exact, concat=concat, comm=self.comm)
+        return prepare_states(layers, metric, opts, comm=self.comm, layout=self.comm.layout(layers[0].shape[0]))
 
     # --- records ------------------------------------------------------------------------------
 
@@ -110,7 +111,7 @@ class SweepShard:
         out = {"res": res, "calibration": None, "chance": None}
         if settings["permutations"] is not None:
             generator = torch.Generator().manual_seed(settings["seed"])
-            out["calibration"] = calibrate_states(self.comm, sx, sy, res.scores, metric, opts, n,
+            out["calibration"] = calibrate_states(sx, sy, res.scores, metric, opts,
                                                   permutations=settings["permutations"], alpha=settings["alpha"],
                                                   generator=generator)
         else:

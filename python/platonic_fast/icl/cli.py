@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,82 +32,82 @@ def add_parsers(sub, debug_parent) -> None:
                        help="torch CPU threads (default: every core; fewer on a shared machine)")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    tr = cmds.add_parser("train", parents=[debug_parent], help="pretrain one model (resumes from --out)")
-    tr.add_argument("--mixture", default=None, help="e.g. dense, sparse(k=2), '0.5*dense + 0.5*sine' "
-                    "(or --model)")
-    tr.add_argument("--model", default=None, metavar="NAME[@R]",
-                    help="one of the preset's models (mixture and seed from the preset); NAME@R is its R-th "
-                    "further seed (seed + 100*R)")
-    tr.add_argument("--out", default=None, help="folder of the checkpoint (running again resumes); "
-                    "default results/icl-<preset>/<model> with --model")
-    tr.add_argument("--steps", type=int, default=None, help="override the preset's steps")
-    tr.add_argument("--seed", type=int, default=None,
-                    help="seeds the weights and the training sequences (default: the preset model's seed, else 0)")
-    tr.add_argument("--lr", type=float, default=None, help="override the preset's peak learning rate")
-    tr.add_argument("--batch-size", type=int, default=None, help="override the preset's sequences per step")
-    tr.add_argument("--curriculum", default=None, metavar="D0,N0,EVERY",
-                    help="start at dimension D0 and N0 points, +1 dimension and +2 points every EVERY steps")
-    common(tr)
+    @contextmanager
+    def command(name, help):
+        """A subcommand: its own arguments in the with block, then the common ones (listed after them)."""
+        p = cmds.add_parser(name, parents=[debug_parent], help=help)
+        yield p
+        common(p)
 
-    ev = cmds.add_parser("eval", parents=[debug_parent], help="NSE curves of checkpoints and baselines on tasks")
-    ev.add_argument("checkpoints", nargs="+", help="checkpoint files or run folders")
-    ev.add_argument("--task", action="append", required=True, help="a class or mixture spec (repeatable)")
-    ev.add_argument("--count", type=int, default=1280, help="evaluation sequences per task (default 1280)")
-    ev.add_argument("--baselines", nargs="*", default=["least_squares", "ridge", "lasso", "knn3", "averaging", "zero"],
-                    help="baselines to evaluate beside the models (default: least_squares ridge lasso knn3 "
-                    "averaging zero; none: give the flag alone)")
-    ev.add_argument("--out", default=None, help="write eval.json there")
-    common(ev)
+    with command("train", "pretrain one model (resumes from --out)") as tr:
+        tr.add_argument("--mixture", default=None, help="e.g. dense, sparse(k=2), '0.5*dense + 0.5*sine' "
+                        "(or --model)")
+        tr.add_argument("--model", default=None, metavar="NAME[@R]",
+                        help="one of the preset's models (mixture and seed from the preset); NAME@R is its R-th "
+                        "further seed (seed + 100*R)")
+        tr.add_argument("--out", default=None, help="folder of the checkpoint (running again resumes); "
+                        "default results/icl-<preset>/<model> with --model")
+        tr.add_argument("--steps", type=int, default=None, help="override the preset's steps")
+        tr.add_argument("--seed", type=int, default=None,
+                        help="seeds the weights and the training sequences (default: the preset model's seed, "
+                        "else 0)")
+        tr.add_argument("--lr", type=float, default=None, help="override the preset's peak learning rate")
+        tr.add_argument("--batch-size", type=int, default=None, help="override the preset's sequences per step")
+        tr.add_argument("--curriculum", default=None, metavar="D0,N0,EVERY",
+                        help="start at dimension D0 and N0 points, +1 dimension and +2 points every EVERY steps")
 
-    al = cmds.add_parser("align", parents=[debug_parent],
-                         help="align checkpoints' hidden states on one bank of sequences (heat map + JSON)")
-    al.add_argument("checkpoints", nargs="+", help="checkpoint files or run folders (at least 2)")
-    al.add_argument("--bank", default=None, help="mixture of the bank (default 1/3 dense, sparse, sine)")
-    al.add_argument("--sequences", type=int, default=None, help="bank sequences (N = sequences x points)")
-    al.add_argument("--metric", nargs="+", default=["mutual_knn", "cknna"],
-                    help="alignment metrics, one result each (default: mutual_knn cknna)")
-    al.add_argument("--topk", type=int, default=None, help="neighbours for the kNN metrics (default: the preset's, 10)")
-    al.add_argument("--permutations", type=int, default=None, help="row permutations of the null (0: none)")
-    al.add_argument("--out", default="icl_align", help="output folder (default ./icl_align)")
-    common(al)
+    with command("eval", "NSE curves of checkpoints and baselines on tasks") as ev:
+        ev.add_argument("checkpoints", nargs="+", help="checkpoint files or run folders")
+        ev.add_argument("--task", action="append", required=True, help="a class or mixture spec (repeatable)")
+        ev.add_argument("--count", type=int, default=1280, help="evaluation sequences per task (default 1280)")
+        ev.add_argument("--baselines", nargs="*",
+                        default=["least_squares", "ridge", "lasso", "knn3", "averaging", "zero"],
+                        help="baselines to evaluate beside the models (default: least_squares ridge lasso knn3 "
+                        "averaging zero; none: give the flag alone)")
+        ev.add_argument("--out", default=None, help="write eval.json there")
 
-    ga = cmds.add_parser("gate", parents=[debug_parent],
-                         help="has a sparse specialist learned its class? (issue 21's gate; exit 0 pass, 1 fail)")
-    ga.add_argument("checkpoint", help="a sparse specialist's checkpoint file or run folder")
-    ga.add_argument("--count", type=int, default=512, help="evaluation sequences (default 512)")
-    ga.add_argument("--share", type=float, default=0.5,
-                    help="the share of the Lasso's gain over least squares the model must reach (default 0.5)")
-    ga.add_argument("--json", default=None, help="also write the numbers there")
-    common(ga)
+    with command("align", "align checkpoints' hidden states on one bank of sequences (heat map + JSON)") as al:
+        al.add_argument("checkpoints", nargs="+", help="checkpoint files or run folders (at least 2)")
+        al.add_argument("--bank", default=None, help="mixture of the bank (default 1/3 dense, sparse, sine)")
+        al.add_argument("--sequences", type=int, default=None, help="bank sequences (N = sequences x points)")
+        al.add_argument("--metric", nargs="+", default=["mutual_knn", "cknna"],
+                        help="alignment metrics, one result each (default: mutual_knn cknna)")
+        al.add_argument("--topk", type=int, default=None,
+                        help="neighbours for the kNN metrics (default: the preset's, 10)")
+        al.add_argument("--permutations", type=int, default=None, help="row permutations of the null (0: none)")
+        al.add_argument("--out", default="icl_align", help="output folder (default ./icl_align)")
 
-    ff = cmds.add_parser("fair", parents=[debug_parent],
-                         help="findings 1 and 2 over the fair preset's seeds (intervals over training seeds)")
-    ff.add_argument("--root", default="results/icl-fair", help="the runs' folder (default results/icl-fair)")
-    ff.add_argument("--count", type=int, default=None, help="evaluation sequences per task (default 1280)")
-    ff.add_argument("--out", default=None, help="JSON output (default <root>/findings.json)")
-    common(ff)
+    with command("gate",
+                 "has a sparse specialist learned its class? (issue 21's gate; exit 0 pass, 1 fail)") as ga:
+        ga.add_argument("checkpoint", help="a sparse specialist's checkpoint file or run folder")
+        ga.add_argument("--count", type=int, default=512, help="evaluation sequences (default 512)")
+        ga.add_argument("--share", type=float, default=0.5,
+                        help="the share of the Lasso's gain over least squares the model must reach (default 0.5)")
+        ga.add_argument("--json", default=None, help="also write the numbers there")
 
-    cv = cmds.add_parser("converge", parents=[debug_parent],
-                         help="alignment to the true functions across every run's snapshots (the capability family)")
-    cv.add_argument("--root", default="results/icl-fair", help="the runs' folder (default results/icl-fair)")
-    cv.add_argument("--per-class", type=int, default=100, help="functions per class in the fixed-query bank")
-    cv.add_argument("--permutations", type=int, default=100,
-                    help="label permutations of each null (Mantel and the calibrated scores; default 100)")
-    cv.add_argument("--out", default=None, help="JSON output (default <root>/convergence.json)")
-    common(cv)
+    with command("fair", "findings 1 and 2 over the fair preset's seeds (intervals over training seeds)") as ff:
+        ff.add_argument("--root", default="results/icl-fair", help="the runs' folder (default results/icl-fair)")
+        ff.add_argument("--count", type=int, default=None, help="evaluation sequences per task (default 1280)")
+        ff.add_argument("--out", default=None, help="JSON output (default <root>/findings.json)")
 
-    st = cmds.add_parser("study", parents=[debug_parent],
-                         help="train every model, evaluate the four findings, align; JSON and figures")
-    st.add_argument("--out", default="results/icl",
-                    help="output folder (checkpoints in <out>/runs; default results/icl)")
-    st.add_argument("--jobs", type=int, default=1, help="models trained at once, one process each")
-    st.add_argument("--steps", type=int, default=None, help="override the preset's steps per model")
-    st.add_argument("--eval-count", type=int, default=None, help="evaluation sequences per task")
-    st.add_argument("--bank-sequences", type=int, default=None,
-                    help="sequences in the alignment bank (N = sequences x points; default: the preset's)")
-    st.add_argument("--permutations", type=int, default=None,
-                    help="row permutations of the alignment null (default: the preset's; 0: none)")
-    common(st)
+    with command("converge",
+                 "alignment to the true functions across every run's snapshots (the capability family)") as cv:
+        cv.add_argument("--root", default="results/icl-fair", help="the runs' folder (default results/icl-fair)")
+        cv.add_argument("--per-class", type=int, default=100, help="functions per class in the fixed-query bank")
+        cv.add_argument("--permutations", type=int, default=100,
+                        help="label permutations of each null (Mantel and the calibrated scores; default 100)")
+        cv.add_argument("--out", default=None, help="JSON output (default <root>/convergence.json)")
+
+    with command("study", "train every model, evaluate the four findings, align; JSON and figures") as st:
+        st.add_argument("--out", default="results/icl",
+                        help="output folder (checkpoints in <out>/runs; default results/icl)")
+        st.add_argument("--jobs", type=int, default=1, help="models trained at once, one process each")
+        st.add_argument("--steps", type=int, default=None, help="override the preset's steps per model")
+        st.add_argument("--eval-count", type=int, default=None, help="evaluation sequences per task")
+        st.add_argument("--bank-sequences", type=int, default=None,
+                        help="sequences in the alignment bank (N = sequences x points; default: the preset's)")
+        st.add_argument("--permutations", type=int, default=None,
+                        help="row permutations of the alignment null (default: the preset's; 0: none)")
 
 
 def run(args) -> int:

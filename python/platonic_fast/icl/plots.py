@@ -23,7 +23,10 @@ def _plt():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path, title=None, **title_kw) -> Path:
+    """The figure under its title (fig.suptitle, when given), written to path and closed."""
+    if title is not None:
+        fig.suptitle(title, **title_kw)
     plt = _plt()
     write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))
     plt.close(fig)
@@ -34,6 +37,22 @@ def _is_baseline(name):
     return name in ("least_squares", "lasso", "bayes_sparse", "ridge", "knn3", "averaging", "zero")
 
 
+def _style(name):
+    return BASELINE_STYLE if _is_baseline(name) else {"linewidth": 2}
+
+
+def _curve(ax, x, c, name, band=True, **kw):
+    """c: the "mean", "lo" and "hi" lists; the mean in name's colour and style, the band shaded."""
+    ax.plot(x, c["mean"], color=COLOURS.get(name), **_style(name), **kw)
+    if band:
+        ax.fill_between(x, c["lo"], c["hi"], color=COLOURS.get(name), alpha=0.2, linewidth=0)
+
+
+def _window_nse(rows, name):
+    """name's late-window NSE over the rows, as a curve for _curve."""
+    return {stat: [row["window_nse"][name][stat] for row in rows] for stat in ("mean", "lo", "hi")}
+
+
 def study_figures(r: dict, out) -> list[Path]:
     out = Path(out)
     return [fig_training(r, out / "training.png"), fig_model_selection(r, out / "finding1_model_selection.png"),
@@ -42,8 +61,7 @@ def study_figures(r: dict, out) -> list[Path]:
 
 
 def fig_training(r, path):
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, ax = _plt().subplots(figsize=(6, 3.6))
     logged = False
     for name, t in r["training"].items():
         if t["history"]:
@@ -58,45 +76,33 @@ def fig_training(r, path):
     if r.get("headline", {}).get("check", {}).get("tiny"):
         ax.text(0.02, 0.02, f"short run ({steps_run} steps): models untrained, findings withheld",
                 transform=ax.transAxes, fontsize=8, color="#b00000")
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss (NSE)")
-    ax.set_title("pretraining")
+    ax.set(yscale="log", xlabel="step", ylabel="training loss (NSE)", title="pretraining")
     if logged:
         ax.legend(fontsize=7)
     return _save(fig, path)
 
 
 def fig_model_selection(r, path):
-    plt = _plt()
     ms = r["model_selection"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    fig, axes = _plt().subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, t in zip(axes, ms["tasks"].values()):
         for name in ("dense", "sparse", "dense+sparse", "least_squares", "lasso", "bayes_sparse", "knn3", "averaging"):
             if name not in t["curves"]:   # studies from before the Bayes baseline
                 continue
             c = t["curves"][name]
-            x = range(len(c["mean"]))
-            style = BASELINE_STYLE if _is_baseline(name) else {"linewidth": 2}
             label = f"{name} model" if not _is_baseline(name) else name
-            ax.plot(x, c["mean"], label=label, color=COLOURS.get(name), **style)
-            if not _is_baseline(name):
-                ax.fill_between(x, c["lo"], c["hi"], color=COLOURS.get(name), alpha=0.2, linewidth=0)
+            _curve(ax, range(len(c["mean"])), c, name, band=not _is_baseline(name), label=label)
         ax.axhline(1, color="black", linewidth=0.6, linestyle=":")
-        ax.set_ylim(0, 1.3)
-        ax.set_xlabel("in-context examples")
-        ax.set_title(f"{t['task']} functions")
+        ax.set(ylim=(0, 1.3), xlabel="in-context examples", title=f"{t['task']} functions")
     axes[0].set_ylabel("normalised squared error (90% bootstrap band)")
     axes[1].legend(fontsize=7)
-    fig.suptitle("Finding 1: the dense+sparse mixture model against the specialists and the baselines")
-    return _save(fig, path)
+    return _save(fig, path, "Finding 1: the dense+sparse mixture model against the specialists and the baselines")
 
 
 def fig_sparsity(r, path):
-    plt = _plt()
     s = r["sparsity"]
     ks = [row["k"] for row in s["rows"]]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = _plt().subplots(1, 2, figsize=(11, 4))
     for key, label, colour in (("to_dense", "mixture vs dense specialist", COLOURS["dense"]),
                                ("to_sparse", "mixture vs sparse specialist", COLOURS["sparse"]),
                                ("dense_to_sparse", "dense vs sparse specialist", "#999999")):
@@ -105,73 +111,50 @@ def fig_sparsity(r, path):
                                          [row[key]["hi"] - m for m, row in zip(mean, s["rows"])]],
                          label=label, color=colour, marker="o", capsize=3)
     axes[0].axvline(s["trained_k"], color="black", linestyle=":", linewidth=0.8)
-    axes[0].set_xlabel("non-zero coefficients k")
-    axes[0].set_ylabel("mean squared prediction distance")
-    axes[0].set_title("distance between predictions (1..d-1 examples)")
+    axes[0].set(xlabel="non-zero coefficients k", ylabel="mean squared prediction distance",
+                title="distance between predictions (1..d-1 examples)")
     axes[0].legend(fontsize=7)
     for name in ("dense", "sparse", "dense+sparse", "least_squares"):
         axes[1].plot(ks, [row["window_nse"][name]["mean"] for row in s["rows"]], marker="o",
                      color=COLOURS[name], label=name, **(BASELINE_STYLE if _is_baseline(name) else {}))
-    axes[1].set_xlabel("non-zero coefficients k")
-    axes[1].set_ylabel("mean NSE, 1..d-1 examples")
-    axes[1].set_title("error on sparse(k) functions")
+    axes[1].set(xlabel="non-zero coefficients k", ylabel="mean NSE, 1..d-1 examples",
+                title="error on sparse(k) functions")
     axes[1].legend(fontsize=7)
-    fig.suptitle("Finding 2: intermediate sparsity (dotted: the pretraining k)")
-    return _save(fig, path)
+    return _save(fig, path, "Finding 2: intermediate sparsity (dotted: the pretraining k)")
 
 
 def fig_alpha(r, path):
-    plt = _plt()
     rows = r["alpha"]["rows"]
     alphas = [row["alpha"] for row in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = _plt().subplots(1, 2, figsize=(11, 4))
     for name in ("dense", "sine", "dense+sine", "least_squares", "ridge", "knn3"):
-        mean = [row["window_nse"][name]["mean"] for row in rows]
-        lo = [row["window_nse"][name]["lo"] for row in rows]
-        hi = [row["window_nse"][name]["hi"] for row in rows]
-        style = BASELINE_STYLE if _is_baseline(name) else {"linewidth": 2}
-        axes[0].plot(alphas, mean, marker="o", label=name, color=COLOURS[name], **style)
-        axes[0].fill_between(alphas, lo, hi, color=COLOURS[name], alpha=0.2, linewidth=0)
+        _curve(axes[0], alphas, _window_nse(rows, name), name, marker="o", label=name)
         axes[1].plot(alphas, [row["share_above_1"][name] for row in rows], marker="o", label=name,
-                     color=COLOURS[name], **style)
-    axes[0].set_xlabel("alpha (1: linear, 0: sinusoid)")
-    axes[0].set_ylabel("mean NSE, late window")
-    axes[0].set_ylim(0, 1.6)
-    axes[0].set_title("error on alpha*linear + (1-alpha)*sinusoid")
+                     color=COLOURS[name], **_style(name))
+    axes[0].set(xlabel="alpha (1: linear, 0: sinusoid)", ylabel="mean NSE, late window", ylim=(0, 1.6),
+                title="error on alpha*linear + (1-alpha)*sinusoid")
     axes[0].legend(fontsize=7)
-    axes[1].set_xlabel("alpha")
-    axes[1].set_ylabel("share of sequences with NSE > 1")
-    axes[1].set_title("instability: worse than predicting 0")
-    fig.suptitle("Finding 3: convex combinations of the two pretraining classes")
-    return _save(fig, path)
+    axes[1].set(xlabel="alpha", ylabel="share of sequences with NSE > 1", title="instability: worse than predicting 0")
+    return _save(fig, path, "Finding 3: convex combinations of the two pretraining classes")
 
 
 def fig_frequency(r, path):
-    plt = _plt()
     f = r["frequency"]
     om = [row["omega"] for row in f["rows"]]
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = _plt().subplots(figsize=(6.5, 4))
     ax.axvspan(f["range"][0], f["range"][1], color="#dddddd", label="pretraining range")
     for name in ("sine", "dense+sine", "dense", "knn3", "ridge", "least_squares"):
-        mean = [row["window_nse"][name]["mean"] for row in f["rows"]]
-        lo = [row["window_nse"][name]["lo"] for row in f["rows"]]
-        hi = [row["window_nse"][name]["hi"] for row in f["rows"]]
-        style = BASELINE_STYLE if _is_baseline(name) else {"linewidth": 2}
-        ax.plot(om, mean, marker="o", label=name, color=COLOURS[name], **style)
-        ax.fill_between(om, lo, hi, color=COLOURS[name], alpha=0.2, linewidth=0)
+        _curve(ax, om, _window_nse(f["rows"], name), name, marker="o", label=name)
     ax.set_xscale("log")
     ax.minorticks_off()
     ax.set_xticks(om, [f"{w:g}" for w in om], fontsize=8)
-    ax.set_ylim(0, 1.6)
-    ax.set_xlabel("frequency omega")
-    ax.set_ylabel("mean NSE, late window")
-    ax.set_title("Finding 4: sinusoids inside and outside the pretraining frequencies")
+    ax.set(ylim=(0, 1.6), xlabel="frequency omega", ylabel="mean NSE, late window",
+           title="Finding 4: sinusoids inside and outside the pretraining frequencies")
     ax.legend(fontsize=7)
     return _save(fig, path)
 
 
 def fig_alignment(r, path):
-    plt = _plt()
     b = r["bridge"]
     names = b["models"]
     metrics = list(b["metrics"])
@@ -179,8 +162,8 @@ def fig_alignment(r, path):
              ("metrics", "last_layer", "all positions, last layer"),
              ("final_position", "best", "final position, best block pair")]
     views = [v for v in views if v[0] in b]
-    fig, axes = plt.subplots(len(metrics), len(views), figsize=(5.8 * len(views), 5.4 * len(metrics)), squeeze=False,
-                             layout="constrained")
+    fig, axes = _plt().subplots(len(metrics), len(views), figsize=(5.8 * len(views), 5.4 * len(metrics)),
+                                squeeze=False, layout="constrained")
     for row, metric in enumerate(metrics):
         for col, (source, key, label) in enumerate(views):
             m = b[source][metric]
@@ -200,6 +183,5 @@ def fig_alignment(r, path):
             ax.set_title(f"{metric} (topk={b['topk']}), {label}\nN={m.get('samples', b['samples'])}{chance}",
                          fontsize=9)
             fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.suptitle(f"Alignment of the in-context learners on one bank of {b['sequences']} sequences "
+    return _save(fig, path, f"Alignment of the in-context learners on one bank of {b['sequences']} sequences "
                  f"(* best pair p <= 0.05 against {b['permutations']} permutations)", fontsize=10)
-    return _save(fig, path)

@@ -18,21 +18,75 @@ from __future__ import annotations
 import torch
 
 from .._backends import MIN_CUDA_CAPABILITY, cuda_max_list_k, launch, register, resolve
-from .neighbour_lists import checked_device_lists
+from .neighbour_lists import checked_device_lists, lookup, sorted_keys
 
 SUM_NAMES = ("trace_kl", "sum_k", "sum_l", "k_then_l", "l_then_k", "mask_count")
 VALUE_DTYPES = (torch.float32, torch.float64)
 
 
 def cknna_sums(idx_k: torch.Tensor, val_k: torch.Tensor, idx_l: torch.Tensor, val_l: torch.Tensor,
-               zero_diagonal: bool, *, backend: str = "auto") -> dict:
+               zero_diagonal: bool, *, backend: str = "auto", comm=None, layout=None) -> dict:
     """The six sums (a dict of floats named as :data:`SUM_NAMES`) of two N x k neighbour lists
-    with their kernel values (float32 or float64)."""
+    with their kernel values (float32 or float64); over every rank's rows with a process
+    group's ``comm`` (:func:`sharded_sums`)."""
+    if comm is not None:
+        return sharded_sums(comm, layout, idx_k, val_k, idx_l, val_l, zero_diagonal)
     if not (idx_k.shape == val_k.shape == idx_l.shape == val_l.shape) or idx_k.dim() != 2:
         raise ValueError("neighbour lists and values must all be N x k, got "
                          f"{[tuple(t.shape) for t in (idx_k, val_k, idx_l, val_l)]}")
     _, impl = resolve("cknna_sums", backend, idx_k.device, dtypes=(val_k.dtype, val_l.dtype), k=idx_k.shape[1])
     return impl(idx_k, val_k, idx_l, val_l, zero_diagonal)
+
+
+def sharded_sums(comm, layout, idx_k: torch.Tensor, val_k: torch.Tensor, idx_l: torch.Tensor,
+                 val_l: torch.Tensor, zero_diagonal: bool) -> dict:
+    """The sums over row shards (this rank's rows of the lists, global indices; collective): the
+    mask and the row sums are per row; the column sums are all-reduced (N values); the transpose
+    term Σ K'_ij L'_ji looks each masked (i, j) up among the visiting block's masked (j, i).
+    Sums in float64."""
+    n = layout.n
+    dev = idx_k.device
+    with comm.step():
+        ik, il = idx_k.to(torch.int64), idx_l.to(dev, torch.int64)
+        vk, vl = val_k.to(dev, torch.float64), val_l.to(dev, torch.float64)
+        me = torch.arange(layout.start, layout.stop, device=dev)
+        # j in both lists of i: look each K-entry up in the sorted L-row
+        sl, order = il.sort(dim=1)
+        pos = torch.searchsorted(sl.contiguous(), ik.contiguous()).clamp_max(max(il.shape[1] - 1, 0))
+        mask = sl.gather(1, pos) == ik if il.numel() else torch.zeros_like(ik, dtype=torch.bool)
+        if zero_diagonal:
+            mask &= ik != me[:, None]
+        lv_at = vl.gather(1, order.gather(1, pos)) if il.numel() else torch.zeros_like(vk)
+        kv = torch.where(mask, vk, 0.0)
+        lv = torch.where(mask, lv_at, 0.0)
+        row_k, row_l = kv.sum(dim=1), lv.sum(dim=1)
+        col_k = torch.zeros(n, dtype=torch.float64, device=dev).index_add_(0, ik.reshape(-1), kv.reshape(-1))
+        col_l = torch.zeros(n, dtype=torch.float64, device=dev).index_add_(0, ik.reshape(-1), lv.reshape(-1))
+        # the masked entries of my rows: (i, j) with K'_ij and L'_ij, as sorted keys i·N + j
+        rows = me[:, None].expand_as(ik)[mask]
+        cols = ik[mask]
+        keys, korder = sorted_keys(rows, cols, n)
+        table_l = lv[mask][korder]  # L'_ij in key order (what other ranks look up as L'_ji)
+        my_kv = kv[mask]
+    cols_all = comm.all_reduce(torch.stack([col_k, col_l]).cpu()).to(dev)
+    trace = 0.0
+    counts = comm.all_gather(torch.tensor([keys.numel()], dtype=torch.int64))
+    for t in range(comm.size):
+        p = (comm.rank + t) % comm.size
+        m_p = int(counts[p][0])
+        keys_p, lv_p = comm.shift([keys, table_l], t, [(m_p,), (m_p,)])
+        with comm.step():
+            s_p, e_p = layout.offsets[p], layout.offsets[p + 1]
+            sel = (cols >= s_p) & (cols < e_p)
+            if bool(sel.any()) and m_p:
+                query = cols[sel] * n + rows[sel]  # (j, i) for my masked (i, j) with j on rank p
+                found, at = lookup(keys_p, query)
+                trace += float((my_kv[sel][found] * lv_p[at[found]]).sum())
+        del keys_p, lv_p
+    local = [trace, float(row_k.sum()), float(row_l.sum()),
+             float(cols_all[0, layout.start: layout.stop] @ row_l),
+             float(cols_all[1, layout.start: layout.stop] @ row_k), float(mask.sum())]
+    return dict(zip(SUM_NAMES, comm.sum(local)))
 
 
 def _sums_dtype(*values: torch.Tensor) -> torch.dtype:

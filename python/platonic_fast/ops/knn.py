@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from .._backends import MIN_CUDA_CAPABILITY, backends_of, register, resolve
 from .._checks import check_features, check_int, check_topk, check_values, unit_exponent, warn_memory
-from ..rows import RowSource, TensorRows, as_rows
+from ..rows import RowSource, ShardRows, TensorRows, as_rows
 
 _UNSET = object()
 
@@ -664,7 +664,7 @@ def new_merger(n_rows: int, k: int, dtype: torch.dtype):
 
 
 def tile_loop(get_q, get_k, q_blocks, k_blocks, merge, *, dtype: torch.dtype, symmetric: bool = False,
-              panel: int = 1, product=gemm, bar=None) -> None:
+              panel: int = 1, product=gemm, bar=None, fused=None) -> None:
     """The one CPU tile loop: every tile of query blocks x key blocks (``symmetric``: the upper
     triangle only, the score matrix being symmetric), produced by ``product(qb, kb, out)`` and
     handed to ``merge(scores, q0, k0, mirror)`` (``mirror``: an off-diagonal tile of the
@@ -674,10 +674,11 @@ def tile_loop(get_q, get_k, q_blocks, k_blocks, merge, *, dtype: torch.dtype, sy
     ``panel`` query blocks are held while every (later) key block is read once: 1 in memory
     (where a block is a free view), more for sources whose reads cost (a file's panels). A
     different tile producer (a screen in a cheaper precision) plugs in as ``product``; its
-    rounding bound goes to :func:`settle`.
+    rounding bound goes to :func:`settle`. ``fused(qb, kb, q0, k0, mirror)``, when given, replaces
+    both: it multiplies and merges in one pass, and no tile of scores is made.
     """
     rows = max(r1 - r0 for r0, r1 in q_blocks)
-    buf = torch.empty(rows, max(r1 - r0 for r0, r1 in k_blocks), dtype=dtype)
+    buf = None if fused else torch.empty(rows, max(r1 - r0 for r0, r1 in k_blocks), dtype=dtype)
     for p0 in range(0, len(q_blocks), panel):
         p1 = min(len(q_blocks), p0 + panel)
         # .to().contiguous() is free for contiguous float32 input; converts half types per block.
@@ -687,9 +688,12 @@ def tile_loop(get_q, get_k, q_blocks, k_blocks, merge, *, dtype: torch.dtype, sy
             kb = held[bj] if symmetric and bj in held else get_k(k0, k1).to(dtype).contiguous()
             for bi in range(p0, min(p1, bj + 1) if symmetric else p1):
                 q0, q1 = q_blocks[bi]
-                tile = buf[: q1 - q0, : k1 - k0]
-                product(held[bi], kb, tile)
-                merge(tile.numpy(), q0, k0, symmetric and bj > bi)
+                if fused:
+                    fused(held[bi], kb, q0, k0, symmetric and bj > bi)
+                else:
+                    tile = buf[: q1 - q0, : k1 - k0]
+                    product(held[bi], kb, tile)
+                    merge(tile.numpy(), q0, k0, symmetric and bj > bi)
                 if bar is not None:
                     bar.update()
             del kb
@@ -700,7 +704,9 @@ def cpu_lists(q: RowSource, keys: RowSource | None, k: int, exclude_self: bool, 
     """Top-k lists of the owned rows of ``q`` among its own rows (``keys=None``: symmetric tiles,
     each computed once and merged both ways) or among ``keys``, by the compiled merger; indices
     local to the block of keys. The tiles are ``cpu_tile_rows`` rows; the source's
-    ``panel_blocks`` say how many query blocks are held at once."""
+    ``panel_blocks`` say how many query blocks are held at once. A ``product`` with a
+    ``merge_product(merger, qb, kb, q0, k0, exclude_self, mirror)`` method (the bf16 screen's own
+    kernel) multiplies and merges in one pass."""
     symmetric = keys is None
     keys_ = q if symmetric else keys
     dtype = compute_dtype(q, keys_)
@@ -719,8 +725,13 @@ def cpu_lists(q: RowSource, keys: RowSource | None, k: int, exclude_self: bool, 
         if mirror:
             merger.add_cols(scores, q0, k0, exclude_self)
 
+    fuse = getattr(product, "merge_product", None)
+
+    def fused(qb, kb, q0, k0, mirror):
+        fuse(merger, qb, kb, q0, k0, exclude_self, mirror)
+
     tile_loop(q.block, keys_.block, q_blocks, k_blocks, merge, dtype=dtype, symmetric=symmetric,
-              panel=q.panel_blocks, product=product, bar=bar)
+              panel=q.panel_blocks, product=product, bar=bar, fused=fused if fuse else None)
     bar.close()
     values, indices = merger.finalize()
     return torch.from_numpy(values), torch.from_numpy(indices)
@@ -825,11 +836,15 @@ def _exact_topk(s: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def neighbours(x: torch.Tensor, k: int, *, exclude_self: bool = True, backend: str = "auto",
-               screen: str | None = None):
+               screen: str | None = None, comm=None, layout=None):
     """knn of already-validated features (internal: metrics validate once, then call this).
 
     Returns ``(values, indices, e)``: the true scores are ``values · 2**e`` (see :func:`search`).
+    With a process group's ``comm`` and row ``layout``: this rank's rows' lists, indices global
+    (the same pass over a :class:`platonic_fast.rows.ShardRows`; collective).
     """
+    if comm is not None:
+        return search_rows(ShardRows(comm, layout, x), None, k, exclude_self=exclude_self, backend=backend)
     return search(x, None, k, exclude_self=exclude_self, backend=backend, unscale=False, screen=screen)
 
 

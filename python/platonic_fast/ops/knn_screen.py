@@ -4,8 +4,10 @@ The exact CPU path multiplies float32 tiles. On a CPU with bfloat16 instructions
 AMX) the same tiles run several times faster in bfloat16, at a known cost in accuracy. The
 screen turns that into the exact answer:
 
-1. the tiles are multiplied in bfloat16 (oneDNN through torch; float32 accumulation, the output
-   rounded to bfloat16) and fed to the same top-k merger, for ``kk = screen_kk(k)`` candidates;
+1. the tiles are multiplied in bfloat16 and fed to the same top-k merger, for ``kk = screen_kk(k)``
+   candidates: by the project's AVX-512-BF16 kernel, fused with the merger (float32 output), or by
+   oneDNN through torch (float32 accumulation, the output rounded to bfloat16; see
+   :func:`screen_product`);
 2. :func:`score_bounds`: per query row i a rigorous bound, |screened − exact| ≤ b0_i + c·|screened|
    for every key (input rounding through the actual rounding residues and Cauchy–Schwarz, the
    float32 accumulation's worst case, flushed subnormals, the output rounding);
@@ -19,7 +21,8 @@ screen turns that into the exact answer:
    bitwise those of the exact path.
 
 The choice is visible: ``knn_screen_choice`` says whether the screen runs and why;
-``PLATONIC_FAST_KNN_SCREEN=off`` (or ``screen="off"``) forces the plain float32 path.
+``PLATONIC_FAST_KNN_SCREEN=off`` (or ``screen="off"``) forces the plain float32 path;
+``PLATONIC_FAST_KNN_SCREEN_PRODUCT`` picks the bf16 product.
 """
 
 from __future__ import annotations
@@ -31,6 +34,14 @@ import os
 import torch
 
 SCREEN_ENV = "PLATONIC_FAST_KNN_SCREEN"
+PRODUCT_ENV = "PLATONIC_FAST_KNN_SCREEN_PRODUCT"
+PRODUCTS = ("auto", "amx", "avx512_bf16", "onednn")
+# What "auto" picks: the first that runs here. bench/bench_knn_screen.py times every product side
+# by side; on the loaded development machine (Intel Xeon with AMX, N = 16,384, D = 768, k = 10)
+# oneDNN's product was the fastest screen (6.9 s against 7.7 s for the fused AMX kernel and 9.2 s
+# for the AVX-512-BF16 one; docs/bf16-screen.md), so it stays the default until a quiet machine
+# says otherwise.
+DEFAULT_PRODUCTS = ("onednn",)
 # "bf16"/"tf32" name the screen's precision: "bf16" is "on" for the CPU; the Triton backend
 # (GPU) screens only when asked by name, until the GPU proof has timed it.
 SCREEN_MODES = ("auto", "on", "off", "bf16", "tf32")
@@ -134,6 +145,43 @@ def screen_kk(k: int, n_cand: int) -> int:
     return min(n_cand, 2 * k + 32)
 
 
+def kernel_isas() -> list[str]:
+    """The instruction sets the project's own bf16 kernel can run on here, best first: "amx"
+    (AMX-BF16 tiles, after the Linux permission request) and "avx512_bf16" (vdpbf16ps); [] when
+    the CPU has neither or the compiled core predates the kernel."""
+    if _forced_off_features() or not cpu_features().get("avx512_bf16"):
+        return []
+    from .. import _core
+
+    if not hasattr(_core.KnnMerger, "add_bf16_product"):
+        return []
+    f = cpu_features()
+    return (["amx"] if f.get("amx_bf16") and f.get("amx_permitted") else []) + ["avx512_bf16"]
+
+
+def kernel_available() -> bool:
+    """Whether the project's own bf16 kernel can run here (see :func:`kernel_isas`)."""
+    return bool(kernel_isas())
+
+
+def screen_product() -> str:
+    """The CPU screen's bf16 product, from PLATONIC_FAST_KNN_SCREEN_PRODUCT: "amx" or "avx512_bf16"
+    (the project's kernel on that instruction set, fused with the merger: float32 scores, no
+    tile in memory) or "onednn" (torch's bf16 matmul: scores rounded to bf16, widened into
+    float32 tiles); "auto" (the default): the first of DEFAULT_PRODUCTS that runs here."""
+    value = os.environ.get(PRODUCT_ENV, "auto") or "auto"
+    if value not in PRODUCTS:
+        raise ValueError(f"{PRODUCT_ENV} must be one of {PRODUCTS}, got {value!r} "
+                         "(fix or unset the environment variable)")
+    isas = kernel_isas()
+    if value == "auto":
+        return next(p for p in DEFAULT_PRODUCTS if p == "onednn" or p in isas)
+    if value != "onednn" and value not in isas:
+        raise ValueError(f"{PRODUCT_ENV}={value}, but this CPU (or this build of the core) cannot run the "
+                         f"project's kernel on it (usable: {isas or 'none'}); unset it or use 'onednn'")
+    return value
+
+
 class Bf16Product:
     """The screen's tile producer: out = bf16(qb) · bf16(kb)ᵀ by oneDNN (float32 accumulation,
     output rounded to bfloat16), widened into the float32 tile the merger reads.
@@ -165,13 +213,44 @@ class Bf16Product:
             self.held += size
         return b
 
+    # The output is rounded to bfloat16 (torch's CPU matmul has no float32 output for bfloat16
+    # operands): its unit roundoff goes into the bound.
+    output_u = BF16_U
+
     def __call__(self, qb: torch.Tensor, kb: torch.Tensor, out: torch.Tensor) -> None:
         out.copy_(torch.mm(self._bf16_of(qb), self._bf16_of(kb).T))
 
 
-# The output of Bf16Product is rounded to bfloat16 (torch's CPU matmul has no float32 output
-# for bfloat16 operands): its unit roundoff goes into the bound.
-PRODUCT_OUTPUT_U = BF16_U
+PRODUCT_OUTPUT_U = Bf16Product.output_u
+
+
+def _bits(t: torch.Tensor):
+    """A bf16 tensor's bit patterns as an int16 array (no copy for contiguous rows)."""
+    return t.view(torch.int16).numpy()
+
+
+class Bf16Kernel(Bf16Product):
+    """The screen's own product: the compiled core's bf16 kernel on ``isa`` ("amx" or
+    "avx512_bf16"; exact products, float32 sums, float32 output: no output rounding) merged as it
+    is computed (``KnnMerger.add_bf16_product``): no score tile is stored, copied or read back.
+    Blocks are rounded to bf16 by torch, as for the bound's residues, and cached as in
+    Bf16Product."""
+
+    output_u = 0.0
+
+    def __init__(self, isa: str = "avx512_bf16", cache_bytes: int = 256 << 20):
+        super().__init__(cache_bytes)
+        self.isa = isa
+
+    def __call__(self, qb: torch.Tensor, kb: torch.Tensor, out: torch.Tensor) -> None:
+        from .. import _core
+
+        out.copy_(torch.from_numpy(_core.bf16_gemm_nt(_bits(self._bf16_of(qb)), _bits(self._bf16_of(kb)), self.isa)))
+
+    def merge_product(self, merger, qb: torch.Tensor, kb: torch.Tensor, q0: int, k0: int, exclude_self: bool,
+                      mirror: bool) -> None:
+        merger.add_bf16_product(_bits(self._bf16_of(qb)), _bits(self._bf16_of(kb)), q0, k0, exclude_self, mirror,
+                                self.isa)
 
 
 def _bf16(t: torch.Tensor) -> torch.Tensor:
@@ -308,8 +387,10 @@ def candidates(q, keys, k: int, kk_exact: int, *, exclude_self: bool, n_cand: in
         vals = vals.to(dtype)
         b0, c = score_bounds(q, keys_, output_u=0.0, input_u=TF32_INPUT_U if kind == "tf32" else None)
     else:
-        vals, idx = tile_candidates(q, keys, kk, exclude_self, "cpu", None, product=Bf16Product())
-        b0, c = score_bounds(q, keys_, output_u=PRODUCT_OUTPUT_U)
+        which = screen_product()
+        product = Bf16Product() if which == "onednn" else Bf16Kernel(which)
+        vals, idx = tile_candidates(q, keys, kk, exclude_self, "cpu", None, product=product)
+        b0, c = score_bounds(q, keys_, output_u=product.output_u)
     b0 = b0.to(vals.device)
     certified, window = certify(vals, k, b0, c, all_candidates=kk == n_cand)
     rows = torch.arange(q.n_local, device=vals.device)
@@ -342,4 +423,5 @@ def candidates(q, keys, k: int, kk_exact: int, *, exclude_self: bool, n_cand: in
 
 
 __all__ = ["knn_screen_choice", "serves", "candidates", "score_bounds", "certify", "stats", "cpu_features",
-           "bf16_hardware", "screen_mode", "SCREEN_ENV"]
+           "bf16_hardware", "screen_mode", "screen_product", "kernel_available", "kernel_isas", "SCREEN_ENV",
+           "PRODUCT_ENV"]

@@ -31,6 +31,77 @@ def run(kind: str, a: torch.Tensor, b: torch.Tensor, *, backend: str = "auto") -
     return impl(kind, a, b)
 
 
+def total(kind: str, a: torch.Tensor, b: torch.Tensor, *, backend: str = "auto", comm=None, layout=None) -> int:
+    """The sum over rows of ``kind`` (an exact integer). With a process group's ``comm``, over
+    every rank's rows: ``a``, ``b`` are this rank's rows of the lists (global indices) and
+    ``layout`` the rows each rank holds (collective)."""
+    if comm is None:
+        return int(run(kind, a, b, backend=backend).sum())
+    if kind == "cycle_hits":  # row i reads the A-lists of its B-neighbours, held by other ranks
+        return _cycle_total(comm, layout, a, b)
+    with comm.step():
+        count = 0
+        if a.shape[0]:
+            # only equality inside a row matters: small indices let the op check them against its rows
+            ra, rb = _relabel_rows(a, b)
+            count = int(run(kind, ra, rb, backend=backend)[: a.shape[0]].sum())
+    return int(comm.all_reduce(torch.tensor([count], dtype=torch.int64))[0])
+
+
+def _relabel_rows(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's entries replaced by their rank in the row's sorted union (equalities kept,
+    values in [0, 2k)), padded with rows 0..k-1 to at least 2k rows (the op checks indices < rows)."""
+    n, k = a.shape
+    both = torch.cat([a, b], dim=1).to(torch.int64)
+    pos = torch.searchsorted(both.sort(dim=1).values.contiguous(), both.contiguous())
+    ra, rb = pos[:, :k], pos[:, k:]
+    if n < 2 * k:
+        pad = torch.arange(k, device=a.device).expand(2 * k - n, k)
+        ra, rb = torch.cat([ra, pad]), torch.cat([rb, pad])
+    return ra.contiguous(), rb.contiguous()
+
+
+_LOOKUP_ELEMENTS = 1 << 22  # keys searched at a time
+
+
+def sorted_keys(rows: torch.Tensor, cols: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted keys row·N + col of (row, col) pairs and the order that sorts them."""
+    return torch.sort(rows * n + cols)
+
+
+def lookup(keys: torch.Tensor, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(found, position) of each query among sorted ``keys``."""
+    if keys.numel() == 0:
+        return torch.zeros_like(query, dtype=torch.bool), torch.zeros_like(query)
+    pos = torch.searchsorted(keys, query).clamp_max(keys.numel() - 1)
+    return keys[pos] == query, pos
+
+
+def _cycle_total(comm, layout, a: torch.Tensor, b: torch.Tensor) -> int:
+    """Σ_i [i ∈ kNN_A(j) for some j ∈ kNN_B(i)] over shards: the A-lists travel between ranks one
+    block at a time, and each rank looks its (i, j) pairs up in the visiting block."""
+    n, k = layout.n, a.shape[1]
+    me = torch.arange(layout.start, layout.stop, device=a.device)
+    hit = torch.zeros(layout.n_local, dtype=torch.bool, device=a.device)
+    for t in range(comm.size):
+        p = (comm.rank + t) % comm.size
+        (block,) = comm.shift([a], t, [(layout.rows(p), k)])
+        with comm.step():
+            s_p, e_p = layout.offsets[p], layout.offsets[p + 1]
+            sel = (b >= s_p) & (b < e_p)
+            if bool(sel.any()):
+                # the visiting A-lists as sorted keys (j - s_p)·N + neighbour
+                rows_p = torch.arange(block.shape[0], device=a.device)[:, None].expand_as(block)
+                keys, _ = sorted_keys(rows_p.reshape(-1), block.reshape(-1).to(torch.int64), n)
+                ii, pp = sel.nonzero(as_tuple=True)
+                query = (b[ii, pp].to(torch.int64) - s_p) * n + me[ii]
+                for c0 in range(0, query.numel(), _LOOKUP_ELEMENTS):
+                    found, _ = lookup(keys, query[c0: c0 + _LOOKUP_ELEMENTS])
+                    hit[ii[c0: c0 + _LOOKUP_ELEMENTS][found]] = True
+        del block
+    return int(comm.all_reduce(torch.tensor([int(hit.sum())], dtype=torch.int64))[0])
+
+
 def _host(t: torch.Tensor):
     return t.detach().to("cpu", torch.int64).contiguous().numpy()
 

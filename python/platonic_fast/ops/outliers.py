@@ -15,6 +15,9 @@ import torch
 
 from .._backends import register, resolve
 from .._checks import FLOAT_DTYPES, all_finite, as_tensor
+from ..distributed._comm import LOCAL, layout_of
+
+_CHUNK = 1 << 24  # entries of this rank's rows histogrammed at a time by the sharded selection
 
 
 def _ascending_order_stats(values: torch.Tensor, positions: list[int]) -> list[torch.Tensor]:
@@ -97,13 +100,28 @@ def radix_select(blocks, position: int, dtype: torch.dtype, *, total=None, step=
     return out if device is None else out.to(device)
 
 
-def outlier_threshold(feats: torch.Tensor, q: float, exact: bool) -> torch.Tensor:
-    """The clamp value t (0-d tensor, feats' dtype) for a validated tensor."""
-    if exact:
+def outlier_threshold(feats: torch.Tensor, q: float, exact: bool, comm=LOCAL, layout=None) -> torch.Tensor:
+    """The clamp value t (0-d tensor, feats' dtype) for a validated tensor: over every rank's
+    rows when ``comm`` is a process group's (``layout``: the rows each rank holds)."""
+    if exact and comm.size == 1:
         # The entry at position floor(q * numel) of the ascending sort of the whole tensor.
         (t,) = _ascending_order_stats(feats.detach().abs().reshape(-1), [int(q * feats.numel())])
         return t
-    return sample_quantiles(feats, q).mean().to(feats.dtype)
+    if exact:  # the same entry, by a radix selection whose histograms are summed over the ranks
+        numel = int(comm.all_reduce(torch.tensor([feats.numel()], dtype=torch.int64))[0])
+        flat = feats.detach().reshape(-1)
+        return radix_select(lambda: (flat[c0: c0 + _CHUNK] for c0 in range(0, flat.numel(), _CHUNK)),
+                            int(q * numel), feats.dtype, total=comm.all_reduce, step=comm.step).to(feats.device)
+    # Per sample, then the mean over (every rank's) samples.
+    with comm.step():
+        if feats.shape[0]:
+            per = sample_quantiles(feats, q)
+        else:
+            per = torch.zeros(0, dtype=torch.float64 if feats.dtype == torch.float64 else torch.float32,
+                              device=feats.device)
+    if comm.size > 1:
+        per = comm.all_gather_rows(per, [layout.rows(p) for p in range(layout.size)])
+    return per.mean().to(feats.dtype)
 
 
 def sample_quantiles(feats: torch.Tensor, q: float) -> torch.Tensor:
@@ -127,7 +145,7 @@ def check_clamp_args(q, exact) -> None:
         raise TypeError(f"exact must be True or False, got {exact!r}")
 
 
-def remove_outliers(feats, q: float = 0.95, exact: bool = False):
+def remove_outliers(feats, q: float = 0.95, exact: bool = False, *, comm=None):
     """Clamp every entry of ``feats`` to [-t, t] (docs/metrics.md#clamping).
 
     Parameters
@@ -139,6 +157,9 @@ def remove_outliers(feats, q: float = 0.95, exact: bool = False):
     exact : bool
         True: t is the entry at position floor(q * numel) of the sorted |feats| (whole tensor).
         False: t is the mean over samples of each sample's interpolated q-quantile of |x|.
+    comm : optional
+        A process group's communicator (:func:`platonic_fast.distributed.remove_outliers`):
+        ``feats`` is this rank's rows (possibly none) and t comes from every rank's. None: one process.
 
     Returns
     -------
@@ -150,20 +171,28 @@ def remove_outliers(feats, q: float = 0.95, exact: bool = False):
     >>> remove_outliers(x, q=0.5, exact=True)
     tensor([[ 1., -5.,  2.,  5.]])
     """
-    check_clamp_args(q, exact)
+    shard = comm is not None
+    comm = comm if shard else LOCAL
     was_numpy = isinstance(feats, np.ndarray)
-    t = as_tensor(feats, "feats")
-    if t.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"feats must be a floating-point tensor, got {t.dtype}")
-    if t.numel() == 0:
-        raise ValueError(f"feats is empty (shape {tuple(t.shape)})")
-    if not exact and t.dim() < 2:
-        raise ValueError("feats must be at least 2-D (N samples x features) for exact=False, "
-                         f"got shape {tuple(t.shape)}")
+    with comm.step():
+        check_clamp_args(q, exact)
+        t = as_tensor(feats, "feats")
+        if t.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"feats must be a floating-point tensor, got {t.dtype}")
+        if not shard and t.numel() == 0:
+            raise ValueError(f"feats is empty (shape {tuple(t.shape)})")
+        if (shard or not exact) and t.dim() < 2:
+            raise ValueError(f"feats must be at least 2-D (N samples x features){'' if shard else ' for exact=False'}"
+                             f", got shape {tuple(t.shape)}")
+        if float(q) != 1.0 and not all_finite(t):
+            raise ValueError("feats contains NaN or Inf; clean or drop those samples first")
     if float(q) == 1.0:
         return feats
-    if not all_finite(t):
-        raise ValueError("feats contains NaN or Inf; clean or drop those samples first")
-    thr = outlier_threshold(t, float(q), exact)
+    layout = None
+    if shard:
+        layout = layout_of(comm, [t.reshape(t.shape[0], math.prod(t.shape[1:]))], ["feats"])
+        if math.prod(t.shape[1:]) == 0:
+            raise ValueError(f"feats is empty (shape {tuple(t.shape)})")
+    thr = outlier_threshold(t, float(q), exact, comm, layout)
     out = t.clamp(-thr, thr)
     return out.numpy() if was_numpy else out
