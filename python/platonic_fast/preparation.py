@@ -20,6 +20,9 @@ The order matters (issue 22):
 4. L2 normalisation of every row (scale-free: powers of two change no bit of the result).
 
 Layers whose clamped entries already lie in [2**-20, 2**20] are not rescaled at all.
+
+:func:`plan_layers` is steps 1-3 for every layer from the raw maxima and a threshold callback,
+whatever holds the rows (out of core: :class:`platonic_fast.outofcore.StreamedLayers`).
 """
 
 from __future__ import annotations
