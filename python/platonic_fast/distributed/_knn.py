@@ -94,7 +94,7 @@ def check_not_constant(comm: Comm, layout: Layout, t: torch.Tensor, name: str, m
 
 
 def knn(x, k, *, group=None, exclude_self: bool = True, backend: str = "auto", gather: bool = False,
-        timeout=None):
+        timeout=None, screen: str | None = None):
     """Exact k nearest neighbours by inner product of row-sharded features.
 
     Parameters
@@ -107,7 +107,8 @@ def knn(x, k, *, group=None, exclude_self: bool = True, backend: str = "auto", g
     group : torch.distributed.ProcessGroup, optional
         The group over which the rows are sharded (default: the default group; without an
         initialised one, a single process).
-    exclude_self, backend : as :func:`platonic_fast.knn`.
+    exclude_self, backend, screen : as :func:`platonic_fast.knn` (the CPU's certified bf16 screen
+        serves shards when every rank can run it; the lists and values are the same either way).
     gather : bool
         False: this rank's rows of the lists (n_r x k). True: all N rows on every rank.
     timeout : float or timedelta, optional
@@ -126,7 +127,7 @@ def knn(x, k, *, group=None, exclude_self: bool = True, backend: str = "auto", g
         backend = check_backend_name(backend)
     layout = layout_of(comm, [x], ["x"])
     k = check_topk(k, layout.n, name="k", self_excluded=exclude_self)
-    vals, idx, e = neighbours(comm, layout, x, k, exclude_self=exclude_self, backend=backend)
+    vals, idx, e = neighbours(comm, layout, x, k, exclude_self=exclude_self, backend=backend, screen=screen)
     with comm.step():
         vals = unscaled(vals, e)
     if gather:
@@ -135,8 +136,10 @@ def knn(x, k, *, group=None, exclude_self: bool = True, backend: str = "auto", g
     return vals, idx
 
 
-def neighbours(comm: Comm, layout: Layout, x: torch.Tensor, k: int, *, exclude_self: bool, backend: str):
+def neighbours(comm: Comm, layout: Layout, x: torch.Tensor, k: int, *, exclude_self: bool, backend: str,
+               screen: str | None = None):
     """Sharded :func:`platonic_fast.ops.knn.neighbours` of validated local rows: this rank's
     ``(values, indices, e)``, true scores ``values · 2**e``, indices global (the one pass of
     :func:`platonic_fast.ops.knn.search_rows` over a :class:`platonic_fast.rows.ShardRows`)."""
-    return search_rows(ShardRows(comm, layout, x), None, k, exclude_self=exclude_self, backend=backend)
+    return search_rows(ShardRows(comm, layout, x), None, k, exclude_self=exclude_self, backend=backend,
+                       screen=screen)

@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from .._backends import MIN_CUDA_CAPABILITY, backends_of, register, resolve
 from .._checks import check_features, check_int, check_topk, check_values, unit_exponent, warn_memory
-from ..rows import RowSource, TensorRows, as_rows
+from ..rows import RowSource, TensorRows, _Fetched, as_rows
 
 _UNSET = object()
 
@@ -390,7 +390,7 @@ def candidates(q: RowSource, keys: RowSource | None, kk: int, exclude_self: bool
             v, i = cpu_lists(q, None, own, exclude_self, product=product or gemm) if cpu else \
                 impl(q.block(0, q.n_local), None, own, exclude_self=exclude_self)
             parts.append((v.to(dtype), i.to(torch.int64) + q.start))
-    parts += q.exchange_candidates(kk, dtype, None if cpu else impl)
+    parts += q.exchange_candidates(kk, dtype, None if cpu else impl, product=product)
     with q.comm.step():
         if not parts:
             return empty_lists(q.n_local, kk, dtype, q.device)
@@ -560,7 +560,10 @@ def _reorder_clusters(q, keys, rows, vals, idx, member):
     """
     r_pos, c_pos = member.nonzero(as_tuple=True)
     cand = idx[r_pos, c_pos]
-    if _compiled_dot64(q, keys):
+    if isinstance(keys, _Fetched) and _compiled_dot64(q, keys.rows):
+        # rows fetched from their ranks: the same kernel, so a pair's number does not depend on the split
+        s64 = _dot64(q, keys.rows, rows[r_pos], keys.at(cand))
+    elif _compiled_dot64(q, keys):
         s64 = _dot64(q, keys, rows[r_pos], cand)
     else:
         n_keys = keys.shape[0]
