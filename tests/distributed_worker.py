@@ -393,7 +393,8 @@ def inputs(rank: int, world: int) -> dict:
     return out
 
 
-CASES = {"battery": battery, "screen": screen, "inputs": inputs, "failures": failures, "dies": dies, "stalls": stalls, "cuda": cuda}
+CASES = {"battery": battery, "screen": screen, "inputs": inputs, "failures": failures, "dies": dies, "stalls": stalls,
+         "cuda": cuda}
 
 
 def main(argv: list[str]) -> int:
