@@ -560,11 +560,12 @@ def _reorder_clusters(q, keys, rows, vals, idx, member):
     """
     r_pos, c_pos = member.nonzero(as_tuple=True)
     cand = idx[r_pos, c_pos]
-    if isinstance(keys, _Fetched) and _compiled_dot64(q, keys.rows):
-        # rows fetched from their ranks: the same kernel, so a pair's number does not depend on the split
-        s64 = _dot64(q, keys.rows, rows[r_pos], keys.at(cand))
-    elif _compiled_dot64(q, keys):
-        s64 = _dot64(q, keys, rows[r_pos], cand)
+    qd, qi = _dense_rows(q, rows[r_pos])
+    kd, ki = _dense_rows(keys, cand)
+    if _compiled_dot64(qd, kd):
+        # the same kernel wherever the rows live (memory, a rank's shard, a file), so a pair's
+        # number does not depend on the split or the storage
+        s64 = _dot64(qd, kd, qi, ki)
     else:
         n_keys = keys.shape[0]
         which, slot = torch.unique(cand, return_inverse=True)
@@ -577,6 +578,21 @@ def _reorder_clusters(q, keys, rows, vals, idx, member):
     key, idx = key.gather(1, order), idx.gather(1, order)
     order = key.argsort(dim=1, descending=True, stable=True)
     return key.gather(1, order).to(vals.dtype), idx.gather(1, order)
+
+
+def _dense_rows(v, index: torch.Tensor) -> tuple[Any, torch.Tensor]:
+    """(rows, positions): a tensor holding the rows ``index`` of a row view and their positions
+    in it. A tensor is itself; a shard's fetched rows are their tensor; a lazy view on the CPU (a
+    file's layer) is read once for the distinct rows (not once per pair, each read re-preparing
+    its rows)."""
+    if isinstance(v, torch.Tensor):
+        return v, index
+    if isinstance(v, _Fetched):
+        return v.rows, v.at(index)
+    if getattr(v, "device", None) is None or torch.device(v.device).type != "cpu":
+        return v, index
+    which = torch.unique(index)
+    return v[which], torch.searchsorted(which, index)
 
 
 def _compiled_dot64(q, keys) -> bool:
