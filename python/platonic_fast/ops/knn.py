@@ -360,15 +360,16 @@ def search_rows(queries: RowSource, keys: RowSource | None, k: int, *, exclude_s
         # --- bf16 screen hook (issue 20, ops/knn_screen.py): other candidates, the same ordering pass ---
         from . import knn_screen
 
+        settled = None
         if product is gemm and knn_screen.serves(q, keys_, k, name, option=screen):
-            vals, idx = knn_screen.candidates(q, None if symmetric else keys_, k, kk, exclude_self=exclude_self,
-                                              n_cand=n_cand, more=more or more_candidates, backend=name,
-                                              option=screen)
+            vals, idx, settled = knn_screen.candidates(q, None if symmetric else keys_, k, kk,
+                                                       exclude_self=exclude_self, n_cand=n_cand,
+                                                       more=more or more_candidates, backend=name, option=screen)
         # --- end bf16 screen hook ---
         else:
             vals, idx = candidates(q, None if symmetric else keys_, kk, exclude_self, name, impl, product=product)
         vals, idx = settle(q, keys_, vals, idx, k, exclude_self=symmetric and exclude_self, n_cand=n_cand,
-                           more=more, unit_roundoff=unit_roundoff)
+                           more=more, unit_roundoff=unit_roundoff, settled=settled)
     return vals, idx, eq + ek
 
 
@@ -440,7 +441,8 @@ def _rounding_bound(d: int, u: float) -> float:
 
 
 def settle(q: RowSource, keys: RowSource, vals: torch.Tensor, idx: torch.Tensor, k: int, *,
-           exclude_self: bool, n_cand: int, unit_roundoff: float | None = None, more=None):
+           exclude_self: bool, n_cand: int, unit_roundoff: float | None = None, more=None,
+           settled: torch.Tensor | None = None):
     """Top-k by exact score, ties to the smaller index, from the top-kk candidates (kk >= k) of
     the owned rows of ``q`` among ``keys`` (``keys is q``: the self form). Collective on shards.
 
@@ -454,6 +456,10 @@ def settle(q: RowSource, keys: RowSource, vals: torch.Tensor, idx: torch.Tensor,
     run in chunks of the source's ``settle_rows``: rows are independent, and the one thing a
     chunk changes is which of several bitwise-identical keys stands for the others, whose
     float64 scores are identical anyway.
+
+    ``settled`` (a mask of owned rows): rows whose candidates already hold every possible
+    neighbour, rescored by the same float64 kernel and sorted by (score, index) -- the screen's
+    certified windows. Their first k are what this pass would return; they are not read again.
     """
     comm, more = q.comm, more or more_candidates
     with comm.step():
@@ -468,6 +474,9 @@ def settle(q: RowSource, keys: RowSource, vals: torch.Tensor, idx: torch.Tensor,
     delta = 2.0 * gamma * q_norm * comm.max(top)
     out_v, out_i = vals[:, :k].clone(), idx[:, :k].clone()
     rows = torch.arange(q.n_local, device=vals.device)
+    if settled is not None:
+        rows = rows[~settled]
+        vals, idx = vals[rows], idx[rows]
     local = q.local()
     first_round = True
     while True:

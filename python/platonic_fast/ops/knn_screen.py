@@ -300,9 +300,11 @@ def candidates(q, keys, k: int, kk_exact: int, *, exclude_self: bool, n_cand: in
     (bf16 tiles into the compiled merger) or "triton" (its fused kernel on bf16 inputs, or with
     tf32 tensor cores: ``option`` "bf16" / "tf32"; float32 scores, no output rounding).
 
-    Returns ``(vals, idx)`` of width W ≥ kk_exact: a certified row holds its window sorted by
-    float64 score, then −inf (index −1; the window ends there, no key outside it can be a
-    neighbour); a row that falls back, the exact path's top-W by float32 score.
+    Returns ``(vals, idx, certified)`` of width W ≥ kk_exact: a certified row holds its window
+    sorted by float64 score (the ordering pass's kernel), then by index, then −inf (index −1; the
+    window ends there, no key outside it can be a neighbour): its first k are final
+    (``certified``, the ordering pass's ``settled``); a row that falls back, the exact path's
+    top-W by float32 score.
     """
     from .knn import _reorder_clusters
     from .knn import candidates as tile_candidates
@@ -358,7 +360,7 @@ def candidates(q, keys, k: int, kk_exact: int, *, exclude_self: bool, n_cand: in
     _STATS["rows"] += q.n_local
     _STATS["fallback_rows"] += int(fallback.numel())
     _STATS["candidates"] += int(window[certified].sum())
-    return out_v, out_i
+    return out_v, out_i, certified
 
 
 __all__ = ["knn_screen_choice", "serves", "candidates", "score_bounds", "certify", "stats", "cpu_features",
