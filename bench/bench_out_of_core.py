@@ -265,8 +265,8 @@ def collect(n: int, *, directory: Path, keep: bool, seed: int, skip_in_memory: b
                                        else f"; bf16 screen off ({scr['reason']})")
                 found.append(row)
                 scores[mode] = _scores(out) if res.get("status") == "ok" else None
-                print(f"{metric} {method}: {res.get('status')}, {res.get('wall_s') or 0:.1f} s, "
-                      f"peak RSS {rss or 0:.0f} MB; {row['summary']}", flush=True)
+                print(f"{metric} {method}: {res.get('status')}, {res.get('wall_s') or 0:.1f} s; {row['summary']}",
+                      flush=True)
                 if not keep:
                     shutil.rmtree(out, ignore_errors=True)
             if len(scores) == 2 and all(scores.values()):
