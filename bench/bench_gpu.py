@@ -101,9 +101,9 @@ def screen_entry():
 
     def interpreted(x, k, screen):
         q = as_rows(x)
-        vals, idx = knn_screen.candidates(q, None, k, k + 4, exclude_self=True, n_cand=q.n - 1,
-                                          more=ops_knn.more_candidates, backend="triton", option=screen)
-        return ops_knn.settle(q, q, vals, idx, k, exclude_self=True, n_cand=q.n - 1)
+        vals, idx, settled = knn_screen.candidates(q, None, k, k + 4, exclude_self=True, n_cand=q.n - 1,
+                                                   more=ops_knn.more_candidates, backend="triton", option=screen)
+        return ops_knn.settle(q, q, vals, idx, k, exclude_self=True, n_cand=q.n - 1, settled=settled)
     return interpreted, None
 
 

@@ -6,8 +6,10 @@ as a child process twice per metric (mutual_knn and cka by default), ``--out-of-
 Recorded per run: wall time, the child's peak resident set size (``ru_maxrss`` from ``wait4``,
 which counts file-backed mapped pages too; the child is started from a small launcher process,
 since Linux counts the pre-exec copy of a forking parent in the child's ru_maxrss), its exit
-status, and whether both runs wrote the same scores (best score, best layers and every layer
-pair's score of each model pair).
+status, whether both runs wrote the same scores (best score, best layers and every layer
+pair's score of each model pair), and whether the kNN's certified bf16 screen ran in the child
+(``knn_screen``: its counters, written by the child at exit, the share of rows that fell back
+to the float32 candidates, and the reason the screen was or was not chosen here).
 Target: the out-of-core run's peak RSS under 1 GB at the full size.
 
 The feature files are generated here (a shared 16-dimensional latent through a random
@@ -128,11 +130,33 @@ def _reusable(path: Path, n: int, layers: int, width: int, seed: int) -> bool:
         (n, layers, [width] * layers, f"bench seed {seed}")
 
 
-def _command() -> list[str]:
-    script = Path(sys.executable).parent / "platonic-fast"
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "import sys; from platonic_fast.cli import main; sys.exit(main())"]
+# The measure command, in a process that writes the bf16 screen's counters (calls, rows, rows
+# that fell back) to the file named first when it exits: whether the screen ran, and how well.
+_CHILD = """
+import atexit, json, sys
+from platonic_fast.ops import knn_screen
+stats_path = sys.argv.pop(1)
+atexit.register(lambda: open(stats_path, "w").write(json.dumps(knn_screen.stats())))
+from platonic_fast.cli import main
+sys.exit(main())
+"""
+
+
+def _command(stats: Path) -> list[str]:
+    return [sys.executable, "-c", _CHILD, str(stats)]
+
+
+def screen_record(stats: dict | None, n: int) -> dict:
+    """The bf16 screen in one run: the choice here for this N and k, the child's counters and the
+    share of screened rows that fell back (None when no row was screened)."""
+    from platonic_fast.ops import knn_screen
+
+    ran, why = knn_screen.knn_screen_choice(n, TOPK)
+    out = {"chosen": ran, "reason": why, "counters": stats}
+    rows = (stats or {}).get("rows", 0)
+    out["ran"] = bool(stats and stats.get("calls"))
+    out["fallback_share"] = stats["fallback_rows"] / rows if rows else None
+    return out
 
 
 # Runs the measure command and reports its rusage. Linux folds the RSS a process had before exec
@@ -165,7 +189,9 @@ with open(result, "w") as fh:
 def run_measure(files: list[Path], out: Path, mode: str, timeout: float | None, metric: str = "mutual_knn") -> dict:
     """One ``platonic-fast measure`` run: wall seconds, its peak RSS (``ru_maxrss`` from ``wait4``
     in a small launcher process, MB), exit status and the tail of its output."""
-    cmd = [*_command(), "measure", str(files[0]), "--against", str(files[1]), "--metric", metric,
+    stats = out.with_name(out.name + ".screen.json")
+    stats.unlink(missing_ok=True)
+    cmd = [*_command(stats), "measure", str(files[0]), "--against", str(files[1]), "--metric", metric,
            *(["--topk", str(TOPK)] if metric in NEIGHBOUR_METRICS else []),
            "--out", str(out), "--no-progress", f"--{mode}"]
     shutil.rmtree(out, ignore_errors=True)  # no resumed records: every run computes everything
@@ -176,7 +202,13 @@ def run_measure(files: list[Path], out: Path, mode: str, timeout: float | None, 
     text = log.read_text()
     log.unlink()
     result.unlink()
-    row = {"command": " ".join(cmd), "output_tail": text[-2000:], "maxrss_mb": r["maxrss_kb"] / 1024}
+    try:
+        screen = json.loads(stats.read_text())
+        stats.unlink()
+    except (OSError, ValueError):
+        screen = None  # killed, or the child never got that far
+    row = {"command": " ".join(cmd[:2] + ["<child script>"] + cmd[3:]), "output_tail": text[-2000:],
+           "maxrss_mb": r["maxrss_kb"] / 1024, "screen_stats": screen}
     if r["timed_out"]:
         return dict(row, status=f"not finished: timeout after {timeout:.0f} s")
     return dict(row, status="ok" if r["exit"] == 0 else f"error: exit {r['exit']}", wall_s=r["wall_s"])
@@ -223,12 +255,18 @@ def collect(n: int, *, directory: Path, keep: bool, seed: int, skip_in_memory: b
                 rss = res.get("maxrss_mb")
                 row = dict(common, method=method, status=res.get("status"), median_s=res.get("wall_s"),
                            repeats=1 if res.get("wall_s") else 0, peak_rss_mb=rss, file_mib=file_mb,
-                           command=res.get("command"), output_tail=res.get("output_tail"))
+                           command=res.get("command"), output_tail=res.get("output_tail"),
+                           knn_screen=screen_record(res.get("screen_stats"), n))
+                scr = row["knn_screen"]
                 row["summary"] = (f"peak RSS {rss:.0f} MB" if rss else "") + f"; files {file_mb:.0f} MiB each"
+                if metric in NEIGHBOUR_METRICS:
+                    share = scr["fallback_share"] or 0.0
+                    row["summary"] += (f"; bf16 screen ran, {share:.1%} of rows fell back" if scr["ran"]
+                                       else f"; bf16 screen off ({scr['reason']})")
                 found.append(row)
                 scores[mode] = _scores(out) if res.get("status") == "ok" else None
-                print(f"{metric} {method}: {res.get('status')}, {res.get('wall_s') or 0:.1f} s, "
-                      f"peak RSS {rss or 0:.0f} MB", flush=True)
+                print(f"{metric} {method}: {res.get('status')}, {res.get('wall_s') or 0:.1f} s; {row['summary']}",
+                      flush=True)
                 if not keep:
                     shutil.rmtree(out, ignore_errors=True)
             if len(scores) == 2 and all(scores.values()):

@@ -242,6 +242,67 @@ def failures(rank: int, world: int) -> dict:
     return out
 
 
+def nearly_parallel(n: int, d: int, seed: int) -> torch.Tensor:
+    """Rows all within ~1e-4 of one direction: the bf16 screen's bound covers every candidate,
+    so no row can be certified (each falls back to the exact candidates)."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(d, generator=g, dtype=torch.float64)
+    return (base + 1e-4 * torch.randn(n, d, generator=g, dtype=torch.float64)).to(torch.float32)
+
+
+def screen_cases(world: int) -> list[tuple[str, str, int, str, torch.dtype, bool]]:
+    """(name, data, k, split, dtype, exclude_self) of the sharded bf16 screen."""
+    near = max(sizes(N, world)) - 2 if world > 1 else N - 2
+    out = [("gauss_k10", "gauss", 10, "uneven", torch.float32, True),
+           ("gauss_k_near_shard", "gauss", near, "uneven", torch.float32, True),
+           ("tied_k12", "tied", 12, "uneven", torch.float32, True),
+           ("tied_f64_k7", "tied", 7, "uneven", torch.float64, True),
+           ("tied_bf16_k5", "tied", 5, "uneven", torch.bfloat16, True),
+           ("gauss_with_self", "gauss", 9, "uneven", torch.float64, False),
+           ("tied_k1", "tied", 1, "uneven", torch.float32, True),
+           ("parallel_falls_back", "parallel", 6, "uneven", torch.float32, True)]
+    if world > 1:
+        out.append(("empty_shard", "gauss", 10, "empty", torch.float32, True))
+    return out
+
+
+def screen_data(data: str, dtype) -> torch.Tensor:
+    return nearly_parallel(N, 24, 11).to(dtype) if data == "parallel" else knn_data(data, dtype)
+
+
+def screen(rank: int, world: int) -> dict:
+    """The certified bf16 screen over shards (forced on) against the float32 pair tiles (off):
+    each case's lists, values and the screen's counters on this rank."""
+    import platonic_fast.distributed as pfd
+    from platonic_fast.ops import knn_screen
+
+    out: dict = {"hardware": knn_screen.bf16_hardware()}
+    for name, data, k, split, dtype, excl in screen_cases(world):
+        x = screen_data(data, dtype)[bounds(sizes(N, world, split), rank)]
+        try:
+            got = {}
+            for mode in ("off", "on"):
+                knn_screen.stats(reset=True)
+                got[mode] = pfd.knn(x, k, exclude_self=excl, screen=mode)
+                got[f"stats_{mode}"] = knn_screen.stats()
+            out[name] = got
+        except Exception as e:  # noqa: BLE001 - recorded for the test to report
+            out[name] = {"error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()}
+    # one rank that cannot screen (no bf16 instructions there): every rank takes the float32 path
+    if world > 1 and rank == 1:
+        os.environ["PLATONIC_FAST_KNN_SCREEN_NO_BF16"] = "1"
+    knn_screen.stats(reset=True)
+    x = knn_data("gauss", torch.float32)[bounds(sizes(N, world), rank)]
+    out["one_rank_cannot"] = {"knn": pfd.knn(x, 10, screen="on"), "stats": knn_screen.stats()}
+    os.environ.pop("PLATONIC_FAST_KNN_SCREEN_NO_BF16", None)
+    try:  # a bad option raises on every rank (none waits in a collective)
+        pfd.knn(x, 10, screen="fast" if rank == world - 1 else "on")
+        out["bad_option"] = None
+    except Exception as e:  # noqa: BLE001
+        out["bad_option"] = f"{type(e).__name__}: {e}"
+    return out
+
+
 def dies(rank: int, world: int) -> dict:
     """Rank 1 exits abruptly in the middle of the kNN ring: the others must raise."""
     import platonic_fast.distributed as pfd
@@ -332,7 +393,8 @@ def inputs(rank: int, world: int) -> dict:
     return out
 
 
-CASES = {"battery": battery, "inputs": inputs, "failures": failures, "dies": dies, "stalls": stalls, "cuda": cuda}
+CASES = {"battery": battery, "screen": screen, "inputs": inputs, "failures": failures, "dies": dies, "stalls": stalls,
+         "cuda": cuda}
 
 
 def main(argv: list[str]) -> int:

@@ -146,6 +146,63 @@ def test_knn_gather(battery):
     assert torch.allclose(v, ref_v, rtol=0, atol=1e-5)
 
 
+# --- the certified bf16 screen over shards ---------------------------------------------------------
+
+def _bf16_hardware() -> bool:
+    from platonic_fast.ops import knn_screen
+
+    return knn_screen.bf16_hardware() is not None
+
+
+@pytest.fixture(scope="module", params=[1, 2, 3], ids=lambda p: f"P{p}")
+def screened(request, tmp_path_factory):
+    if not _bf16_hardware():
+        pytest.skip("no bf16 instructions (avx512_bf16/amx_bf16) on this CPU")
+    return request.param, run_group(tmp_path_factory.mktemp("screen"), request.param, "screen")
+
+
+@pytest.mark.slow
+def test_screen_over_shards_is_the_exact_path(screened):
+    """Screen forced on over 1-3 ranks (uneven splits, a shard smaller than k, an empty shard,
+    k near the shard size, ties and duplicated rows across shards, every dtype, rows that all
+    fall back): every rank's lists and values bitwise those of the float32 pair tiles, whose
+    lists are the one process's."""
+    world, results = screened
+    for name, data, k, split, dtype, excl in W.screen_cases(world):
+        parts = _local_rows(results, name)
+        sz = W.sizes(W.N, world, split)
+        for r, got in enumerate(parts):
+            off, on = got["off"], got["on"]
+            assert on[1].shape == (sz[r], k)
+            assert torch.equal(on[1], off[1]), f"{name}, rank {r}: lists differ from the exact path"
+            assert on[0].dtype == off[0].dtype and torch.equal(on[0], off[0]), f"{name}, rank {r}: values differ"
+            assert got["stats_off"]["calls"] == 0 and got["stats_on"]["calls"] == 1
+            assert got["stats_on"]["rows"] == sz[r]
+        ref_v, ref_i = pf.knn(W.screen_data(data, dtype), k, exclude_self=excl, screen="off")
+        assert torch.equal(torch.cat([p["on"][1] for p in parts]), ref_i), f"{name}: lists differ from one process"
+        got_v = torch.cat([p["on"][0] for p in parts])
+        assert torch.equal(got_v, ref_v), f"{name}: values differ from one process"
+        fell = sum(p["stats_on"]["fallback_rows"] for p in parts)
+        if data == "parallel":
+            assert fell == W.N, f"{name}: {fell} of {W.N} rows fell back"
+        elif data == "gauss":
+            assert fell < W.N // 2, f"{name}: {fell} of {W.N} rows fell back"
+
+
+@pytest.mark.slow
+def test_screen_over_shards_runs_on_every_rank_or_none(screened):
+    world, results = screened
+    ref_v, ref_i = pf.knn(W.knn_data("gauss", torch.float32), 10, screen="off")
+    parts = _local_rows(results, "one_rank_cannot")
+    assert torch.equal(torch.cat([p["knn"][1] for p in parts]), ref_i)
+    assert torch.equal(torch.cat([p["knn"][0] for p in parts]), ref_v)
+    calls = {p["stats"]["calls"] for p in parts}
+    assert calls == ({0} if world > 1 else {1})  # rank 1 cannot screen: nobody does
+    errors = [results[r]["bad_option"] for r in sorted(results)]
+    assert all(e is not None for e in errors), errors
+    assert "screen must be one of" in errors[-1]
+
+
 # --- metrics ---------------------------------------------------------------------------------------
 
 METRIC_PARAMS = [pytest.param(m, o, torch.float64, id=f"f64-{W.key(m, o)}") for m, o in W.METRIC_CASES] + [

@@ -361,10 +361,10 @@ def test_triton_screen_interpreted(kind, adversarial):
     x[40] = x[3]
     q = as_rows(x)
     knn_screen.stats(reset=True)
-    vals, idx = knn_screen.candidates(q, None, k, k + 4, exclude_self=True, n_cand=n - 1, more=more_candidates,
-                                      backend="triton", option=kind)
+    vals, idx, settled = knn_screen.candidates(q, None, k, k + 4, exclude_self=True, n_cand=n - 1,
+                                               more=more_candidates, backend="triton", option=kind)
     st = knn_screen.stats()
-    got = settle(q, q, vals, idx, k, exclude_self=True, n_cand=n - 1)
+    got = settle(q, q, vals, idx, k, exclude_self=True, n_cand=n - 1, settled=settled)
     want = neighbours(x, k, screen="off")
     assert want[2] == 0
     assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])

@@ -74,7 +74,12 @@ class LayerScale:
     def clamp(self, t: torch.Tensor) -> torch.Tensor:
         """Steps 1-2: raw rows (any float dtype) -> float32, divided by 2**pre, clamped."""
         t = (t * 2.0 ** -self.pre if self.pre else t).float()
-        return t if self.threshold is None else t.clamp(-self.threshold, self.threshold)
+        if self.threshold is None:
+            return t
+        # a Python float (exactly the float32 threshold): the same selection, twice as fast as
+        # clamp's tensor-bound form (the streamed kNN re-prepares every row it gathers)
+        top = float(self.threshold)
+        return t.clamp(-top, top)
 
     def finish(self, t: torch.Tensor) -> torch.Tensor:
         """Steps 3-4 on clamped rows."""

@@ -115,10 +115,12 @@ class RowSource:
         for r0, r1 in self.blocks(max(1, self.read_rows or self.n_local)):
             yield r0, self.block(r0, r1)
 
-    def exchange_candidates(self, kk: int, dtype: torch.dtype, impl=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def exchange_candidates(self, kk: int, dtype: torch.dtype, impl=None,
+                            product=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Collective. Candidate lists (values, global indices) of the owned rows among the rows
         this process does not own, as parts to merge: ``impl`` the kNN backend (queries, keys,
-        k, exclude_self=False), or None for the compiled CPU tiles. [] when it owns every row."""
+        k, exclude_self=False), or None for the compiled CPU tiles, produced by ``product``
+        (:func:`platonic_fast.ops.knn.tile_loop`; None: the float32 GEMM). [] when it owns every row."""
         return []
 
     def blocks(self, rows: int) -> list[tuple[int, int]]:
@@ -221,8 +223,12 @@ class _Fetched:
         self.shape = (n, rows.shape[1])
         self.device = rows.device
 
+    def at(self, index: torch.Tensor) -> torch.Tensor:
+        """Positions in ``rows`` of the global rows ``index``."""
+        return torch.searchsorted(self.which, index)
+
     def __getitem__(self, index: torch.Tensor) -> torch.Tensor:
-        return self.rows[torch.searchsorted(self.which, index)]
+        return self.rows[self.at(index)]
 
 
 class ShardRows(RowSource):
@@ -260,11 +266,11 @@ class ShardRows(RowSource):
         (block,) = self.comm.shift([self.x], t, [(self.layout.rows(p), self.width)])
         return p, self.layout.offsets[p], block
 
-    def exchange_candidates(self, kk, dtype, impl=None):
+    def exchange_candidates(self, kk, dtype, impl=None, product=None):
         if self.comm.size == 1:
             return []
         if impl is None and self.device.type == "cpu":
-            return self._pair_blocks(kk, dtype)
+            return self._pair_blocks(kk, dtype, product)
         return self._every_block(kk, dtype, impl)
 
     def _every_block(self, kk, dtype, impl):
@@ -283,12 +289,16 @@ class ShardRows(RowSource):
             del block
         return running
 
-    def _pair_blocks(self, kk, dtype):
+    def _pair_blocks(self, kk, dtype, product=None):
         """CPU: each pair of rank blocks multiplied once, as one process's symmetric tiles are.
         Rank r computes the tiles of (r, r + t) for t = 1 .. P/2 (the last step's tile split in
         halves when P is even), merges their rows into its own running top-kk and their columns
-        into a top-kk for rank r + t's rows, which it sends there."""
-        from .ops.knn import empty_lists, new_merger, pair_lists
+        into a top-kk for rank r + t's rows, which it sends there. The tiles come from
+        ``product`` (the float32 GEMM, or the bf16 screen's producer: the candidates are then
+        the screen's, certified per row by the caller)."""
+        from .ops.knn import empty_lists, gemm, new_merger, pair_lists
+
+        product = product or gemm
 
         r, size, q = self.comm.rank, self.comm.size, self.x
         n_r, layout = self.n_local, self.layout
@@ -307,7 +317,11 @@ class ShardRows(RowSource):
                 else:
                     a0 = n_r // 2
             with self.comm.step():
-                cv, ci = pair_lists(q, block, (a0, a1), (b0, b1), self.start, first, rows_merger, kk, dtype)
+                cv, ci = pair_lists(q, block, (a0, a1), (b0, b1), self.start, first, rows_merger, kk, dtype,
+                                    product=product)
+                # the peer's block dies here: a producer caching converted blocks lets its copies go
+                if hasattr(product, "forget"):
+                    product.forget(block)
             del block
             # the lists for my rows that src computed: all of them, but only the first half when
             # the split tile's other half is mine (I am the right rank of a halved pair)

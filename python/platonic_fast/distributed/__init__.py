@@ -41,7 +41,7 @@ ShardedPrepared = Prepared
 
 
 def knn(x, k, *, group=None, exclude_self: bool = True, backend: str = "auto", gather: bool = False,
-        timeout=None):
+        timeout=None, screen: str | None = None):
     """Exact k nearest neighbours by inner product of row-sharded features.
 
     Parameters
@@ -54,7 +54,8 @@ def knn(x, k, *, group=None, exclude_self: bool = True, backend: str = "auto", g
     group : torch.distributed.ProcessGroup, optional
         The group over which the rows are sharded (default: the default group; without an
         initialised one, a single process).
-    exclude_self, backend : as :func:`platonic_fast.knn`.
+    exclude_self, backend, screen : as :func:`platonic_fast.knn` (the CPU's certified bf16 screen
+        serves shards when every rank can run it; the lists and values are the same either way).
     gather : bool
         False: this rank's rows of the lists (n_r x k). True: all N rows on every rank.
     timeout : float or timedelta, optional
@@ -74,7 +75,8 @@ def knn(x, k, *, group=None, exclude_self: bool = True, backend: str = "auto", g
         backend = check_backend_name(backend)
     layout = layout_of(comm, [x], ["x"])
     k = check_topk(k, layout.n, name="k", self_excluded=exclude_self)
-    vals, idx, e = _knn.neighbours(x, k, exclude_self=exclude_self, backend=backend, comm=comm, layout=layout)
+    vals, idx, e = _knn.neighbours(x, k, exclude_self=exclude_self, backend=backend, comm=comm, layout=layout,
+                                   screen=screen)
     with comm.step():
         vals = _knn.unscaled(vals, e)
     if gather:

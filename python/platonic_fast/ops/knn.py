@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from .._backends import MIN_CUDA_CAPABILITY, backends_of, register, resolve
 from .._checks import check_features, check_int, check_topk, check_values, unit_exponent, warn_memory
-from ..rows import RowSource, ShardRows, TensorRows, as_rows
+from ..rows import RowSource, ShardRows, TensorRows, _Fetched, as_rows
 
 _UNSET = object()
 
@@ -360,15 +360,16 @@ def search_rows(queries: RowSource, keys: RowSource | None, k: int, *, exclude_s
         # --- bf16 screen hook (issue 20, ops/knn_screen.py): other candidates, the same ordering pass ---
         from . import knn_screen
 
+        settled = None
         if product is gemm and knn_screen.serves(q, keys_, k, name, option=screen):
-            vals, idx = knn_screen.candidates(q, None if symmetric else keys_, k, kk, exclude_self=exclude_self,
-                                              n_cand=n_cand, more=more or more_candidates, backend=name,
-                                              option=screen)
+            vals, idx, settled = knn_screen.candidates(q, None if symmetric else keys_, k, kk,
+                                                       exclude_self=exclude_self, n_cand=n_cand,
+                                                       more=more or more_candidates, backend=name, option=screen)
         # --- end bf16 screen hook ---
         else:
             vals, idx = candidates(q, None if symmetric else keys_, kk, exclude_self, name, impl, product=product)
         vals, idx = settle(q, keys_, vals, idx, k, exclude_self=symmetric and exclude_self, n_cand=n_cand,
-                           more=more, unit_roundoff=unit_roundoff)
+                           more=more, unit_roundoff=unit_roundoff, settled=settled)
     return vals, idx, eq + ek
 
 
@@ -390,7 +391,7 @@ def candidates(q: RowSource, keys: RowSource | None, kk: int, exclude_self: bool
             v, i = cpu_lists(q, None, own, exclude_self, product=product or gemm) if cpu else \
                 impl(q.block(0, q.n_local), None, own, exclude_self=exclude_self)
             parts.append((v.to(dtype), i.to(torch.int64) + q.start))
-    parts += q.exchange_candidates(kk, dtype, None if cpu else impl)
+    parts += q.exchange_candidates(kk, dtype, None if cpu else impl, product=product)
     with q.comm.step():
         if not parts:
             return empty_lists(q.n_local, kk, dtype, q.device)
@@ -440,7 +441,8 @@ def _rounding_bound(d: int, u: float) -> float:
 
 
 def settle(q: RowSource, keys: RowSource, vals: torch.Tensor, idx: torch.Tensor, k: int, *,
-           exclude_self: bool, n_cand: int, unit_roundoff: float | None = None, more=None):
+           exclude_self: bool, n_cand: int, unit_roundoff: float | None = None, more=None,
+           settled: torch.Tensor | None = None):
     """Top-k by exact score, ties to the smaller index, from the top-kk candidates (kk >= k) of
     the owned rows of ``q`` among ``keys`` (``keys is q``: the self form). Collective on shards.
 
@@ -454,6 +456,10 @@ def settle(q: RowSource, keys: RowSource, vals: torch.Tensor, idx: torch.Tensor,
     run in chunks of the source's ``settle_rows``: rows are independent, and the one thing a
     chunk changes is which of several bitwise-identical keys stands for the others, whose
     float64 scores are identical anyway.
+
+    ``settled`` (a mask of owned rows): rows whose candidates already hold every possible
+    neighbour, rescored by the same float64 kernel and sorted by (score, index) -- the screen's
+    certified windows. Their first k are what this pass would return; they are not read again.
     """
     comm, more = q.comm, more or more_candidates
     with comm.step():
@@ -468,6 +474,9 @@ def settle(q: RowSource, keys: RowSource, vals: torch.Tensor, idx: torch.Tensor,
     delta = 2.0 * gamma * q_norm * comm.max(top)
     out_v, out_i = vals[:, :k].clone(), idx[:, :k].clone()
     rows = torch.arange(q.n_local, device=vals.device)
+    if settled is not None:
+        rows = rows[~settled]
+        vals, idx = vals[rows], idx[rows]
     local = q.local()
     first_round = True
     while True:
@@ -560,8 +569,12 @@ def _reorder_clusters(q, keys, rows, vals, idx, member):
     """
     r_pos, c_pos = member.nonzero(as_tuple=True)
     cand = idx[r_pos, c_pos]
-    if _compiled_dot64(q, keys):
-        s64 = _dot64(q, keys, rows[r_pos], cand)
+    qd, qi = _dense_rows(q, rows[r_pos])
+    kd, ki = _dense_rows(keys, cand)
+    if _compiled_dot64(qd, kd):
+        # the same kernel wherever the rows live (memory, a rank's shard, a file), so a pair's
+        # number does not depend on the split or the storage
+        s64 = _dot64(qd, kd, qi, ki)
     else:
         n_keys = keys.shape[0]
         which, slot = torch.unique(cand, return_inverse=True)
@@ -574,6 +587,21 @@ def _reorder_clusters(q, keys, rows, vals, idx, member):
     key, idx = key.gather(1, order), idx.gather(1, order)
     order = key.argsort(dim=1, descending=True, stable=True)
     return key.gather(1, order).to(vals.dtype), idx.gather(1, order)
+
+
+def _dense_rows(v, index: torch.Tensor) -> tuple[Any, torch.Tensor]:
+    """(rows, positions): a tensor holding the rows ``index`` of a row view and their positions
+    in it. A tensor is itself; a shard's fetched rows are their tensor; a lazy view on the CPU (a
+    file's layer) is read once for the distinct rows (not once per pair, each read re-preparing
+    its rows)."""
+    if isinstance(v, torch.Tensor):
+        return v, index
+    if isinstance(v, _Fetched):
+        return v.rows, v.at(index)
+    if getattr(v, "device", None) is None or torch.device(v.device).type != "cpu":
+        return v, index
+    which = torch.unique(index)
+    return v[which], torch.searchsorted(which, index)
 
 
 def _compiled_dot64(q, keys) -> bool:
@@ -844,7 +872,8 @@ def neighbours(x: torch.Tensor, k: int, *, exclude_self: bool = True, backend: s
     (the same pass over a :class:`platonic_fast.rows.ShardRows`; collective).
     """
     if comm is not None:
-        return search_rows(ShardRows(comm, layout, x), None, k, exclude_self=exclude_self, backend=backend)
+        return search_rows(ShardRows(comm, layout, x), None, k, exclude_self=exclude_self, backend=backend,
+                           screen=screen)
     return search(x, None, k, exclude_self=exclude_self, backend=backend, unscale=False, screen=screen)
 
 

@@ -220,6 +220,13 @@ class Bf16Product:
     def __call__(self, qb: torch.Tensor, kb: torch.Tensor, out: torch.Tensor) -> None:
         out.copy_(torch.mm(self._bf16_of(qb), self._bf16_of(kb).T))
 
+    def forget(self, t: torch.Tensor) -> None:
+        """Drop the copies of blocks inside ``t``'s memory (a rank's block done with: the cache
+        would otherwise keep it alive)."""
+        base = t.untyped_storage().data_ptr()
+        for key in [key for key, (orig, _) in self.cache.items() if orig.untyped_storage().data_ptr() == base]:
+            self.held -= self.cache.pop(key)[1].numel() * 2
+
 
 PRODUCT_OUTPUT_U = Bf16Product.output_u
 
@@ -313,7 +320,9 @@ def score_bounds(q: torch.Tensor, keys: torch.Tensor, *, output_u: float = PRODU
         kn, kh, kr = qn, qh, qr
     else:
         kn, kh, kr = norms(as_rows(keys))
-    kn_max, kh_max, kr_max = (float(t.max()) if t.numel() else 0.0 for t in (kn, kh, kr))
+    # maxima over every key: a rank's shard holds only some (the others' arrive by exchange)
+    comm = q_src.comm
+    kn_max, kh_max, kr_max = (comm.max(float(t.max()) if t.numel() else 0.0) for t in (kn, kh, kr))
     b_in = qr * kn_max + qh * kr_max
     b_acc = _gamma(d, FP32_U) * qh * kh_max
     b_tiny = _TINY * (math.sqrt(d) * (qh + kh_max) + 2 * d + 2)
@@ -346,27 +355,35 @@ def certify(vals: torch.Tensor, k: int, b0: torch.Tensor, c: float, *, all_candi
 
 def serves(q, keys, k: int, backend: str, *, option: str | None = None) -> bool:
     """Whether the screen runs for row sources ``q`` (queries) and ``keys`` on ``backend``
-    ("cpu", or "triton" when a GPU screen is named): :func:`knn_screen_choice`, for sources that
-    own every row (tensors, files; a rank's shard keeps the float32 pair tiles)."""
-    if q.comm.size != 1 or backend not in ("cpu", "triton"):
+    ("cpu", or "triton" when a GPU screen is named): :func:`knn_screen_choice`. Collective on
+    shards: the CPU screen serves a rank's shard (its pair tiles screened) when every rank can
+    screen; the Triton screen serves sources that own every row."""
+    if backend not in ("cpu", "triton"):
         return False
-    if backend == "triton" and screen_mode(option) not in GPU_SCREENS:
-        return False
-    return knn_screen_choice(keys.n, k, q.device, option=option)[0]
+    with q.comm.step():  # a bad option raises on every rank
+        if backend == "triton" and (q.comm.size != 1 or screen_mode(option) not in GPU_SCREENS):
+            return False
+        ok = knn_screen_choice(keys.n, k, q.device, option=option)[0]
+    # the ranks take one path (its exchanges are collective): a rank without bf16 instructions
+    # or with the screen forced off sends every rank down the float32 path
+    return ok if q.comm.size == 1 else not q.comm.any(not ok)
 
 
 def candidates(q, keys, k: int, kk_exact: int, *, exclude_self: bool, n_cand: int, more, backend: str = "cpu",
                option: str | None = None):
     """Candidate lists for the exact ordering pass (``knn.settle``), from the bf16 screen.
 
-    ``q``, ``keys``: row sources (``keys=None``: the self form); ``more(q, keys, rows, kk,
-    exclude_self)``: the exact path's candidates for rows that fall back. ``backend``: "cpu"
+    ``q``, ``keys``: row sources (``keys=None``: the self form; a rank's shard screens its pair
+    tiles, certifies and rescores its own rows: collective); ``more(q, keys, rows, kk,
+    exclude_self)``: the exact path's candidates for rows that fall back (collective on shards). ``backend``: "cpu"
     (bf16 tiles into the compiled merger) or "triton" (its fused kernel on bf16 inputs, or with
     tf32 tensor cores: ``option`` "bf16" / "tf32"; float32 scores, no output rounding).
 
-    Returns ``(vals, idx)`` of width W ≥ kk_exact: a certified row holds its window sorted by
-    float64 score, then −inf (index −1; the window ends there, no key outside it can be a
-    neighbour); a row that falls back, the exact path's top-W by float32 score.
+    Returns ``(vals, idx, certified)`` of width W ≥ kk_exact: a certified row holds its window
+    sorted by float64 score (the ordering pass's kernel), then by index, then −inf (index −1; the
+    window ends there, no key outside it can be a neighbour): its first k are final
+    (``certified``, the ordering pass's ``settled``); a row that falls back, the exact path's
+    top-W by float32 score.
     """
     from .knn import _reorder_clusters
     from .knn import candidates as tile_candidates
@@ -400,26 +417,31 @@ def candidates(q, keys, k: int, kk_exact: int, *, exclude_self: bool, n_cand: in
     out_v = torch.full((q.n_local, width), -torch.inf, dtype=vals.dtype, device=vals.device)
     out_i = torch.full((q.n_local, width), -1, dtype=torch.int64, device=vals.device)
     step = q.settle_rows or max(1, good.numel())
-    local = q.local()
-    for c0 in range(0, good.numel(), step):
-        r = good[c0: c0 + step]
-        w = window[r]
-        seen = torch.zeros(keys_.n, dtype=torch.bool, device=vals.device)
-        seen[idx[r][w]] = True  # the members' keys, unique and ascending, without a sort
+    local, comm = q.local(), q.comm
+    # a fetch is collective on shards: every rank runs as many chunks (empty ones fetch nothing)
+    for c0 in range(0, step * int(comm.max(-(-good.numel() // step))), step):
+        with comm.step():
+            r = good[c0: c0 + step]
+            w = window[r]
+            seen = torch.zeros(keys_.n, dtype=torch.bool, device=vals.device)
+            seen[idx[r][w]] = True  # the members' keys, unique and ascending, without a sort
         fetched = keys_.fetch(seen.nonzero().squeeze(1))
-        masked = torch.where(w, vals[r], torch.full_like(vals[r], -torch.inf))
-        sv, si = _reorder_clusters(local, fetched, r, masked, idx[r], w)
-        m = min(width, sv.shape[1])
-        sv, si = sv[:, :m], si[:, :m]
-        out_v[r, :m], out_i[r, :m] = sv, torch.where(torch.isinf(sv), torch.full_like(si, -1), si)
-    if fallback.numel():
+        with comm.step():
+            if r.numel():
+                masked = torch.where(w, vals[r], torch.full_like(vals[r], -torch.inf))
+                sv, si = _reorder_clusters(local, fetched, r, masked, idx[r], w)
+                m = min(width, sv.shape[1])
+                sv, si = sv[:, :m], si[:, :m]
+                out_v[r, :m], out_i[r, :m] = sv, torch.where(torch.isinf(sv), torch.full_like(si, -1), si)
+    if comm.any(fallback.numel() > 0):  # collective: the exact candidates stream every key block
         fv, fi = more(q, keys_, fallback, width, exclude_self)
-        out_v[fallback], out_i[fallback] = fv.to(out_v.dtype), fi
+        with comm.step():
+            out_v[fallback], out_i[fallback] = fv.to(out_v.dtype), fi
     _STATS["calls"] += 1
     _STATS["rows"] += q.n_local
     _STATS["fallback_rows"] += int(fallback.numel())
     _STATS["candidates"] += int(window[certified].sum())
-    return out_v, out_i
+    return out_v, out_i, certified
 
 
 __all__ = ["knn_screen_choice", "serves", "candidates", "score_bounds", "certify", "stats", "cpu_features",
