@@ -134,6 +134,16 @@ def test_align_outlier_options(pf, q, exact):
     _check(res, R.align_dense(x, y, "cka", q=q, exact=exact))
 
 
+@pytest.mark.parametrize("q", [0.0, -0.5, 1.5])
+def test_align_rejects_a_clamp_quantile_outside_0_1(pf, q):
+    # prepare_layers checks q before any layer is touched (the property run found q = 0 with
+    # constant layers scored as NaN instead of refused)
+    x, y = models(2)
+    for exact in (False, True):
+        with pytest.raises(ValueError, match="q must be in"):
+            pf.align(x, y, metric="mutual_knn", q=q, exact=exact)
+
+
 def test_align_topk_values(pf):
     x, y = models(SEED)
     for k in (2, 5):

@@ -20,7 +20,7 @@ from ._checks import ConstantFeaturesError, DegenerateInputWarning, as_tensor, c
 from .calibration import LayerCalibration, calibrate_states, check_alpha, exact_chance, permutation_source
 from .distributed._comm import LOCAL, Layout, check_not_constant, layout_of, local_features
 from .metrics import Prepared, metric_spec, prepare_checked, score
-from .ops.outliers import outlier_threshold
+from .ops.outliers import check_clamp_args, outlier_threshold
 from .preparation import LayerScale, clamped_top, join, joined_scale, pre_exponent
 
 
@@ -68,6 +68,8 @@ def prepare_layers(feats, name: str, *, q: float = 0.95, exact: bool = False, no
     ``feats`` is this rank's rows (possibly none) and the maxima and thresholds are every
     rank's (collective).
     """
+    with (comm or LOCAL).step():
+        check_clamp_args(q, exact)  # before any work, the same on every rank
     layers, whole, layout = _checked_layers(comm, feats, name)
     comm = LOCAL if comm is None else comm
     if whole is None:  # a list: each layer its own scale and threshold
