@@ -454,6 +454,22 @@ def test_fixed_query_bank_and_truth():
         fixed_query_bank(["dense"], 1, 4, 6)
 
 
+def test_predict_queries_matches_full_sequences():
+    """One pass over the context with its attention cache = one full sequence per query."""
+    m = InContextModel(TINY, seed=3).eval()
+    g = gen(4)
+    xs, ys = torch.randn(3, 4, TINY.d, generator=g), torch.randn(3, 4, generator=g)
+    q = torch.randn(5, TINY.d, generator=g)
+    with torch.no_grad():
+        got = m.predict_queries(xs, ys, q)
+        full = torch.cat([xs[:, None].expand(3, 5, 4, TINY.d), q[None, :, None].expand(3, 5, 1, TINY.d)], 2)
+        ref = m(full.reshape(15, 5, TINY.d), torch.cat([ys[:, None].expand(3, 5, 4), torch.zeros(3, 5, 1)], 2)
+                .reshape(15, 5))[:, -1].reshape(3, 5)
+    assert got.shape == (3, 5) and torch.allclose(got, ref, atol=1e-5)
+    with pytest.raises(ValueError, match="queries"):
+        m.predict_queries(xs, ys, torch.randn(5, TINY.d + 1))
+
+
 def test_mantel_exact_and_sampled():
     from platonic_fast.icl.convergence import mantel
 

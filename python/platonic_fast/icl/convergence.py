@@ -78,12 +78,11 @@ def model_views(model, bank: dict) -> dict:
     xs, ys = bank["xs"], bank["ys"]
     hs = ev.hidden_states(model, xs, ys)[:, -1]                     # (S, L+1, W)
     pred_q = ev.predict(model, xs, ys)[:, -1].double()
-    s, n, d = xs.shape
-    probes = bank["probes"]
-    rep = xs[:, None].expand(s, probes.shape[0], n, d).clone()
-    rep[:, :, -1] = probes[None]
-    y_rep = ys[:, None].expand(s, probes.shape[0], n).clone()       # y at the query is never read
-    pp = ev.predict(model, rep.reshape(-1, n, d), y_rep.reshape(-1, n))[:, -1].reshape(s, -1)
+    dev = next(model.parameters()).device
+    probes = bank["probes"].to(dev)
+    # each probe as the query after the sequence's own context (the y at the query is never read)
+    pp = torch.cat([model.predict_queries(xs[i:i + 32, :-1].to(dev), ys[i:i + 32, :-1].to(dev), probes).cpu()
+                    for i in range(0, xs.shape[0], 32)])
     nse = float((pred_q - ys[:, -1].double()).pow(2).mean())
     return {"hidden": hs, "predictions": pp.float(), "nse": nse}
 
