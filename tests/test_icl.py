@@ -498,7 +498,7 @@ def test_mantel_within_strata_keeps_the_mask():
     stratum = np.array([0, 0, 0, 1, 1, 1])
     cross = stratum[:, None] != stratum[None, :]
     a[~cross] = 1e6
-    res = mantel(a, b, strata=[np.arange(3), np.arange(3, 6)], mask=cross, alternative="greater")
+    res = mantel(a, b, strata=[np.arange(3), np.arange(3, 6)], between_strata=True, alternative="greater")
     assert res["exact"] and res["permutations"] == 36 and res["pairs"] == 9
     assert abs(res["statistic"] - 1) < 1e-12 and res["p_value"] <= 2 / 36 + 1e-12
     with pytest.raises(ValueError, match="one size"):

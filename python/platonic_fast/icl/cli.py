@@ -98,6 +98,8 @@ def add_parsers(sub, debug_parent) -> None:
                     help="relabellings of checkpoints for the competence trends and Mantel tests (default 9999)")
     cv.add_argument("--out", default=None,
                     help="JSON output (default <root>/convergence.json; required with several --root)")
+    cv.add_argument("--family-json", default=None,
+                    help="keep the scores here; a rerun with the same snapshots and settings reads them back")
     cv.add_argument("--figure", default=None, help="PNG of the trends (default: beside the JSON)")
     common(cv)
 
@@ -150,7 +152,7 @@ def run(args) -> int:
             raise UsageError("--out is required with several --root")
         try:
             res = convergence_study(roots, per_class=args.per_class, permutations=args.permutations,
-                                    trend_permutations=args.trend_permutations)
+                                    trend_permutations=args.trend_permutations, family_json=args.family_json)
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
         print(format_convergence(res))

@@ -140,11 +140,21 @@ def _spearman(x, y) -> float:
     return float(spearmanr(x, y).statistic)
 
 
+def _rank_corr(x_ranks, y_ranks):
+    """Pearson (scipy) of one rank vector with each row of ``y_ranks`` (..., m): Spearman's rho,
+    as scipy defines it (average ranks for ties), for a batch of relabellings at once."""
+    from scipy.stats import pearsonr
+
+    y_ranks = np.atleast_2d(y_ranks)
+    return pearsonr(np.broadcast_to(x_ranks, y_ranks.shape), y_ranks, axis=-1).statistic
+
+
 def permutation_p(statistic, strata, *, permutations: int = 9999, seed: int = 0,
                   alternative: str = "two-sided") -> dict:
-    """``statistic(perm)`` against relabellings ``perm`` of range(n) that move items only within
-    their stratum (``strata``: index arrays of one length partitioning range(n)), by
-    ``scipy.stats.permutation_test`` (every relabelling when there are at most ``permutations``)."""
+    """``statistic(perms)`` ((B, n) relabellings of range(n) -> (B,)) against relabellings that
+    move items only within their stratum (``strata``: index arrays of one length partitioning
+    range(n)), by ``scipy.stats.permutation_test`` (every relabelling when there are at most
+    ``permutations``)."""
     from scipy.stats import permutation_test
 
     strata = [np.asarray(s, dtype=np.int64) for s in strata]
@@ -156,39 +166,58 @@ def permutation_p(statistic, strata, *, permutations: int = 9999, seed: int = 0,
     if not isinstance(permutations, int) or permutations < 1:
         raise ValueError(f"permutations must be a positive integer, got {permutations!r}")
 
-    def stat(*idx):
-        perm = np.empty(n, dtype=np.int64)
+    def stat(*idx, axis=-1):
+        one = idx[0].ndim == 1
+        idx = [np.atleast_2d(i) for i in idx]
+        perm = np.empty((idx[0].shape[0], n), dtype=np.int64)
         for s, i in zip(strata, idx):
-            perm[s] = i
-        return statistic(perm)
+            perm[:, s] = i
+        v = np.asarray(statistic(perm))
+        return v[0] if one else v
 
-    observed = statistic(np.arange(n))
+    observed = float(statistic(np.arange(n)[None])[0])
     total = math.factorial(sizes.pop()) ** len(strata)
     out = {"statistic": observed, "alternative": alternative, "exact": total <= permutations,
            "permutations": min(total, permutations)}
     if math.isnan(observed):
         return {**out, "p_value": float("nan"), "note": "constant scores: no order to test"}
-    res = permutation_test(tuple(strata), stat, permutation_type="pairings", vectorized=False,
+    res = permutation_test(tuple(strata), stat, permutation_type="pairings", vectorized=True,
                            n_resamples=permutations, alternative=alternative, rng=np.random.default_rng(seed))
     return {**out, "p_value": float(res.pvalue)}
 
 
-def mantel(a, b, *, strata=None, mask=None, permutations: int = 9999, seed: int = 0,
+def mantel(a, b, *, strata=None, between_strata: bool = False, permutations: int = 9999, seed: int = 0,
            alternative: str = "two-sided") -> dict:
-    """Spearman correlation of two symmetric n × n matrices over the pairs i < j in ``mask``
-    (default: all), against relabelling the items of ``a`` (rows and columns together; within
-    ``strata`` when given): :func:`permutation_p`."""
+    """Spearman correlation of two symmetric n × n matrices over the pairs i < j (only pairs from
+    different ``strata`` with ``between_strata``), against relabelling the items of ``a`` (rows
+    and columns together; within ``strata`` when given): :func:`permutation_p`. Such relabellings
+    map the compared pairs onto themselves, so ``a``'s ranks are taken once."""
+    from scipy.stats import rankdata
+
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     n = a.shape[0]
     if a.shape != (n, n) or b.shape != (n, n) or n < 3:
         raise ValueError(f"mantel needs two n x n matrices with n >= 3; got {a.shape} and {b.shape}")
-    keep = np.triu(np.ones((n, n), dtype=bool) if mask is None else np.asarray(mask, dtype=bool), 1)
+    keep = np.triu(np.ones((n, n), dtype=bool), 1)
+    if between_strata:
+        if strata is None:
+            raise ValueError("mantel: between_strata needs strata")
+        label = np.empty(n, dtype=np.int64)
+        for k, s in enumerate(strata):
+            label[np.asarray(s)] = k
+        keep &= label[:, None] != label[None, :]
     if keep.sum() < 3:
-        raise ValueError(f"mantel needs at least 3 pairs in mask, got {int(keep.sum())}")
+        raise ValueError(f"mantel needs at least 3 pairs, got {int(keep.sum())}")
     iu = np.nonzero(keep)
-    bv = b[iu]
-    res = permutation_p(lambda perm: _spearman(a[np.ix_(perm, perm)][iu], bv),
-                        [np.arange(n)] if strata is None else strata, permutations=permutations, seed=seed,
+    if np.ptp(a[iu]) == 0 or np.ptp(b[iu]) == 0:
+        stat = lambda perm: np.full(len(perm), np.nan)  # noqa: E731  (constant: nothing to rank)
+    else:
+        ranks = np.zeros((n, n))
+        ranks[iu] = rankdata(a[iu])
+        ranks = ranks + ranks.T
+        rb = rankdata(b[iu])
+        stat = lambda perm: _rank_corr(rb, ranks[perm[:, iu[0]], perm[:, iu[1]]])  # noqa: E731
+    res = permutation_p(stat, [np.arange(n)] if strata is None else strata, permutations=permutations, seed=seed,
                         alternative=alternative)
     return {**res, "pairs": int(keep.sum())}
 
@@ -203,6 +232,8 @@ def competence_trend(rows: list, score: str, *, within_runs: bool = True, permut
     """Spearman of competence (−NSE) with ``score`` over ``rows``: per run, their mean and pooled,
     each tested one-sided (alignment rises with competence) by relabelling within runs
     (``within_runs``; every run must hold as many rows) or among all rows (one row per run)."""
+    from scipy.stats import rankdata
+
     comp = np.array([-r["nse"] for r in rows])
     y = np.array([np.nan if r.get(score) is None else r[score] for r in rows], dtype=np.float64)
     if np.isnan(y).any():
@@ -210,18 +241,30 @@ def competence_trend(rows: list, score: str, *, within_runs: bool = True, permut
     runs = sorted({r["run"] for r in rows})
     strata = [np.array([i for i, r in enumerate(rows) if r["run"] == run]) for run in runs]
     opts = {"permutations": permutations, "seed": seed, "alternative": "greater"}
+
+    def pooled(perm):
+        if np.ptp(comp) == 0 or np.ptp(y) == 0:
+            return np.full(len(perm), np.nan)
+        return _rank_corr(rankdata(comp), rankdata(y)[perm])
+
     out = {"rows": len(rows)}
     if within_runs:
         out["per_run"] = {run: _spearman(comp[s], y[s]) for run, s in zip(runs, strata)}
+        # ranks inside each run; a run constant in either score has no order and is left out
+        live = [s for s in strata if len(s) >= 3 and np.ptp(comp[s]) > 0 and np.ptp(y[s]) > 0]
+        local = np.zeros(len(rows))
+        for s in live:
+            local[s] = rankdata(y[s])
 
         def mean_within(perm):
-            vals = [_spearman(comp[s], y[perm[s]]) for s in strata]
-            return float(np.nanmean(vals)) if not all(math.isnan(v) for v in vals) else float("nan")
+            if not live:
+                return np.full(len(perm), np.nan)
+            return np.mean([_rank_corr(rankdata(comp[s]), local[perm[:, s]]) for s in live], axis=0)
 
         out["within_run_mean"] = permutation_p(mean_within, strata, **opts)
-        out["pooled"] = permutation_p(lambda perm: _spearman(comp, y[perm]), strata, **opts)
+        out["pooled"] = permutation_p(pooled, strata, **opts)
     else:
-        out["pooled"] = permutation_p(lambda perm: _spearman(comp, y[perm]), [np.arange(len(rows))], **opts)
+        out["pooled"] = permutation_p(pooled, [np.arange(len(rows))], **opts)
     return out
 
 
@@ -259,9 +302,10 @@ def family_tests(rows: list, pairs: dict, *, within_runs: bool = True, permutati
             out["pairs"][k] = {"note": f"{k} missing (no permutation null was run)"}
             continue
         out["pairs"][k] = {"mean": float(m[iu].mean()),
-                           "vs_competence": mantel(m, pair_comp, strata=strata, mask=cross, alternative="greater",
-                                                   **opts)}
-    out["hidden_vs_predictions"] = mantel(mats["hidden"], mats["predictions"], strata=strata, mask=cross, **opts)
+                           "vs_competence": mantel(m, pair_comp, strata=strata, between_strata=within_runs,
+                                                   alternative="greater", **opts)}
+    out["hidden_vs_predictions"] = mantel(mats["hidden"], mats["predictions"], strata=strata,
+                                         between_strata=within_runs, **opts)
     # descriptive: the mean alignment between runs at each shared step
     by_step = {}
     for step in out["steps"]:
@@ -318,10 +362,12 @@ def _balanced(rows: list, runs: list) -> list:
 
 def convergence_study(roots, *, classes=("dense", "sparse(k=1)"), per_class: int = 100, probes: int = 32,
                       metric: str = "mutual_knn", topk: int = 10, permutations: int = 100,
-                      trend_permutations: int = 9999, seed: int = 0, log=print) -> dict:
+                      trend_permutations: int = 9999, seed: int = 0, family_json=None, log=print) -> dict:
     """Every run's snapshots under ``roots`` (one folder or several) as a capability family on one
     fixed-query bank, then the tests of the module's docstring: within runs over the steps they
-    share (all roots together, and each root alone), and among runs at the last step they all share."""
+    share (all roots together, and each root alone), and among runs at the last step they all share.
+    ``family_json``: where the scores (the costly part) are kept; read instead of recomputed when
+    it exists and was made from the same snapshots and settings."""
     from .train import read_checkpoint
 
     roots = [roots] if isinstance(roots, (str, Path)) else list(roots)
@@ -340,7 +386,20 @@ def convergence_study(roots, *, classes=("dense", "sparse(k=1)"), per_class: int
     runs = sorted({c[0] for c in ckpts.values()})
     log(f"convergence: {len(ckpts)} snapshots of {len(runs)} runs, {per_class * len(classes)} functions, "
         f"{probes} probes, {permutations} permutations per null")
-    fam = capability_family(ckpts, bank, metric=metric, topk=topk, permutations=permutations, seed=seed, log=log)
+    settings = {"snapshots": {k: str(v[2]) for k, v in ckpts.items()}, "classes": bank["classes"],
+                "per_class": per_class, "probes": probes, "metric": metric, "topk": topk,
+                "permutations": permutations, "seed": seed}
+    kept = json.loads(Path(family_json).read_text()) if family_json and Path(family_json).exists() else None
+    if kept is not None and kept.get("settings") == settings:
+        log(f"scores read from {family_json}")
+        fam = kept["family"]
+    else:
+        fam = capability_family(ckpts, bank, metric=metric, topk=topk, permutations=permutations, seed=seed,
+                                log=log)
+        if family_json:
+            from .study import write_json
+
+            write_json(family_json, {"settings": settings, "family": fam})
     rows, pairs = fam["rows"], fam["alignment"]["pairs"]
     opts = {"permutations": trend_permutations, "seed": seed}
     groups = {"all": runs}
