@@ -209,6 +209,8 @@ def fig_convergence(res: dict, path) -> Path:
     """Competence against alignment: to the truth (hidden states raw and calibrated, predictions),
     and between runs (pairs of checkpoints of different runs, against their mean NSE)."""
     plt = _plt()
+    from matplotlib.ticker import NullFormatter
+
     rows = res["family"]["rows"]
     runs = sorted({r["run"] for r in rows})
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
@@ -240,6 +242,7 @@ def fig_convergence(res: dict, path) -> Path:
     ax.set_xlabel("mean NSE of the pair at the query")
     for ax in axes:
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())   # the log axis's minor labels overlap
         ax.invert_xaxis()   # competence grows to the right
         ax.set_ylabel(f"{res['family']['alignment']['metric']} (best block)")
     axes[0].set_xlabel("NSE at the query (more competent →)")
