@@ -454,7 +454,22 @@ def test_fixed_query_bank_and_truth():
         fixed_query_bank(["dense"], 1, 4, 6)
 
 
-@pytest.mark.slow
+def test_predict_queries_matches_full_sequences():
+    """One pass over the context with its attention cache = one full sequence per query."""
+    m = InContextModel(TINY, seed=3).eval()
+    g = gen(4)
+    xs, ys = torch.randn(3, 4, TINY.d, generator=g), torch.randn(3, 4, generator=g)
+    q = torch.randn(5, TINY.d, generator=g)
+    with torch.no_grad():
+        got = m.predict_queries(xs, ys, q)
+        full = torch.cat([xs[:, None].expand(3, 5, 4, TINY.d), q[None, :, None].expand(3, 5, 1, TINY.d)], 2)
+        ref = m(full.reshape(15, 5, TINY.d), torch.cat([ys[:, None].expand(3, 5, 4), torch.zeros(3, 5, 1)], 2)
+                .reshape(15, 5))[:, -1].reshape(3, 5)
+    assert got.shape == (3, 5) and torch.allclose(got, ref, atol=1e-5)
+    with pytest.raises(ValueError, match="queries"):
+        m.predict_queries(xs, ys, torch.randn(5, TINY.d + 1))
+
+
 def test_mantel_exact_and_sampled():
     from platonic_fast.icl.convergence import mantel
 
@@ -465,24 +480,71 @@ def test_mantel_exact_and_sampled():
     assert exact["exact"] and exact["permutations"] == 120 and abs(exact["statistic"] - 1) < 1e-12
     assert exact["p_value"] <= 2 / 120 + 1e-12      # only the identity (and any symmetry of m) reaches 1
     sampled = mantel(m, m, permutations=50)
-    assert not sampled["exact"] and sampled["permutations"] == 51
+    assert not sampled["exact"] and sampled["permutations"] == 50
+    assert sampled["p_value"] <= 2 / 51 + 1e-12     # scipy's add-one p-value for random relabellings
     with pytest.raises(ValueError, match="n >= 3"):
         mantel(torch.zeros(2, 2), torch.zeros(2, 2))
 
 
+def test_mantel_within_strata_keeps_the_mask():
+    """Relabelling within strata never moves a pair across the mask: exact count (3!)^2, and the
+    same-stratum entries (huge here) never enter the statistic."""
+    from platonic_fast.icl.convergence import mantel
+
+    rng = np.random.default_rng(1)
+    c = rng.normal(size=6)
+    b = (c[:, None] + c[None, :]) / 2
+    a = b.copy()
+    stratum = np.array([0, 0, 0, 1, 1, 1])
+    cross = stratum[:, None] != stratum[None, :]
+    a[~cross] = 1e6
+    res = mantel(a, b, strata=[np.arange(3), np.arange(3, 6)], between_strata=True, alternative="greater")
+    assert res["exact"] and res["permutations"] == 36 and res["pairs"] == 9
+    assert abs(res["statistic"] - 1) < 1e-12 and res["p_value"] <= 2 / 36 + 1e-12
+    with pytest.raises(ValueError, match="one size"):
+        mantel(a, b, strata=[np.arange(2), np.arange(2, 6)])
+
+
+def test_competence_trend_matches_scipy():
+    """The pooled rho is scipy's Spearman; within-run relabelling is exact for small runs, and an
+    alignment that rises with competence inside every run gets the smallest p-value there is."""
+    from scipy.stats import spearmanr
+
+    from platonic_fast.icl.convergence import competence_trend
+
+    rows = [{"run": run, "step": s, "nse": 1.0 / s + off, "score": 0.1 * s + off}
+            for run, off in (("a", 0.0), ("b", 0.5)) for s in (1, 2, 3, 4)]
+    t = competence_trend(rows, "score")
+    ref = spearmanr([-r["nse"] for r in rows], [r["score"] for r in rows]).statistic
+    assert abs(t["pooled"]["statistic"] - ref) < 1e-12
+    assert t["per_run"] == {"a": 1.0, "b": 1.0} and t["within_run_mean"]["statistic"] == 1.0
+    assert t["within_run_mean"]["exact"] and t["within_run_mean"]["permutations"] == 24 ** 2
+    assert abs(t["within_run_mean"]["p_value"] - 1 / 24 ** 2) < 1e-12
+    flat = competence_trend([{**r, "score": 0.3} for r in rows], "score")
+    assert math.isnan(flat["pooled"]["p_value"]) and "constant" in flat["pooled"]["note"]
+
+
 @pytest.mark.slow
 def test_capability_family_on_tiny_checkpoints(tmp_path):
-    from platonic_fast.icl.convergence import capability_family, fixed_query_bank
+    from platonic_fast.icl.convergence import capability_family, family_tests, fixed_query_bank
 
-    cfg = TrainConfig(mixture="dense", steps=3, batch_size=8, lr=1e-3, snapshots=(1, 2, 3))
-    train(TINY, cfg, tmp_path / "r", progress=False)
-    ckpts = {f"r@{s}": ("r", s, tmp_path / "r" / "snapshots" / f"step-{s:06d}.safetensors") for s in (1, 2, 3)}
+    for run, seed in (("r", 0), ("q", 1)):
+        cfg = TrainConfig(mixture="dense", steps=3, batch_size=8, lr=1e-3, snapshots=(1, 2, 3), seed=seed)
+        train(TINY, cfg, tmp_path / run, progress=False)
+    ckpts = {f"{run}@{s}": (run, s, tmp_path / run / "snapshots" / f"step-{s:06d}.safetensors")
+             for run in ("r", "q") for s in (1, 2, 3)}
     bank = fixed_query_bank(["dense", "sparse(k=1)"], 8, TINY.d, TINY.n_points, probes=6)
-    out = capability_family(ckpts, bank, topk=3, permutations=3, trend_permutations=20)
-    assert [r["step"] for r in out["rows"]] == [1, 2, 3] and set(out["spearman_per_run"]) == {"r"}
-    pm = out["alignment"]["per_model"]["r@3"]
+    fam = capability_family(ckpts, bank, topk=3, permutations=3)
+    assert [r["step"] for r in fam["rows"]] == [1, 2, 3, 1, 2, 3]
+    pm = fam["alignment"]["per_model"]["r@3"]
     assert 0 <= pm["hidden_vs_truth"]["best"] <= 1 and "calibrated" in pm["hidden_vs_truth"]
-    assert len(out["alignment"]["pairs"]) == 3 and 0 < out["p_within_run_permutation"] <= 1
+    assert len(fam["alignment"]["pairs"]) == 15
+    out = family_tests(fam["rows"], fam["alignment"]["pairs"], permutations=20)
+    assert set(out["truth"]) == {"hidden_truth", "hidden_truth_calibrated", "predictions_truth",
+                                 "predictions_truth_calibrated"}
+    assert set(out["truth"]["hidden_truth"]["per_run"]) == {"r", "q"}
+    assert out["pairs"]["hidden"]["vs_competence"]["pairs"] == 9          # cross-run pairs only
+    assert out["hidden_vs_predictions"]["permutations"] == 20
 
 
 @pytest.mark.slow
@@ -537,8 +599,13 @@ def test_cli_converge_on_snapshots(tmp_path, capsys):
     for run, seed in (("a", 0), ("b", 1), ("c", 2)):
         train(TINY, TrainConfig(mixture="dense", steps=2, batch_size=4, seed=seed, snapshots=(1, 2)), tmp_path / run,
               progress=False)
-    assert main(["icl", "converge", "--root", str(tmp_path), "--per-class", "6", "--permutations", "2"]) == 0
-    assert "competence vs alignment to the truth" in capsys.readouterr().out
+    assert main(["icl", "converge", "--root", str(tmp_path), "--per-class", "6", "--permutations", "2",
+                 "--trend-permutations", "20"]) == 0
+    assert "competence vs alignment" in capsys.readouterr().out
     res = json.loads((tmp_path / "convergence.json").read_text())
-    assert len(res["family"]["rows"]) == 6 and res["newest"] == ["a@step2", "b@step2", "c@step2"]
-    assert res["mantel_hidden_vs_predictions"]["exact"]
+    assert len(res["family"]["rows"]) == 6 and (tmp_path / "convergence.png").exists()
+    assert "too few" in res["within_runs"]["all"]["note"]                 # 2 steps per run
+    among = res["among_runs"]
+    assert among["step"] == 2 and among["checkpoints"] == ["a@step2", "b@step2", "c@step2"]
+    assert among["hidden_vs_predictions"]["exact"] and among["hidden_vs_predictions"]["permutations"] == 6
+    assert main(["icl", "converge", "--root", str(tmp_path), "--root", str(tmp_path)]) == 2   # --out needed

@@ -92,11 +92,19 @@ def add_parsers(sub, debug_parent) -> None:
 
     with command("converge",
                  "alignment to the true functions across every run's snapshots (the capability family)") as cv:
-        cv.add_argument("--root", default="results/icl-fair", help="the runs' folder (default results/icl-fair)")
+        cv.add_argument("--root", action="append", default=None,
+                        help="a folder of runs (<run>/snapshots/step-*.safetensors); repeat it for several "
+                             "(default results/icl-fair)")
         cv.add_argument("--per-class", type=int, default=100, help="functions per class in the fixed-query bank")
         cv.add_argument("--permutations", type=int, default=100,
-                        help="label permutations of each null (Mantel and the calibrated scores; default 100)")
-        cv.add_argument("--out", default=None, help="JSON output (default <root>/convergence.json)")
+                        help="row permutations of each alignment's null (the calibrated scores; default 100)")
+        cv.add_argument("--trend-permutations", type=int, default=9999,
+                        help="relabellings of checkpoints for the competence trends and Mantel tests (default 9999)")
+        cv.add_argument("--out", default=None,
+                        help="JSON output (default <root>/convergence.json; required with several --root)")
+        cv.add_argument("--family-json", default=None,
+                        help="keep the scores here; a rerun with the same snapshots and settings reads them back")
+        cv.add_argument("--figure", default=None, help="PNG of the trends (default: beside the JSON)")
 
     with command("study", "train every model, evaluate the four findings, align; JSON and figures") as st:
         st.add_argument("--out", default="results/icl",
@@ -136,17 +144,22 @@ def run(args) -> int:
             write_json(args.json, g)
         return 0 if g["passed"] else 1
     if args.icl_command == "converge":
-        from .convergence import convergence_study
+        from .convergence import convergence_study, format_convergence
+        from .plots import fig_convergence
         from .study import write_json
 
-        res = convergence_study(args.root, per_class=args.per_class, permutations=args.permutations)
-        fam = res["family"]
-        for row in fam["rows"]:
-            print(f"  {row['label']:>28}  NSE {row['nse']:.3f}  hidden vs truth {row['truth_best']:.3f}  "
-                  f"predictions vs truth {row['predictions_truth']:.3f}")
-        print(f"competence vs alignment to the truth: Spearman {fam['spearman_pooled']:+.2f} "
-              f"(p {fam['p_within_run_permutation']:.3f}, steps shuffled within runs)")
-        print(f"wrote {write_json(args.out or Path(args.root) / 'convergence.json', res)}")
+        roots = args.root or ["results/icl-fair"]
+        if len(roots) > 1 and not args.out:
+            raise UsageError("--out is required with several --root")
+        try:
+            res = convergence_study(roots, per_class=args.per_class, permutations=args.permutations,
+                                    trend_permutations=args.trend_permutations, family_json=args.family_json)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+        print(format_convergence(res))
+        out = Path(args.out or Path(roots[0]) / "convergence.json")
+        print(f"wrote {write_json(out, res)}")
+        print(f"wrote {fig_convergence(res, args.figure or out.with_suffix('.png'))}")
         return 0
     if args.icl_command == "fair":
         from .study import fair_findings, write_json

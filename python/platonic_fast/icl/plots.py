@@ -185,3 +185,50 @@ def fig_alignment(r, path):
             fig.colorbar(im, ax=ax, fraction=0.046)
     return _save(fig, path, f"Alignment of the in-context learners on one bank of {b['sequences']} sequences "
                  f"(* best pair p <= 0.05 against {b['permutations']} permutations)", fontsize=10)
+
+
+def fig_convergence(res: dict, path) -> Path:
+    """Competence against alignment: to the truth (hidden states raw and calibrated, predictions),
+    and between runs (pairs of checkpoints of different runs, against their mean NSE)."""
+    plt = _plt()
+    from matplotlib.ticker import NullFormatter
+
+    rows = res["family"]["rows"]
+    runs = sorted({r["run"] for r in rows})
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    panels = (("hidden_truth", "hidden states → truth (raw)"),
+              ("hidden_truth_calibrated", "hidden states → truth (calibrated)"))
+    for ax, (key, title) in zip(axes[:2], panels):
+        for run in runs:
+            rr = sorted((r for r in rows if r["run"] == run), key=lambda r: r["step"])
+            base = run.split("/")[-1]
+            style = "--" if "deep" in run else "-"
+            ax.plot([r["nse"] for r in rr], [r[key] if r[key] is not None else float("nan") for r in rr],
+                    style, marker="o", markersize=3, color=COLOURS.get(base), label=run)
+            ax.plot([r["nse"] for r in rr], [r["predictions_truth"] for r in rr], style, marker="x", markersize=3,
+                    color=COLOURS.get(base), alpha=0.35)
+        ax.set_title(f"{title}\n(x, faint: predictions → truth, raw)", fontsize=9)
+    ax = axes[2]
+    pairs = res["family"]["alignment"]["pairs"]
+    nse = {r["label"]: r["nse"] for r in rows}
+    run_of = {r["label"]: r["run"] for r in rows}
+    for kind, marker, colour in (("hidden", "o", "#1f77b4"), ("predictions", "x", "#d62728")):
+        xs, ys = [], []
+        for key, p in pairs.items():
+            a, b = key.split("|")
+            if run_of[a] != run_of[b]:
+                xs.append((nse[a] + nse[b]) / 2)
+                ys.append(p[kind]["best"])
+        ax.scatter(xs, ys, s=6, marker=marker, color=colour, alpha=0.5, label=kind)
+    ax.set_title("between runs: pairs of checkpoints (raw)", fontsize=9)
+    ax.set_xlabel("mean NSE of the pair at the query")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())   # the log axis's minor labels overlap
+        ax.invert_xaxis()   # competence grows to the right
+        ax.set_ylabel(f"{res['family']['alignment']['metric']} (best block)")
+    axes[0].set_xlabel("NSE at the query (more competent →)")
+    axes[1].set_xlabel("NSE at the query (more competent →)")
+    axes[0].legend(fontsize=6)
+    axes[2].legend(fontsize=7)
+    return _save(fig, Path(path))
